@@ -1,0 +1,186 @@
+"""The ``immunoprofile`` command line (also ``python -m pipeline``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .config import STAGES, RunConfig, load_config
+from .errors import ImmunoprofileError, NotImplementedStageError
+
+EXIT_ERROR = 1
+EXIT_NOT_IMPLEMENTED = 3
+
+# Stages that exist in this version, in run order; the rest are reported as not built yet.
+IMPLEMENTED_STAGES: tuple[str, ...] = ()
+PLANNED = {
+    "ingest": "issue #3",
+    "qc": "issue #4",
+    "preprocess": "issue #4",
+    "integrate": "issue #5",
+    "graph": "issue #5",
+    "annotate": "issue #6",
+    "abundance": "issue #7",
+    "report": "issue #10",
+}
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from cluster.launch import start_client
+
+    from .simulate import simulate_cohort
+
+    cfg = load_config(args.config)
+    sim = cfg.simulate
+    updates: dict[str, object] = {}
+    if args.seed is not None:
+        updates["seed"] = args.seed
+    if args.null:
+        updates["effects"] = []
+    if updates:
+        sim = sim.model_copy(update=updates)
+    with start_client(cfg.cluster) as client:
+        result = simulate_cohort(sim, out=Path(args.out), client=client, overwrite=args.overwrite)
+    skipped = f" ({result.n_skipped} already complete, skipped)" if result.n_skipped else ""
+    print(
+        f"simulated {result.n_samples} samples, {result.n_cells:,} cells{skipped} in "
+        f"{result.seconds:.1f} s; samplesheet: {result.samplesheet}"
+        + (f"; later batch: {result.late_samplesheet}" if result.late_samplesheet else "")
+    )
+    return 0
+
+
+def _resolve_run_config(args: argparse.Namespace) -> RunConfig:
+    cfg = load_config(args.config)
+    updates: dict[str, object] = {}
+    if args.samplesheet is not None:
+        updates["samplesheet"] = Path(args.samplesheet)
+    if args.workdir is not None:
+        updates["workdir"] = Path(args.workdir)
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = _resolve_run_config(args)
+    if cfg.samplesheet is None:
+        msg = f"{args.config}: no samplesheet: set 'samplesheet' in the config or pass --samplesheet"
+        raise ImmunoprofileError(msg)
+    stop = STAGES.index(args.until) if args.until else len(STAGES) - 1
+    for stage in STAGES[: stop + 1]:
+        if stage not in IMPLEMENTED_STAGES:
+            done = ", ".join(IMPLEMENTED_STAGES) or "none"
+            msg = (
+                f"stopping before stage '{stage}': it is not implemented in immunoprofile "
+                f"{__version__} yet ({PLANNED[stage]}). Stages done: {done}. Nothing further "
+                f"was written to {cfg.workdir}."
+            )
+            raise NotImplementedStageError(msg)
+    return 0
+
+
+def _cmd_add_batch(args: argparse.Namespace) -> int:
+    load_config(args.config)
+    msg = (
+        f"add-batch is not implemented in immunoprofile {__version__} yet (issue #9); "
+        f"{args.samplesheet} was not read and nothing was written"
+    )
+    raise NotImplementedStageError(msg)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    msg = (
+        f"validate is not implemented in immunoprofile {__version__} yet (issue #3): "
+        f"there are no stores with manifests to check in {args.workdir}"
+    )
+    raise NotImplementedStageError(msg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="immunoprofile",
+        description=(
+            "Distributed single-cell immune profiling on Dask: QC, integration, B-cell "
+            "subset annotation and longitudinal abundance testing of PBMC cohorts."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"immunoprofile {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on failure")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "simulate",
+        help="write a synthetic cohort with planted truth",
+        description=(
+            "Write a seeded synthetic PBMC cohort to DIR: per-sample count matrices "
+            "(10x HDF5 or MTX), samplesheet.csv (and samplesheet_late.csv for patients "
+            "that arrive later) and truth/ (per-cell labels, per-sample proportions, "
+            "planted effects). Samples are simulated in parallel on the configured cluster; "
+            "a re-run with the same parameters skips complete samples."
+        ),
+    )
+    p.add_argument("config", help="YAML run config (its 'simulate' section is used)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, help="override simulate.seed")
+    p.add_argument("--null", action="store_true", help="plant no effects (calibration)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-matching --out")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser(
+        "run",
+        help="run the pipeline stages in order",
+        description=(
+            f"Run the stages {', '.join(STAGES)} in order, skipping those already done "
+            "with unchanged inputs and parameters."
+        ),
+    )
+    p.add_argument("config", help="YAML run config")
+    p.add_argument("--samplesheet", help="override the config's samplesheet")
+    p.add_argument("--workdir", help="override the config's workdir")
+    p.add_argument("--until", choices=STAGES, metavar="STAGE", help="stop after STAGE")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "add-batch",
+        help="add new samples to an analysed workdir",
+        description="Map a new batch of samples into an existing cohort without recomputing it.",
+    )
+    p.add_argument("config", help="YAML run config of the existing cohort")
+    p.add_argument("samplesheet", help="samplesheet of the new samples")
+    p.set_defaults(func=_cmd_add_batch)
+
+    p = sub.add_parser(
+        "validate",
+        help="check every store of a workdir against its manifest",
+        description="Re-read every store in WORKDIR and compare it with its manifest.",
+    )
+    p.add_argument("workdir")
+    p.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except NotImplementedStageError as exc:
+        print(f"immunoprofile {args.command}: {exc}", file=sys.stderr)
+        return EXIT_NOT_IMPLEMENTED
+    except ImmunoprofileError as exc:
+        print(f"immunoprofile {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"immunoprofile {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one paragraph, traceback on --debug
+        if args.debug:
+            traceback.print_exc()
+        print(
+            f"immunoprofile {args.command}: unexpected error: {type(exc).__name__}: {exc}. "
+            "This is a bug or an unhandled input; re-run with --debug for the traceback.",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR

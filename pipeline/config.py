@@ -1,0 +1,211 @@
+"""Run configuration: one typed, frozen schema with every default, read once from YAML.
+
+Unknown keys are rejected by name; wrong types name the key and the expected type.
+Relative paths in a config are relative to the current working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cluster.config import ClusterConfig
+
+from .errors import ConfigError
+from .labels import B_SUBSETS, LINEAGES
+
+# Default composition of the simulator. PBMC: B ~9% (REFERENCES.md); within B, an SLE-like mix.
+DEFAULT_LINEAGE_PROPORTIONS: dict[str, float] = {
+    "T_CD4": 0.38,
+    "T_CD8": 0.20,
+    "NK": 0.11,
+    "mono_CD14": 0.16,
+    "mono_CD16": 0.03,
+    "cDC": 0.015,
+    "pDC": 0.005,
+    "B": 0.09,
+    "platelet": 0.01,
+}
+DEFAULT_B_SUBSET_PROPORTIONS: dict[str, float] = {
+    "naive": 0.50,
+    "transitional": 0.06,
+    "unswitched_memory": 0.10,
+    "switched_memory": 0.17,
+    "DN1": 0.05,
+    "DN2": 0.09,
+    "plasmablast": 0.03,
+}
+
+STAGES: tuple[str, ...] = (
+    "ingest",
+    "qc",
+    "preprocess",
+    "integrate",
+    "graph",
+    "annotate",
+    "abundance",
+    "report",
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlantedEffect(_Frozen):
+    """A change of one cell type's abundance, on the additive log-ratio scale.
+
+    ``log_ratio`` maps a timepoint (months) to the shift of the type's log-ratio in the
+    group at that timepoint; timepoints not listed get 0.
+    """
+
+    cell_type: str
+    group: Literal["responder", "non_responder", "all"]
+    log_ratio: dict[int, float]
+
+    @field_validator("cell_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        allowed = [x for x in LINEAGES if x != "B"] + list(B_SUBSETS) + ["B"]
+        if value not in allowed:
+            msg = f"unknown cell type {value!r}; expected one of {allowed}"
+            raise ValueError(msg)
+        return value
+
+    @property
+    def level(self) -> str:
+        return "b_subset" if self.cell_type in B_SUBSETS else "lineage"
+
+
+def _default_effects() -> list[PlantedEffect]:
+    # Jenks 2018 / PubMed 39975549: DN2 higher in non-responders; Immunol Lett 2024: T-bet+
+    # B fall early only in responders; Jacobi 2010: naive and transitional fall in both.
+    return [
+        PlantedEffect(cell_type="DN2", group="non_responder", log_ratio={0: 0.8, 3: 0.8, 6: 0.8}),
+        PlantedEffect(cell_type="DN2", group="responder", log_ratio={3: -0.5, 6: -0.8}),
+        PlantedEffect(cell_type="naive", group="all", log_ratio={3: -0.4, 6: -0.6}),
+        PlantedEffect(cell_type="transitional", group="all", log_ratio={3: -0.3, 6: -0.5}),
+    ]
+
+
+class SimulationConfig(_Frozen):
+    """The synthetic cohort written by ``immunoprofile simulate``."""
+
+    seed: int = 0
+    n_patients: int = Field(44, ge=2)
+    extra_patients: int = Field(
+        0, ge=0, description="patients whose samples arrive later as a batch of their own"
+    )
+    responder_fraction: float = Field(0.5, gt=0, lt=1)
+    female_fraction: float = Field(0.9, ge=0, le=1)
+    timepoints_months: list[int] = Field(default_factory=lambda: [0, 3, 6])
+    cells_per_sample: int = Field(7500, ge=20, description="mean cells per sample")
+    cells_per_sample_sdlog: float = Field(0.15, ge=0)
+    n_genes: int = Field(20000, ge=1000)
+    n_batches: int = Field(4, ge=1)
+    format: Literal["h5", "mtx"] = "h5"
+    median_umi: float = Field(3500.0, gt=0)
+    umi_sdlog: float = Field(0.4, ge=0)
+    doublet_rate: float = Field(0.06, ge=0, lt=0.5)
+    low_quality_rate: float = Field(0.05, ge=0, lt=0.5)
+    batch_effect_sd: float = Field(0.25, ge=0, description="sd of per-batch log gene factors")
+    patient_sd: float = Field(0.35, ge=0, description="patient random effect, log-ratio scale")
+    sample_sd: float = Field(0.15, ge=0, description="sample random effect, log-ratio scale")
+    ifn_strength: float = Field(1.0, ge=0)
+    lineage_proportions: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_LINEAGE_PROPORTIONS)
+    )
+    b_subset_proportions: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_B_SUBSET_PROPORTIONS)
+    )
+    effects: list[PlantedEffect] = Field(default_factory=_default_effects)
+
+    @field_validator("timepoints_months")
+    @classmethod
+    def _timepoints(cls, value: list[int]) -> list[int]:
+        if not value or value[0] != 0 or sorted(set(value)) != value or min(value) < 0:
+            msg = f"expected increasing months starting with baseline 0, got {value}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("lineage_proportions", "b_subset_proportions")
+    @classmethod
+    def _proportions(cls, value: dict[str, float], info: Any) -> dict[str, float]:
+        vocab = LINEAGES if info.field_name == "lineage_proportions" else B_SUBSETS
+        if set(value) != set(vocab) or min(value.values()) <= 0:
+            msg = f"expected a positive proportion for each of {list(vocab)}, got {value}"
+            raise ValueError(msg)
+        total = sum(value.values())
+        return {k: value[k] / total for k in vocab}
+
+    @model_validator(mode="after")
+    def _effects_on_known_timepoints(self) -> SimulationConfig:
+        for effect in self.effects:
+            unknown = set(effect.log_ratio) - set(self.timepoints_months)
+            if unknown:
+                msg = (
+                    f"effect on {effect.cell_type!r} names timepoints {sorted(unknown)} that "
+                    f"are not in timepoints_months {self.timepoints_months}"
+                )
+                raise ValueError(msg)
+        return self
+
+
+class RunConfig(_Frozen):
+    """Everything ``immunoprofile`` reads from a config file."""
+
+    workdir: Path = Path("work")
+    samplesheet: Path | None = None
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    simulate: SimulationConfig = Field(default_factory=SimulationConfig)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if kind == "missing":
+        return f"missing required key '{key}'"
+    got = error.get("input")
+    expected = error["msg"].removeprefix("Value error, ")
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+        return f"key '{key}': {expected} (got {got!r})"
+    return f"key '{key}': {expected}"
+
+
+def parse_config(data: Any, *, source: str = "<config>") -> RunConfig:
+    """Validate a mapping against the schema; all problems are reported together."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        msg = f"{source}: expected a YAML mapping of keys at the top level, got {type(data).__name__}"
+        raise ConfigError(msg)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        msg = f"{source}: invalid configuration: " + "; ".join(problems)
+        raise ConfigError(msg) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        msg = f"config file {path} does not exist"
+        raise ConfigError(msg) from None
+    except OSError as exc:
+        msg = f"config file {path} cannot be read: {exc.strerror}"
+        raise ConfigError(msg) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        msg = f"{path}: not valid YAML: {exc}"
+        raise ConfigError(msg) from None
+    return parse_config(data, source=str(path))

@@ -1,0 +1,23 @@
+"""Seeded synthetic PBMC cohorts with planted truth: the project's test oracle."""
+
+from ._cohort import SimulationResult, simulate_cohort, simulate_sample
+from ._design import CohortDesign, SampleSpec, design_cohort, true_contrasts
+from ._expression import ExpressionModel, GeneUniverse, build_expression_model, build_gene_universe
+from ._programs import B_SUBSETS, CELL_TYPES, LINEAGES
+
+__all__ = [
+    "B_SUBSETS",
+    "CELL_TYPES",
+    "LINEAGES",
+    "CohortDesign",
+    "ExpressionModel",
+    "GeneUniverse",
+    "SampleSpec",
+    "SimulationResult",
+    "build_expression_model",
+    "build_gene_universe",
+    "design_cohort",
+    "simulate_cohort",
+    "simulate_sample",
+    "true_contrasts",
+]
