@@ -70,7 +70,9 @@ def start_client(cfg: ClusterConfig, *, quiet: bool = False) -> Iterator[Client]
         cluster = _jobqueue_cluster(cfg)
         client = Client(cluster)
     if not quiet:
-        print(f"Dask cluster ({cfg.profile}): dashboard at {client.dashboard_link}", file=sys.stderr)
+        print(
+            f"Dask cluster ({cfg.profile}): dashboard at {client.dashboard_link}", file=sys.stderr
+        )
     try:
         yield client
     finally:

@@ -66,7 +66,9 @@ def _resolve_run_config(args: argparse.Namespace) -> RunConfig:
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _resolve_run_config(args)
     if cfg.samplesheet is None:
-        msg = f"{args.config}: no samplesheet: set 'samplesheet' in the config or pass --samplesheet"
+        msg = (
+            f"{args.config}: no samplesheet: set 'samplesheet' in the config or pass --samplesheet"
+        )
         raise ImmunoprofileError(msg)
     stop = STAGES.index(args.until) if args.until else len(STAGES) - 1
     for stage in STAGES[: stop + 1]:

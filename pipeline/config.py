@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from cluster.config import ClusterConfig
 
@@ -141,6 +142,22 @@ class SimulationConfig(_Frozen):
         total = sum(value.values())
         return {k: value[k] / total for k in vocab}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_effects_on_design_timepoints(cls, data: Any) -> Any:
+        """Without explicit effects, plant the defaults at the design's own timepoints."""
+        if isinstance(data, dict) and "effects" not in data and "timepoints_months" in data:
+            times = (
+                set(data["timepoints_months"])
+                if isinstance(data["timepoints_months"], list)
+                else set()
+            )
+            data = {**data, "effects": [
+                e.model_copy(update={"log_ratio": {t: v for t, v in e.log_ratio.items() if t in times}})
+                for e in _default_effects()
+            ]}  # fmt: skip
+        return data
+
     @model_validator(mode="after")
     def _effects_on_known_timepoints(self) -> SimulationConfig:
         for effect in self.effects:
@@ -163,7 +180,7 @@ class RunConfig(_Frozen):
     simulate: SimulationConfig = Field(default_factory=SimulationConfig)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     key = ".".join(str(p) for p in error["loc"]) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -182,7 +199,9 @@ def parse_config(data: Any, *, source: str = "<config>") -> RunConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        msg = f"{source}: expected a YAML mapping of keys at the top level, got {type(data).__name__}"
+        msg = (
+            f"{source}: expected a YAML mapping of keys at the top level, got {type(data).__name__}"
+        )
         raise ConfigError(msg)
     try:
         return RunConfig.model_validate(data)

@@ -219,12 +219,19 @@ def simulate_cohort(
         digest = _params_digest(cfg)["sha256"][:12]
         futures = [
             client.submit(
-                simulate_sample, s, model_f, factor_f[s.batch_index], cfg=cfg, out=out,
+                simulate_sample,
+                s,
+                model_f,
+                factor_f[s.batch_index],
+                cfg=cfg,
+                out=out,
                 key=f"simulate-{s.sample_id}-{digest}",
-            )  # fmt: skip
+            )
             for s in todo
         ]
-        bar = tqdm(total=len(futures), desc="simulate", unit="sample", file=sys.stderr, disable=None)
+        bar = tqdm(
+            total=len(futures), desc="simulate", unit="sample", file=sys.stderr, disable=None
+        )
         for future in as_completed(futures):
             results.append(future.result())
             bar.update()
@@ -295,7 +302,8 @@ def _write_truth(
         for gene, cp10k in genes.items()
     ]
     write_csv_atomic(
-        truth / "markers.csv", pd.DataFrame(markers, columns=["level", "cell_type", "gene", "cp10k"])
+        truth / "markers.csv",
+        pd.DataFrame(markers, columns=["level", "cell_type", "gene", "cp10k"]),
     )
     genes = pd.DataFrame({"gene_id": model.genes.ids, "symbol": model.genes.symbols})
     genes["sampling"] = "poisson"

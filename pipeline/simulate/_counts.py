@@ -48,7 +48,9 @@ def plan_cells(
     n_types = len(model.cell_types)
     u = rng.random(n_cells)
     kind = np.where(
-        u < doublet_rate, "doublet", np.where(u < doublet_rate + low_quality_rate, "low_quality", "singlet")
+        u < doublet_rate,
+        "doublet",
+        np.where(u < doublet_rate + low_quality_rate, "low_quality", "singlet"),
     ).astype(object)
     cell_type = rng.choice(n_types, size=n_cells, p=type_probs)
     partner = rng.choice(n_types, size=n_cells, p=type_probs)
@@ -186,7 +188,9 @@ def simulate_counts(
     for i, start in enumerate(range(0, n, BLOCK_CELLS)):
         sl = slice(start, min(start + BLOCK_CELLS, n))
         sub = CellPlan(**{k: v[sl] for k, v in plan.__dict__.items()})
-        rng = np.random.default_rng(np.random.SeedSequence(seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, i)))
+        rng = np.random.default_rng(
+            np.random.SeedSequence(seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, i))
+        )
         blocks.append(draw_counts(rng, model, profiles, sub))
     if not blocks:
         return sp.csr_matrix((0, profiles.shape[1]), dtype=np.int32)

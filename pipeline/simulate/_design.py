@@ -76,7 +76,8 @@ def true_contrasts(typical: pd.DataFrame, timepoints: list[int]) -> pd.DataFrame
         ["level", "cell_type", "denominator", "response", "timepoint_months"]
     )["log_odds"]
     rows = []
-    for (level, cell_type, denominator), sub in lo.groupby(level=[0, 1, 2]):
+    for key, sub in lo.groupby(level=[0, 1, 2]):
+        level, cell_type, denominator = key  # type: ignore[misc,str-unpack]
         v = sub.droplevel([0, 1, 2])
         for t in timepoints:
             rows.append((level, cell_type, denominator, f"response@month{t}",
@@ -99,7 +100,7 @@ def design_cohort(cfg: SimulationConfig) -> CohortDesign:
     patient_ids = [f"P{i:0{width}d}" for i in range(1, n_total + 1)]
 
     def assign_response(n: int) -> np.ndarray:
-        n_resp = int(round(n * cfg.responder_fraction))
+        n_resp = round(n * cfg.responder_fraction)
         labels = np.array(["responder"] * n_resp + ["non_responder"] * (n - n_resp))
         return rng.permutation(labels)
 
@@ -132,9 +133,11 @@ def design_cohort(cfg: SimulationConfig) -> CohortDesign:
             eta_lin += _effect_shift(cfg, "lineage", LINEAGES, group, t)
             eta_b = b_base + u_b[p] + rng.normal(0, cfg.sample_sd, len(B_SUBSETS))
             eta_b += _effect_shift(cfg, "b_subset", B_SUBSETS, group, t)
-            n_cells = max(20, int(round(cfg.cells_per_sample * rng.lognormal(0, cfg.cells_per_sample_sdlog))))
+            n_cells = max(
+                20, round(cfg.cells_per_sample * rng.lognormal(0, cfg.cells_per_sample_sdlog))
+            )
             drop = {"responder": 6 * t / 6, "non_responder": 1 * t / 6}[group]
-            sledai = max(0, int(round(sledai0[p] - drop * (1 if t else 0) + rng.normal(0, 1))))
+            sledai = max(0, round(sledai0[p] - drop * (1 if t else 0) + rng.normal(0, 1)))
             samples.append(
                 SampleSpec(
                     index=len(samples),

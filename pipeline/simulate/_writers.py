@@ -41,7 +41,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
 
 
 def write_10x_h5(
-    path: Path, counts: sp.csr_matrix, barcodes: np.ndarray, gene_ids: np.ndarray, symbols: np.ndarray
+    path: Path,
+    counts: sp.csr_matrix,
+    barcodes: np.ndarray,
+    gene_ids: np.ndarray,
+    symbols: np.ndarray,
 ) -> None:
     """Write a Cell Ranger v3 ``filtered_feature_bc_matrix.h5`` (cells x genes CSR input)."""
     n_cells, n_genes = counts.shape
@@ -64,7 +68,11 @@ def write_10x_h5(
 
 
 def write_10x_mtx(
-    path: Path, counts: sp.csr_matrix, barcodes: np.ndarray, gene_ids: np.ndarray, symbols: np.ndarray
+    path: Path,
+    counts: sp.csr_matrix,
+    barcodes: np.ndarray,
+    gene_ids: np.ndarray,
+    symbols: np.ndarray,
 ) -> None:
     """Write a Cell Ranger v3 matrix folder (``matrix.mtx.gz``, features, barcodes)."""
     with atomic_path(path) as tmp:
@@ -78,6 +86,5 @@ def write_10x_mtx(
 
 def write_csv_atomic(path: Path, frame: pd.DataFrame) -> None:
     """Write a CSV (gzipped when the name ends in .gz) atomically."""
-    compression = "gzip" if path.suffix == ".gz" else None
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, compression=compression)
+        frame.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)

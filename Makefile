@@ -1,0 +1,56 @@
+# Everything a user or CI needs, from a machine with only Python >= 3.11 and pip.
+#   make demo        create .venv if missing, install, simulate the demo cohort, run it
+#   make test        same venv; lint, type check and the default test suite
+#   make test-slow   the tests marked slow
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch is pinned to a CPU build by default; see README "Installing torch".
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+SRC := pipeline cluster tests benchmarks
+
+.PHONY: install demo test test-slow lint typecheck schema bench-simulate clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	TORCH_VERSION=$(TORCH_VERSION) TORCH_INDEX=$(TORCH_INDEX) TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) \
+		PIP="$(BIN)/python -m pip" sh .ci/install-torch.sh
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/immunoprofile simulate configs/demo.yaml --out demo_data
+	$(BIN)/immunoprofile run configs/demo.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+# Regenerate configs/schema.json from the typed config (a test checks they agree).
+schema: $(STAMP)
+	$(BIN)/python -c "import json; from pipeline.config import RunConfig; \
+		print(json.dumps(RunConfig.model_json_schema(), indent=2, sort_keys=True))" > configs/schema.json
+
+# The full-size simulator benchmark (docs/benchmarks.md).
+bench-simulate: $(STAMP)
+	rm -rf cohort_data
+	$(BIN)/python benchmarks/measure.py --label simulate-cohort --json benchmarks/results/simulate.jsonl \
+		-- $(BIN)/immunoprofile simulate configs/cohort.yaml --out cohort_data
+
+clean:
+	rm -rf demo_data demo_work .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""Shared fixtures: a real LocalCluster and small simulated cohorts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster
+
+from pipeline.config import SimulationConfig
+from pipeline.simulate import SimulationResult, simulate_cohort
+
+SMALL = {
+    "seed": 11,
+    "n_patients": 6,
+    "extra_patients": 2,
+    "cells_per_sample": 400,
+    "n_genes": 6000,
+    "n_batches": 3,
+}
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[Client]:
+    """Two single-threaded worker processes on localhost, like a 2-core laptop."""
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=":0", memory_limit="4GiB",
+        ) as cluster,
+        Client(cluster) as c,
+    ):  # fmt: skip
+        yield c
+
+
+def small_config(**overrides: object) -> SimulationConfig:
+    return SimulationConfig.model_validate({**SMALL, **overrides})
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory, client: Client) -> SimulationResult:
+    """A 6+2-patient cohort in 10x HDF5, simulated once per test session."""
+    out: Path = tmp_path_factory.mktemp("cohort_h5")
+    return simulate_cohort(small_config(format="h5"), out=out, client=client)
