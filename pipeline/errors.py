@@ -13,3 +13,19 @@ class ConfigError(ImmunoprofileError):
 
 class NotImplementedStageError(ImmunoprofileError):
     """A command or stage that this version does not provide yet."""
+
+
+class InputError(ImmunoprofileError):
+    """Bad input data (samplesheet, count matrices); ``problems`` lists each one."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+class StoreError(ImmunoprofileError):
+    """A store in the workdir does not match its manifest (truncated, corrupt, missing)."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
