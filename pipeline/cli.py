@@ -6,16 +6,22 @@ import argparse
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import STAGES, RunConfig, load_config
 from .errors import ImmunoprofileError, NotImplementedStageError
 
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from .ingest import SampleRow
+
 EXIT_ERROR = 1
 EXIT_NOT_IMPLEMENTED = 3
 
 # Stages that exist in this version, in run order; the rest are reported as not built yet.
-IMPLEMENTED_STAGES: tuple[str, ...] = ()
+IMPLEMENTED_STAGES: tuple[str, ...] = ("ingest",)
 PLANNED = {
     "ingest": "issue #3",
     "qc": "issue #4",
@@ -63,7 +69,32 @@ def _resolve_run_config(args: argparse.Namespace) -> RunConfig:
     return cfg.model_copy(update=updates) if updates else cfg
 
 
+def _run_ingest(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> None:
+    from .ingest import ingest_samples
+
+    result = ingest_samples(
+        rows,
+        workdir=cfg.workdir,
+        client=client,
+        gene_policy=cfg.ingest.gene_policy,
+        samplesheet=cfg.samplesheet,
+    )
+    dropped = f"; genes dropped per sample: {result.dropped_genes}" if result.dropped_genes else ""
+    print(
+        f"ingest: {result.n_samples} samples ({result.n_written} written, {result.n_unchanged} "
+        f"unchanged), {result.n_cells:,} cells x {result.n_genes:,} genes in "
+        f"{result.seconds:.1f} s{dropped}"
+    )
+
+
+STAGE_RUNNERS = {"ingest": _run_ingest}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from cluster.launch import start_client
+
+    from .ingest import read_samplesheet
+
     cfg = _resolve_run_config(args)
     if cfg.samplesheet is None:
         msg = (
@@ -71,15 +102,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         raise ImmunoprofileError(msg)
     stop = STAGES.index(args.until) if args.until else len(STAGES) - 1
-    for stage in STAGES[: stop + 1]:
-        if stage not in IMPLEMENTED_STAGES:
-            done = ", ".join(IMPLEMENTED_STAGES) or "none"
-            msg = (
-                f"stopping before stage '{stage}': it is not implemented in immunoprofile "
-                f"{__version__} yet ({PLANNED[stage]}). Stages done: {done}. Nothing further "
-                f"was written to {cfg.workdir}."
-            )
-            raise NotImplementedStageError(msg)
+    wanted = STAGES[: stop + 1]
+    runnable = [s for s in wanted if s in IMPLEMENTED_STAGES]
+    if runnable:
+        # the samplesheet is checked before any cluster starts: bad input fails fast
+        rows = read_samplesheet(cfg.samplesheet)
+        with start_client(cfg.cluster) as client:
+            for stage in runnable:
+                STAGE_RUNNERS[stage](cfg, client, rows)
+    missing = [s for s in wanted if s not in IMPLEMENTED_STAGES]
+    if missing:
+        done = ", ".join(runnable) or "none"
+        msg = (
+            f"stopping before stage '{missing[0]}': it is not implemented in immunoprofile "
+            f"{__version__} yet ({PLANNED[missing[0]]}). Stages done: {done} (outputs in "
+            f"{cfg.workdir})."
+        )
+        raise NotImplementedStageError(msg)
     return 0
 
 
@@ -93,11 +132,11 @@ def _cmd_add_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    msg = (
-        f"validate is not implemented in immunoprofile {__version__} yet (issue #3): "
-        f"there are no stores with manifests to check in {args.workdir}"
-    )
-    raise NotImplementedStageError(msg)
+    from .validate import validate_workdir
+
+    report = validate_workdir(args.workdir)
+    print(f"validate: {report.n_stores} store(s) in {args.workdir} match their manifests")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

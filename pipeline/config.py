@@ -171,6 +171,17 @@ class SimulationConfig(_Frozen):
         return self
 
 
+class IngestConfig(_Frozen):
+    """The ingest stage: count matrices to per-sample AnnData-Zarr stores."""
+
+    gene_policy: Literal["error", "intersect"] = Field(
+        "error",
+        description="samples whose gene sets differ: 'error' lists the difference, "
+        "'intersect' keeps the genes all samples share and reports what was dropped",
+    )
+    chunk_cells: int = Field(10_000, ge=100, description="cells per Dask chunk of the cohort view")
+
+
 class RunConfig(_Frozen):
     """Everything ``immunoprofile`` reads from a config file."""
 
@@ -178,6 +189,7 @@ class RunConfig(_Frozen):
     samplesheet: Path | None = None
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     simulate: SimulationConfig = Field(default_factory=SimulationConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
 
 
 def _describe(error: ErrorDetails) -> str:

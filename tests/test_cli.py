@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from pipeline.cli import EXIT_NOT_IMPLEMENTED, main
+from pipeline.simulate import SimulationResult
 
 ROOT = Path(__file__).resolve().parents[1]
 IMMUNOPROFILE = str(Path(sys.executable).with_name("immunoprofile"))
@@ -34,29 +35,56 @@ def test_every_command_has_help(command: str) -> None:
     assert proc.returncode == 0 and "usage: immunoprofile " + command in proc.stdout
 
 
-def test_run_says_where_it_stops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["run", str(ROOT / "configs" / "demo.yaml"), "--workdir", str(tmp_path / "w")])
-    err = capsys.readouterr().err
-    assert code == EXIT_NOT_IMPLEMENTED
-    assert "stopping before stage 'ingest'" in err and "issue #3" in err
-    assert not (tmp_path / "w").exists()
-
-
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (
-            ["add-batch", str(ROOT / "configs" / "demo.yaml"), "new.csv"],
-            "add-batch is not implemented",
-        ),
-        (["validate", "somewhere"], "validate is not implemented"),
-    ],
-)
-def test_unbuilt_commands_say_so(
-    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+def test_run_ingests_then_says_where_it_stops(
+    tmp_path: Path, small_cohort: SimulationResult, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(args) == EXIT_NOT_IMPLEMENTED
-    assert expected in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("cluster: {n_workers: 1, threads_per_worker: 1}\n")
+    args = [
+        "run",
+        str(cfg),
+        "--samplesheet",
+        str(small_cohort.samplesheet),
+        "--workdir",
+        str(tmp_path / "w"),
+    ]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == EXIT_NOT_IMPLEMENTED
+    assert "ingest: 18 samples (18 written, 0 unchanged)" in captured.out
+    assert "stopping before stage 'qc'" in captured.err and "issue #4" in captured.err
+    assert "Stages done: ingest" in captured.err
+    assert len(list((tmp_path / "w" / "samples").glob("*.zarr"))) == 18
+    assert main([*args, "--until", "ingest"]) == 0  # nothing beyond ingest asked for
+    assert "(0 written, 18 unchanged)" in capsys.readouterr().out
+
+
+def test_add_batch_says_it_is_not_built(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["add-batch", str(ROOT / "configs" / "demo.yaml"), "new.csv"]) == EXIT_NOT_IMPLEMENTED
+    )
+    assert "add-batch is not implemented" in capsys.readouterr().err
+
+
+def test_run_reports_samplesheet_problems_in_one_paragraph(tmp_path: Path) -> None:
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(
+        "sample_id,patient_id,timepoint_months,response,batch,path\nS 1,P1,-1,maybe,b,x.h5\n"
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"samplesheet: {sheet}\nworkdir: {tmp_path / 'w'}\n")
+    proc = _run(IMMUNOPROFILE, "run", str(cfg))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("immunoprofile run: error: samplesheet")
+    for fragment in (
+        "sample_id 'S 1'",
+        "timepoint_months '-1'",
+        "response 'maybe'",
+        "path 'x.h5' does not exist",
+    ):
+        assert fragment in lines[0]
+    assert not (tmp_path / "w").exists()
 
 
 def test_run_needs_a_samplesheet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

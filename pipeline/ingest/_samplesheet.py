@@ -142,12 +142,19 @@ def read_samplesheet(path: str | Path) -> list[SampleRow]:
     problems = _problems_of_rows(frame, path.parent)
     if problems:
         raise InputError(f"samplesheet {path}: " + "; ".join(problems), problems=problems)
+    typed = frame.drop(columns="path")
+    for col in typed.columns:
+        if col in ("sample_id", "patient_id", "response", "batch"):
+            continue
+        numbers = pd.to_numeric(typed[col], errors="coerce")
+        if numbers.notna().all():  # a numeric column (timepoints, age, sledai, ...)
+            whole = bool((numbers == numbers.round()).all())
+            typed[col] = numbers.astype("int64") if whole else numbers.astype("float64")
     rows = []
-    for record in frame.to_dict(orient="records"):
-        meta: dict[str, object] = {k: v for k, v in record.items() if k != "path"}
-        meta["timepoint_months"] = float(record["timepoint_months"])
-        if float(meta["timepoint_months"]).is_integer():  # type: ignore[arg-type]
-            meta["timepoint_months"] = int(float(record["timepoint_months"]))
+    for record, meta in zip(
+        frame.to_dict(orient="records"), typed.to_dict(orient="records"), strict=True
+    ):
+        meta = {k: (v.item() if hasattr(v, "item") else v) for k, v in meta.items()}
         rows.append(
             SampleRow(
                 sample_id=record["sample_id"],

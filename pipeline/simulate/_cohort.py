@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,12 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import SimulationConfig
 from ..errors import ImmunoprofileError
+from ..store import atomic_path
 from . import _programs as prog
 from ._counts import plan_cells, simulate_counts
 from ._design import CohortDesign, SampleSpec, design_cohort
 from ._expression import ExpressionModel, apply_batch_effect, build_expression_model
-from ._writers import atomic_path, write_10x_h5, write_10x_mtx, write_csv_atomic
+from ._writers import write_10x_h5, write_10x_mtx, write_csv_atomic
 
 PARAMS_FILE = ".simulation-params.json"
 SAMPLESHEET_COLUMNS = ["sample_id", "patient_id", "timepoint_months", "response", "batch", "path"]
@@ -216,7 +218,7 @@ def simulate_cohort(
     if todo:
         model_f = client.scatter(model, broadcast=True)
         factor_f = [client.scatter(f, broadcast=True) for f in factors]
-        digest = _params_digest(cfg)["sha256"][:12]
+        run = uuid.uuid4().hex[:8]  # fresh keys: never reuse an earlier call's result
         futures = [
             client.submit(
                 simulate_sample,
@@ -225,7 +227,7 @@ def simulate_cohort(
                 factor_f[s.batch_index],
                 cfg=cfg,
                 out=out,
-                key=f"simulate-{s.sample_id}-{digest}",
+                key=f"simulate-{s.sample_id}-{run}",
             )
             for s in todo
         ]

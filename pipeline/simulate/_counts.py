@@ -67,7 +67,10 @@ def plan_cells(
     lib[low] *= LOW_QUALITY_LIBRARY * rng.lognormal(0.0, 0.3, int(low.sum()))
     mt_fold = rng.lognormal(0.0, 0.25, n_cells)
     mt_fold[low] *= LOW_QUALITY_MT_FOLD
-    isg_fold = np.exp(ifn_strength * ifn_score * rng.lognormal(0.0, 0.3, n_cells))
+    # cells vary around the sample's score, within half to one and a half times it
+    isg_fold = np.exp(
+        ifn_strength * ifn_score * np.clip(rng.lognormal(0.0, 0.25, n_cells), 0.5, 1.5)
+    )
 
     def isotype(types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         heavy = np.full(types.size, -1)

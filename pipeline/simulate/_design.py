@@ -12,6 +12,7 @@ from ..config import SimulationConfig
 from ._programs import B_SUBSETS, LINEAGES
 
 GROUPS: tuple[str, ...] = ("responder", "non_responder")
+MAX_IFN_SCORE = 2.5
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def true_contrasts(typical: pd.DataFrame, timepoints: list[int]) -> pd.DataFrame
     )["log_odds"]
     rows = []
     for key, sub in lo.groupby(level=[0, 1, 2]):
-        level, cell_type, denominator = key  # type: ignore[misc,str-unpack]
+        level, cell_type, denominator = key
         v = sub.droplevel([0, 1, 2])
         for t in timepoints:
             rows.append((level, cell_type, denominator, f"response@month{t}",
@@ -110,7 +111,9 @@ def design_cohort(cfg: SimulationConfig) -> CohortDesign:
     female = rng.random(n_total) < cfg.female_fraction
     age = np.clip(np.round(rng.normal(42, 12, n_total)), 18, 80).astype(int)
     sledai0 = np.clip(np.round(rng.normal(10, 3, n_total)), 4, None).astype(int)
-    ifn_patient = rng.lognormal(0.0, 0.5, n_total)
+    # Interferon score: the log-fold of the ISG module in a typical cell; SLE patients
+    # range from near 0 to ~2.5 (ISGs ~12x), most around 0.8 (~2x).
+    ifn_patient = np.clip(rng.lognormal(np.log(0.8), 0.5, n_total), 0.0, MAX_IFN_SCORE)
     # Enrollment waves: a patient's samples go to consecutive batches, so batch and time
     # are partly crossed; patients arriving later form one extra batch.
     waves = rng.permutation(np.arange(cfg.n_patients) % cfg.n_batches)
@@ -150,7 +153,7 @@ def design_cohort(cfg: SimulationConfig) -> CohortDesign:
                     n_cells=n_cells,
                     lineage_probs=tuple(float(x) for x in softmax(eta_lin)),
                     b_subset_probs=tuple(float(x) for x in softmax(eta_b)),
-                    ifn_score=float(ifn_patient[p] * rng.lognormal(0, 0.2)),
+                    ifn_score=float(min(ifn_patient[p] * rng.lognormal(0, 0.2), MAX_IFN_SCORE)),
                     library_factor=float(batch_lib[b]),
                     late=late,
                     metadata={

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -16,28 +11,7 @@ import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``target``; rename it onto ``target`` on success.
-
-    On error the temporary file or folder is removed and ``target`` is left as it was.
-    """
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        yield tmp
-        if target.is_dir() and tmp.is_dir():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        elif tmp.exists():
-            tmp.unlink()
+from ..store import atomic_path
 
 
 def write_10x_h5(

@@ -174,6 +174,15 @@ def test_interferon_score_scales_the_isg_module(model) -> None:
         return float(x[:, model.isg].sum() / x.sum())
 
     assert isg_share(2.0) > 3 * isg_share(0.0)
+    # even the highest score keeps the module a minority of the library
+    assert isg_share(2.5) < 0.25
+
+
+def test_counts_stay_in_a_plausible_range(cells) -> None:
+    _, x = cells
+    lib = np.asarray(x.sum(axis=1)).ravel()
+    assert x.data.max() < 20_000  # plasmablast IG chains reach thousands; nothing beyond
+    assert lib.max() < 40 * MEDIAN_UMI
 
 
 def test_counts_are_deterministic_under_a_seed(model) -> None:

@@ -110,3 +110,10 @@ def test_patient_random_effects_make_samples_of_a_patient_alike() -> None:
 def test_timepoints_must_start_at_baseline(bad: dict) -> None:
     with pytest.raises(ValueError, match="baseline 0"):
         SimulationConfig.model_validate(bad)
+
+
+def test_interferon_scores_are_bounded() -> None:
+    design = design_cohort(SimulationConfig(seed=8, n_patients=400))
+    scores = np.array([s.ifn_score for s in design.samples])
+    assert scores.max() <= 2.5 and scores.min() >= 0
+    assert 0.5 < np.median(scores) < 1.2

@@ -1,0 +1,94 @@
+"""Checks of one sample's counts and of gene sets across samples (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def _examples(values: Sequence[object], n: int = 3) -> str:
+    shown = ", ".join(repr(v) for v in list(values)[:n])
+    return shown + (", ..." if len(values) > n else "")
+
+
+def count_problems(x: sp.csr_matrix) -> list[str]:
+    """Counts must be finite, non-negative integers."""
+    data = x.data
+    problems = []
+    if data.dtype.kind == "f":
+        nan = int(np.isnan(data).sum())
+        inf = int(np.isinf(data).sum())
+        finite = data[np.isfinite(data)]
+        frac = finite[finite != np.round(finite)]
+        if nan:
+            problems.append(f"{nan} NaN count(s)")
+        if inf:
+            problems.append(f"{inf} infinite count(s)")
+        if frac.size:
+            problems.append(f"{frac.size} non-integer count(s) (e.g. {_examples(frac.tolist())})")
+        negative = int((finite < 0).sum())
+    elif data.dtype.kind in "iu":
+        negative = int((data < 0).sum())
+    else:
+        return [f"counts have dtype {data.dtype}, expected integers"]
+    if negative:
+        problems.append(f"{negative} negative count(s)")
+    return problems
+
+
+def barcode_problems(barcodes: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    dups: list[str] = []
+    for b in barcodes:
+        if b in seen:
+            dups.append(b)
+        seen.add(b)
+    if dups:
+        return [f"{len(dups)} duplicate barcode(s) (e.g. {_examples(sorted(set(dups)))})"]
+    return []
+
+
+def gene_id_problems(gene_ids: Sequence[str]) -> list[str]:
+    ids = np.asarray(gene_ids, dtype=object)
+    unique, counts = np.unique(ids, return_counts=True)
+    dups = unique[counts > 1]
+    if dups.size:
+        return [f"{dups.size} duplicate gene ID(s) (e.g. {_examples(dups.tolist())})"]
+    return []
+
+
+def compare_gene_sets(
+    genes: dict[str, Sequence[str]], *, policy: str
+) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """The cohort's genes (first sample's order), the genes dropped per sample, problems.
+
+    ``policy`` 'error': any difference is a problem naming the samples and genes;
+    'intersect': the cohort keeps the genes every sample has.
+    """
+    names = list(genes)
+    reference = list(genes[names[0]])
+    ref_set = set(reference)
+    problems = []
+    common = set(reference)
+    for name in names[1:]:
+        other = set(genes[name])
+        common &= other
+        lacks = [g for g in reference if g not in other]
+        extra = sorted(other - ref_set)
+        if lacks or extra:
+            problems.append(
+                f"sample '{name}' has a different gene set from '{names[0]}': it lacks "
+                f"{len(lacks)} of its genes (e.g. {_examples(lacks) or 'none'}) and has "
+                f"{len(extra)} others (e.g. {_examples(extra) or 'none'})"
+            )
+    cohort = [g for g in reference if g in common]
+    if policy == "intersect":
+        dropped = {n: [g for g in genes[n] if g not in common] for n in names}
+        return cohort, {n: d for n, d in dropped.items() if d}, []
+    if problems:
+        problems.append(
+            f"set ingest.gene_policy: intersect to keep the {len(cohort)} genes all samples share"
+        )
+    return cohort, {}, problems

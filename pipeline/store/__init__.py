@@ -1,0 +1,15 @@
+"""Store I/O shared by the stages: atomic writes, manifests, validation."""
+
+from ._atomic import atomic_path, remove_staging_leftovers, write_text_atomic
+from ._manifest import MANIFEST, describe_arrays, read_manifest, validate_store, write_manifest
+
+__all__ = [
+    "MANIFEST",
+    "atomic_path",
+    "describe_arrays",
+    "read_manifest",
+    "remove_staging_leftovers",
+    "validate_store",
+    "write_manifest",
+    "write_text_atomic",
+]

@@ -1,0 +1,116 @@
+"""Manifests of zarr stores: what was written, so that `validate` can catch any change.
+
+A store's manifest (the root group's ``immunoprofile_manifest`` attribute, in its
+``zarr.json``) records every array's shape, dtype, the SHA-256 of its decoded values and the
+chunk files present at write time, plus the store's provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+MANIFEST = "immunoprofile_manifest"
+
+
+def _digest(values: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(f"{values.dtype.str}{values.shape}".encode())
+    if values.dtype.kind in "OUT":
+        h.update("\x1f".join(str(v) for v in values.ravel().tolist()).encode())
+    else:
+        h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()
+
+
+def _arrays(group: zarr.Group, prefix: str = "") -> dict[str, zarr.Array]:
+    found: dict[str, zarr.Array] = {}
+    for name, node in group.members():
+        key = f"{prefix}{name}"
+        if isinstance(node, zarr.Array):
+            found[key] = node
+        else:
+            found.update(_arrays(node, key + "/"))
+    return found
+
+
+def _chunk_files(root: Path, key: str) -> list[str]:
+    folder = root / key
+    return sorted(
+        str(p.relative_to(root)) for p in folder.rglob("*") if p.is_file() and p.name != "zarr.json"
+    )
+
+
+def describe_arrays(root: Path) -> dict[str, dict[str, Any]]:
+    """Shape, dtype, checksum and chunk files of every array in the store at ``root``."""
+    group = zarr.open_group(str(root), mode="r")
+    out = {}
+    for key, arr in sorted(_arrays(group).items()):
+        values = np.asarray(arr[...])
+        out[key] = {
+            "shape": list(arr.shape),
+            "dtype": str(arr.dtype),
+            "sha256": _digest(values),
+            "chunks": _chunk_files(root, key),
+        }
+    return out
+
+
+def write_manifest(root: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Describe the store's arrays, add ``info`` and record it in the root attributes."""
+    manifest = json.loads(json.dumps({**info, "arrays": describe_arrays(root)}))
+    zarr.open_group(str(root), mode="r+").attrs[MANIFEST] = manifest
+    return manifest
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    """The store's manifest, or None when the store or its manifest cannot be read."""
+    try:
+        meta = json.loads((root / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    manifest = meta.get("attributes", {}).get(MANIFEST)
+    return manifest if isinstance(manifest, dict) else None
+
+
+def validate_store(root: Path) -> list[str]:
+    """Every way the store at ``root`` differs from its manifest; empty if none."""
+    manifest = read_manifest(root)
+    if manifest is None:
+        return [f"{root}: no readable manifest (zarr.json or its '{MANIFEST}' attribute)"]
+    problems: list[str] = []
+    try:
+        group = zarr.open_group(str(root), mode="r")
+        present = _arrays(group)
+    except Exception as exc:
+        return [f"{root}: cannot be opened as a zarr group ({type(exc).__name__}: {exc})"]
+    for key, expected in manifest["arrays"].items():
+        where = f"{root}: array '{key}'"
+        if key not in present:
+            problems.append(f"{where} is missing")
+            continue
+        missing = sorted(set(expected["chunks"]) - set(_chunk_files(root, key)))
+        if missing:
+            problems.append(f"{where}: chunk file(s) {', '.join(missing)} missing")
+        arr = present[key]
+        if list(arr.shape) != expected["shape"] or str(arr.dtype) != expected["dtype"]:
+            problems.append(
+                f"{where} has shape {list(arr.shape)} and dtype {arr.dtype}, the manifest "
+                f"says {expected['shape']} and {expected['dtype']}"
+            )
+            continue
+        try:
+            values = np.asarray(arr[...])
+        except Exception as exc:
+            problems.append(f"{where} cannot be read (corrupt or truncated chunk: {exc})")
+            continue
+        if _digest(values) != expected["sha256"]:
+            problems.append(f"{where} does not match its manifest checksum (changed or lost data)")
+    for key in sorted(set(present) - set(manifest["arrays"])):
+        problems.append(f"{root}: array '{key}' is not in the manifest")
+    return problems
