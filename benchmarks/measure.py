@@ -25,6 +25,7 @@ def measure(command: list[str], interval: float = 0.1) -> dict[str, float | int 
     peak_rss = 0
     peak_procs = 0
     cpu_seen: dict[int, float] = {}
+    per_process: dict[int, int] = {}
     while proc.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
@@ -33,7 +34,9 @@ def measure(command: list[str], interval: float = 0.1) -> dict[str, float | int 
         total = 0
         for p in tree:
             try:
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
+                total += rss
+                per_process[p.pid] = max(per_process.get(p.pid, 0), rss)
                 t = p.cpu_times()
                 cpu_seen[p.pid] = t.user + t.system
             except psutil.NoSuchProcess:
@@ -49,6 +52,8 @@ def measure(command: list[str], interval: float = 0.1) -> dict[str, float | int 
         "cpu_s": round(sum(cpu_seen.values()), 1),
         "peak_rss_gib": round(peak_rss / 2**30, 3),
         "max_processes": peak_procs,
+        # largest resident size reached by each process (driver first, then by pid)
+        "peak_rss_per_process_gib": [round(v / 2**30, 3) for _, v in sorted(per_process.items())],
     }
 
 

@@ -13,6 +13,7 @@ KERNELS = [
     "pipeline/simulate/_counts.py",
     "pipeline/simulate/_expression.py",
     "pipeline/simulate/_programs.py",
+    "pipeline/ingest/_checks.py",
 ]
 IO_OR_CLUSTER = ("dask", "distributed", "h5py", "zarr", "anndata", "cluster", "tqdm")
 

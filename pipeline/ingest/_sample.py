@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,22 @@ def sample_header(row: SampleRow) -> Header:
         fmt = FORMAT_NAMES.get(input_format(row.path) or "", "count matrix")
         problem = f"cannot read {row.path} as {fmt} ({type(exc).__name__}: {exc})"
         return Header(fmt, 0, (), (), (problem,))
+
+
+@dataclass(frozen=True)
+class HeaderSummary:
+    """What the driver needs of a sample's header: no per-gene lists."""
+
+    n_cells: int
+    n_genes: int
+    genes_sha256: str
+    problems: tuple[str, ...]
+
+
+def summarize_header(row: SampleRow) -> HeaderSummary:
+    header = sample_header(row)
+    digest = hashlib.sha256("\n".join(header.gene_ids).encode()).hexdigest()
+    return HeaderSummary(header.n_cells, len(header.gene_ids), digest, header.problems)
 
 
 def _obs(row: SampleRow, barcodes: pd.Index) -> pd.DataFrame:

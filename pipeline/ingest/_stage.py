@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..store import remove_staging_leftovers, write_text_atomic
 from ._checks import compare_gene_sets
 from ._readers import Header
-from ._sample import ingest_sample, sample_header
+from ._sample import HeaderSummary, ingest_sample, sample_header, summarize_header
 from ._samplesheet import SampleRow
 
 SAMPLES_DIR = "samples"
@@ -54,6 +54,37 @@ def _fail(problems: list[str], intro: str) -> None:
     raise InputError(msg, problems=problems)
 
 
+def _cohort_genes(
+    rows: list[SampleRow], summaries: list[HeaderSummary], *, client: Client, policy: str
+) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """The cohort's genes and symbols and the genes dropped per sample.
+
+    Only one gene list per distinct gene set is fetched from the workers, so the driver's
+    memory does not grow with the number of samples.
+    """
+    groups: dict[str, list[SampleRow]] = {}
+    for row, summary in zip(rows, summaries, strict=True):
+        groups.setdefault(summary.genes_sha256, []).append(row)
+    members = list(groups.values())
+    lists: list[Header] = client.gather(
+        client.map(sample_header, [m[0] for m in members], pure=False)
+    )
+    genes, dropped, problems = compare_gene_sets(
+        {m[0].sample_id: h.gene_ids for m, h in zip(members, lists, strict=True)}, policy=policy
+    )
+    also = {m[0].sample_id: [r.sample_id for r in m[1:]] for m in members if len(m) > 1}
+    if problems:
+        for sid, others in also.items():
+            shown = ", ".join(f"'{o}'" for o in others[:5]) + (", ..." if len(others) > 5 else "")
+            problems.append(f"samples {shown} have the same genes as '{sid}'")
+        _fail(problems, "the samples' gene sets differ; nothing was written")
+    for sid in list(dropped):
+        for other in also.get(sid, []):
+            dropped[other] = dropped[sid]
+    symbol_of = dict(zip(lists[0].gene_ids, lists[0].gene_symbols, strict=True))
+    return genes, [symbol_of[g] for g in genes], dropped
+
+
 def ingest_samples(
     rows: list[SampleRow],
     *,
@@ -77,28 +108,24 @@ def ingest_samples(
     # would return that call's (possibly stale) result.
     run = uuid.uuid4().hex[:8]
 
-    headers: list[Header] = client.gather(
+    summaries: list[HeaderSummary] = client.gather(
         client.map(
-            sample_header, rows, key=[f"header-{r.sample_id}-{run}" for r in rows], pure=False
+            summarize_header, rows, key=[f"header-{r.sample_id}-{run}" for r in rows], pure=False
         )
     )
     problems = [
         f"sample '{r.sample_id}': {p}"
-        for r, h in zip(rows, headers, strict=True)
+        for r, h in zip(rows, summaries, strict=True)
         for p in h.problems
     ]
     problems += [
         f"sample '{r.sample_id}': {r.path} has no cells"
-        for r, h in zip(rows, headers, strict=True)
+        for r, h in zip(rows, summaries, strict=True)
         if not h.problems and h.n_cells == 0
     ]
     if problems:
         _fail(problems, f"{len(problems)} problem(s) in the input files; nothing was written")
-    genes, dropped, gene_problems = compare_gene_sets(
-        {r.sample_id: h.gene_ids for r, h in zip(rows, headers, strict=True)}, policy=gene_policy
-    )
-    if gene_problems:
-        _fail(gene_problems, "the samples' gene sets differ; nothing was written")
+    genes, symbols, dropped = _cohort_genes(rows, summaries, client=client, policy=gene_policy)
 
     futures = [
         client.submit(
@@ -124,8 +151,6 @@ def ingest_samples(
             f"{len(failed)} problem(s) in the count matrices ({ok} other sample(s) are complete and kept)",
         )
 
-    first = headers[0]
-    symbol_of = dict(zip(first.gene_ids, first.gene_symbols, strict=True))
     n_cells = int(sum(res["n_obs"] for res in results.values()))
     record = {
         "stage": "ingest",
@@ -135,7 +160,7 @@ def ingest_samples(
         "inputs": {r.sample_id: str(r.path) for r in rows},
         "gene_policy": gene_policy,
         "genes": genes,
-        "gene_symbols": [symbol_of[g] for g in genes],
+        "gene_symbols": symbols,
         "dropped_genes": dropped,
         "n_cells": n_cells,
     }

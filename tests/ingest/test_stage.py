@@ -274,38 +274,55 @@ def test_corrupt_or_truncated_matrix_file(tmp_path: Path, client: Client, damage
 def test_gene_sets_that_differ(tmp_path: Path, client: Client) -> None:
     ids, symbols = genes()
     write_input(tmp_path / "in", "a", "h5", random_counts(11), barcodes(60), ids, symbols)
-    write_input(
-        tmp_path / "in",
-        "b",
-        "h5",
-        random_counts(12, n_genes=38),
-        barcodes(60),
-        ids[2:],
-        symbols[2:],
-    )
+    for name, seed in (("b", 12), ("c", 13)):
+        write_input(
+            tmp_path / "in",
+            name,
+            "h5",
+            random_counts(seed, n_genes=38),
+            barcodes(60),
+            ids[2:],
+            symbols[2:],
+        )
     sheet = write_sheet(
-        tmp_path / "sheet.csv", [sheet_row("A", "in/a.h5"), sheet_row("B", "in/b.h5")]
+        tmp_path / "sheet.csv",
+        [sheet_row("A", "in/a.h5"), sheet_row("B", "in/b.h5"), sheet_row("C", "in/c.h5")],
     )
     with pytest.raises(InputError) as err:
         _ingest(sheet, tmp_path / "w", client)
     message = str(err.value)
     assert (
-        "sample 'B' has a different gene set from 'A': it lacks 2 of its genes (e.g. 'ENSG00000000000', 'ENSG00000000001')"
-        in message
+        "sample 'B' has a different gene set from 'A': it lacks 2 of its genes "
+        "(e.g. 'ENSG00000000000', 'ENSG00000000001') and has 0 others" in message
     )
+    assert "samples 'C' have the same genes as 'B'" in message
     assert "gene_policy: intersect to keep the 38 genes" in message
-    assert not (tmp_path / "w" / "samples").exists() or not any(
-        (tmp_path / "w" / "samples").iterdir()
-    )
+    assert not any((tmp_path / "w" / "samples").iterdir())
 
     result = _ingest(sheet, tmp_path / "w", client, gene_policy="intersect")
     assert result.n_genes == 38 and result.dropped_genes == {"A": 2}
     cohort = open_cohort(tmp_path / "w")
     assert list(cohort.var_names) == list(ids[2:])
+    assert list(cohort.var["gene_symbols"]) == list(symbols[2:])
     x = sp.csr_matrix(cohort.X.compute())
     assert (x[:60] != random_counts(11)[:, 2:]).nnz == 0
+    assert (x[60:120] != random_counts(12, n_genes=38)).nnz == 0
     # the stores keep every input gene; only the cohort view intersects
     assert ad.read_zarr(sample_store_path(tmp_path / "w", "A")).n_vars == 40
+
+
+def test_same_genes_in_another_order_are_aligned(tmp_path: Path, client: Client) -> None:
+    ids, symbols = genes()
+    order = np.random.default_rng(0).permutation(40)
+    counts = random_counts(14)
+    write_input(tmp_path / "in", "a", "h5", random_counts(15), barcodes(60), ids, symbols)
+    write_input(
+        tmp_path / "in", "b", "mtx", counts[:, order], barcodes(60), ids[order], symbols[order]
+    )
+    sheet = write_sheet(tmp_path / "sheet.csv", [sheet_row("A", "in/a.h5"), sheet_row("B", "in/b")])
+    _ingest(sheet, tmp_path / "w", client)
+    x = sp.csr_matrix(open_cohort(tmp_path / "w").X.compute())
+    assert (x[60:] != counts).nnz == 0
 
 
 def test_h5_v3_written_by_the_simulator_has_expected_layout(tmp_path: Path) -> None:
