@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ EXIT_ERROR = 1
 EXIT_NOT_IMPLEMENTED = 3
 
 # Stages that exist in this version, in run order; the rest are reported as not built yet.
-IMPLEMENTED_STAGES: tuple[str, ...] = ("ingest",)
+IMPLEMENTED_STAGES: tuple[str, ...] = ("ingest", "qc", "preprocess")
 PLANNED = {
     "ingest": "issue #3",
     "qc": "issue #4",
@@ -87,7 +88,23 @@ def _run_ingest(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> None:
     )
 
 
-STAGE_RUNNERS = {"ingest": _run_ingest}
+def _run_later_stage(stage: str) -> Callable[[RunConfig, Client, list[SampleRow]], None]:
+    def run(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> None:
+        from . import runner
+
+        if runner.is_current(cfg, stage):
+            print(f"{stage}: unchanged inputs and parameters, skipped")
+            return
+        print(getattr(runner, f"run_{stage}")(cfg, client))
+
+    return run
+
+
+STAGE_RUNNERS = {
+    "ingest": _run_ingest,
+    "qc": _run_later_stage("qc"),
+    "preprocess": _run_later_stage("preprocess"),
+}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

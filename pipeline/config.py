@@ -182,6 +182,35 @@ class IngestConfig(_Frozen):
     chunk_cells: int = Field(10_000, ge=100, description="cells per Dask chunk of the cohort view")
 
 
+class QCConfig(_Frozen):
+    """The qc stage: per-sample adaptive thresholds, hard bounds, doublets."""
+
+    nmads: float = Field(
+        5.0, gt=0, description="MADs from the sample median (counts, genes, top-20 share)"
+    )
+    nmads_mt: float = Field(
+        3.0, gt=0, description="MADs above the sample median of % mitochondrial"
+    )
+    min_counts: float = Field(500, ge=0)
+    max_counts: float | None = None
+    min_genes: float = Field(200, ge=0)
+    max_genes: float | None = None
+    max_pct_mt: float = Field(20.0, gt=0, le=100)
+    doublets: bool = Field(True, description="score doublets with scrublet, per sample")
+    expected_doublet_rate: float = Field(0.06, gt=0, lt=0.5)
+    seed: int = 0
+
+
+class PreprocessConfig(_Frozen):
+    """The preprocess stage: normalization, highly variable genes, PCA."""
+
+    target_sum: float = Field(1e4, gt=0)
+    n_top_genes: int = Field(2000, ge=10)
+    hvg_batch_key: Literal["batch", "sample_id", "patient_id"] = "batch"
+    hvg_span: float = Field(0.3, gt=0, le=1)
+    n_comps: int = Field(50, ge=2)
+
+
 class RunConfig(_Frozen):
     """Everything ``immunoprofile`` reads from a config file."""
 
@@ -190,6 +219,8 @@ class RunConfig(_Frozen):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     simulate: SimulationConfig = Field(default_factory=SimulationConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    qc: QCConfig = Field(default_factory=QCConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -37,6 +37,9 @@ def validate_workdir(workdir: str | Path) -> ValidationReport:
     if not stores and not record_path.exists():
         msg = f"{workdir} holds no stores to validate (no {SAMPLES_DIR}/*.zarr)"
         raise ImmunoprofileError(msg)
+    cohort = workdir / "cohort.zarr"
+    if cohort.exists():
+        stores.append(cohort)
     for store in stores:
         problems += validate_store(store)
     if problems:

@@ -43,3 +43,15 @@ def small_cohort(tmp_path_factory: pytest.TempPathFactory, client: Client) -> Si
     """A 6+2-patient cohort in 10x HDF5, simulated once per test session."""
     out: Path = tmp_path_factory.mktemp("cohort_h5")
     return simulate_cohort(small_config(format="h5"), out=out, client=client)
+
+
+@pytest.fixture(scope="session")
+def ingested(
+    tmp_path_factory: pytest.TempPathFactory, client: Client, small_cohort: SimulationResult
+) -> Path:
+    """The small cohort ingested into a workdir (shared; tests must not modify it)."""
+    from pipeline.ingest import ingest_samples, read_samplesheet
+
+    workdir = tmp_path_factory.mktemp("ingested")
+    ingest_samples(read_samplesheet(small_cohort.samplesheet), workdir=workdir, client=client)
+    return workdir

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anndata as ad
 import pandas as pd
 import pytest
 
@@ -35,28 +36,47 @@ def test_every_command_has_help(command: str) -> None:
     assert proc.returncode == 0 and "usage: immunoprofile " + command in proc.stdout
 
 
-def test_run_ingests_then_says_where_it_stops(
+def test_run_then_rerun_skips_and_says_where_it_stops(
     tmp_path: Path, small_cohort: SimulationResult, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("cluster: {n_workers: 1, threads_per_worker: 1}\n")
+    cfg.write_text(
+        "cluster: {n_workers: 2, threads_per_worker: 1}\npreprocess: {n_top_genes: 500, n_comps: 20}\n"
+    )
+    workdir = tmp_path / "w"
     args = [
         "run",
         str(cfg),
         "--samplesheet",
         str(small_cohort.samplesheet),
         "--workdir",
-        str(tmp_path / "w"),
+        str(workdir),
     ]
+    assert main([*args, "--until", "ingest"]) == 0
+    out = capsys.readouterr().out
+    assert "ingest: 18 samples (18 written, 0 unchanged)" in out and "qc:" not in out
+    assert not (workdir / "cohort.zarr").exists()
+
     code = main(args)
     captured = capsys.readouterr()
     assert code == EXIT_NOT_IMPLEMENTED
-    assert "ingest: 18 samples (18 written, 0 unchanged)" in captured.out
-    assert "stopping before stage 'qc'" in captured.err and "issue #4" in captured.err
-    assert "Stages done: ingest" in captured.err
-    assert len(list((tmp_path / "w" / "samples").glob("*.zarr"))) == 18
-    assert main([*args, "--until", "ingest"]) == 0  # nothing beyond ingest asked for
-    assert "(0 written, 18 unchanged)" in capsys.readouterr().out
+    assert "(0 written, 18 unchanged)" in captured.out
+    assert "qc: " in captured.out and "preprocess: 500 HVGs, 20 PCs" in captured.out
+    assert "stopping before stage 'integrate'" in captured.err and "issue #5" in captured.err
+    assert "Stages done: ingest, qc, preprocess" in captured.err
+    cohort = ad.read_zarr(workdir / "cohort.zarr")
+    assert cohort.obsm["X_pca"].shape == (cohort.n_obs, 20)
+    assert {"qc_pass", "qc_reason", "doublet_score", "pct_counts_mt", "sample_id"} <= set(
+        cohort.obs.columns
+    )
+    assert int(cohort.var["highly_variable"].sum()) == 500
+    assert (workdir / "qc" / "summary.csv").exists()
+
+    assert main([*args, "--until", "preprocess"]) == 0
+    out = capsys.readouterr().out
+    assert "qc: unchanged inputs and parameters, skipped" in out
+    assert "preprocess: unchanged inputs and parameters, skipped" in out
+    assert main(["validate", str(workdir)]) == 0
 
 
 def test_add_batch_says_it_is_not_built(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,10 +13,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import zarr
 
 from .. import __version__
-from ..store import atomic_path, read_manifest, write_manifest
+from ..store import read_manifest, write_anndata_store
 from ._checks import barcode_problems, count_problems, gene_id_problems
 from ._readers import FORMAT_NAMES, Header, hash_input, read_counts, read_header
 from ._samplesheet import SampleRow, input_format
@@ -77,19 +76,6 @@ def _obs(row: SampleRow, barcodes: pd.Index) -> pd.DataFrame:
         if col != "barcode" and obs[col].dtype == object:
             obs[col] = obs[col].astype(str).astype("category")
     return obs
-
-
-def _write_store(target: Path, adata: ad.AnnData, info: dict[str, Any]) -> dict[str, Any]:
-    """Write the store under a temporary name with its manifest, then rename it."""
-    with atomic_path(target) as tmp:
-        with ad.settings.override(zarr_write_format=3, auto_shard_zarr_v3=False):
-            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            # obs and var with anndata's default chunks; only X's big arrays get ours
-            # (a large chunk on a tiny string array makes every read decode it whole)
-            ad.io.write_elem(group, "/", ad.AnnData(obs=adata.obs, var=adata.var))
-            ad.io.write_elem(group, "X", adata.X, dataset_kwargs={"chunks": (STORE_CHUNK,)})
-        manifest = write_manifest(tmp, info)
-    return manifest
 
 
 def ingest_sample(row: SampleRow, *, target: Path) -> dict[str, Any]:
@@ -154,7 +140,7 @@ def ingest_sample(row: SampleRow, *, target: Path) -> dict[str, Any]:
         "nnz": int(counts.nnz),
         "count_sum": count_sum,
     }
-    _write_store(target, store, info)
+    write_anndata_store(target, store, info, x_chunk=STORE_CHUNK)
     return {
         **result,
         "status": "written",

@@ -3,4 +3,10 @@
 from ._models import clip_values, pca_from_gram, seurat_v3_table
 from ._stage import PreprocessResult, preprocess_cohort
 
-__all__ = ["PreprocessResult", "clip_values", "pca_from_gram", "preprocess_cohort", "seurat_v3_table"]
+__all__ = [
+    "PreprocessResult",
+    "clip_values",
+    "pca_from_gram",
+    "preprocess_cohort",
+    "seurat_v3_table",
+]

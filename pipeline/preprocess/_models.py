@@ -48,7 +48,7 @@ def seurat_v3_table(
 ) -> pd.DataFrame:
     """scanpy's `highly_variable_genes(flavor='seurat_v3', batch_key=...)` from moments."""
     batches = sorted(moments)
-    total = sum(moments[b] for b in batches)
+    total = np.sum([moments[b] for b in batches], axis=0)
     _, means, variances = mean_var(total)
     norm = []
     for b in batches:

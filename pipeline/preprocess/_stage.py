@@ -66,7 +66,9 @@ def preprocess_cohort(
     sl = [slice(bounds[i], bounds[i + 1]) for i in range(len(blocks))]
 
     t = time.perf_counter()
-    parts = [dask.delayed(batch_moments)(b, batch[s], keep[s]) for b, s in zip(blocks, sl, strict=True)]
+    parts = [
+        dask.delayed(batch_moments)(b, batch[s], keep[s]) for b, s in zip(blocks, sl, strict=True)
+    ]
     moments = client.compute(_tree_sum(parts, add_moments), sync=True)
     reg_std, clip = clip_values(moments, n_batches, span)
     clip_f = client.scatter(clip, broadcast=True)

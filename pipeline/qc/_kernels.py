@@ -22,7 +22,7 @@ TOP_N = 20
 
 
 @numba.njit(cache=True)
-def _row_metrics(indptr, indices, data, gene_set, n_top):  # type: ignore[no-untyped-def]
+def _row_metrics(indptr, indices, data, gene_set, n_top):  # type: ignore[no-untyped-def,unused-ignore]
     n = indptr.size - 1
     out = np.zeros((n, 6), dtype=np.float64)
     for i in range(n):

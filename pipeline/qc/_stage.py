@@ -24,8 +24,8 @@ class QCResult:
 
 
 def _metrics(x: da.Array, gene_set: np.ndarray, client: Client) -> np.ndarray:
-    out = x.map_blocks(
-        qc_metrics, gene_set, dtype=np.float64, chunks=(x.chunks[0], (len(METRICS),))
+    out = da.map_blocks(
+        qc_metrics, x, gene_set, dtype=np.float64, chunks=(x.chunks[0], (len(METRICS),))
     )
     return np.asarray(client.compute(out, sync=True))
 

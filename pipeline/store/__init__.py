@@ -1,5 +1,6 @@
 """Store I/O shared by the stages: atomic writes, manifests, validation."""
 
+from ._anndata import write_anndata_store
 from ._atomic import atomic_path, remove_staging_leftovers, write_text_atomic
 from ._manifest import MANIFEST, describe_arrays, read_manifest, validate_store, write_manifest
 
@@ -10,6 +11,7 @@ __all__ = [
     "read_manifest",
     "remove_staging_leftovers",
     "validate_store",
+    "write_anndata_store",
     "write_manifest",
     "write_text_atomic",
 ]

@@ -1,0 +1,92 @@
+"""HVG and PCA out of core equal scanpy in memory; results do not depend on chunking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+from distributed import Client, LocalCluster
+from scipy.linalg import subspace_angles
+
+from pipeline.cohort import open_cohort
+from pipeline.ingest import sample_store_path
+from pipeline.preprocess import PreprocessResult, preprocess_cohort
+from pipeline.qc import QCRules, compute_qc
+
+
+@pytest.fixture(scope="module")
+def keep(ingested: Path, client: Client) -> tuple[np.ndarray, np.ndarray]:
+    cohort = open_cohort(ingested)
+    stores = {s: sample_store_path(ingested, s) for s in cohort.obs["sample_id"].cat.categories}
+    qc = compute_qc(cohort, client=client, stores=stores, rules=QCRules(), doublets=False)
+    return qc.obs["qc_pass"].to_numpy(), qc.obs["total_counts"].to_numpy(dtype=float)
+
+
+def _run(ingested: Path, client: Client, keep, chunk_cells: int) -> PreprocessResult:
+    return preprocess_cohort(
+        open_cohort(ingested, chunk_cells=chunk_cells), client=client, keep=keep[0],
+        total_counts=keep[1], n_top_genes=1000, n_comps=30,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ours(ingested: Path, client: Client, keep) -> PreprocessResult:
+    return _run(ingested, client, keep, chunk_cells=170)
+
+
+@pytest.fixture(scope="module")
+def scanpy_result(ingested: Path, keep) -> ad.AnnData:
+    cohort = open_cohort(ingested)
+    adata = ad.AnnData(
+        X=cohort.X.compute().astype(np.float32), obs=cohort.obs.copy(), var=cohort.var.copy()
+    )
+    adata = adata[keep[0]].copy()
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.highly_variable_genes(
+        adata, flavor="seurat_v3", n_top_genes=1000, batch_key="batch", layer="counts"
+    )
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.pca(adata, n_comps=30, mask_var="highly_variable")
+    return adata
+
+
+def test_hvgs_overlap_scanpy_seurat_v3(ours: PreprocessResult, scanpy_result: ad.AnnData) -> None:
+    mine = set(ours.var.index[ours.var["highly_variable"]])
+    theirs = set(scanpy_result.var_names[scanpy_result.var["highly_variable"]])
+    assert len(mine & theirs) / len(theirs) >= 0.95
+    np.testing.assert_allclose(ours.var["means"], scanpy_result.var["means"], rtol=1e-6)
+    np.testing.assert_allclose(
+        ours.var["variances_norm"], scanpy_result.var["variances_norm"], rtol=1e-4
+    )
+
+
+def test_principal_components_match_scanpy(
+    ours: PreprocessResult, scanpy_result: ad.AnnData, keep
+) -> None:
+    mine = ours.pca[keep[0]].astype(np.float64)
+    theirs = scanpy_result.obsm["X_pca"].astype(np.float64)
+    for i in range(20):
+        assert abs(np.corrcoef(mine[:, i], theirs[:, i])[0, 1]) >= 0.99, f"PC{i + 1}"
+    assert np.degrees(subspace_angles(mine[:, :20], theirs[:, :20])).max() < 5
+    np.testing.assert_allclose(
+        ours.variance_ratio[:20], scanpy_result.uns["pca"]["variance_ratio"][:20], rtol=1e-3
+    )
+    assert np.isnan(ours.pca[~keep[0]]).all()
+
+
+def test_same_result_with_one_worker_and_other_chunks(
+    ingested: Path, keep, ours: PreprocessResult
+) -> None:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cl,
+        Client(cl) as one,
+    ):
+        other = _run(ingested, one, keep, chunk_cells=10_000)
+    assert other.var["highly_variable"].equals(ours.var["highly_variable"])
+    np.testing.assert_allclose(other.pca, ours.pca, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,134 @@
+"""QC on the lazy cohort equals scanpy in memory; flags catch the simulator's junk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from distributed import Client
+from scipy.stats import median_abs_deviation
+
+from pipeline.cohort import open_cohort
+from pipeline.ingest import sample_store_path
+from pipeline.qc import METRICS, QCResult, QCRules, compute_qc
+from pipeline.simulate import SimulationResult
+
+
+@pytest.fixture(scope="module")
+def qc(ingested: Path, client: Client) -> QCResult:
+    cohort = open_cohort(ingested, chunk_cells=150)
+    stores = {s: sample_store_path(ingested, s) for s in cohort.obs["sample_id"].cat.categories}
+    return compute_qc(cohort, client=client, stores=stores, rules=QCRules(), doublets=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def in_memory(ingested: Path) -> ad.AnnData:
+    """Every cell with scanpy's own QC metrics, computed in memory."""
+    cohort = open_cohort(ingested)
+    adata = ad.AnnData(X=cohort.X.compute().astype(np.float32), obs=cohort.obs.copy())
+    symbols = cohort.var["gene_symbols"].astype(str)
+    adata.var_names = symbols.to_numpy()
+    adata.var["mt"] = symbols.str.startswith("MT-").to_numpy()
+    adata.var["ribo"] = symbols.str.startswith(("RPS", "RPL")).to_numpy()
+    adata.var["hb"] = symbols.str.contains("^HB[^(P)]").to_numpy()
+    sc.pp.calculate_qc_metrics(adata, qc_vars=["mt", "ribo", "hb"], percent_top=[20], inplace=True)
+    return adata
+
+
+def _truth(small_cohort: SimulationResult, obs_names: pd.Index) -> pd.DataFrame:
+    sheet = pd.read_csv(small_cohort.samplesheet)
+    frames = []
+    for sid in sheet["sample_id"]:
+        t = pd.read_csv(
+            small_cohort.out / "truth" / "cells" / f"{sid}.csv.gz", keep_default_na=False
+        )
+        frames.append(t.set_index(sid + ":" + t["barcode"]))
+    return pd.concat(frames).loc[obs_names]
+
+
+def test_metrics_equal_scanpy(qc: QCResult, in_memory: ad.AnnData) -> None:
+    for name in METRICS:
+        np.testing.assert_allclose(
+            qc.obs[name].to_numpy(), in_memory.obs[name].to_numpy(), atol=1e-6, err_msg=name
+        )
+
+
+def _outlier(values: pd.Series, groups: pd.Series, nmads: float) -> pd.Series:
+    out = pd.Series(False, index=values.index)
+    for _, v in values.groupby(groups, observed=True):
+        med, mad = np.median(v), median_abs_deviation(v)
+        out[v.index] = (v < med - nmads * mad) | (v > med + nmads * mad)
+    return out
+
+
+def test_qc_pass_cells_equal_the_best_practice_rule_on_scanpy_metrics(
+    qc: QCResult, in_memory: ad.AnnData
+) -> None:
+    """Heumos et al. 2023: 5 MADs on log counts, log genes, top-20 share; 3 MADs (upper) or 20% on mt."""
+    o = in_memory.obs
+    g = o["sample_id"]
+    mt_med = o["pct_counts_mt"].groupby(g, observed=True).transform("median")
+    mt_mad = o["pct_counts_mt"].groupby(g, observed=True).transform(median_abs_deviation)
+    fail = (
+        _outlier(o["log1p_total_counts"], g, 5)
+        | _outlier(o["log1p_n_genes_by_counts"], g, 5)
+        | _outlier(o["pct_counts_in_top_20_genes"], g, 5)
+        | (o["pct_counts_mt"] > mt_med + 3 * mt_mad)
+        | (o["pct_counts_mt"] > 20)
+        | (o["total_counts"] < 500)
+        | (o["n_genes_by_counts"] < 200)
+    )
+    flagged = qc.obs.filter(like="qc_flag_").drop(columns="qc_flag_doublet").any(axis=1)
+    assert np.array_equal(flagged.to_numpy(), fail.to_numpy())
+    assert np.array_equal(
+        qc.obs["qc_pass"].to_numpy(), (~fail & ~qc.obs["predicted_doublet"]).to_numpy()
+    )
+
+
+def test_flags_catch_the_planted_junk(qc: QCResult, small_cohort: SimulationResult) -> None:
+    truth = _truth(small_cohort, qc.obs.index)
+    low = truth["kind"] == "low_quality"
+    assert (~qc.obs.loc[low, "qc_pass"]).mean() > 0.8
+    singlet = truth["kind"] == "singlet"
+    assert qc.obs.loc[singlet, "qc_pass"].mean() > 0.9
+    # doublet scores rank true doublets above singlets
+    scored = qc.obs["doublet_score"].notna()
+    d = qc.obs.loc[scored & (truth["kind"] == "doublet"), "doublet_score"].to_numpy()
+    s = qc.obs.loc[scored & singlet, "doublet_score"].to_numpy()
+    auc = (d[:, None] > s[None, :]).mean()
+    assert auc > 0.75
+
+
+def test_every_removed_cell_has_a_reason(qc: QCResult) -> None:
+    removed = ~qc.obs["qc_pass"]
+    assert (qc.obs.loc[removed, "qc_reason"] != "").all()
+    assert (qc.obs.loc[~removed, "qc_reason"] == "").all()
+    assert qc.summary["n_cells"].sum() == len(qc.obs)
+    assert (
+        qc.summary["n_kept"]
+        == qc.obs.groupby(qc.obs.index.str.split(":").str[0])["qc_pass"]
+        .sum()
+        .loc[qc.summary["sample_id"]]
+        .to_numpy()
+    ).all()
+
+
+def test_chunking_and_workers_do_not_change_the_result(ingested: Path, qc: QCResult) -> None:
+    from distributed import LocalCluster
+
+    cohort = open_cohort(ingested, chunk_cells=10_000)
+    stores = {s: sample_store_path(ingested, s) for s in cohort.obs["sample_id"].cat.categories}
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cl,
+        Client(cl) as one,
+    ):
+        other = compute_qc(
+            cohort, client=one, stores=stores, rules=QCRules(), doublets=True, seed=0
+        )
+    pd.testing.assert_frame_equal(other.obs, qc.obs)
