@@ -45,13 +45,21 @@ def main() -> None:
     flags = qc_flags(adata.obs, adata.obs["sample_id"].astype(str), QCRules())
     adata = adata[~flags.any(axis=1).to_numpy()].copy()
     if not args.no_doublets:
-        sc.pp.scrublet(adata, batch_key="sample_id", expected_doublet_rate=0.06, use_approx_neighbors=False, random_state=0)
+        sc.pp.scrublet(
+            adata,
+            batch_key="sample_id",
+            expected_doublet_rate=0.06,
+            use_approx_neighbors=False,
+            random_state=0,
+        )
         adata = adata[~adata.obs["predicted_doublet"].to_numpy()].copy()
     seconds["qc"] = time.perf_counter() - t
 
     t = time.perf_counter()
     adata.layers["counts"] = adata.X.copy()
-    sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=2000, batch_key="batch", layer="counts")
+    sc.pp.highly_variable_genes(
+        adata, flavor="seurat_v3", n_top_genes=2000, batch_key="batch", layer="counts"
+    )
     seconds["hvg"] = time.perf_counter() - t
     t = time.perf_counter()
     del adata.layers["counts"]
