@@ -2,7 +2,7 @@
 
 The same steps and parameters as `immunoprofile run --until preprocess` with the default
 config: scanpy QC metrics, the same per-sample MAD rules, scrublet per sample (exact
-neighbours), seurat_v3 HVGs (2,000, batch_key='batch'), normalize_total(1e4), log1p,
+neighbours, mean_center=False), seurat_v3 HVGs (2,000, batch_key='batch'), normalize_total(1e4), log1p,
 PCA (50 components) on the HVGs. Reads the stores into one in-memory AnnData first.
 
     python benchmarks/scanpy_baseline.py WORKDIR [--no-doublets]
@@ -50,6 +50,7 @@ def main() -> None:
             batch_key="sample_id",
             expected_doublet_rate=0.06,
             use_approx_neighbors=False,
+            mean_center=False,
             random_state=0,
         )
         adata = adata[~adata.obs["predicted_doublet"].to_numpy()].copy()

@@ -82,6 +82,7 @@ def run_qc(cfg: RunConfig, client: Client) -> str:
         rules=rules,
         doublets=q.doublets,
         expected_doublet_rate=q.expected_doublet_rate,
+        doublet_mean_center=q.doublet_mean_center,
         seed=q.seed,
     )
     obs = cohort.obs.join(result.obs)

@@ -31,7 +31,7 @@ def _metrics(x: da.Array, gene_set: np.ndarray, client: Client) -> np.ndarray:
 
 
 def score_doublets(
-    store: Path, keep: np.ndarray, *, expected_rate: float, seed: int
+    store: Path, keep: np.ndarray, *, expected_rate: float, seed: int, mean_center: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scrublet on one sample's kept cells; NaN / False for the others (a pure task)."""
     import scanpy as sc
@@ -43,7 +43,11 @@ def score_doublets(
         return scores, called
     sub = ad.AnnData(X=sample.X[keep].astype(np.float32))
     sc.pp.scrublet(
-        sub, expected_doublet_rate=expected_rate, random_state=seed, use_approx_neighbors=False
+        sub,
+        expected_doublet_rate=expected_rate,
+        random_state=seed,
+        use_approx_neighbors=False,  # pynndescent recompiles per call: ~30 s per sample
+        mean_center=mean_center,
     )
     scores[keep] = sub.obs["doublet_score"].to_numpy()
     called[keep] = sub.obs["predicted_doublet"].to_numpy().astype(bool)
@@ -58,6 +62,7 @@ def compute_qc(
     rules: QCRules,
     doublets: bool = True,
     expected_doublet_rate: float = 0.06,
+    doublet_mean_center: bool = False,
     seed: int = 0,
 ) -> QCResult:
     """QC metrics of every cell, outlier flags per sample, and scrublet doublet calls.
@@ -90,6 +95,7 @@ def compute_qc(
                 passing[positions[sid]],
                 expected_rate=expected_doublet_rate,
                 seed=seed + i,
+                mean_center=doublet_mean_center,
                 pure=False,
             )
             for i, sid in enumerate(order)
