@@ -114,7 +114,8 @@ def run_preprocess(cfg: RunConfig, client: Client) -> str:
         target_sum=p.target_sum,
         n_comps=p.n_comps,
     )
-    var = previous.var.join(result.var)
+    # a re-run replaces the previous preprocess outputs
+    var = previous.var.drop(columns=list(result.var.columns), errors="ignore").join(result.var)
     out = ad.AnnData(obs=previous.obs, var=var, uns=dict(previous.uns))
     out.obsm["X_pca"] = result.pca
     loadings = np.zeros((out.n_vars, result.components.shape[1]), dtype=np.float32)

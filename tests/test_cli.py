@@ -78,6 +78,28 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert "preprocess: unchanged inputs and parameters, skipped" in out
     assert main(["validate", str(workdir)]) == 0
 
+    # a changed preprocess parameter recomputes preprocess only
+    cfg.write_text(
+        "cluster: {n_workers: 2, threads_per_worker: 1}\npreprocess: {n_top_genes: 500, n_comps: 10}\n"
+    )
+    assert main([*args, "--until", "preprocess"]) == 0
+    out = capsys.readouterr().out
+    assert "qc: unchanged inputs and parameters, skipped" in out
+    assert "preprocess: 500 HVGs, 10 PCs" in out
+    assert ad.read_zarr(workdir / "cohort.zarr").obsm["X_pca"].shape[1] == 10
+
+    # a changed qc parameter recomputes qc and everything after it
+    cfg.write_text(
+        "cluster: {n_workers: 2, threads_per_worker: 1}\nqc: {nmads: 4, doublets: false}\n"
+        "preprocess: {n_top_genes: 500, n_comps: 10}\n"
+    )
+    assert main([*args, "--until", "preprocess"]) == 0
+    out = capsys.readouterr().out
+    assert "qc: " in out and "skipped" not in out
+    cohort = ad.read_zarr(workdir / "cohort.zarr")
+    assert cohort.obs["doublet_score"].isna().all()
+    assert cohort.obsm["X_pca"].shape[1] == 10
+
 
 def test_add_batch_says_it_is_not_built(capsys: pytest.CaptureFixture[str]) -> None:
     assert (
