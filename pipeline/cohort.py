@@ -4,29 +4,52 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import anndata as ad
 import dask.array as da
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import zarr
 
 from .errors import ImmunoprofileError
 from .ingest import STAGE_RECORD, sample_store_path
 
 
-def _lazy_sample(path: Path, genes: pd.Index, chunk_cells: int) -> tuple[da.Array, pd.DataFrame]:
+def _cohort_columns(group: zarr.Group, path: Path, genes: pd.Index | None) -> np.ndarray | None:
+    """Positions of the cohort's genes among the sample's; None when they are the same
+    (``genes`` None: ingest found every sample's gene list identical)."""
+    if genes is None:
+        return None
+    var_names = pd.Index(ad.io.read_elem(group["var"]).index.astype(str))
+    if var_names.equals(genes):
+        return None
+    cols = var_names.get_indexer(genes)
+    if (cols < 0).any():
+        msg = f"{path}: lacks {int((cols < 0).sum())} of the cohort's genes"
+        raise ImmunoprofileError(msg)
+    return cols
+
+
+def read_sample_counts(path: Path, genes: pd.Index | None) -> sp.csr_matrix:
+    """One sample's raw counts, whole, as CSR over the cohort's ``genes`` (a task's read;
+    ``genes`` None when the store's genes are the cohort's, see `sample_genes`)."""
+    group = zarr.open_group(str(path), mode="r")
+    cols = _cohort_columns(group, path, genes)
+    x = sp.csr_matrix(ad.io.read_elem(group["X"]))
+    return x if cols is None else x[:, cols]
+
+
+def _lazy_sample(path: Path, genes: pd.Index | None, chunk_cells: int) -> tuple[da.Array, pd.DataFrame]:
     group = zarr.open_group(str(path), mode="r")
     obs = ad.io.read_elem(group["obs"])
-    var_names = pd.Index(ad.io.read_elem(group["var"]).index.astype(str))
-    x = ad.experimental.read_elem_lazy(group["X"], chunks=(chunk_cells, len(var_names)))
-    if not var_names.equals(genes):
-        cols = var_names.get_indexer(genes)
-        if (cols < 0).any():
-            msg = f"{path}: lacks {int((cols < 0).sum())} of the cohort's genes"
-            raise ImmunoprofileError(msg)
+    cols = _cohort_columns(group, path, genes)
+    n_genes = int(cast(list[int], group["X"].attrs["shape"])[1])
+    x = ad.experimental.read_elem_lazy(group["X"], chunks=(chunk_cells, n_genes))
+    if cols is not None:
         x = x.map_blocks(
-            lambda b, c=cols: b[:, c], chunks=(x.chunks[0], (len(genes),)), meta=x._meta
+            lambda b, c=cols: b[:, c], chunks=(x.chunks[0], (len(cols),)), meta=x._meta
         )
     return x, obs
 
@@ -46,8 +69,10 @@ def open_cohort(workdir: str | Path, *, chunk_cells: int = 10_000) -> ad.AnnData
         msg = f"{workdir} has no {STAGE_RECORD}: run the ingest stage first"
         raise ImmunoprofileError(msg) from None
     genes = pd.Index(record["genes"])
+    per_sample = None if record.get("uniform_genes") else genes
     parts = [
-        _lazy_sample(sample_store_path(workdir, s), genes, chunk_cells) for s in record["samples"]
+        _lazy_sample(sample_store_path(workdir, s), per_sample, chunk_cells)
+        for s in record["samples"]
     ]
     x = da.concatenate([p[0] for p in parts], axis=0)
     obs = pd.concat([p[1] for p in parts])
@@ -57,4 +82,4 @@ def open_cohort(workdir: str | Path, *, chunk_cells: int = 10_000) -> ad.AnnData
     var = pd.DataFrame(
         {"gene_symbols": np.asarray(record["gene_symbols"], dtype=object)}, index=genes
     )
-    return ad.AnnData(X=x, obs=obs, var=var)
+    return ad.AnnData(X=x, obs=obs, var=var, uns={"uniform_genes": per_sample is None})

@@ -22,11 +22,13 @@ from .cohort import open_cohort
 from .config import RunConfig
 from .errors import ImmunoprofileError
 from .ingest import STAGE_RECORD, sample_store_path
-from .preprocess import preprocess_cohort
+from .preprocess import Moments, preprocess_cohort
 from .qc import QCRules, compute_qc
 from .store import read_manifest, write_anndata_store
 
 COHORT_STORE = "cohort.zarr"
+MOMENT_SUM = "qc_counts_sum"  # varm: genes x samples, raw counts summed over kept cells
+MOMENT_SUMSQ = "qc_counts_sumsq"  # the same for squared counts
 
 
 def _sha(obj: Any) -> str:
@@ -76,7 +78,8 @@ def run_qc(cfg: RunConfig, client: Client) -> str:
         min_genes=q.min_genes, max_genes=q.max_genes, max_pct_mt=q.max_pct_mt,
     )  # fmt: skip
     result = compute_qc(
-        cohort,
+        cohort.obs,
+        cohort.var,
         client=client,
         stores=stores,
         rules=rules,
@@ -84,10 +87,19 @@ def run_qc(cfg: RunConfig, client: Client) -> str:
         expected_doublet_rate=q.expected_doublet_rate,
         doublet_mean_center=q.doublet_mean_center,
         seed=q.seed,
+        uniform_genes=bool(cohort.uns["uniform_genes"]),
     )
     obs = cohort.obs.join(result.obs)
     out = ad.AnnData(obs=obs, var=cohort.var.copy())
-    out.uns["qc"] = {"params": q.model_dump(mode="json"), "seconds": result.seconds}
+    samples = list(result.moments)
+    moments = np.stack([result.moments[s] for s in samples])  # samples x 3 x genes
+    out.varm[MOMENT_SUM] = moments[:, 1].T
+    out.varm[MOMENT_SUMSQ] = moments[:, 2].T
+    out.uns["qc"] = {
+        "params": q.model_dump(mode="json"),
+        "seconds": result.seconds,
+        "moment_samples": samples,
+    }
     out.uns["qc_summary"] = result.summary
     _write_cohort(cfg, out, ["ingest", "qc"])
     (workdir / "qc").mkdir(exist_ok=True)
@@ -96,6 +108,29 @@ def run_qc(cfg: RunConfig, client: Client) -> str:
     return (
         f"qc: {kept:,} of {len(obs):,} cells pass ({kept / len(obs):.1%}) in {result.seconds:.1f} s"
     )
+
+
+def batch_moments_from_qc(cohort: ad.AnnData, batch_key: str) -> Moments | None:
+    """The qc stage's per-sample moments summed per batch (codes as in preprocess)."""
+    if MOMENT_SUM not in cohort.varm or "moment_samples" not in cohort.uns.get("qc", {}):
+        return None
+    obs = cohort.obs
+    codes = pd.Categorical(obs[batch_key].astype(str)).codes
+    sample = obs["sample_id"].astype(str).to_numpy()
+    kept = obs["qc_pass"].to_numpy(dtype=bool)
+    out: Moments = {}
+    for i, sid in enumerate(cohort.uns["qc"]["moment_samples"]):
+        cells = sample == sid
+        batch = np.unique(codes[cells])
+        if batch.size != 1:
+            return None  # the batch key varies within a sample: preprocess makes the pass
+        m = np.zeros((3, cohort.n_vars))
+        m[0, 0] = kept[cells].sum()
+        m[1] = cohort.varm[MOMENT_SUM][:, i]
+        m[2] = cohort.varm[MOMENT_SUMSQ][:, i]
+        b = int(batch[0])
+        out[b] = out[b] + m if b in out else m
+    return out
 
 
 def run_preprocess(cfg: RunConfig, client: Client) -> str:
@@ -113,10 +148,11 @@ def run_preprocess(cfg: RunConfig, client: Client) -> str:
         span=p.hvg_span,
         target_sum=p.target_sum,
         n_comps=p.n_comps,
+        moments=batch_moments_from_qc(previous, p.hvg_batch_key),
     )
     # a re-run replaces the previous preprocess outputs
     var = previous.var.drop(columns=list(result.var.columns), errors="ignore").join(result.var)
-    out = ad.AnnData(obs=previous.obs, var=var, uns=dict(previous.uns))
+    out = ad.AnnData(obs=previous.obs, var=var, varm=dict(previous.varm), uns=dict(previous.uns))
     out.obsm["X_pca"] = result.pca
     loadings = np.zeros((out.n_vars, result.components.shape[1]), dtype=np.float32)
     loadings[var["highly_variable"].to_numpy()] = result.components

@@ -14,6 +14,11 @@ KERNELS = [
     "pipeline/simulate/_expression.py",
     "pipeline/simulate/_programs.py",
     "pipeline/ingest/_checks.py",
+    "pipeline/qc/_kernels.py",
+    "pipeline/qc/_doublets.py",
+    "pipeline/qc/_thresholds.py",
+    "pipeline/preprocess/_kernels.py",
+    "pipeline/preprocess/_models.py",
 ]
 IO_OR_CLUSTER = ("dask", "distributed", "h5py", "zarr", "anndata", "cluster", "tqdm")
 

@@ -162,6 +162,8 @@ def ingest_samples(
         "genes": genes,
         "gene_symbols": symbols,
         "dropped_genes": dropped,
+        # every store's genes are `genes`, in order: readers need not reorder columns
+        "uniform_genes": len({h.genes_sha256 for h in summaries}) == 1,
         "n_cells": n_cells,
     }
     write_text_atomic(workdir / STAGE_RECORD, json.dumps(record, indent=1))

@@ -1,7 +1,8 @@
 """The preprocess stage: normalize + log1p, seurat_v3 HVGs and PCA, out of core on Dask.
 
-Four passes over the cohort's chunks, each reducing to per-gene sums so that no process
-holds more than a chunk of counts: (1) per-batch moments of raw counts, (2) per-batch
+Up to four passes over the cohort's chunks, each reducing to per-gene sums so that no
+process holds more than a chunk of counts: (1) per-batch moments of raw counts (skipped
+when the qc stage's per-sample moments are given), (2) per-batch
 moments of counts clipped at Seurat v3's bound, (3) X'X of the log-normalized HVGs,
 (4) the projection onto the principal axes.
 """
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 from distributed import Client
 
-from ._kernels import add_gram, add_moments, batch_moments, clipped_moments, gram, project
+from ._kernels import Moments, add_gram, add_moments, batch_moments, clipped_moments, gram, project
 from ._models import clip_values, pca_from_gram, seurat_v3_table
 
 
@@ -54,8 +55,13 @@ def preprocess_cohort(
     span: float = 0.3,
     target_sum: float = 1e4,
     n_comps: int = 50,
+    moments: Moments | None = None,
 ) -> PreprocessResult:
-    """Highly variable genes and PCA of the cells in ``keep`` (QC-passed), out of core."""
+    """Highly variable genes and PCA of the cells in ``keep`` (QC-passed), out of core.
+
+    ``moments`` (batch code -> per-gene moments of the kept cells' raw counts, as the qc
+    stage records them per sample) saves the first pass over the cohort.
+    """
     seconds: dict[str, float] = {}
     x = cohort.X
     bounds = np.concatenate([[0], np.cumsum(x.chunks[0])])
@@ -66,10 +72,12 @@ def preprocess_cohort(
     sl = [slice(bounds[i], bounds[i + 1]) for i in range(len(blocks))]
 
     t = time.perf_counter()
-    parts = [
-        dask.delayed(batch_moments)(b, batch[s], keep[s]) for b, s in zip(blocks, sl, strict=True)
-    ]
-    moments = client.compute(_tree_sum(parts, add_moments), sync=True)
+    if moments is None:
+        parts = [
+            dask.delayed(batch_moments)(b, batch[s], keep[s])
+            for b, s in zip(blocks, sl, strict=True)
+        ]
+        moments = client.compute(_tree_sum(parts, add_moments), sync=True)
     reg_std, clip = clip_values(moments, n_batches, span)
     clip_f = client.scatter(clip, broadcast=True)
     parts = [

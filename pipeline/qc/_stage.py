@@ -1,4 +1,10 @@
-"""The qc stage: per-cell metrics over the lazy cohort, per-sample thresholds, doublets."""
+"""The qc stage: one task per sample reads its counts once and computes everything.
+
+Per sample, in one read: the QC metrics of every cell, the sample's adaptive thresholds
+(they depend on that sample alone), scrublet on the cells that pass them, and the per-gene
+sum and sum of squares of the raw counts over the finally kept cells (the first pass of
+seurat_v3's highly variable genes, so that preprocess need not read the cohort for it).
+"""
 
 from __future__ import annotations
 
@@ -6,56 +12,93 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import anndata as ad
-import dask.array as da
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from distributed import Client
 
+from ..cohort import read_sample_counts
+from ..preprocess._kernels import clipped_moments
+from ._doublets import scrublet_scores
 from ._kernels import METRICS, gene_sets, qc_metrics
 from ._thresholds import QCRules, qc_flags, qc_summary, reasons
+
+MIN_CELLS_FOR_DOUBLETS = 50  # fewer kept cells: too few to simulate doublets from
+
+
+@dataclass(frozen=True)
+class SampleQC:
+    metrics: pd.DataFrame  # one row per cell of the sample, METRICS columns + log1p ones
+    flags: pd.DataFrame  # one bool column per reason, "doublet" last
+    doublet_score: np.ndarray
+    doublet_threshold: float
+    moments: np.ndarray  # (3, n_genes): kept cells at [0, 0], per-gene sum, sum of squares
 
 
 @dataclass(frozen=True)
 class QCResult:
     obs: pd.DataFrame  # every cell: metrics, flags, reason, doublet score and call, qc_pass
     summary: pd.DataFrame  # one row per sample
+    moments: dict[str, np.ndarray]  # sample id -> (3, n_genes) raw-count moments of kept cells
     seconds: float
 
 
-def _metrics(x: da.Array, gene_set: np.ndarray, client: Client) -> np.ndarray:
-    out = da.map_blocks(
-        qc_metrics, x, gene_set, dtype=np.float64, chunks=(x.chunks[0], (len(METRICS),))
+def gene_moments(x: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """(3, n_genes): number of selected rows at [0, 0], per-gene sum and sum of squares."""
+    moments = clipped_moments(x, np.zeros(x.shape[0], dtype=np.int64), rows)
+    return moments.get(0, np.zeros((3, x.shape[1])))
+
+
+def qc_sample(
+    counts: sp.csr_matrix,
+    *,
+    gene_set: np.ndarray,
+    rules: QCRules,
+    doublets: bool,
+    expected_doublet_rate: float,
+    doublet_mean_center: bool,
+    seed: int,
+) -> SampleQC:
+    """Metrics, flags, doublets and kept-cell gene moments of one sample (pure)."""
+    values = qc_metrics(counts, gene_set)
+    metrics = pd.DataFrame(values, columns=list(METRICS))
+    metrics["total_counts"] = metrics["total_counts"].round().astype(np.int64)
+    metrics["n_genes_by_counts"] = metrics["n_genes_by_counts"].astype(np.int64)
+    metrics["log1p_total_counts"] = np.log1p(metrics["total_counts"])
+    metrics["log1p_n_genes_by_counts"] = np.log1p(metrics["n_genes_by_counts"])
+    flags = qc_flags(metrics, pd.Series(np.zeros(len(metrics), dtype=np.int8)), rules)
+    passing = ~flags.any(axis=1).to_numpy()
+    score = np.full(len(metrics), np.nan)
+    called = np.zeros(len(metrics), dtype=bool)
+    threshold = float("nan")
+    if doublets and passing.sum() >= MIN_CELLS_FOR_DOUBLETS:
+        found = scrublet_scores(
+            counts[passing],
+            expected_rate=expected_doublet_rate,
+            mean_center=doublet_mean_center,
+            seed=seed,
+        )
+        score[passing] = found.score
+        called[passing] = found.called
+        threshold = found.threshold
+    flags["doublet"] = called
+    keep = passing & ~called
+    return SampleQC(
+        metrics=metrics,
+        flags=flags,
+        doublet_score=score,
+        doublet_threshold=threshold,
+        moments=gene_moments(counts, keep),
     )
-    return np.asarray(client.compute(out, sync=True))
 
 
-def score_doublets(
-    store: Path, keep: np.ndarray, *, expected_rate: float, seed: int, mean_center: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scrublet on one sample's kept cells; NaN / False for the others (a pure task)."""
-    import scanpy as sc
-
-    sample = ad.read_zarr(store)
-    scores = np.full(sample.n_obs, np.nan)
-    called = np.zeros(sample.n_obs, dtype=bool)
-    if keep.sum() < 50:  # too few cells to simulate doublets from
-        return scores, called
-    sub = ad.AnnData(X=sample.X[keep].astype(np.float32))
-    sc.pp.scrublet(
-        sub,
-        expected_doublet_rate=expected_rate,
-        random_state=seed,
-        use_approx_neighbors=False,  # pynndescent recompiles per call: ~30 s per sample
-        mean_center=mean_center,
-    )
-    scores[keep] = sub.obs["doublet_score"].to_numpy()
-    called[keep] = sub.obs["predicted_doublet"].to_numpy().astype(bool)
-    return scores, called
+def _qc_sample_task(store: Path, genes: pd.Index | None, **kwargs: object) -> SampleQC:
+    return qc_sample(read_sample_counts(store, genes), **kwargs)  # type: ignore[arg-type]
 
 
 def compute_qc(
-    cohort: ad.AnnData,
+    obs: pd.DataFrame,
+    var: pd.DataFrame,
     *,
     client: Client,
     stores: dict[str, Path],
@@ -64,54 +107,55 @@ def compute_qc(
     expected_doublet_rate: float = 0.06,
     doublet_mean_center: bool = False,
     seed: int = 0,
+    uniform_genes: bool = False,
 ) -> QCResult:
     """QC metrics of every cell, outlier flags per sample, and scrublet doublet calls.
 
-    ``cohort`` is the lazy cohort view; ``stores`` maps sample id to its store (read by
-    the doublet tasks). ``qc_pass`` is False for flagged cells and, when ``doublets``,
-    for predicted doublets.
+    ``obs`` and ``var`` are the cohort's (cells grouped by ``sample_id``; genes with a
+    ``gene_symbols`` column); ``stores`` maps sample id to its store. One task per sample,
+    sample ``i`` (in order of first appearance) seeded with ``seed + i``. ``uniform_genes``:
+    every store holds exactly ``var``'s genes in order (as `open_cohort` records in
+    ``uns``), so the tasks need not read and align each store's genes. ``qc_pass`` is
+    False for flagged cells and for predicted doublets.
     """
     start = time.perf_counter()
-    gene_set = gene_sets(cohort.var["gene_symbols"].to_numpy())
-    values = _metrics(cohort.X, gene_set, client)
-    metrics = pd.DataFrame(values, index=cohort.obs_names, columns=list(METRICS))
-    metrics["total_counts"] = metrics["total_counts"].round().astype(np.int64)
-    metrics["n_genes_by_counts"] = metrics["n_genes_by_counts"].astype(np.int64)
-    metrics["log1p_total_counts"] = np.log1p(metrics["total_counts"])
-    metrics["log1p_n_genes_by_counts"] = np.log1p(metrics["n_genes_by_counts"])
-    sample = cohort.obs["sample_id"].astype(str)
-    flags = qc_flags(metrics, sample, rules)
-
-    score = np.full(cohort.n_obs, np.nan)
-    called = np.zeros(cohort.n_obs, dtype=bool)
-    if doublets:
-        passing = ~flags.any(axis=1).to_numpy()
-        positions = pd.Series(np.arange(cohort.n_obs)).groupby(sample.to_numpy()).indices
-        order = list(dict.fromkeys(sample))
-        futures = {
-            sid: client.submit(
-                score_doublets,
-                stores[sid],
-                passing[positions[sid]],
-                expected_rate=expected_doublet_rate,
-                seed=seed + i,
-                mean_center=doublet_mean_center,
-                pure=False,
-            )
-            for i, sid in enumerate(order)
-        }
-        for sid, future in futures.items():
-            s, c = future.result()
-            score[positions[sid]] = s
-            called[positions[sid]] = c
-    flags["doublet"] = called
-
-    obs = metrics.copy()
+    gene_set = gene_sets(var["gene_symbols"].to_numpy())
+    sample = obs["sample_id"].astype(str).to_numpy()
+    positions = pd.Series(np.arange(len(obs))).groupby(sample).indices
+    order = list(dict.fromkeys(sample))
+    genes = None if uniform_genes else client.scatter(pd.Index(var.index), broadcast=True)
+    futures = [
+        client.submit(
+            _qc_sample_task,
+            stores[sid],
+            genes,
+            gene_set=gene_set,
+            rules=rules,
+            doublets=doublets,
+            expected_doublet_rate=expected_doublet_rate,
+            doublet_mean_center=doublet_mean_center,
+            seed=seed + i,
+            pure=False,
+        )
+        for i, sid in enumerate(order)
+    ]
+    parts = client.gather(futures)
+    index = np.concatenate([positions[sid] for sid in order])
+    for sid, part in zip(order, parts, strict=True):
+        if len(part.metrics) != len(positions[sid]):
+            msg = f"sample {sid}: {len(part.metrics)} cells in its store, {len(positions[sid])} in obs"
+            raise ValueError(msg)
+    out = pd.concat([p.metrics for p in parts], ignore_index=True)
+    flags = pd.concat([p.flags for p in parts], ignore_index=True)
     for col in flags.columns:
-        obs[f"qc_flag_{col}"] = flags[col].to_numpy()
-    obs["doublet_score"] = score
-    obs["predicted_doublet"] = called
-    obs["qc_reason"] = reasons(flags).to_numpy()
-    obs["qc_pass"] = ~flags.any(axis=1).to_numpy()
-    summary = qc_summary(obs.assign(sample_id=sample.to_numpy()))
-    return QCResult(obs=obs, summary=summary, seconds=time.perf_counter() - start)
+        out[f"qc_flag_{col}"] = flags[col].to_numpy()
+    out["doublet_score"] = np.concatenate([p.doublet_score for p in parts])
+    out["predicted_doublet"] = flags["doublet"].to_numpy()
+    out["qc_reason"] = reasons(flags).to_numpy()
+    out["qc_pass"] = ~flags.any(axis=1).to_numpy()
+    out = out.set_axis(obs.index[index]).loc[obs.index]
+    summary = qc_summary(out.assign(sample_id=sample))
+    thresholds = {sid: p.doublet_threshold for sid, p in zip(order, parts, strict=True)}
+    summary["doublet_threshold"] = summary["sample_id"].map(thresholds)
+    moments = {sid: p.moments for sid, p in zip(order, parts, strict=True)}
+    return QCResult(obs=out, summary=summary, moments=moments, seconds=time.perf_counter() - start)

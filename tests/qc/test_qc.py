@@ -22,7 +22,7 @@ from pipeline.simulate import SimulationResult
 def qc(ingested: Path, client: Client) -> QCResult:
     cohort = open_cohort(ingested, chunk_cells=150)
     stores = {s: sample_store_path(ingested, s) for s in cohort.obs["sample_id"].cat.categories}
-    return compute_qc(cohort, client=client, stores=stores, rules=QCRules(), doublets=True, seed=0)
+    return compute_qc(cohort.obs, cohort.var, client=client, stores=stores, rules=QCRules(), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_every_removed_cell_has_a_reason(qc: QCResult) -> None:
     ).all()
 
 
-def test_chunking_and_workers_do_not_change_the_result(ingested: Path, qc: QCResult) -> None:
+def test_one_or_two_workers_give_the_same_result(ingested: Path, qc: QCResult) -> None:
     from distributed import LocalCluster
 
     cohort = open_cohort(ingested, chunk_cells=10_000)
@@ -129,6 +129,18 @@ def test_chunking_and_workers_do_not_change_the_result(ingested: Path, qc: QCRes
         Client(cl) as one,
     ):
         other = compute_qc(
-            cohort, client=one, stores=stores, rules=QCRules(), doublets=True, seed=0
+            cohort.obs, cohort.var, client=one, stores=stores, rules=QCRules(), seed=0
         )
     pd.testing.assert_frame_equal(other.obs, qc.obs)
+    pd.testing.assert_frame_equal(other.summary, qc.summary)
+    for sid, m in qc.moments.items():
+        np.testing.assert_array_equal(other.moments[sid], m)
+
+
+def test_moments_are_the_kept_cells_raw_count_sums(qc: QCResult, in_memory: ad.AnnData) -> None:
+    for sid, m in qc.moments.items():
+        cells = (in_memory.obs["sample_id"] == sid).to_numpy() & qc.obs["qc_pass"].to_numpy()
+        x = in_memory.X[cells].astype(np.float64)
+        assert m[0, 0] == cells.sum()
+        np.testing.assert_allclose(m[1], np.asarray(x.sum(axis=0)).ravel())
+        np.testing.assert_allclose(m[2], np.asarray(x.multiply(x).sum(axis=0)).ravel())
