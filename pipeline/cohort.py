@@ -41,7 +41,9 @@ def read_sample_counts(path: Path, genes: pd.Index | None) -> sp.csr_matrix:
     return x if cols is None else x[:, cols]
 
 
-def _lazy_sample(path: Path, genes: pd.Index | None, chunk_cells: int) -> tuple[da.Array, pd.DataFrame]:
+def _lazy_sample(
+    path: Path, genes: pd.Index | None, chunk_cells: int
+) -> tuple[da.Array, pd.DataFrame]:
     group = zarr.open_group(str(path), mode="r")
     obs = ad.io.read_elem(group["obs"])
     cols = _cohort_columns(group, path, genes)
