@@ -15,7 +15,7 @@ Moments = dict[int, np.ndarray]  # batch code -> (3, n_genes): n, sum, sum of sq
 
 
 @numba.njit(cache=True)
-def _sums(indptr, indices, data, slot, clip, n_slots, n_genes):  # type: ignore[no-untyped-def]
+def _sums(indptr, indices, data, slot, clip, n_slots, n_genes):
     """Per slot (-1 skips the row): row count, per-gene sum and sum of squares of
     min(count, clip[slot, gene]), in one pass over the stored entries."""
     out = np.zeros((n_slots, 3, n_genes))
