@@ -86,6 +86,7 @@ def run_qc(cfg: RunConfig, client: Client) -> str:
         doublets=q.doublets,
         expected_doublet_rate=q.expected_doublet_rate,
         doublet_mean_center=q.doublet_mean_center,
+        doublet_sim_scored_fraction=q.doublet_sim_scored_fraction,
         seed=q.seed,
         uniform_genes=bool(cohort.uns["uniform_genes"]),
     )

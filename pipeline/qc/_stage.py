@@ -57,6 +57,7 @@ def qc_sample(
     doublets: bool,
     expected_doublet_rate: float,
     doublet_mean_center: bool,
+    doublet_sim_scored_fraction: float = 1.0,
     seed: int,
 ) -> SampleQC:
     """Metrics, flags, doublets and kept-cell gene moments of one sample (pure)."""
@@ -76,6 +77,7 @@ def qc_sample(
             counts[passing],
             expected_rate=expected_doublet_rate,
             mean_center=doublet_mean_center,
+            sim_scored_fraction=doublet_sim_scored_fraction,
             seed=seed,
         )
         score[passing] = found.score
@@ -106,6 +108,7 @@ def compute_qc(
     doublets: bool = True,
     expected_doublet_rate: float = 0.06,
     doublet_mean_center: bool = False,
+    doublet_sim_scored_fraction: float = 1.0,
     seed: int = 0,
     uniform_genes: bool = False,
 ) -> QCResult:
@@ -134,6 +137,7 @@ def compute_qc(
             doublets=doublets,
             expected_doublet_rate=expected_doublet_rate,
             doublet_mean_center=doublet_mean_center,
+            doublet_sim_scored_fraction=doublet_sim_scored_fraction,
             seed=seed + i,
             pure=False,
         )

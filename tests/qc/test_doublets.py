@@ -61,3 +61,11 @@ def test_too_few_genes_give_nan_and_seeds_reproduce(counts: sp.csr_matrix) -> No
     assert np.isnan(a.score[0]) and not a.called[0]
     np.testing.assert_array_equal(a.score, b.score)
     assert np.isfinite(a.score[1:]).all()
+
+
+def test_scoring_a_share_of_the_simulated_doublets_keeps_the_calls(counts: sp.csr_matrix) -> None:
+    full = scrublet_scores(counts, expected_rate=0.06, seed=0)
+    part = scrublet_scores(counts, expected_rate=0.06, seed=0, sim_scored_fraction=0.3)
+    np.testing.assert_array_equal(part.score, full.score)  # observed cells: the same search
+    assert (part.called == full.called).mean() >= 0.99
+    assert abs(part.threshold - full.threshold) < 0.05
