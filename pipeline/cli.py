@@ -22,7 +22,7 @@ EXIT_ERROR = 1
 EXIT_NOT_IMPLEMENTED = 3
 
 # Stages that exist in this version, in run order; the rest are reported as not built yet.
-IMPLEMENTED_STAGES: tuple[str, ...] = ("ingest", "qc", "preprocess")
+IMPLEMENTED_STAGES: tuple[str, ...] = ("ingest", "qc", "preprocess", "integrate", "graph")
 PLANNED = {
     "ingest": "issue #3",
     "qc": "issue #4",
@@ -104,6 +104,8 @@ STAGE_RUNNERS = {
     "ingest": _run_ingest,
     "qc": _run_later_stage("qc"),
     "preprocess": _run_later_stage("preprocess"),
+    "integrate": _run_later_stage("integrate"),
+    "graph": _run_later_stage("graph"),
 }
 
 

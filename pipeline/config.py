@@ -224,6 +224,51 @@ class PreprocessConfig(_Frozen):
     n_comps: int = Field(50, ge=2)
 
 
+class IntegrateConfig(_Frozen):
+    """The integrate stage: batch correction of the PCs."""
+
+    method: Literal["harmony"] = Field(
+        "harmony", description="Harmony on the PCs (harmonypy); scVI is planned (issue #5)"
+    )
+    batch_key: Literal["batch", "sample_id", "patient_id"] = "batch"
+    harmony_theta: float = Field(2.0, ge=0, description="Harmony's diversity penalty")
+    harmony_max_iter: int = Field(10, ge=1)
+    metrics_max_cells: int = Field(
+        20_000, ge=100, description="cells sampled for the mixing metrics (quadratic cost)"
+    )
+    seed: int = 0
+
+
+class GraphConfig(_Frozen):
+    """The graph stage: kNN graph, Leiden clusters, UMAP."""
+
+    use_rep: Literal["X_pca_harmony", "X_pca"] = Field(
+        "X_pca_harmony", description="the embedding the graph is built on"
+    )
+    n_neighbors: int = Field(15, ge=2)
+    resolutions: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0], description="Leiden resolutions, one obs column each"
+    )
+    umap_max_cells: int = Field(
+        200_000,
+        ge=1000,
+        description="above this many cells UMAP is fitted on a subsample stratified by sample "
+        "and the other cells are placed by their nearest fitted cells",
+    )
+    exact_knn_below: int = Field(
+        50_000, ge=0, description="exact neighbours below this many cells, HNSW above"
+    )
+    seed: int = 0
+
+    @field_validator("resolutions")
+    @classmethod
+    def _resolutions(cls, value: list[float]) -> list[float]:
+        if not value or any(r <= 0 for r in value):
+            msg = f"expected one or more positive resolutions, got {value}"
+            raise ValueError(msg)
+        return value
+
+
 class RunConfig(_Frozen):
     """Everything ``immunoprofile`` reads from a config file."""
 
@@ -234,6 +279,8 @@ class RunConfig(_Frozen):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     qc: QCConfig = Field(default_factory=QCConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    integrate: IntegrateConfig = Field(default_factory=IntegrateConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -21,7 +21,9 @@ from . import __version__
 from .cohort import open_cohort
 from .config import RunConfig
 from .errors import ImmunoprofileError
+from .graph import build_graph
 from .ingest import STAGE_RECORD, sample_store_path
+from .integrate import integrate_cohort
 from .preprocess import Moments, preprocess_cohort
 from .qc import QCRules, compute_qc
 from .store import read_manifest, write_anndata_store
@@ -44,7 +46,38 @@ def stage_digests(cfg: RunConfig) -> dict[str, str]:
     ingest = hashlib.sha256(record.read_bytes()).hexdigest()
     qc = _sha({"ingest": ingest, "qc": cfg.qc.model_dump(mode="json")})
     pre = _sha({"qc": qc, "preprocess": cfg.preprocess.model_dump(mode="json")})
-    return {"ingest": ingest, "qc": qc, "preprocess": pre}
+    integ = _sha({"preprocess": pre, "integrate": cfg.integrate.model_dump(mode="json")})
+    graph = _sha({"integrate": integ, "graph": cfg.graph.model_dump(mode="json")})
+    return {"ingest": ingest, "qc": qc, "preprocess": pre, "integrate": integ, "graph": graph}
+
+
+# What each stage adds to cohort.zarr besides the obs columns that qc rebuilds. A stage
+# clears its own previous outputs and every later stage's before it writes (they were
+# computed from what it replaces).
+STAGE_ORDER = ("ingest", "qc", "preprocess", "integrate", "graph")
+STAGE_OUTPUTS: dict[str, dict[str, list[str]]] = {
+    "preprocess": {"obsm": ["X_pca"], "varm": ["PCs"], "uns": ["pca"]},
+    "integrate": {"obsm": ["X_pca_harmony"], "uns": ["integrate"]},
+    "graph": {
+        "obsm": ["X_umap"],
+        "obsp": ["distances", "connectivities"],
+        "uns": ["graph", "neighbors"],
+        "obs_prefix": ["leiden_"],
+    },
+}
+
+
+def clear_outputs(adata: ad.AnnData, stage: str) -> ad.AnnData:
+    """``adata`` without the outputs of ``stage`` and of every stage after it."""
+    for later in STAGE_ORDER[STAGE_ORDER.index(stage) :]:
+        outputs = STAGE_OUTPUTS.get(later, {})
+        for slot in ("obsm", "varm", "obsp", "uns"):
+            mapping = getattr(adata, slot)
+            for key in outputs.get(slot, []):
+                mapping.pop(key, None)
+        for prefix in outputs.get("obs_prefix", []):
+            adata.obs = adata.obs.drop(columns=[c for c in adata.obs if c.startswith(prefix)])
+    return adata
 
 
 def done_stages(cfg: RunConfig) -> dict[str, str]:
@@ -136,7 +169,7 @@ def batch_moments_from_qc(cohort: ad.AnnData, batch_key: str) -> Moments | None:
 
 def run_preprocess(cfg: RunConfig, client: Client) -> str:
     workdir = Path(cfg.workdir)
-    previous = ad.read_zarr(workdir / COHORT_STORE)
+    previous = _previous(cfg, "preprocess")
     cohort = open_cohort(workdir, chunk_cells=cfg.ingest.chunk_cells)
     p = cfg.preprocess
     result = preprocess_cohort(
@@ -174,3 +207,77 @@ def run_preprocess(cfg: RunConfig, client: Client) -> str:
 
 def qc_summary_table(workdir: Path) -> pd.DataFrame:
     return pd.read_csv(Path(workdir) / "qc" / "summary.csv")
+
+
+def _previous(cfg: RunConfig, stage: str) -> ad.AnnData:
+    """cohort.zarr as the stages before ``stage`` left it."""
+    return clear_outputs(ad.read_zarr(Path(cfg.workdir) / COHORT_STORE), stage)
+
+
+def run_integrate(cfg: RunConfig, client: Client) -> str:  # Harmony runs in the driver
+    c = cfg.integrate
+    out = _previous(cfg, "integrate")
+    result = integrate_cohort(
+        out.obsm["X_pca"],
+        out.obs["qc_pass"].to_numpy(dtype=bool),
+        out.obs[c.batch_key].astype(str).to_numpy(),
+        theta=c.harmony_theta,
+        max_iter=c.harmony_max_iter,
+        metrics_max_cells=c.metrics_max_cells,
+        seed=c.seed,
+    )
+    out.obsm.update(result.embeddings)
+    out.uns["integrate"] = {
+        "method": c.method,
+        "params": c.model_dump(mode="json"),
+        "metrics": result.metrics,
+        "seconds": result.seconds,
+        **result.info,
+    }
+    _write_cohort(cfg, out, ["ingest", "qc", "preprocess", "integrate"])
+    before, after = result.metrics["X_pca"]["ilisi"], result.metrics["X_pca_harmony"]["ilisi"]
+    return (
+        f"integrate: Harmony on {int(out.obs['qc_pass'].sum()):,} cells by {c.batch_key} in "
+        f"{result.seconds['harmony']:.1f} s; iLISI {before:.2f} -> {after:.2f}"
+    )
+
+
+def run_graph(cfg: RunConfig, client: Client) -> str:  # runs in the driver
+    g = cfg.graph
+    out = _previous(cfg, "graph")
+    result = build_graph(
+        out.obsm[g.use_rep],
+        out.obs["qc_pass"].to_numpy(dtype=bool),
+        out.obs["sample_id"].astype(str).to_numpy(),
+        n_neighbors=g.n_neighbors,
+        resolutions=tuple(g.resolutions),
+        umap_max_cells=g.umap_max_cells,
+        exact_below=g.exact_knn_below,
+        seed=g.seed,
+    )
+    out.obsp["distances"] = result.distances
+    out.obsp["connectivities"] = result.connectivities
+    for r, labels in result.clusters.items():
+        names = [str(i) for i in range(int(labels.max()) + 1)]
+        out.obs[f"leiden_{r:g}"] = pd.Categorical.from_codes(labels, categories=names)
+    out.obsm["X_umap"] = result.umap
+    out.uns["neighbors"] = {
+        "connectivities_key": "connectivities",
+        "distances_key": "distances",
+        "params": {
+            "n_neighbors": g.n_neighbors,
+            "method": "umap",
+            "metric": "euclidean",
+            "use_rep": g.use_rep,
+        },
+    }
+    out.uns["graph"] = {
+        "params": g.model_dump(mode="json"),
+        "seconds": result.seconds,
+        **result.info,
+    }
+    _write_cohort(cfg, out, ["ingest", "qc", "preprocess", "integrate", "graph"])
+    counts = ", ".join(
+        f"{len(np.unique(v[v >= 0]))} clusters at {r:g}" for r, v in result.clusters.items()
+    )
+    return f"graph: {g.n_neighbors}-NN graph on {g.use_rep}, {counts}, UMAP in {sum(result.seconds.values()):.1f} s"

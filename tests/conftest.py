@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anndata as ad
+import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 
-from pipeline.config import SimulationConfig
+from pipeline.config import RunConfig, SimulationConfig, parse_config
 from pipeline.simulate import SimulationResult, simulate_cohort
 
 SMALL = {
@@ -55,3 +57,47 @@ def ingested(
     workdir = tmp_path_factory.mktemp("ingested")
     ingest_samples(read_samplesheet(small_cohort.samplesheet), workdir=workdir, client=client)
     return workdir
+
+
+STRONG_BATCHES = {"seed": 5, "n_patients": 6, "extra_patients": 0, "n_batches": 3,
+                  "batch_effect_sd": 0.5}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def strong_batch_run(tmp_path_factory: pytest.TempPathFactory, client: Client) -> RunConfig:
+    from pipeline import runner
+    from pipeline.ingest import ingest_samples, read_samplesheet
+    from pipeline.simulate import simulate_cohort
+
+    out = tmp_path_factory.mktemp("strong_batches")
+    sim = simulate_cohort(small_config(**STRONG_BATCHES), out=out / "data", client=client)
+    cfg = parse_config(
+        {
+            "workdir": str(out / "work"),
+            "samplesheet": str(sim.samplesheet),
+            "preprocess": {"n_top_genes": 1000, "n_comps": 30},
+        }
+    )
+    ingest_samples(read_samplesheet(sim.samplesheet), workdir=cfg.workdir, client=client)
+    for stage in ("qc", "preprocess", "integrate", "graph"):
+        getattr(runner, f"run_{stage}")(cfg, client)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def strong_batch_cohort(strong_batch_run: RunConfig) -> ad.AnnData:
+    return ad.read_zarr(Path(strong_batch_run.workdir) / "cohort.zarr")
+
+
+@pytest.fixture(scope="session")
+def strong_batch_truth(
+    strong_batch_run: RunConfig, strong_batch_cohort: ad.AnnData
+) -> pd.DataFrame:
+    assert strong_batch_run.samplesheet is not None
+    data = Path(strong_batch_run.samplesheet).parent
+    sheet = pd.read_csv(strong_batch_run.samplesheet)
+    frames = []
+    for sid in sheet["sample_id"]:
+        t = pd.read_csv(data / "truth" / "cells" / f"{sid}.csv.gz", keep_default_na=False)
+        frames.append(t.set_index(sid + ":" + t["barcode"]))
+    return pd.concat(frames).loc[strong_batch_cohort.obs_names]

@@ -62,10 +62,14 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert code == EXIT_NOT_IMPLEMENTED
     assert "(0 written, 18 unchanged)" in captured.out
     assert "qc: " in captured.out and "preprocess: 500 HVGs, 20 PCs" in captured.out
-    assert "stopping before stage 'integrate'" in captured.err and "issue #5" in captured.err
-    assert "Stages done: ingest, qc, preprocess" in captured.err
+    assert "integrate: Harmony on" in captured.out and "graph: 15-NN graph" in captured.out
+    assert "stopping before stage 'annotate'" in captured.err and "issue #6" in captured.err
+    assert "Stages done: ingest, qc, preprocess, integrate, graph" in captured.err
     cohort = ad.read_zarr(workdir / "cohort.zarr")
     assert cohort.obsm["X_pca"].shape == (cohort.n_obs, 20)
+    assert {"X_pca_harmony", "X_umap"} <= set(cohort.obsm)
+    assert {"distances", "connectivities"} <= set(cohort.obsp)
+    assert {"leiden_0.5", "leiden_1"} <= set(cohort.obs.columns)
     assert {"qc_pass", "qc_reason", "doublet_score", "pct_counts_mt", "sample_id"} <= set(
         cohort.obs.columns
     )
@@ -86,7 +90,26 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     out = capsys.readouterr().out
     assert "qc: unchanged inputs and parameters, skipped" in out
     assert "preprocess: 500 HVGs, 10 PCs" in out
-    assert ad.read_zarr(workdir / "cohort.zarr").obsm["X_pca"].shape[1] == 10
+    cohort = ad.read_zarr(workdir / "cohort.zarr")
+    assert cohort.obsm["X_pca"].shape[1] == 10
+    # outputs computed from the old PCs are gone with them
+    assert not {"X_pca_harmony", "X_umap"} & set(cohort.obsm) and not cohort.obsp
+    assert not [c for c in cohort.obs.columns if c.startswith("leiden_")]
+    assert "integrate" not in cohort.uns and "graph" not in cohort.uns
+
+    # integrate and graph run again from the new PCs; a graph parameter re-runs graph only
+    assert main([*args, "--until", "graph"]) == 0
+    assert "integrate: Harmony on" in capsys.readouterr().out
+    cfg.write_text(
+        "cluster: {n_workers: 2, threads_per_worker: 1}\npreprocess: {n_top_genes: 500, n_comps: 10}\n"
+        "graph: {resolutions: [0.8]}\n"
+    )
+    assert main([*args, "--until", "graph"]) == 0
+    out = capsys.readouterr().out
+    assert "integrate: unchanged inputs and parameters, skipped" in out
+    assert "clusters at 0.8" in out
+    cohort = ad.read_zarr(workdir / "cohort.zarr")
+    assert [c for c in cohort.obs.columns if c.startswith("leiden_")] == ["leiden_0.8"]
 
     # a changed qc parameter recomputes qc and everything after it
     cfg.write_text(

@@ -1,0 +1,108 @@
+"""The graph stage: kNN graph, Leiden clusters and UMAP of the integrated embedding."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._knn import Neighbors, knn_graphs, nearest_neighbors
+from ._layout import leiden_clusters, place_by_neighbors, umap_layout
+
+
+@dataclass(frozen=True)
+class GraphResult:
+    distances: sp.csr_matrix  # cells x cells (all cells; rows of cells not kept are empty)
+    connectivities: sp.csr_matrix
+    clusters: dict[float, np.ndarray]  # resolution -> cluster per cell (-1: not kept)
+    umap: np.ndarray  # cells x 2 (NaN: not kept)
+    info: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _expand(m: sp.csr_matrix, rows: np.ndarray, n: int) -> sp.csr_matrix:
+    """A kept-cells x kept-cells matrix as all cells x all cells."""
+    coo = m.tocoo()
+    return sp.csr_matrix((coo.data, (rows[coo.row], rows[coo.col])), shape=(n, n))
+
+
+def _stratified(groups: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted positions of ``size`` cells, each group sampled in proportion to its size."""
+    rng = np.random.default_rng(seed)
+    n = groups.size
+    chosen = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        take = max(1, round(size * members.size / n))
+        chosen.append(rng.choice(members, min(take, members.size), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def build_graph(
+    embedding: np.ndarray,
+    keep: np.ndarray,
+    sample: np.ndarray,
+    *,
+    n_neighbors: int = 15,
+    resolutions: tuple[float, ...] = (0.5, 1.0),
+    umap_max_cells: int = 200_000,
+    exact_below: int = 50_000,
+    seed: int = 0,
+) -> GraphResult:
+    """kNN graph, Leiden at each resolution and UMAP of the cells in ``keep``.
+
+    Above ``umap_max_cells`` kept cells the UMAP is fitted on a subsample stratified by
+    ``sample`` (on its own kNN graph) and every other cell is placed from its neighbours in
+    the full graph (`place_by_neighbors`); ``info["umap"]`` says which.
+    """
+    seconds: dict[str, float] = {}
+    rows = np.flatnonzero(keep)
+    x = np.ascontiguousarray(embedding[rows], dtype=np.float32)
+    n = embedding.shape[0]
+
+    t = time.perf_counter()
+    nn = nearest_neighbors(x, n_neighbors, exact_below=exact_below, seed=seed)
+    distances, connectivities = knn_graphs(nn, seed=seed)
+    seconds["neighbors"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    clusters = {}
+    for r in resolutions:
+        labels = np.full(n, -1, dtype=np.int64)
+        labels[rows] = leiden_clusters(connectivities, resolution=r, seed=seed)
+        clusters[r] = labels
+    seconds["leiden"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    layout = np.full((n, 2), np.nan, dtype=np.float32)
+    if rows.size <= umap_max_cells:
+        layout[rows] = umap_layout(connectivities, x, seed=seed)
+        umap_info: dict[str, Any] = {"fitted_on": "all cells", "n_fitted": int(rows.size)}
+    else:
+        fit = _stratified(sample[rows], umap_max_cells, seed)
+        sub_nn = nearest_neighbors(x[fit], n_neighbors, exact_below=exact_below, seed=seed)
+        _, sub_conn = knn_graphs(sub_nn, seed=seed)
+        kept_layout = np.full((rows.size, 2), np.nan, dtype=np.float32)
+        kept_layout[fit] = umap_layout(sub_conn, x[fit], seed=seed)
+        layout[rows] = place_by_neighbors(kept_layout, nn.indices, nn.distances)
+        umap_info = {
+            "fitted_on": "a subsample stratified by sample; every other cell placed at the "
+            "distance-weighted mean of its placed neighbours in the kNN graph",
+            "n_fitted": int(fit.size),
+        }
+    seconds["umap"] = time.perf_counter() - t
+    info = {"neighbors": {"n_neighbors": n_neighbors, "exact": nn.exact}, "umap": umap_info}
+    return GraphResult(
+        distances=_expand(distances, rows, n),
+        connectivities=_expand(connectivities, rows, n),
+        clusters=clusters,
+        umap=layout,
+        info=info,
+        seconds=seconds,
+    )
+
+
+__all__ = ["GraphResult", "Neighbors", "build_graph"]
