@@ -227,8 +227,10 @@ class PreprocessConfig(_Frozen):
 class IntegrateConfig(_Frozen):
     """The integrate stage: batch correction of the PCs."""
 
-    method: Literal["harmony"] = Field(
-        "harmony", description="Harmony on the PCs (harmonypy); scVI is planned (issue #5)"
+    method: Literal["harmony", "scvi", "both"] = Field(
+        "harmony",
+        description="Harmony on the PCs (harmonypy), scVI on the HVG counts (scvi-tools), "
+        "or both (obsm X_pca_harmony, X_scvi)",
     )
     batch_key: Literal["batch", "sample_id", "patient_id"] = "batch"
     harmony_theta: float = Field(2.0, ge=0, description="Harmony's diversity penalty")
@@ -236,13 +238,24 @@ class IntegrateConfig(_Frozen):
     metrics_max_cells: int = Field(
         20_000, ge=100, description="cells sampled for the mixing metrics (quadratic cost)"
     )
+    scvi_max_cells: int = Field(
+        50_000, ge=100, description="cells (stratified by sample) scVI is trained on"
+    )
+    scvi_n_latent: int = Field(10, ge=2)
+    scvi_max_epochs: int = Field(
+        100,
+        ge=1,
+        description="epochs over the training subsample (scVI mixes strong batch effects "
+        "only after several thousand gradient steps: epochs x cells / batch size)",
+    )
+    scvi_batch_size: int = Field(128, ge=16)
     seed: int = 0
 
 
 class GraphConfig(_Frozen):
     """The graph stage: kNN graph, Leiden clusters, UMAP."""
 
-    use_rep: Literal["X_pca_harmony", "X_pca"] = Field(
+    use_rep: Literal["X_pca_harmony", "X_scvi", "X_pca"] = Field(
         "X_pca_harmony", description="the embedding the graph is built on"
     )
     n_neighbors: int = Field(15, ge=2)

@@ -23,7 +23,7 @@ from .config import RunConfig
 from .errors import ImmunoprofileError
 from .graph import build_graph
 from .ingest import STAGE_RECORD, sample_store_path
-from .integrate import integrate_cohort
+from .integrate import integrate_cohort, scvi_cohort
 from .preprocess import Moments, preprocess_cohort
 from .qc import QCRules, compute_qc
 from .store import read_manifest, write_anndata_store
@@ -57,7 +57,7 @@ def stage_digests(cfg: RunConfig) -> dict[str, str]:
 STAGE_ORDER = ("ingest", "qc", "preprocess", "integrate", "graph")
 STAGE_OUTPUTS: dict[str, dict[str, list[str]]] = {
     "preprocess": {"obsm": ["X_pca"], "varm": ["PCs"], "uns": ["pca"]},
-    "integrate": {"obsm": ["X_pca_harmony"], "uns": ["integrate"]},
+    "integrate": {"obsm": ["X_pca_harmony", "X_scvi"], "uns": ["integrate"]},
     "graph": {
         "obsm": ["X_umap"],
         "obsp": ["distances", "connectivities"],
@@ -214,13 +214,46 @@ def _previous(cfg: RunConfig, stage: str) -> ad.AnnData:
     return clear_outputs(ad.read_zarr(Path(cfg.workdir) / COHORT_STORE), stage)
 
 
-def run_integrate(cfg: RunConfig, client: Client) -> str:  # Harmony runs in the driver
+SCVI_MODEL = Path("models") / "scvi"  # in the workdir
+
+
+def run_integrate(cfg: RunConfig, client: Client) -> str:
     c = cfg.integrate
+    workdir = Path(cfg.workdir)
     out = _previous(cfg, "integrate")
+    keep = out.obs["qc_pass"].to_numpy(dtype=bool)
+    batch = out.obs[c.batch_key].astype(str).to_numpy()
+    other: dict[str, np.ndarray] = {}
+    scvi_info: dict[str, Any] = {}
+    if c.method in ("scvi", "both"):
+        (workdir / SCVI_MODEL).parent.mkdir(exist_ok=True)
+        result_scvi = scvi_cohort(
+            open_cohort(workdir, chunk_cells=cfg.ingest.chunk_cells),
+            client=client,
+            keep=keep,
+            batch=batch,
+            hvg=np.flatnonzero(out.var["highly_variable"].to_numpy()),
+            model_dir=workdir / SCVI_MODEL,
+            max_cells=c.scvi_max_cells,
+            n_latent=c.scvi_n_latent,
+            max_epochs=c.scvi_max_epochs,
+            batch_size=c.scvi_batch_size,
+            seed=c.seed,
+        )
+        other["X_scvi"] = result_scvi.latent
+        scvi_info = {
+            "model_dir": str(SCVI_MODEL),
+            "n_cells_trained": result_scvi.training.n_cells,
+            "n_epochs": result_scvi.training.n_epochs,
+            "history": {k: np.asarray(v) for k, v in result_scvi.training.history.items()},
+            "seconds": result_scvi.seconds,
+        }
     result = integrate_cohort(
         out.obsm["X_pca"],
-        out.obs["qc_pass"].to_numpy(dtype=bool),
-        out.obs[c.batch_key].astype(str).to_numpy(),
+        keep,
+        batch,
+        harmony=c.method in ("harmony", "both"),
+        other=other,
         theta=c.harmony_theta,
         max_iter=c.harmony_max_iter,
         metrics_max_cells=c.metrics_max_cells,
@@ -233,18 +266,22 @@ def run_integrate(cfg: RunConfig, client: Client) -> str:  # Harmony runs in the
         "metrics": result.metrics,
         "seconds": result.seconds,
         **result.info,
+        **({"scvi": scvi_info} if scvi_info else {}),
     }
     _write_cohort(cfg, out, ["ingest", "qc", "preprocess", "integrate"])
-    before, after = result.metrics["X_pca"]["ilisi"], result.metrics["X_pca_harmony"]["ilisi"]
-    return (
-        f"integrate: Harmony on {int(out.obs['qc_pass'].sum()):,} cells by {c.batch_key} in "
-        f"{result.seconds['harmony']:.1f} s; iLISI {before:.2f} -> {after:.2f}"
-    )
+    mixing = ", ".join(f"{k} {m['ilisi']:.2f}" for k, m in result.metrics.items())
+    return f"integrate: {c.method} on {int(keep.sum()):,} cells by {c.batch_key}; iLISI {mixing}"
 
 
 def run_graph(cfg: RunConfig, client: Client) -> str:  # runs in the driver
     g = cfg.graph
     out = _previous(cfg, "graph")
+    if g.use_rep not in out.obsm:
+        msg = (
+            f"graph.use_rep is {g.use_rep}, which the integrate stage did not compute "
+            f"(integrate.method is {cfg.integrate.method}; cohort.zarr has {sorted(out.obsm)})"
+        )
+        raise ImmunoprofileError(msg)
     result = build_graph(
         out.obsm[g.use_rep],
         out.obs["qc_pass"].to_numpy(dtype=bool),

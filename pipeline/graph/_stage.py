@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ..integrate import stratified_sample
 from ._knn import Neighbors, knn_graphs, nearest_neighbors
 from ._layout import leiden_clusters, place_by_neighbors, umap_layout
 
@@ -27,18 +28,6 @@ def _expand(m: sp.csr_matrix, rows: np.ndarray, n: int) -> sp.csr_matrix:
     """A kept-cells x kept-cells matrix as all cells x all cells."""
     coo = m.tocoo()
     return sp.csr_matrix((coo.data, (rows[coo.row], rows[coo.col])), shape=(n, n))
-
-
-def _stratified(groups: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Sorted positions of ``size`` cells, each group sampled in proportion to its size."""
-    rng = np.random.default_rng(seed)
-    n = groups.size
-    chosen = []
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        take = max(1, round(size * members.size / n))
-        chosen.append(rng.choice(members, min(take, members.size), replace=False))
-    return np.sort(np.concatenate(chosen))
 
 
 def build_graph(
@@ -82,7 +71,7 @@ def build_graph(
         layout[rows] = umap_layout(connectivities, x, seed=seed)
         umap_info: dict[str, Any] = {"fitted_on": "all cells", "n_fitted": int(rows.size)}
     else:
-        fit = _stratified(sample[rows], umap_max_cells, seed)
+        fit = stratified_sample(sample[rows], umap_max_cells, seed)
         sub_nn = nearest_neighbors(x[fit], n_neighbors, exact_below=exact_below, seed=seed)
         _, sub_conn = knn_graphs(sub_nn, seed=seed)
         kept_layout = np.full((rows.size, 2), np.nan, dtype=np.float32)

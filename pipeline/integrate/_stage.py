@@ -25,6 +25,8 @@ def integrate_cohort(
     keep: np.ndarray,
     batch: np.ndarray,
     *,
+    harmony: bool = True,
+    other: dict[str, np.ndarray] | None = None,
     theta: float = 2.0,
     max_iter: int = 10,
     metrics_max_cells: int = 20_000,
@@ -33,32 +35,35 @@ def integrate_cohort(
     """Harmony-corrected PCs (obsm ``X_pca_harmony``) of the cells in ``keep``.
 
     Batch mixing (iLISI, batch silhouette) is measured on the same subsample of kept cells
-    before (``X_pca``) and after integration.
+    before (``X_pca``) and after integration, for Harmony's embedding and for ``other``
+    integrated embeddings given (e.g. ``X_scvi``).
     """
     if np.isnan(pcs[keep]).any():
         msg = "X_pca has NaN for cells that passed QC: re-run the preprocess stage"
         raise ValueError(msg)
     seconds: dict[str, float] = {}
-    t = time.perf_counter()
-    result = harmony_embedding(pcs[keep], batch[keep], theta=theta, max_iter=max_iter, seed=seed)
-    seconds["harmony"] = time.perf_counter() - t
-    corrected = np.full(pcs.shape, np.nan, dtype=np.float32)
-    corrected[keep] = result.embedding
-
-    t = time.perf_counter()
-    metrics = {
-        key: integration_metrics(emb[keep], batch[keep], max_cells=metrics_max_cells, seed=seed)
-        for key, emb in (("X_pca", pcs), ("X_pca_harmony", corrected))
-    }
-    seconds["metrics"] = time.perf_counter() - t
-    info = {
-        "harmony": {
+    embeddings = dict(other or {})
+    info: dict[str, Any] = {}
+    if harmony:
+        t = time.perf_counter()
+        result = harmony_embedding(
+            pcs[keep], batch[keep], theta=theta, max_iter=max_iter, seed=seed
+        )
+        seconds["harmony"] = time.perf_counter() - t
+        corrected = np.full(pcs.shape, np.nan, dtype=np.float32)
+        corrected[keep] = result.embedding
+        embeddings["X_pca_harmony"] = corrected
+        info["harmony"] = {
             "n_iterations": result.n_iterations,
             "converged": result.converged,
             "n_clusters": int(result.centroids.shape[1]),
             "centroids": result.centroids,
         }
+
+    t = time.perf_counter()
+    metrics = {
+        key: integration_metrics(emb[keep], batch[keep], max_cells=metrics_max_cells, seed=seed)
+        for key, emb in {"X_pca": pcs, **embeddings}.items()
     }
-    return IntegrationResult(
-        embeddings={"X_pca_harmony": corrected}, metrics=metrics, info=info, seconds=seconds
-    )
+    seconds["metrics"] = time.perf_counter() - t
+    return IntegrationResult(embeddings=embeddings, metrics=metrics, info=info, seconds=seconds)

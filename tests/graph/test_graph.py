@@ -89,9 +89,9 @@ def test_umap_on_a_subsample_places_the_other_cells(
     lineage = strong_batch_truth.loc[kept.obs_names, "lineage"].to_numpy()
     fitted = np.zeros(kept.n_obs, dtype=bool)
     # the fitted cells are those the stratified draw picked: recompute as the stage does
-    from pipeline.graph._stage import _stratified
+    from pipeline.integrate import stratified_sample
 
-    fitted[_stratified(kept.obs["sample_id"].astype(str).to_numpy(), 2000, 0)] = True
+    fitted[stratified_sample(kept.obs["sample_id"].astype(str).to_numpy(), 2000, 0)] = True
     d = ((res.umap[~fitted][:, None, :] - res.umap[fitted][None, :, :]) ** 2).sum(-1)
     nearest = np.flatnonzero(fitted)[d.argmin(axis=1)]
     assert (lineage[~fitted] == lineage[nearest]).mean() >= 0.9

@@ -1,0 +1,123 @@
+"""scVI on the HVG counts: train on a subsample, encode cells chunk by chunk (no I/O but
+the model directory).
+
+Training runs in the driver on a stratified subsample; encoding runs in Dask tasks, each
+loading the saved model once per worker process and encoding one block of cells, so the
+full matrix is never in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+BATCH = "_scvi_batch"
+_MODELS: dict[tuple[str, float], Any] = {}  # per worker process: model dir, mtime -> model
+
+
+@dataclass(frozen=True)
+class ScviTraining:
+    model_dir: Path
+    n_cells: int
+    n_epochs: int
+    history: dict[str, list[float]]  # per epoch: training ELBO (and validation if any)
+
+
+def _quiet() -> None:
+    import scvi
+
+    scvi.settings.verbosity = logging.WARNING
+    for name in ("scvi", "lightning", "lightning.pytorch", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", module="scvi")
+
+
+def _adata(counts: sp.csr_matrix, batch: np.ndarray, categories: list[str]) -> ad.AnnData:
+    obs = pd.DataFrame(
+        {BATCH: pd.Categorical(np.asarray(batch).astype(str), categories=categories)}
+    )
+    obs.index = obs.index.astype(str)
+    return ad.AnnData(X=sp.csr_matrix(counts, dtype=np.float32), obs=obs)
+
+
+def train_scvi(
+    counts: sp.csr_matrix,
+    batch: np.ndarray,
+    model_dir: Path,
+    *,
+    n_latent: int = 10,
+    n_layers: int = 1,
+    n_hidden: int = 128,
+    max_epochs: int = 100,
+    batch_size: int = 128,
+    seed: int = 0,
+    n_threads: int = 0,
+) -> ScviTraining:
+    """Train scVI on raw HVG counts (cells x HVGs) with ``batch`` as the batch covariate;
+    save it to ``model_dir`` (replaced atomically by the caller's directory rename)."""
+    import scvi
+    import torch
+
+    _quiet()
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    scvi.settings.seed = seed
+    categories = sorted(set(np.asarray(batch).astype(str)))
+    adata = _adata(counts, batch, categories)
+    scvi.model.SCVI.setup_anndata(adata, batch_key=BATCH)
+    model = scvi.model.SCVI(adata, n_latent=n_latent, n_layers=n_layers, n_hidden=n_hidden)
+    model.train(
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        accelerator="cpu",
+        devices=1,
+        train_size=1.0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    model.save(str(model_dir), overwrite=True, save_anndata=False)
+    history = {
+        k: [float(v) for v in df.iloc[:, 0]]
+        for k, df in model.history.items()
+        if k.startswith(("elbo", "reconstruction"))
+    }
+    return ScviTraining(
+        model_dir=model_dir, n_cells=adata.n_obs, n_epochs=max_epochs, history=history
+    )
+
+
+def _load(model_dir: Path, template: ad.AnnData) -> Any:
+    import scvi
+    import torch
+
+    key = (str(model_dir), model_dir.joinpath("model.pt").stat().st_mtime)
+    if key not in _MODELS:
+        _quiet()
+        torch.set_num_threads(1)  # one Dask worker thread, one torch thread
+        _MODELS.clear()
+        _MODELS[key] = scvi.model.SCVI.load(str(model_dir), adata=template, accelerator="cpu")
+    return _MODELS[key]
+
+
+def encode_scvi(counts: sp.csr_matrix, batch: np.ndarray, model_dir: Path) -> np.ndarray:
+    """The latent means (cells x n_latent, float32) of raw HVG counts under the saved model."""
+    import scvi
+
+    registry = scvi.model.SCVI.load_registry(str(model_dir))
+    categories = list(
+        registry["field_registries"]["batch"]["state_registry"]["categorical_mapping"]
+    )
+    adata = _adata(counts, batch, categories)
+    model = _load(model_dir, adata)
+    latent = model.get_latent_representation(adata=adata, batch_size=4096)
+    return np.asarray(latent, dtype=np.float32)
