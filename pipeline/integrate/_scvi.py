@@ -113,6 +113,7 @@ def encode_scvi(counts: sp.csr_matrix, batch: np.ndarray, model_dir: Path) -> np
     """The latent means (cells x n_latent, float32) of raw HVG counts under the saved model."""
     import scvi
 
+    _quiet()
     registry = scvi.model.SCVI.load_registry(str(model_dir))
     categories = list(
         registry["field_registries"]["batch"]["state_registry"]["categorical_mapping"]
