@@ -7,31 +7,40 @@ import scipy.sparse as sp
 
 
 def leiden_clusters(
-    connectivities: sp.csr_matrix, *, resolution: float, seed: int = 0, n_iterations: int = 2
-) -> np.ndarray:
-    """Leiden clusters (igraph, modularity with weights), numbered by decreasing size."""
+    connectivities: sp.csr_matrix,
+    *,
+    resolutions: tuple[float, ...],
+    seed: int = 0,
+    n_iterations: int = 2,
+) -> dict[float, np.ndarray]:
+    """Leiden clusters (igraph, modularity with weights) at each resolution, numbered by
+    decreasing size; the igraph graph is built once for all resolutions."""
+    import random
+
     import igraph as ig
 
     upper = sp.triu(connectivities, k=1).tocoo()
     graph = ig.Graph(n=connectivities.shape[0], edges=np.column_stack([upper.row, upper.col]))
     graph.es["weight"] = upper.data.astype(np.float64)
-    import random
-
-    ig.set_random_number_generator(random.Random(seed))
-    try:
-        parts = graph.community_leiden(
-            objective_function="modularity",
-            weights="weight",
-            resolution=resolution,
-            n_iterations=n_iterations,
-        )
-    finally:
-        ig.set_random_number_generator(random)
-    labels = np.asarray(parts.membership)
-    sizes = np.bincount(labels)
-    rank = np.empty_like(sizes)
-    rank[np.argsort(-sizes, kind="stable")] = np.arange(sizes.size)
-    return rank[labels]
+    del upper
+    out = {}
+    for resolution in resolutions:
+        ig.set_random_number_generator(random.Random(seed))
+        try:
+            parts = graph.community_leiden(
+                objective_function="modularity",
+                weights="weight",
+                resolution=resolution,
+                n_iterations=n_iterations,
+            )
+        finally:
+            ig.set_random_number_generator(random)
+        labels = np.asarray(parts.membership)
+        sizes = np.bincount(labels)
+        rank = np.empty_like(sizes)
+        rank[np.argsort(-sizes, kind="stable")] = np.arange(sizes.size)
+        out[resolution] = rank[labels]
+    return out
 
 
 def umap_layout(

@@ -59,9 +59,11 @@ def build_graph(
 
     t = time.perf_counter()
     clusters = {}
-    for r in resolutions:
+    for r, kept_labels in leiden_clusters(
+        connectivities, resolutions=resolutions, seed=seed
+    ).items():
         labels = np.full(n, -1, dtype=np.int64)
-        labels[rows] = leiden_clusters(connectivities, resolution=r, seed=seed)
+        labels[rows] = kept_labels
         clusters[r] = labels
     seconds["leiden"] = time.perf_counter() - t
 
