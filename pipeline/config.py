@@ -269,7 +269,9 @@ class GraphConfig(_Frozen):
         "and the other cells are placed by their nearest fitted cells",
     )
     exact_knn_below: int = Field(
-        50_000, ge=0, description="exact neighbours (faiss) below this many cells, pynndescent above"
+        50_000,
+        ge=0,
+        description="exact neighbours (faiss) below this many cells, pynndescent above",
     )
     seed: int = 0
 
