@@ -22,7 +22,14 @@ EXIT_ERROR = 1
 EXIT_NOT_IMPLEMENTED = 3
 
 # Stages that exist in this version, in run order; the rest are reported as not built yet.
-IMPLEMENTED_STAGES: tuple[str, ...] = ("ingest", "qc", "preprocess", "integrate", "graph")
+IMPLEMENTED_STAGES: tuple[str, ...] = (
+    "ingest",
+    "qc",
+    "preprocess",
+    "integrate",
+    "graph",
+    "annotate",
+)
 PLANNED = {
     "ingest": "issue #3",
     "qc": "issue #4",
@@ -106,6 +113,7 @@ STAGE_RUNNERS = {
     "preprocess": _run_later_stage("preprocess"),
     "integrate": _run_later_stage("integrate"),
     "graph": _run_later_stage("graph"),
+    "annotate": _run_later_stage("annotate"),
 }
 
 

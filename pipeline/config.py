@@ -284,6 +284,41 @@ class GraphConfig(_Frozen):
         return value
 
 
+class ReferenceConfig(_Frozen):
+    """A labelled AnnData whose labels are transferred to the cohort by a classifier."""
+
+    path: Path = Field(description="an .h5ad or AnnData .zarr with raw counts and labels")
+    lineage_key: str | None = Field("lineage", description="obs column with lineage labels")
+    b_subset_key: str | None = Field("b_subset", description="obs column with B-subset labels")
+    layer: str | None = Field(None, description="layer with raw counts (default: X)")
+    max_cells: int = Field(30_000, ge=100, description="cells the classifier is trained on")
+    n_genes: int = Field(2000, ge=50, description="highly variable reference genes used")
+
+
+class AnnotateConfig(_Frozen):
+    """The annotate stage: lineages, then B-cell subsets, from a marker file."""
+
+    markers: Path | None = Field(
+        None, description="marker file (default: the packaged pipeline/annotate/markers.yaml)"
+    )
+    min_confidence: float = Field(
+        0.5, ge=0, le=1, description="cells whose best label is less probable are unassigned"
+    )
+    graph_weight: float = Field(
+        0.5, ge=0, le=1, description="weight of the kNN-graph neighbours' lineage probabilities"
+    )
+    b_graph_weight: float = Field(
+        0.0, ge=0, le=1, description="the same for B subsets (neighbours among B cells)"
+    )
+    min_feature_fraction: float = Field(
+        0.5, gt=0, le=1, description="a label is modelled only with this share of its markers"
+    )
+    fit_max_cells: int = Field(50_000, ge=100, description="cells each marker model is fitted on")
+    max_iter: int = Field(100, ge=1)
+    reference: ReferenceConfig | None = None
+    seed: int = 0
+
+
 class RunConfig(_Frozen):
     """Everything ``immunoprofile`` reads from a config file."""
 
@@ -296,6 +331,7 @@ class RunConfig(_Frozen):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     integrate: IntegrateConfig = Field(default_factory=IntegrateConfig)
     graph: GraphConfig = Field(default_factory=GraphConfig)
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -1,10 +1,16 @@
 """Per-cell QC metrics of a CSR chunk, in one pass (numba; no I/O).
 
 Definitions are scanpy's `calculate_qc_metrics`: total counts, genes with counts > 0,
-percent of counts in gene sets, percent of counts in the cell's top-N genes.
+percent of counts in gene sets, percent of counts in the cell's top-N genes. Two more:
+the percent of counts in immunoglobulin genes, and the top-N percent computed without
+them (what scanpy gives on the non-immunoglobulin genes): antibody-secreting cells spend
+most of their counts on a few immunoglobulin transcripts, so the plain top-N share would
+flag every plasmablast as a low-complexity outlier.
 """
 
 from __future__ import annotations
+
+import re
 
 import numba
 import numpy as np
@@ -17,6 +23,8 @@ METRICS: tuple[str, ...] = (
     "pct_counts_ribo",
     "pct_counts_hb",
     "pct_counts_in_top_20_genes",
+    "pct_counts_ig",
+    "pct_counts_in_top_20_non_ig_genes",
 )
 TOP_N = 20
 
@@ -24,12 +32,12 @@ TOP_N = 20
 @numba.njit(cache=True)
 def _row_metrics(indptr, indices, data, gene_set, n_top):  # type: ignore[no-untyped-def,unused-ignore]
     n = indptr.size - 1
-    out = np.zeros((n, 6), dtype=np.float64)
+    out = np.zeros((n, 8), dtype=np.float64)
     for i in range(n):
         start, stop = indptr[i], indptr[i + 1]
         total = 0.0
         detected = 0
-        sets = np.zeros(3, dtype=np.float64)
+        sets = np.zeros(4, dtype=np.float64)
         for k in range(start, stop):
             v = float(data[k])
             total += v
@@ -50,13 +58,37 @@ def _row_metrics(indptr, indices, data, gene_set, n_top):  # type: ignore[no-unt
             out[i, 3] = 100.0 * sets[1] / total
             out[i, 4] = 100.0 * sets[2] / total
             out[i, 5] = 100.0 * top / total
+            out[i, 6] = 100.0 * sets[3] / total
+        rest = np.empty(stop - start, dtype=np.float64)
+        m_rest = 0
+        for k in range(start, stop):
+            if gene_set[indices[k]] != 4:
+                rest[m_rest] = data[k]
+                m_rest += 1
+        rest = rest[:m_rest]
+        if m_rest > n_top:
+            top_rest = np.partition(rest, m_rest - n_top)[m_rest - n_top :].sum()
+        else:
+            top_rest = rest.sum()
+        if total - sets[3] > 0:
+            out[i, 7] = 100.0 * top_rest / (total - sets[3])
     return out
 
 
-def gene_sets(symbols: np.ndarray) -> np.ndarray:
-    """Per gene: 1 mitochondrial (MT-), 2 ribosomal (RPS/RPL), 3 haemoglobin, else 0.
+# Immunoglobulin genes: heavy/light constant, variable, diversity and joining segments,
+# the surrogate light chain, and the joining chain of secreted IgA/IgM.
+IMMUNOGLOBULIN = re.compile(
+    r"^(IG[HKL][VJ][0-9A-Z/-]*|IGHD[0-9][0-9A-Z/-]*|IGKC|IGLC[0-9]+|IGH[MDE]|IGH[GA][0-9]"
+    r"|IGLL[0-9]+|JCHAIN)$"
+)
 
-    The patterns are scanpy's / single-cell best practices' (haemoglobin: ^HB[^(P)]).
+
+def gene_sets(symbols: np.ndarray) -> np.ndarray:
+    """Per gene: 1 mitochondrial (MT-), 2 ribosomal (RPS/RPL), 3 haemoglobin,
+    4 immunoglobulin (`IMMUNOGLOBULIN`), else 0.
+
+    The first three patterns are scanpy's / single-cell best practices' (haemoglobin:
+    ^HB[^(P)]).
     """
     s = np.asarray(symbols, dtype=str)
     codes = np.zeros(s.size, dtype=np.int8)
@@ -64,10 +96,11 @@ def gene_sets(symbols: np.ndarray) -> np.ndarray:
     codes[np.char.startswith(s, "RPS") | np.char.startswith(s, "RPL")] = 2
     hb = np.array([len(x) > 2 and x.startswith("HB") and x[2] not in "(P)" for x in s])
     codes[hb] = 3
+    codes[np.array([bool(IMMUNOGLOBULIN.match(x)) for x in s], dtype=bool)] = 4
     return codes
 
 
 def qc_metrics(x: sp.csr_matrix | sp.csr_array, gene_set: np.ndarray) -> np.ndarray:
-    """A (cells x 6) float64 array of `METRICS` for the CSR chunk ``x``."""
+    """A (cells x 8) float64 array of `METRICS` for the CSR chunk ``x``."""
     x = sp.csr_matrix(x)
     return _row_metrics(x.indptr, x.indices, x.data, gene_set, TOP_N)

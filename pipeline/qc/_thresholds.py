@@ -4,6 +4,9 @@ Following single-cell best practices (Heumos et al., Nat Rev Genet 2023): a cell
 outlier of its sample when log1p total counts, log1p genes detected or the share of its
 top-20 genes lie more than ``nmads`` median absolute deviations from the sample's median,
 or its mitochondrial percentage lies more than ``nmads_mt`` MADs above the median.
+The top-20 share is taken over the non-immunoglobulin genes when that metric is present
+(`pct_counts_in_top_20_non_ig_genes`), so that plasmablasts are not removed as
+low-complexity cells.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def qc_flags(metrics: pd.DataFrame, sample: pd.Series, rules: QCRules) -> pd.Dat
     """Boolean flag per reason, ``qc_reason`` (';'-joined) and ``qc_pass`` per cell."""
     log_counts = np.log1p(metrics["total_counts"])
     log_genes = np.log1p(metrics["n_genes_by_counts"])
-    top = metrics["pct_counts_in_top_20_genes"]
+    top = metrics.get("pct_counts_in_top_20_non_ig_genes", metrics["pct_counts_in_top_20_genes"])
     mt = metrics["pct_counts_mt"]
     flags = pd.DataFrame(index=metrics.index)
     flags["low_counts"] = _outside(log_counts, sample, rules.nmads, "low") | (

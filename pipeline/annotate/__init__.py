@@ -1,0 +1,38 @@
+"""Annotation: immune lineages, then B-cell subsets, from versioned marker sets."""
+
+from ._markers import LEVELS, FeatureMap, MarkerSet, Program, feature_map, load_markers
+from ._model import MarkerModel, fit_marker_model, graph_consensus, posteriors
+from ._plots import marker_dotplot
+from ._reference import (
+    ReferenceClassifier,
+    agreement,
+    read_reference,
+    reference_symbols,
+    train_classifier,
+    transfer_labels,
+)
+from ._stage import AnnotationResult, LevelCall, annotate_cohort, annotate_counts
+
+__all__ = [
+    "LEVELS",
+    "AnnotationResult",
+    "FeatureMap",
+    "LevelCall",
+    "MarkerModel",
+    "MarkerSet",
+    "Program",
+    "ReferenceClassifier",
+    "agreement",
+    "annotate_cohort",
+    "annotate_counts",
+    "feature_map",
+    "fit_marker_model",
+    "graph_consensus",
+    "load_markers",
+    "marker_dotplot",
+    "posteriors",
+    "read_reference",
+    "reference_symbols",
+    "train_classifier",
+    "transfer_labels",
+]

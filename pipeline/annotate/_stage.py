@@ -1,0 +1,419 @@
+"""The annotate stage: lineage, then B-cell subsets, chunk by chunk on the Dask cluster.
+
+1. One task per chunk sums the marker features' counts of its QC-passed cells (a few
+   dozen columns; the chunk's counts are read once). The results stay on the workers.
+2. Per level, the marker model (`_model`) is fitted by EM on a subsample stratified by
+   sample, then every chunk's posteriors are computed in its own task.
+3. The driver mixes each cell's posterior with its neighbours' on the integrated kNN
+   graph (consensus), labels each cell with the most probable label and calls it
+   `unassigned` when that label's probability is below ``min_confidence``.
+4. B-cell subsets are modelled among the cells called lineage B only, the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import dask
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from distributed import Client
+
+from ..integrate import stratified_sample
+from ..labels import UNASSIGNED
+from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
+from ._model import (
+    MarkerModel,
+    fit_marker_model,
+    graph_consensus,
+    label_probabilities,
+    posteriors,
+)
+
+SIZE_UNIT = 1e4  # library sizes in units of 10,000 counts (rates are per 10k)
+
+
+@dataclass(frozen=True)
+class LevelCall:
+    labels: np.ndarray  # object, one per cell of the cohort; None where not annotated
+    confidence: np.ndarray  # float32, NaN where not annotated
+    model: MarkerModel
+    features: FeatureMap
+    dotplot: pd.DataFrame  # label, feature, mean_log_cp10k, fraction_expressing, n_cells
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AnnotationResult:
+    levels: dict[str, LevelCall]
+    seconds: dict[str, float]
+
+
+# ---- chunk tasks (run on the workers) ------------------------------------------------
+
+
+def _feature_counts(block: sp.spmatrix, keep: np.ndarray, gene_to_feature: sp.csr_matrix):
+    """The kept cells' summed feature counts (kept cells x features, CSR float32)."""
+    x = sp.csr_matrix(block)[keep]
+    return sp.csr_matrix(x @ gene_to_feature, dtype=np.float32)
+
+
+def _take(features: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
+    return features[rows][:, cols]
+
+
+def _posteriors(
+    features: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, size: np.ndarray, model
+) -> np.ndarray:
+    return posteriors(features[rows][:, cols], size, model)
+
+
+def _dot_sums(
+    features: sp.csr_matrix,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    size: np.ndarray,
+    codes: np.ndarray,
+    n_labels: int,
+) -> np.ndarray:
+    """Per label: cells, sum of log1p(CP10K) and cells expressing, for each feature."""
+    x = features[rows][:, cols].toarray()
+    out = np.zeros((3, n_labels, x.shape[1]))
+    onehot = np.zeros((len(codes), n_labels))
+    valid = codes >= 0
+    onehot[np.flatnonzero(valid), codes[valid]] = 1
+    out[0] = onehot.sum(axis=0)[:, None]
+    out[1] = onehot.T @ np.log1p(x / size[:, None])
+    out[2] = onehot.T @ (x > 0)
+    return out
+
+
+# ---- the stage ------------------------------------------------------------------------
+
+
+def _restrict(graph: sp.spmatrix | None, cells: np.ndarray) -> sp.csr_matrix | None:
+    if graph is None:
+        return None
+    g = sp.csr_matrix(graph)
+    return g[cells][:, cells]
+
+
+def annotate_cohort(
+    cohort: ad.AnnData,
+    *,
+    client: Client,
+    keep: np.ndarray,
+    total_counts: np.ndarray,
+    markers: MarkerSet,
+    connectivities: sp.spmatrix | None,
+    graph_weight: float = 0.5,
+    b_graph_weight: float = 0.0,
+    min_confidence: float = 0.5,
+    min_feature_fraction: float = 0.5,
+    fit_max_cells: int = 50_000,
+    max_iter: int = 100,
+    seed: int = 0,
+) -> AnnotationResult:
+    """Lineage and B-subset labels for the QC-passed cells of a lazily opened cohort.
+
+    ``cohort`` is `open_cohort`'s view (X a Dask array of CSR chunks); ``connectivities``
+    the cohort's kNN graph over all its cells (None: no graph consensus).
+    """
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    symbols = cohort.var.get("gene_symbols", cohort.var_names)
+    fmaps = {level: feature_map(markers, level, symbols) for level in LEVELS}
+    widths = [len(fmaps[level].features) for level in LEVELS]
+    offsets = dict(zip(LEVELS, np.cumsum([0, *widths[:-1]]), strict=True))
+    gene_to_feature = sp.hstack([fmaps[level].matrix for level in LEVELS], format="csr")
+    x = cohort.X
+    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])])
+    blocks = list(x.to_delayed().ravel())
+    keep = np.asarray(keep, dtype=bool)
+    mapping = client.scatter(gene_to_feature, broadcast=True)
+    futures = client.compute(
+        [
+            dask.delayed(_feature_counts)(b, keep[bounds[i] : bounds[i + 1]], mapping)
+            for i, b in enumerate(blocks)
+        ]
+    )
+    # per chunk: the cohort positions of its kept cells
+    kept_rows = [
+        np.flatnonzero(keep[bounds[i] : bounds[i + 1]]) + bounds[i] for i in range(len(blocks))
+    ]
+    size = np.asarray(total_counts, dtype=np.float64) / SIZE_UNIT
+    sample = cohort.obs["sample_id"].astype(str).to_numpy()
+    seconds["features"] = time.perf_counter() - t
+
+    levels: dict[str, LevelCall] = {}
+    members = keep.copy()  # the cells each level annotates
+    for level, weight in (("lineage", graph_weight), ("b_subset", b_graph_weight)):
+        t = time.perf_counter()
+        fmap = fmaps[level]
+        cols = np.arange(offsets[level], offsets[level] + len(fmap.features))
+        # rows of each chunk's feature matrix that belong to this level's cells
+        local = [np.flatnonzero(members[r]) for r in kept_rows]
+        cohort_rows = np.concatenate([r[loc] for r, loc in zip(kept_rows, local, strict=True)])
+
+        def training(fit: np.ndarray, local=local, cols=cols, cohort_rows=cohort_rows):
+            fit_mask = np.zeros(len(cohort_rows), dtype=bool)
+            fit_mask[fit] = True
+            parts, start = [], 0
+            for fut, loc in zip(futures, local, strict=True):
+                chosen = loc[fit_mask[start : start + len(loc)]]
+                start += len(loc)
+                if chosen.size:
+                    parts.append(client.submit(_take, fut, chosen, cols, pure=False))
+            return sp.vstack(client.gather(parts), format="csr")
+
+        def scored(model: MarkerModel, local=local, cols=cols):
+            model_f = client.scatter(model, broadcast=True)
+            post = [
+                client.submit(_posteriors, fut, loc, cols, size[r[loc]], model_f, pure=False)
+                for fut, loc, r in zip(futures, local, kept_rows, strict=True)
+            ]
+            return np.vstack(client.gather(post))
+
+        call = _call_level(
+            level,
+            markers=markers,
+            fmap=fmap,
+            rows=cohort_rows,
+            n_cells=len(keep),
+            sample=sample,
+            size=size,
+            training=training,
+            scored=scored,
+            graph=_restrict(connectivities, cohort_rows),
+            weight=weight,
+            min_confidence=min_confidence,
+            min_feature_fraction=min_feature_fraction,
+            fit_max_cells=fit_max_cells,
+            max_iter=max_iter,
+            seed=seed,
+        )
+        called = call.labels[cohort_rows]
+        dot = (
+            _dotplot(client, futures, local, kept_rows, cols, size, called, LEVELS[level], fmap)
+            if len(cohort_rows)
+            else pd.DataFrame()
+        )
+        levels[level] = LevelCall(call.labels, call.confidence, call.model, fmap, dot, call.info)
+        members = call.labels == "B"
+        seconds[level] = time.perf_counter() - t
+    for fut in futures:
+        fut.release()
+    return AnnotationResult(levels=levels, seconds=seconds)
+
+
+def _call_level(
+    level: str,
+    *,
+    markers: MarkerSet,
+    fmap: FeatureMap,
+    rows: np.ndarray,
+    n_cells: int,
+    sample: np.ndarray,
+    size: np.ndarray,
+    training: Callable[[np.ndarray], sp.spmatrix],
+    scored: Callable[[MarkerModel], np.ndarray],
+    graph: sp.spmatrix | None,
+    weight: float,
+    min_confidence: float,
+    min_feature_fraction: float,
+    fit_max_cells: int,
+    max_iter: int,
+    seed: int,
+) -> LevelCall:
+    """Fit one level's model and label the cells at ``rows`` (cohort positions).
+
+    A label is modelled only when at least ``min_feature_fraction`` of its features are
+    in the data; a level with fewer than two such labels is left unannotated (its
+    ``info`` says which labels were unusable).
+
+    ``training(positions)`` returns the feature counts of those of ``rows``' cells;
+    ``scored(model)`` every one of ``rows``' cells' program posteriors, in order.
+    """
+    programs = markers.levels[level]
+    usable = tuple(
+        p
+        for p in programs
+        if sum(f in fmap.features for f in p.positive) >= min_feature_fraction * len(p.positive)
+    )
+    unusable = sorted({p.label for p in programs} - {p.label for p in usable})
+    labels_out = np.full(n_cells, None, dtype=object)
+    confidence = np.full(n_cells, np.nan, dtype=np.float32)
+    info: dict[str, Any] = {
+        "n_cells": len(rows),
+        "missing_features": list(fmap.missing),
+        "unusable_labels": unusable,
+    }
+    if len(rows) == 0 or len({p.label for p in usable}) < 2:
+        labels_out[rows] = UNASSIGNED
+        model = _empty_model(list(usable), fmap)
+        return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info)
+    fit = stratified_sample(sample[rows], fit_max_cells, seed)
+    model = fit_marker_model(
+        training(fit),
+        size[rows[fit]],
+        programs=tuple(p.name for p in usable),
+        features=fmap.features,
+        marker=fmap.marker_matrix(usable),
+        max_iter=max_iter,
+    )
+    vocabulary = tuple(LEVELS[level])
+    label_prob = label_probabilities(scored(model), tuple(p.label for p in usable), vocabulary)
+    own_best = label_prob.argmax(axis=1)
+    mixed = label_prob if graph is None else graph_consensus(label_prob, graph, weight)
+    best = mixed.argmax(axis=1)
+    conf = mixed[np.arange(len(best)), best]
+    called = np.array(vocabulary, dtype=object)[best]
+    called[conf < min_confidence] = UNASSIGNED
+    labels_out[rows] = called
+    confidence[rows] = conf
+    info.update(
+        {
+            "n_fitted": len(fit),
+            "n_iter": model.n_iter,
+            "converged": model.converged,
+            "graph_weight": weight if graph is not None else 0.0,
+            "changed_by_consensus": int((own_best != best).sum()),
+            "unassigned": int((called == UNASSIGNED).sum()),
+        }
+    )
+    return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info)
+
+
+def annotate_counts(
+    counts: sp.spmatrix | np.ndarray,
+    symbols: pd.Index | np.ndarray,
+    *,
+    markers: MarkerSet,
+    size: np.ndarray | None = None,
+    sample: np.ndarray | None = None,
+    connectivities: sp.spmatrix | None = None,
+    graph_weight: float = 0.5,
+    b_graph_weight: float = 0.0,
+    min_confidence: float = 0.5,
+    min_feature_fraction: float = 0.5,
+    fit_max_cells: int = 50_000,
+    max_iter: int = 100,
+    seed: int = 0,
+) -> AnnotationResult:
+    """The same annotation for an in-memory matrix (cells x genes counts), e.g. a
+    notebook's AnnData or a small public dataset.
+
+    ``size`` defaults to each cell's total counts / 10,000; ``sample`` (for the stratified
+    fitting subsample) to one sample.
+    """
+    x = sp.csr_matrix(counts, dtype=np.float32)
+    n = x.shape[0]
+    size = np.asarray(x.sum(axis=1)).ravel() / SIZE_UNIT if size is None else np.asarray(size)
+    sample = np.zeros(n, dtype=object) if sample is None else np.asarray(sample)
+    levels: dict[str, LevelCall] = {}
+    members = np.ones(n, dtype=bool)
+    for level, weight in (("lineage", graph_weight), ("b_subset", b_graph_weight)):
+        fmap = feature_map(markers, level, symbols)
+        features = sp.csr_matrix(x @ fmap.matrix)
+        rows = np.flatnonzero(members)
+        sub = features[rows]
+
+        def training_rows(fit: np.ndarray, sub: sp.csr_matrix = sub) -> sp.spmatrix:
+            return sub[fit]
+
+        def scored_rows(
+            model: MarkerModel, sub: sp.csr_matrix = sub, rows: np.ndarray = rows
+        ) -> np.ndarray:
+            return posteriors(sub, size[rows], model)
+
+        call = _call_level(
+            level,
+            markers=markers,
+            fmap=fmap,
+            rows=rows,
+            n_cells=n,
+            sample=sample,
+            size=size,
+            training=training_rows,
+            scored=scored_rows,
+            graph=_restrict(connectivities, rows),
+            weight=weight,
+            min_confidence=min_confidence,
+            min_feature_fraction=min_feature_fraction,
+            fit_max_cells=fit_max_cells,
+            max_iter=max_iter,
+            seed=seed,
+        )
+        dot = pd.DataFrame()
+        if len(rows):
+            codes = pd.Categorical(
+                call.labels[rows], categories=(*LEVELS[level], UNASSIGNED)
+            ).codes.astype(np.int64)
+            sums = _dot_sums(
+                sub,
+                np.arange(len(rows)),
+                np.arange(sub.shape[1]),
+                size[rows],
+                codes,
+                len(LEVELS[level]) + 1,
+            )
+            dot = _dot_table(sums, (*LEVELS[level], UNASSIGNED), fmap)
+        levels[level] = LevelCall(call.labels, call.confidence, call.model, fmap, dot, call.info)
+        members = call.labels == "B"
+    return AnnotationResult(levels=levels, seconds={})
+
+
+def _empty_model(programs: list[Any], fmap: FeatureMap) -> MarkerModel:
+    n_p, n_f = len(programs), len(fmap.features)
+    return MarkerModel(
+        tuple(p.name for p in programs), fmap.features, np.zeros((n_p, n_f), dtype=bool),
+        np.zeros((n_p, n_f)), np.ones(n_f), np.zeros(n_p), 0, False,
+    )  # fmt: skip
+
+
+def _dotplot(
+    client: Client,
+    futures: list[Any],
+    local: list[np.ndarray],
+    kept_rows: list[np.ndarray],
+    cols: np.ndarray,
+    size: np.ndarray,
+    called: np.ndarray,
+    vocabulary: tuple[str, ...],
+    fmap: FeatureMap,
+) -> pd.DataFrame:
+    """Mean log1p(CP10K) and fraction expressing of every feature per called label."""
+    names = (*vocabulary, UNASSIGNED)
+    codes_all = pd.Categorical(called, categories=names).codes.astype(np.int64)
+    parts, start = [], 0
+    for fut, loc, r in zip(futures, local, kept_rows, strict=True):
+        codes = codes_all[start : start + len(loc)]
+        start += len(loc)
+        parts.append(
+            client.submit(_dot_sums, fut, loc, cols, size[r[loc]], codes, len(names), pure=False)
+        )
+    return _dot_table(np.sum(client.gather(parts), axis=0), names, fmap)
+
+
+def _dot_table(sums: np.ndarray, names: tuple[str, ...], fmap: FeatureMap) -> pd.DataFrame:
+    n = np.maximum(sums[0], 1)
+    rows = []
+    for i, label in enumerate(names):
+        if sums[0, i, 0] == 0:
+            continue
+        for j, feature in enumerate(fmap.features):
+            rows.append(
+                {
+                    "label": label,
+                    "feature": feature,
+                    "mean_log_cp10k": float(sums[1, i, j] / n[i, j]),
+                    "fraction_expressing": float(sums[2, i, j] / n[i, j]),
+                    "n_cells": int(sums[0, i, j]),
+                }
+            )
+    return pd.DataFrame(rows)
