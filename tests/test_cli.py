@@ -63,13 +63,18 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert "(0 written, 18 unchanged)" in captured.out
     assert "qc: " in captured.out and "preprocess: 500 HVGs, 20 PCs" in captured.out
     assert "integrate: harmony on" in captured.out and "graph: 15-NN graph" in captured.out
-    assert "stopping before stage 'annotate'" in captured.err and "issue #6" in captured.err
-    assert "Stages done: ingest, qc, preprocess, integrate, graph" in captured.err
+    assert "annotate: " in captured.out and "B cells" in captured.out
+    assert "stopping before stage 'abundance'" in captured.err and "issue #7" in captured.err
+    assert "Stages done: ingest, qc, preprocess, integrate, graph, annotate" in captured.err
     cohort = ad.read_zarr(workdir / "cohort.zarr")
     assert cohort.obsm["X_pca"].shape == (cohort.n_obs, 20)
     assert {"X_pca_harmony", "X_umap"} <= set(cohort.obsm)
     assert {"distances", "connectivities"} <= set(cohort.obsp)
     assert {"leiden_0.5", "leiden_1"} <= set(cohort.obs.columns)
+    assert {"lineage", "lineage_confidence", "b_subset", "b_subset_confidence"} <= set(
+        cohort.obs.columns
+    )
+    assert (workdir / "annotate" / "dotplot_b_subset.png").exists()
     assert {"qc_pass", "qc_reason", "doublet_score", "pct_counts_mt", "sample_id"} <= set(
         cohort.obs.columns
     )
@@ -94,8 +99,9 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert cohort.obsm["X_pca"].shape[1] == 10
     # outputs computed from the old PCs are gone with them
     assert not {"X_pca_harmony", "X_umap"} & set(cohort.obsm) and not cohort.obsp
-    assert not [c for c in cohort.obs.columns if c.startswith("leiden_")]
+    assert not [c for c in cohort.obs.columns if c.startswith(("leiden_", "lineage", "b_subset"))]
     assert "integrate" not in cohort.uns and "graph" not in cohort.uns
+    assert "annotate" not in cohort.uns
 
     # integrate and graph run again from the new PCs; a graph parameter re-runs graph only
     assert main([*args, "--until", "graph"]) == 0

@@ -1,0 +1,93 @@
+"""Annotation accuracy against the simulator's truth, at default settings and under
+halved library sizes and doubled batch effects.
+
+The simulator draws its cell types from the same literature as the marker file (see
+docs/architecture.md), so these numbers are an upper bound of what real data give; the
+real-data checks are in test_real_data.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from distributed import Client
+
+from pipeline.annotate import annotate_cohort, load_markers
+from pipeline.cohort import open_cohort
+from pipeline.config import RunConfig
+
+from .conftest import ACCURACY_COHORT, read_truth, run_through_annotate
+from .scoring import Accuracy, accuracy
+
+
+def _check(acc: Accuracy, slack: float = 0.0) -> None:
+    assert acc.lineage_macro_f1 >= 0.95 - slack, acc
+    assert acc.b_macro_f1 >= 0.85 - slack, acc
+    assert min(acc.b_f1.values()) >= 0.75 - slack, acc
+    assert acc.b_proportion_error <= 0.03 + slack, acc
+
+
+def test_default_settings_meet_the_accuracy_targets(
+    accuracy_run: RunConfig, accuracy_cohort: ad.AnnData
+) -> None:
+    acc = accuracy(accuracy_cohort.obs, read_truth(accuracy_run, accuracy_cohort.obs_names))
+    print(acc)
+    _check(acc)
+    assert acc.lineage_proportion_error <= 0.01
+
+
+def test_outputs_follow_the_label_contract(accuracy_cohort: ad.AnnData) -> None:
+    obs = accuracy_cohort.obs
+    kept = obs["qc_pass"].to_numpy(dtype=bool)
+    assert obs["lineage"].notna().to_numpy().tolist() == kept.tolist()
+    is_b = (obs["lineage"] == "B").to_numpy()
+    assert obs["b_subset"].notna().to_numpy().tolist() == is_b.tolist()
+    assert set(obs["b_subset"].cat.categories) == {
+        "naive", "transitional", "unswitched_memory", "switched_memory", "DN1", "DN2",
+        "plasmablast", "unassigned",
+    }  # fmt: skip
+    confidence = obs["lineage_confidence"].to_numpy()
+    assert np.isnan(confidence[~kept]).all() and (confidence[kept] >= 0).all()
+    low = obs["lineage_confidence"] < 0.5
+    assert (obs.loc[low & kept, "lineage"] == "unassigned").all()
+    record = accuracy_cohort.uns["annotate"]
+    assert record["markers"]["version"] >= 1
+    assert {"label", "feature", "fraction_expressing"} <= set(record["b_subset"]["dotplot"].columns)
+
+
+def test_doubled_batch_effects_stay_within_005(
+    strong_batch_run: RunConfig, strong_batch_cohort: ad.AnnData, client: Client
+) -> None:
+    """The shared strong-batch cohort (batch_effect_sd 0.5, twice the default), annotated
+    in memory without rewriting its store."""
+    obs = strong_batch_cohort.obs.copy()
+    result = annotate_cohort(
+        open_cohort(strong_batch_run.workdir),
+        client=client,
+        keep=obs["qc_pass"].to_numpy(dtype=bool),
+        total_counts=obs["total_counts"].to_numpy(),
+        markers=load_markers(),
+        connectivities=strong_batch_cohort.obsp["connectivities"],
+    )
+    for level, call in result.levels.items():
+        obs[level] = call.labels
+    acc = accuracy(obs, read_truth(strong_batch_run, obs.index))
+    print(acc)
+    _check(acc, slack=0.05)
+
+
+@pytest.mark.slow
+def test_halved_library_sizes_stay_within_005(
+    tmp_path: Path, client: Client, accuracy_run: RunConfig, accuracy_cohort: ad.AnnData
+) -> None:
+    base = accuracy(accuracy_cohort.obs, read_truth(accuracy_run, accuracy_cohort.obs_names))
+    run = run_through_annotate(tmp_path, client, {**ACCURACY_COHORT, "median_umi": 1750.0})
+    cohort = ad.read_zarr(Path(run.workdir) / "cohort.zarr")
+    acc = accuracy(cohort.obs, read_truth(run, cohort.obs_names))
+    print("base:", base, "\nhalved:", acc)
+    _check(acc, slack=0.05)
+    assert acc.b_macro_f1 >= base.b_macro_f1 - 0.05
+    assert acc.lineage_macro_f1 >= base.lineage_macro_f1 - 0.05

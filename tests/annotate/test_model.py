@@ -1,0 +1,81 @@
+"""The marker-constrained NB mixture on data with known labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from pipeline.annotate import MarkerModel, fit_marker_model, graph_consensus, posteriors
+
+
+def _simulate(n: int, seed: int) -> tuple:
+    """Four programs over six features; program 3 is defined by absence only (like DN1:
+    it expresses feature 0, which programs 1 and 2 share, and nothing of theirs)."""
+    rng = np.random.default_rng(seed)
+    marker = np.array(
+        [
+            [1, 0, 0, 0, 0, 1],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 0, 1, 0, 0],
+            [1, 0, 0, 0, 0, 0],
+        ],
+        dtype=bool,
+    )
+    high = np.array(
+        [[20, 0, 0, 0, 0, 15], [12, 10, 8, 0, 0, 0], [12, 10, 0, 8, 0, 0], [15, 0, 0, 0, 0, 0]]
+    )
+    rates = np.where(marker, high, 0.05)
+    truth = rng.choice(4, size=n, p=[0.4, 0.3, 0.2, 0.1])
+    size = rng.lognormal(np.log(0.35), 0.3, size=n)
+    mean = size[:, None] * rates[truth]
+    shape = 5.0
+    counts = rng.poisson(rng.gamma(shape, mean / shape))
+    return sp.csr_matrix(counts.astype(np.float32)), size, truth, marker, rates, shape
+
+
+def test_em_recovers_labels_including_an_absence_defined_program() -> None:
+    x, size, truth, marker, rates, shape = _simulate(4000, seed=1)
+    model = fit_marker_model(
+        x, size, programs=("a", "b", "c", "d"), features=tuple("uvwxyz"), marker=marker
+    )
+    assert model.converged
+    called = posteriors(x, size, model).argmax(axis=1)
+    # as good as the classifier that knows the true parameters
+    oracle = MarkerModel(
+        model.programs, model.features, marker, rates, np.full(6, shape),
+        np.log([0.4, 0.3, 0.2, 0.1]), 0, True,
+    )  # fmt: skip
+    best = (posteriors(x, size, oracle).argmax(axis=1) == truth).mean()
+    assert best > 0.9
+    assert (called == truth).mean() >= best - 0.01
+    absent = truth == 3
+    assert (called[absent] == 3).mean() >= (
+        posteriors(x, size, oracle).argmax(axis=1)[absent] == 3
+    ).mean() - 0.03
+    # unlisted features sit at one shared background rate per feature
+    assert np.allclose(
+        model.rate[~marker], np.broadcast_to(model.rate.min(axis=0), marker.shape)[~marker]
+    )
+    assert (model.rate[marker] >= model.rate.min(axis=0)[np.nonzero(marker)[1]]).all()
+
+
+def test_posteriors_do_not_depend_on_how_cells_are_chunked() -> None:
+    x, size, _, marker, _, _ = _simulate(1000, seed=2)
+    model = fit_marker_model(
+        x, size, programs=("a", "b", "c", "d"), features=tuple("uvwxyz"), marker=marker
+    )
+    whole = posteriors(x, size, model)
+    parts = np.vstack(
+        [posteriors(x[i : i + 137], size[i : i + 137], model) for i in range(0, 1000, 137)]
+    )
+    np.testing.assert_array_equal(whole, parts)
+
+
+def test_graph_consensus_mixes_neighbours_and_keeps_isolated_cells() -> None:
+    prob = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.2, 0.8]], dtype=np.float32)
+    graph = sp.csr_matrix(np.array([[0, 1, 1, 0], [1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]))
+    mixed = graph_consensus(prob, graph, 0.5)
+    np.testing.assert_allclose(mixed[0], [0.5, 0.5])
+    np.testing.assert_allclose(mixed[1], [0.5, 0.5])
+    np.testing.assert_allclose(mixed[3], prob[3])
+    np.testing.assert_allclose(graph_consensus(prob, graph, 0.0), prob)
