@@ -292,7 +292,9 @@ class ReferenceConfig(_Frozen):
     b_subset_key: str | None = Field("b_subset", description="obs column with B-subset labels")
     layer: str | None = Field(None, description="layer with raw counts (default: X)")
     max_cells: int = Field(30_000, ge=100, description="cells the classifier is trained on")
-    n_genes: int = Field(2000, ge=50, description="highly variable reference genes used")
+    n_genes_per_label: int = Field(
+        50, ge=5, description="top-ranked reference genes per label used as features"
+    )
 
 
 class AnnotateConfig(_Frozen):

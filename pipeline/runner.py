@@ -465,7 +465,7 @@ def _transfer(
             rows = ref.obs[r.lineage_key].astype(str).to_numpy() == "B"
         clf = train_classifier(
             ref.X[rows], symbols, ref.obs[key].to_numpy()[rows], key=key, allowed=allowed,
-            n_genes=r.n_genes, max_cells=r.max_cells, seed=cfg.annotate.seed,
+            n_genes_per_label=r.n_genes_per_label, max_cells=r.max_cells, seed=cfg.annotate.seed,
         )  # fmt: skip
         cells = keep if level == "lineage" else keep & b_cells
         labels, prob = transfer_labels(

@@ -60,11 +60,11 @@ def test_feature_map_sums_groups_and_reports_missing_genes() -> None:
 def test_bad_marker_files_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "m.yaml"
     path.write_text(text)
-    with pytest.raises(ImmunoprofileError, match="invalid marker file|not valid YAML") as err:
+    with pytest.raises(ImmunoprofileError, match=r"invalid marker file|not valid YAML") as err:
         load_markers(path)
     assert expected in str(err.value) and str(path) in str(err.value)
 
 
 def test_missing_marker_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ImmunoprofileError, match="nope.yaml"):
+    with pytest.raises(ImmunoprofileError, match=r"nope\.yaml"):
         load_markers(tmp_path / "nope.yaml")
