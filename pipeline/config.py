@@ -315,6 +315,13 @@ class AnnotateConfig(_Frozen):
     min_feature_fraction: float = Field(
         0.5, gt=0, le=1, description="a label is modelled only with this share of its markers"
     )
+    min_marker_support: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="cells of a label whose fitted model has fewer than this share of its "
+        "markers at twice the background or more are unassigned",
+    )
     fit_max_cells: int = Field(50_000, ge=100, description="cells each marker model is fitted on")
     max_iter: int = Field(100, ge=1)
     reference: ReferenceConfig | None = None

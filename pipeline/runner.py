@@ -396,6 +396,7 @@ def run_annotate(cfg: RunConfig, client: Client) -> str:
         b_graph_weight=a.b_graph_weight,
         min_confidence=a.min_confidence,
         min_feature_fraction=a.min_feature_fraction,
+        min_marker_support=a.min_marker_support,
         fit_max_cells=a.fit_max_cells,
         max_iter=a.max_iter,
         seed=a.seed,

@@ -1,7 +1,7 @@
 """Annotation: immune lineages, then B-cell subsets, from versioned marker sets."""
 
 from ._markers import LEVELS, FeatureMap, MarkerSet, Program, feature_map, load_markers
-from ._model import MarkerModel, fit_marker_model, graph_consensus, posteriors
+from ._model import MarkerModel, fit_marker_model, graph_consensus, marker_support, posteriors
 from ._plots import marker_dotplot
 from ._reference import (
     ReferenceClassifier,
@@ -30,6 +30,7 @@ __all__ = [
     "graph_consensus",
     "load_markers",
     "marker_dotplot",
+    "marker_support",
     "posteriors",
     "read_reference",
     "reference_symbols",

@@ -159,6 +159,17 @@ def fit_marker_model(
     return MarkerModel(programs, features, marker, rate, theta, log_prior, n_iter, converged)
 
 
+def marker_support(model: MarkerModel, fold: float = 2.0) -> np.ndarray:
+    """Per program: the share of its listed features whose fitted rate is at least
+    ``fold`` times the background of the programs that do not list them."""
+    off = np.where(model.marker, np.inf, model.rate).min(axis=0)
+    no_background = ~np.isfinite(off)
+    ratio = model.rate / np.where(no_background, 1.0, off)[None]
+    elevated = (ratio >= fold) | no_background[None]
+    listed = model.marker.sum(axis=1)
+    return (elevated & model.marker).sum(axis=1) / np.maximum(listed, 1)
+
+
 def graph_consensus(prob: np.ndarray, graph: sp.spmatrix, weight: float) -> np.ndarray:
     """Mix each cell's probabilities with its graph neighbours' weighted mean.
 

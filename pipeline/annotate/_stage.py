@@ -32,6 +32,7 @@ from ._model import (
     fit_marker_model,
     graph_consensus,
     label_probabilities,
+    marker_support,
     posteriors,
 )
 
@@ -115,6 +116,7 @@ def annotate_cohort(
     b_graph_weight: float = 0.0,
     min_confidence: float = 0.5,
     min_feature_fraction: float = 0.5,
+    min_marker_support: float = 0.5,
     fit_max_cells: int = 50_000,
     max_iter: int = 100,
     seed: int = 0,
@@ -193,6 +195,7 @@ def annotate_cohort(
             weight=weight,
             min_confidence=min_confidence,
             min_feature_fraction=min_feature_fraction,
+            min_marker_support=min_marker_support,
             fit_max_cells=fit_max_cells,
             max_iter=max_iter,
             seed=seed,
@@ -226,6 +229,7 @@ def _call_level(
     weight: float,
     min_confidence: float,
     min_feature_fraction: float,
+    min_marker_support: float,
     fit_max_cells: int,
     max_iter: int,
     seed: int,
@@ -234,7 +238,10 @@ def _call_level(
 
     A label is modelled only when at least ``min_feature_fraction`` of its features are
     in the data; a level with fewer than two such labels is left unannotated (its
-    ``info`` says which labels were unusable).
+    ``info`` says which labels were unusable). Cells whose most probable program is not
+    supported by its markers in the fitted model (`marker_support` below
+    ``min_marker_support``: the program drifted to cells of another kind, e.g. tissue
+    macrophages taking the CD16-monocyte program) are `unassigned`.
 
     ``training(positions)`` returns the feature counts of those of ``rows``' cells;
     ``scored(model)`` every one of ``rows``' cells' program posteriors, in order.
@@ -267,13 +274,17 @@ def _call_level(
         max_iter=max_iter,
     )
     vocabulary = tuple(LEVELS[level])
-    label_prob = label_probabilities(scored(model), tuple(p.label for p in usable), vocabulary)
-    own_best = label_prob.argmax(axis=1)
-    mixed = label_prob if graph is None else graph_consensus(label_prob, graph, weight)
-    best = mixed.argmax(axis=1)
-    conf = mixed[np.arange(len(best)), best]
-    called = np.array(vocabulary, dtype=object)[best]
-    called[conf < min_confidence] = UNASSIGNED
+    program_labels = tuple(p.label for p in usable)
+    prob = scored(model)
+    own_best = prob.argmax(axis=1)
+    mixed = prob if graph is None else graph_consensus(prob, graph, weight)
+    best = mixed.argmax(axis=1)  # the most probable program
+    label_prob = label_probabilities(mixed, program_labels, vocabulary)
+    label_index = np.array([vocabulary.index(lab) for lab in program_labels])[best]
+    conf = label_prob[np.arange(len(best)), label_index]
+    supported = marker_support(model) >= min_marker_support
+    called = np.array(program_labels, dtype=object)[best]
+    called[(conf < min_confidence) | ~supported[best]] = UNASSIGNED
     labels_out[rows] = called
     confidence[rows] = conf
     info.update(
@@ -284,6 +295,9 @@ def _call_level(
             "graph_weight": weight if graph is not None else 0.0,
             "changed_by_consensus": int((own_best != best).sum()),
             "unassigned": int((called == UNASSIGNED).sum()),
+            "unsupported_programs": [
+                p.name for p, ok in zip(usable, supported, strict=True) if not ok
+            ],
         }
     )
     return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info)
@@ -301,6 +315,7 @@ def annotate_counts(
     b_graph_weight: float = 0.0,
     min_confidence: float = 0.5,
     min_feature_fraction: float = 0.5,
+    min_marker_support: float = 0.5,
     fit_max_cells: int = 50_000,
     max_iter: int = 100,
     seed: int = 0,
@@ -345,6 +360,7 @@ def annotate_counts(
             weight=weight,
             min_confidence=min_confidence,
             min_feature_fraction=min_feature_fraction,
+            min_marker_support=min_marker_support,
             fit_max_cells=fit_max_cells,
             max_iter=max_iter,
             seed=seed,

@@ -56,13 +56,13 @@ def test_transferred_labels_agree_with_markers_and_truth(
     cohort = ad.read_zarr(work / "cohort.zarr")
     record = cohort.uns["annotate"]["reference"]
     print({k: v["fraction_equal"] for k, v in record.items() if isinstance(v, dict)})
-    assert record["lineage"]["fraction_equal"] >= 0.97
+    assert record["lineage"]["fraction_equal"] >= 0.95
     assert record["b_subset"]["fraction_equal"] >= 0.85
-    assert record["lineage"]["cohen_kappa"] >= 0.95
+    assert record["lineage"]["cohen_kappa"] >= 0.93
     truth = read_truth(accuracy_run, cohort.obs_names)
     kept = cohort.obs["qc_pass"].to_numpy(dtype=bool) & (truth["kind"] == "singlet").to_numpy()
     transferred = cohort.obs["lineage_reference"].astype(str).to_numpy()[kept]
-    assert (transferred == truth["lineage"].to_numpy()[kept]).mean() >= 0.97
+    assert (transferred == truth["lineage"].to_numpy()[kept]).mean() >= 0.95
     conf = cohort.obs["lineage_reference_confidence"].to_numpy()
     assert np.isnan(conf[~cohort.obs["qc_pass"].to_numpy(dtype=bool)]).all()
 
