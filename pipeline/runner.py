@@ -425,6 +425,7 @@ def run_annotate(cfg: RunConfig, client: Client) -> str:
             with atomic_path(folder / f"dotplot_{level}.png") as tmp:
                 fig.savefig(tmp, dpi=110, format="png")
     write_text_atomic(folder / "markers_used.yaml", markers.text)
+    record["clusters"] = _cluster_summary(out.obs)
     if a.reference is not None:
         record["reference"] = _transfer(cfg, client, cohort, out, keep, totals)
     out.uns["annotate"] = record
@@ -437,6 +438,24 @@ def run_annotate(cfg: RunConfig, client: Client) -> str:
         f"annotate: {int(keep.sum()):,} cells, {int(lineage.get(UNASSIGNED, 0)):,} unassigned; "
         f"{n_b:,} B cells ({n_b / max(keep.sum(), 1):.1%}), DN2 {dn2 / max(n_b, 1):.1%} of B "
         f"in {sum(result.seconds.values()):.1f} s"
+    )
+
+
+def _cluster_summary(obs: pd.DataFrame) -> pd.DataFrame:
+    """Per Leiden cluster (finest resolution): cells, majority lineage and its share."""
+    columns = [c for c in obs.columns if c.startswith("leiden_")]
+    if not columns:
+        return pd.DataFrame()
+    finest = max(columns, key=lambda c: float(c.removeprefix("leiden_")))
+    table = pd.crosstab(obs[finest], obs["lineage"].astype(str))
+    return pd.DataFrame(
+        {
+            "cluster": table.index.astype(str),
+            "resolution": finest.removeprefix("leiden_"),
+            "n_cells": table.sum(axis=1).to_numpy(),
+            "majority_lineage": table.idxmax(axis=1).to_numpy(),
+            "purity": (table.max(axis=1) / table.sum(axis=1)).to_numpy(),
+        }
     )
 
 

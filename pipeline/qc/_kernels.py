@@ -59,6 +59,9 @@ def _row_metrics(indptr, indices, data, gene_set, n_top):  # type: ignore[no-unt
             out[i, 4] = 100.0 * sets[2] / total
             out[i, 5] = 100.0 * top / total
             out[i, 6] = 100.0 * sets[3] / total
+        if sets[3] == 0:  # no immunoglobulin counts: the same share
+            out[i, 7] = out[i, 5]
+            continue
         rest = np.empty(stop - start, dtype=np.float64)
         m_rest = 0
         for k in range(start, stop):

@@ -56,6 +56,10 @@ def test_outputs_follow_the_label_contract(accuracy_cohort: ad.AnnData) -> None:
     record = accuracy_cohort.uns["annotate"]
     assert record["markers"]["version"] >= 1
     assert {"label", "feature", "fraction_expressing"} <= set(record["b_subset"]["dotplot"].columns)
+    # the cell labels agree with the Leiden clusters of the integrated graph
+    clusters = record["clusters"]
+    assert clusters["n_cells"].sum() == kept.sum()
+    assert (clusters["purity"] >= 0.9).mean() >= 0.8, clusters
 
 
 def test_doubled_batch_effects_stay_within_005(
