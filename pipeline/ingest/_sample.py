@@ -22,7 +22,9 @@ from ._samplesheet import SampleRow, input_format
 
 # Elements per chunk of X/data and X/indices (1 MiB of int32 before compression).
 STORE_CHUNK = 1 << 18
-STORE_FORMAT = 1  # bump when the store layout changes: stores are then rebuilt
+# Bump when the store layout changes: stores are then rebuilt. (Format 1: X's arrays
+# with zarr's default zstd; format 2: LZ4 with byte shuffle, ~6x faster to decode.)
+STORE_FORMAT = 2
 
 
 def sample_parameters(row: SampleRow) -> dict[str, Any]:
@@ -140,7 +142,7 @@ def ingest_sample(row: SampleRow, *, target: Path) -> dict[str, Any]:
         "nnz": int(counts.nnz),
         "count_sum": count_sum,
     }
-    write_anndata_store(target, store, info, x_chunk=STORE_CHUNK)
+    write_anndata_store(target, store, info, x_chunk=STORE_CHUNK, lz4=True)
     return {
         **result,
         "status": "written",
