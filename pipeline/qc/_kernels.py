@@ -30,14 +30,30 @@ TOP_N = 20
 
 
 @numba.njit(cache=True)
+def _keep_largest(top, v):  # type: ignore[no-untyped-def,unused-ignore]
+    """Insert v into ``top`` (ascending, fixed length) if it beats the smallest."""
+    if v <= top[0]:
+        return
+    j = 0
+    while j + 1 < top.size and top[j + 1] < v:
+        top[j] = top[j + 1]
+        j += 1
+    top[j] = v
+
+
+@numba.njit(cache=True)
 def _row_metrics(indptr, indices, data, gene_set, n_top):  # type: ignore[no-untyped-def,unused-ignore]
     n = indptr.size - 1
     out = np.zeros((n, 8), dtype=np.float64)
+    top = np.zeros(n_top, dtype=np.float64)  # the row's n_top largest counts, ascending
+    top_rest = np.zeros(n_top, dtype=np.float64)  # the same without immunoglobulin genes
     for i in range(n):
         start, stop = indptr[i], indptr[i + 1]
         total = 0.0
         detected = 0
         sets = np.zeros(4, dtype=np.float64)
+        top[:] = 0.0
+        top_rest[:] = 0.0
         for k in range(start, stop):
             v = float(data[k])
             total += v
@@ -46,35 +62,19 @@ def _row_metrics(indptr, indices, data, gene_set, n_top):  # type: ignore[no-unt
             g = gene_set[indices[k]]
             if g > 0:
                 sets[g - 1] += v
-        m = stop - start
-        if m > n_top:  # the n_top largest by selection, not a full sort
-            top = np.partition(data[start:stop].astype(np.float64), m - n_top)[m - n_top :].sum()
-        else:
-            top = data[start:stop].astype(np.float64).sum()
+            _keep_largest(top, v)  # a selection, not a sort: most counts are 1 or 2
+            if g != 4:
+                _keep_largest(top_rest, v)
         out[i, 0] = total
         out[i, 1] = detected
         if total > 0:
             out[i, 2] = 100.0 * sets[0] / total
             out[i, 3] = 100.0 * sets[1] / total
             out[i, 4] = 100.0 * sets[2] / total
-            out[i, 5] = 100.0 * top / total
+            out[i, 5] = 100.0 * top.sum() / total
             out[i, 6] = 100.0 * sets[3] / total
-        if sets[3] == 0:  # no immunoglobulin counts: the same share
-            out[i, 7] = out[i, 5]
-            continue
-        rest = np.empty(stop - start, dtype=np.float64)
-        m_rest = 0
-        for k in range(start, stop):
-            if gene_set[indices[k]] != 4:
-                rest[m_rest] = data[k]
-                m_rest += 1
-        rest = rest[:m_rest]
-        if m_rest > n_top:
-            top_rest = np.partition(rest, m_rest - n_top)[m_rest - n_top :].sum()
-        else:
-            top_rest = rest.sum()
         if total - sets[3] > 0:
-            out[i, 7] = 100.0 * top_rest / (total - sets[3])
+            out[i, 7] = 100.0 * top_rest.sum() / (total - sets[3])
     return out
 
 
