@@ -16,8 +16,6 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import cohen_kappa_score
 
 from ..errors import ImmunoprofileError
 from ..integrate import stratified_sample
@@ -106,6 +104,7 @@ def train_classifier(
     similarly): highly variable genes alone also carry the reference's batch effects.
     """
     import scanpy as sc
+    from sklearn.linear_model import LogisticRegression
 
     labels = pd.Series(np.asarray(labels, dtype=object))
     usable = labels.notna().to_numpy() & (labels.astype(str) != UNASSIGNED).to_numpy()
@@ -143,6 +142,8 @@ def train_classifier(
 
 def agreement(marker: np.ndarray, reference: np.ndarray) -> dict[str, object]:
     """How often two labellings agree among the cells both assigned."""
+    from sklearn.metrics import cohen_kappa_score
+
     a = pd.Series(marker, dtype=object)
     b = pd.Series(reference, dtype=object)
     both = a.notna() & b.notna() & (a != UNASSIGNED) & (b != UNASSIGNED)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -34,15 +35,17 @@ class DoubletScores:
 
 
 def _seurat_hvg(
-    norm: sp.csr_matrix,
+    mean: np.ndarray,
+    var: np.ndarray,
     *,
     min_mean: float = 0.0125,
     max_mean: float = 3.0,
     min_disp: float = 0.5,
     n_bins: int = 20,
 ) -> np.ndarray:
-    """Boolean mask of scanpy's `highly_variable_genes(flavor="seurat")` on log1p(norm)."""
-    mean, var = _column_mean_var(norm)
+    """Boolean mask of scanpy's `highly_variable_genes(flavor="seurat")` from the per-gene
+    mean and variance of the normalized (not yet log-transformed) data."""
+    mean = mean.copy()
     mean[mean == 0] = 1e-12
     disp = var / mean
     disp[disp == 0] = np.nan
@@ -67,6 +70,70 @@ def _column_mean_var(x: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     mean = np.asarray(x.sum(axis=0), dtype=np.float64).ravel() / n
     sq = np.asarray(squares.sum(axis=0)).ravel() / n
     return mean, np.maximum(sq - mean**2, 0.0) * (n / (n - 1))
+
+
+@numba.njit(cache=True)
+def _cells_per_gene(indptr, indices, rows, n_genes):  # type: ignore[no-untyped-def,unused-ignore]
+    out = np.zeros(n_genes, dtype=np.int64)
+    for i in rows:
+        for k in range(indptr[i], indptr[i + 1]):
+            out[indices[k]] += 1
+    return out
+
+
+@numba.njit(cache=True)
+def _entries_and_totals(indptr, indices, data, rows, gene_ok):  # type: ignore[no-untyped-def,unused-ignore]
+    """Per selected row: stored entries and count total over the genes in ``gene_ok``."""
+    entries = np.zeros(rows.size, dtype=np.int64)
+    totals = np.zeros(rows.size)
+    for r in range(rows.size):
+        i = rows[r]
+        for k in range(indptr[i], indptr[i + 1]):
+            if gene_ok[indices[k]]:
+                entries[r] += 1
+                totals[r] += data[k]
+    return entries, totals
+
+
+@numba.njit(cache=True)
+def _scaled_moments(indptr, indices, data, rows, weight, n_genes):  # type: ignore[no-untyped-def,unused-ignore]
+    """Per gene: sum and sum of squares of count * weight[r] over the selected rows
+    (accumulated in row order, as scipy sums a CSR matrix's columns)."""
+    s1 = np.zeros(n_genes)
+    s2 = np.zeros(n_genes)
+    for r in range(rows.size):
+        i = rows[r]
+        for k in range(indptr[i], indptr[i + 1]):
+            v = data[k] * weight[r]
+            s1[indices[k]] += v
+            s2[indices[k]] += v * v
+    return s1, s2
+
+
+@numba.njit(cache=True)
+def _submatrix(indptr, indices, data, rows, position):  # type: ignore[no-untyped-def,unused-ignore]
+    """CSR arrays of the selected rows and of the columns with position >= 0 (positions
+    increasing with the column, so indices stay sorted)."""
+    new_indptr = np.zeros(rows.size + 1, dtype=np.int64)
+    for r in range(rows.size):
+        i = rows[r]
+        n = 0
+        for k in range(indptr[i], indptr[i + 1]):
+            if position[indices[k]] >= 0:
+                n += 1
+        new_indptr[r + 1] = new_indptr[r] + n
+    new_indices = np.empty(new_indptr[-1], dtype=np.int32)
+    new_data = np.empty(new_indptr[-1], dtype=data.dtype)
+    for r in range(rows.size):
+        i = rows[r]
+        j = new_indptr[r]
+        for k in range(indptr[i], indptr[i + 1]):
+            p = position[indices[k]]
+            if p >= 0:
+                new_indices[j] = p
+                new_data[j] = data[k]
+                j += 1
+    return new_indptr, new_indices, new_data
 
 
 def _row_totals(x: sp.csr_matrix) -> np.ndarray:
@@ -127,6 +194,7 @@ def nearest_sim_counts(
 
 def scrublet_scores(
     counts: sp.spmatrix,
+    rows: np.ndarray | None = None,
     *,
     expected_rate: float = 0.05,
     stdev_rate: float = 0.02,
@@ -136,7 +204,8 @@ def scrublet_scores(
     sim_scored_fraction: float = 1.0,
     seed: int = 0,
 ) -> DoubletScores:
-    """Scrublet doublet scores and calls for one sample's raw counts (cells x genes).
+    """Scrublet doublet scores and calls for one sample's raw counts (cells x genes), for
+    the cells at ``rows`` (all by default; the results follow ``rows``' order).
 
     Every simulated doublet is a neighbour candidate, as in scrublet; only a random
     ``sim_scored_fraction`` of them is scored for the automatic threshold (1: all, as
@@ -150,15 +219,28 @@ def scrublet_scores(
     from skimage.filters import threshold_minimum
 
     counts = sp.csr_matrix(counts)
-    n_total = counts.shape[0]
-    genes = np.flatnonzero(np.bincount(counts.indices, minlength=counts.shape[1]) >= 3)
-    x = counts[:, genes]
-    cells = np.flatnonzero(np.diff(x.indptr) >= 3)
-    x = x[cells]
-    n_obs = x.shape[0]
-    totals = _row_totals(x)
-    hvg = _seurat_hvg(_scaled(x, np.median(totals) / totals))
-    raw = x[:, hvg]
+    rows = np.arange(counts.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
+    n_total = rows.size
+    ip, ix, data = counts.indptr, counts.indices, counts.data
+    # genes seen in >= 3 of the cells, cells with >= 3 of those genes; no copies of the
+    # matrix until the highly variable genes' columns are taken
+    gene_ok = _cells_per_gene(ip, ix, rows, counts.shape[1]) >= 3
+    entries, totals = _entries_and_totals(ip, ix, data, rows, gene_ok)
+    cells = np.flatnonzero(entries >= 3)
+    n_obs = cells.size
+    totals = totals[cells]
+    totals[totals == 0] = 1.0
+    s1, s2 = _scaled_moments(ip, ix, data, rows[cells], np.median(totals) / totals, counts.shape[1])
+    genes = np.flatnonzero(gene_ok)
+    mean, sq = s1[genes] / n_obs, s2[genes] / n_obs
+    var = np.maximum(sq - mean**2, 0.0) * (n_obs / (n_obs - 1))
+    hvg_genes = genes[_seurat_hvg(mean, var)]
+    position = np.full(counts.shape[1], -1, dtype=np.int64)
+    position[hvg_genes] = np.arange(hvg_genes.size)
+    raw = sp.csr_matrix(
+        _submatrix(ip, ix, data, rows[cells], position)[::-1],
+        shape=(n_obs, hvg_genes.size),
+    )
     raw_totals = _row_totals(raw)
     n_sim = int(n_obs * sim_ratio)
     pairs = simulate_pairs(n_obs, n_sim, seed)

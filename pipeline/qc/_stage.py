@@ -74,7 +74,8 @@ def qc_sample(
     threshold = float("nan")
     if doublets and passing.sum() >= MIN_CELLS_FOR_DOUBLETS:
         found = scrublet_scores(
-            counts[passing],
+            counts,
+            np.flatnonzero(passing),
             expected_rate=expected_doublet_rate,
             mean_center=doublet_mean_center,
             sim_scored_fraction=doublet_sim_scored_fraction,

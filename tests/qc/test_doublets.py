@@ -69,3 +69,12 @@ def test_scoring_a_share_of_the_simulated_doublets_keeps_the_calls(counts: sp.cs
     np.testing.assert_array_equal(part.score, full.score)  # observed cells: the same search
     assert (part.called == full.called).mean() >= 0.99
     assert abs(part.threshold - full.threshold) < 0.05
+
+
+def test_scoring_selected_rows_equals_scoring_their_submatrix(counts: sp.csr_matrix) -> None:
+    rows = np.flatnonzero(np.random.default_rng(3).random(counts.shape[0]) < 0.8)
+    on_rows = scrublet_scores(counts, rows, seed=2)
+    on_copy = scrublet_scores(counts[rows], seed=2)
+    np.testing.assert_array_equal(on_rows.score, on_copy.score)
+    np.testing.assert_array_equal(on_rows.called, on_copy.called)
+    assert on_rows.threshold == on_copy.threshold
