@@ -26,6 +26,7 @@ from distributed import Client
 
 from ..integrate import stratified_sample
 from ..labels import UNASSIGNED
+from ._dotplot import cohort_dotplot, dot_sums, dot_table
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
 from ._model import (
     MarkerModel,
@@ -72,26 +73,6 @@ def _posteriors(
     features: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, size: np.ndarray, model
 ) -> np.ndarray:
     return posteriors(features[rows][:, cols], size, model)
-
-
-def _dot_sums(
-    features: sp.csr_matrix,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    size: np.ndarray,
-    codes: np.ndarray,
-    n_labels: int,
-) -> np.ndarray:
-    """Per label: cells, sum of log1p(CP10K) and cells expressing, for each feature."""
-    x = features[rows][:, cols].toarray()
-    out = np.zeros((3, n_labels, x.shape[1]))
-    onehot = np.zeros((len(codes), n_labels))
-    valid = codes >= 0
-    onehot[np.flatnonzero(valid), codes[valid]] = 1
-    out[0] = onehot.sum(axis=0)[:, None]
-    out[1] = onehot.T @ np.log1p(x / size[:, None])
-    out[2] = onehot.T @ (x > 0)
-    return out
 
 
 # ---- the stage ------------------------------------------------------------------------
@@ -202,7 +183,9 @@ def annotate_cohort(
         )
         called = call.labels[cohort_rows]
         dot = (
-            _dotplot(client, futures, local, kept_rows, cols, size, called, LEVELS[level], fmap)
+            cohort_dotplot(
+                client, futures, local, kept_rows, cols, size, called, LEVELS[level], fmap
+            )
             if len(cohort_rows)
             else pd.DataFrame()
         )
@@ -370,7 +353,7 @@ def annotate_counts(
             codes = pd.Categorical(
                 call.labels[rows], categories=(*LEVELS[level], UNASSIGNED)
             ).codes.astype(np.int64)
-            sums = _dot_sums(
+            sums = dot_sums(
                 sub,
                 np.arange(len(rows)),
                 np.arange(sub.shape[1]),
@@ -378,7 +361,7 @@ def annotate_counts(
                 codes,
                 len(LEVELS[level]) + 1,
             )
-            dot = _dot_table(sums, (*LEVELS[level], UNASSIGNED), fmap)
+            dot = dot_table(sums, (*LEVELS[level], UNASSIGNED), fmap)
         levels[level] = LevelCall(call.labels, call.confidence, call.model, fmap, dot, call.info)
         members = call.labels == "B"
     return AnnotationResult(levels=levels, seconds={})
@@ -390,46 +373,3 @@ def _empty_model(programs: list[Any], fmap: FeatureMap) -> MarkerModel:
         tuple(p.name for p in programs), fmap.features, np.zeros((n_p, n_f), dtype=bool),
         np.zeros((n_p, n_f)), np.ones(n_f), np.zeros(n_p), 0, False,
     )  # fmt: skip
-
-
-def _dotplot(
-    client: Client,
-    futures: list[Any],
-    local: list[np.ndarray],
-    kept_rows: list[np.ndarray],
-    cols: np.ndarray,
-    size: np.ndarray,
-    called: np.ndarray,
-    vocabulary: tuple[str, ...],
-    fmap: FeatureMap,
-) -> pd.DataFrame:
-    """Mean log1p(CP10K) and fraction expressing of every feature per called label."""
-    names = (*vocabulary, UNASSIGNED)
-    codes_all = pd.Categorical(called, categories=names).codes.astype(np.int64)
-    parts, start = [], 0
-    for fut, loc, r in zip(futures, local, kept_rows, strict=True):
-        codes = codes_all[start : start + len(loc)]
-        start += len(loc)
-        parts.append(
-            client.submit(_dot_sums, fut, loc, cols, size[r[loc]], codes, len(names), pure=False)
-        )
-    return _dot_table(np.sum(client.gather(parts), axis=0), names, fmap)
-
-
-def _dot_table(sums: np.ndarray, names: tuple[str, ...], fmap: FeatureMap) -> pd.DataFrame:
-    n = np.maximum(sums[0], 1)
-    rows = []
-    for i, label in enumerate(names):
-        if sums[0, i, 0] == 0:
-            continue
-        for j, feature in enumerate(fmap.features):
-            rows.append(
-                {
-                    "label": label,
-                    "feature": feature,
-                    "mean_log_cp10k": float(sums[1, i, j] / n[i, j]),
-                    "fraction_expressing": float(sums[2, i, j] / n[i, j]),
-                    "n_cells": int(sums[0, i, j]),
-                }
-            )
-    return pd.DataFrame(rows)

@@ -1,0 +1,124 @@
+"""The workdir's cohort store: what each stage wrote, from what, and how to rewrite it.
+
+Each stage records a digest of what it was computed from (the previous stage's digest and
+its own parameters) in ``cohort.zarr``'s manifest; a re-run skips a stage whose digest is
+unchanged. A stage clears its own and every later stage's outputs before it writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+
+from . import __version__
+from .annotate import load_markers
+from .config import RunConfig
+from .errors import ImmunoprofileError
+from .ingest import STAGE_RECORD
+from .store import read_manifest, write_anndata_store
+
+COHORT_STORE = "cohort.zarr"
+MOMENT_SUM = "qc_counts_sum"  # varm: genes x samples, raw counts summed over kept cells
+MOMENT_SUMSQ = "qc_counts_sumsq"  # the same for squared counts
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stage_digests(cfg: RunConfig) -> dict[str, str]:
+    """What each stage's outputs depend on, as a chain of digests."""
+    record = Path(cfg.workdir) / STAGE_RECORD
+    if not record.exists():
+        msg = f"{cfg.workdir} has no {STAGE_RECORD}: run the ingest stage first"
+        raise ImmunoprofileError(msg)
+    ingest = hashlib.sha256(record.read_bytes()).hexdigest()
+    qc = _sha({"ingest": ingest, "qc": cfg.qc.model_dump(mode="json")})
+    pre = _sha({"qc": qc, "preprocess": cfg.preprocess.model_dump(mode="json")})
+    integ = _sha({"preprocess": pre, "integrate": cfg.integrate.model_dump(mode="json")})
+    graph = _sha({"integrate": integ, "graph": cfg.graph.model_dump(mode="json")})
+    annotate = _sha({"graph": graph, "annotate": _annotate_inputs(cfg)})
+    return {
+        "ingest": ingest,
+        "qc": qc,
+        "preprocess": pre,
+        "integrate": integ,
+        "graph": graph,
+        "annotate": annotate,
+    }
+
+
+def _annotate_inputs(cfg: RunConfig) -> dict[str, Any]:
+    """The annotate parameters plus what its files contain (marker file hash; the
+    reference's size and modification time)."""
+    a = cfg.annotate
+    reference = None
+    if a.reference is not None:
+        path = Path(a.reference.path)
+        stat = path.stat() if path.exists() else None
+        reference = [str(path), stat.st_size, stat.st_mtime_ns] if stat else [str(path)]
+    return {
+        "params": a.model_dump(mode="json"),
+        "markers_sha256": load_markers(a.markers).sha256,
+        "reference": reference,
+    }
+
+
+# What each stage adds to cohort.zarr besides the obs columns that qc rebuilds. A stage
+# clears its own previous outputs and every later stage's before it writes (they were
+# computed from what it replaces).
+STAGE_ORDER = ("ingest", "qc", "preprocess", "integrate", "graph", "annotate")
+STAGE_OUTPUTS: dict[str, dict[str, list[str]]] = {
+    "preprocess": {"obsm": ["X_pca"], "varm": ["PCs"], "uns": ["pca"]},
+    "integrate": {"obsm": ["X_pca_harmony", "X_scvi"], "uns": ["integrate"]},
+    "graph": {
+        "obsm": ["X_umap"],
+        "obsp": ["distances", "connectivities"],
+        "uns": ["graph", "neighbors"],
+        "obs_prefix": ["leiden_"],
+    },
+    "annotate": {"uns": ["annotate"], "obs_prefix": ["lineage", "b_subset"]},
+}
+
+
+def clear_outputs(adata: ad.AnnData, stage: str) -> ad.AnnData:
+    """``adata`` without the outputs of ``stage`` and of every stage after it."""
+    for later in STAGE_ORDER[STAGE_ORDER.index(stage) :]:
+        outputs = STAGE_OUTPUTS.get(later, {})
+        for slot in ("obsm", "varm", "obsp", "uns"):
+            mapping = getattr(adata, slot)
+            for key in outputs.get(slot, []):
+                mapping.pop(key, None)
+        for prefix in outputs.get("obs_prefix", []):
+            adata.obs = adata.obs.drop(columns=[c for c in adata.obs if c.startswith(prefix)])
+    return adata
+
+
+def done_stages(cfg: RunConfig) -> dict[str, str]:
+    manifest = read_manifest(Path(cfg.workdir) / COHORT_STORE)
+    return dict(manifest.get("stages", {})) if manifest else {}
+
+
+def is_current(cfg: RunConfig, stage: str) -> bool:
+    return done_stages(cfg).get(stage) == stage_digests(cfg)[stage]
+
+
+def write_cohort(cfg: RunConfig, adata: ad.AnnData, stages: list[str]) -> None:
+    digests = stage_digests(cfg)
+    info = {
+        "kind": "cohort",
+        "immunoprofile_version": __version__,
+        "stages": {s: digests[s] for s in stages},
+        "n_obs": int(adata.n_obs),
+        "n_vars": int(adata.n_vars),
+    }
+    write_anndata_store(Path(cfg.workdir) / COHORT_STORE, adata, info)
+
+
+def previous(cfg: RunConfig, stage: str) -> ad.AnnData:
+    """cohort.zarr as the stages before ``stage`` left it."""
+    return clear_outputs(ad.read_zarr(Path(cfg.workdir) / COHORT_STORE), stage)
