@@ -30,26 +30,40 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# A stage's algorithm version: bump it when the stage's results change for the same
+# inputs and parameters (a new rule or method), so that workdirs computed before re-run
+# it and the stages after it. qc 2: the top-20 rule on non-immunoglobulin genes.
+STAGE_VERSIONS: dict[str, int] = {
+    "qc": 2,
+    "preprocess": 1,
+    "integrate": 1,
+    "graph": 1,
+    "annotate": 1,
+}
+
+
 def stage_digests(cfg: RunConfig) -> dict[str, str]:
-    """What each stage's outputs depend on, as a chain of digests."""
+    """What each stage's outputs depend on, as a chain of digests: the previous stage's
+    digest, the stage's parameters and its algorithm version."""
     record = Path(cfg.workdir) / STAGE_RECORD
     if not record.exists():
         msg = f"{cfg.workdir} has no {STAGE_RECORD}: run the ingest stage first"
         raise ImmunoprofileError(msg)
-    ingest = hashlib.sha256(record.read_bytes()).hexdigest()
-    qc = _sha({"ingest": ingest, "qc": cfg.qc.model_dump(mode="json")})
-    pre = _sha({"qc": qc, "preprocess": cfg.preprocess.model_dump(mode="json")})
-    integ = _sha({"preprocess": pre, "integrate": cfg.integrate.model_dump(mode="json")})
-    graph = _sha({"integrate": integ, "graph": cfg.graph.model_dump(mode="json")})
-    annotate = _sha({"graph": graph, "annotate": _annotate_inputs(cfg)})
-    return {
-        "ingest": ingest,
-        "qc": qc,
-        "preprocess": pre,
-        "integrate": integ,
-        "graph": graph,
-        "annotate": annotate,
+    digests = {"ingest": hashlib.sha256(record.read_bytes()).hexdigest()}
+    params: dict[str, Any] = {
+        "qc": cfg.qc.model_dump(mode="json"),
+        "preprocess": cfg.preprocess.model_dump(mode="json"),
+        "integrate": cfg.integrate.model_dump(mode="json"),
+        "graph": cfg.graph.model_dump(mode="json"),
+        "annotate": _annotate_inputs(cfg),
     }
+    before = "ingest"
+    for stage, values in params.items():
+        digests[stage] = _sha(
+            {before: digests[before], stage: values, "version": STAGE_VERSIONS[stage]}
+        )
+        before = stage
+    return digests
 
 
 def _annotate_inputs(cfg: RunConfig) -> dict[str, Any]:
