@@ -51,6 +51,18 @@ class LevelCall:
 
 
 @dataclass(frozen=True)
+class _Settings:
+    """The model settings both entry points pass to `_call_level`."""
+
+    min_confidence: float
+    min_feature_fraction: float
+    min_marker_support: float
+    fit_max_cells: int
+    max_iter: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class AnnotationResult:
     levels: dict[str, LevelCall]
     seconds: dict[str, float]
@@ -107,6 +119,9 @@ def annotate_cohort(
     ``cohort`` is `open_cohort`'s view (X a Dask array of CSR chunks); ``connectivities``
     the cohort's kNN graph over all its cells (None: no graph consensus).
     """
+    settings = _Settings(
+        min_confidence, min_feature_fraction, min_marker_support, fit_max_cells, max_iter, seed
+    )
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     symbols = cohort.var.get("gene_symbols", cohort.var_names)
@@ -174,12 +189,7 @@ def annotate_cohort(
             scored=scored,
             graph=_restrict(connectivities, cohort_rows),
             weight=weight,
-            min_confidence=min_confidence,
-            min_feature_fraction=min_feature_fraction,
-            min_marker_support=min_marker_support,
-            fit_max_cells=fit_max_cells,
-            max_iter=max_iter,
-            seed=seed,
+            settings=settings,
         )
         called = call.labels[cohort_rows]
         dot = (
@@ -210,12 +220,7 @@ def _call_level(
     scored: Callable[[MarkerModel], np.ndarray],
     graph: sp.spmatrix | None,
     weight: float,
-    min_confidence: float,
-    min_feature_fraction: float,
-    min_marker_support: float,
-    fit_max_cells: int,
-    max_iter: int,
-    seed: int,
+    settings: _Settings,
 ) -> LevelCall:
     """Fit one level's model and label the cells at ``rows`` (cohort positions).
 
@@ -233,7 +238,8 @@ def _call_level(
     usable = tuple(
         p
         for p in programs
-        if sum(f in fmap.features for f in p.positive) >= min_feature_fraction * len(p.positive)
+        if sum(f in fmap.features for f in p.positive)
+        >= settings.min_feature_fraction * len(p.positive)
     )
     unusable = sorted({p.label for p in programs} - {p.label for p in usable})
     labels_out = np.full(n_cells, None, dtype=object)
@@ -247,14 +253,14 @@ def _call_level(
         labels_out[rows] = UNASSIGNED
         model = _empty_model(list(usable), fmap)
         return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info)
-    fit = stratified_sample(sample[rows], fit_max_cells, seed)
+    fit = stratified_sample(sample[rows], settings.fit_max_cells, settings.seed)
     model = fit_marker_model(
         training(fit),
         size[rows[fit]],
         programs=tuple(p.name for p in usable),
         features=fmap.features,
         marker=fmap.marker_matrix(usable),
-        max_iter=max_iter,
+        max_iter=settings.max_iter,
     )
     vocabulary = tuple(LEVELS[level])
     program_labels = tuple(p.label for p in usable)
@@ -265,9 +271,9 @@ def _call_level(
     label_prob = label_probabilities(mixed, program_labels, vocabulary)
     label_index = np.array([vocabulary.index(lab) for lab in program_labels])[best]
     conf = label_prob[np.arange(len(best)), label_index]
-    supported = marker_support(model) >= min_marker_support
+    supported = marker_support(model) >= settings.min_marker_support
     called = np.array(program_labels, dtype=object)[best]
-    called[(conf < min_confidence) | ~supported[best]] = UNASSIGNED
+    called[(conf < settings.min_confidence) | ~supported[best]] = UNASSIGNED
     labels_out[rows] = called
     confidence[rows] = conf
     info.update(
@@ -309,6 +315,9 @@ def annotate_counts(
     ``size`` defaults to each cell's total counts / 10,000; ``sample`` (for the stratified
     fitting subsample) to one sample.
     """
+    settings = _Settings(
+        min_confidence, min_feature_fraction, min_marker_support, fit_max_cells, max_iter, seed
+    )
     x = sp.csr_matrix(counts, dtype=np.float32)
     n = x.shape[0]
     size = np.asarray(x.sum(axis=1)).ravel() / SIZE_UNIT if size is None else np.asarray(size)
@@ -341,12 +350,7 @@ def annotate_counts(
             scored=scored_rows,
             graph=_restrict(connectivities, rows),
             weight=weight,
-            min_confidence=min_confidence,
-            min_feature_fraction=min_feature_fraction,
-            min_marker_support=min_marker_support,
-            fit_max_cells=fit_max_cells,
-            max_iter=max_iter,
-            seed=seed,
+            settings=settings,
         )
         dot = pd.DataFrame()
         if len(rows):
