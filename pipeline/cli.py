@@ -29,6 +29,7 @@ IMPLEMENTED_STAGES: tuple[str, ...] = (
     "integrate",
     "graph",
     "annotate",
+    "abundance",
 )
 PLANNED = {
     "ingest": "issue #3",
@@ -114,6 +115,7 @@ STAGE_RUNNERS = {
     "integrate": _run_later_stage("integrate"),
     "graph": _run_later_stage("graph"),
     "annotate": _run_later_stage("annotate"),
+    "abundance": _run_later_stage("abundance"),
 }
 
 
@@ -156,6 +158,24 @@ def _cmd_add_batch(args: argparse.Namespace) -> int:
         f"{args.samplesheet} was not read and nothing was written"
     )
     raise NotImplementedStageError(msg)
+
+
+def _cmd_power(args: argparse.Namespace) -> int:
+    from cluster.launch import start_client
+
+    from .runner_power import run_power_command
+
+    cfg = load_config(args.config)
+    updates: dict[str, object] = {}
+    if args.n_cohorts is not None:
+        updates["n_cohorts"] = args.n_cohorts
+    if args.power_cohorts is not None:
+        updates["power_cohorts"] = args.power_cohorts
+    power = cfg.power.model_copy(update=updates) if updates else cfg.power
+    out = Path(args.out) if args.out else Path(cfg.workdir) / "power"
+    with start_client(cfg.cluster) as client:
+        print(run_power_command(cfg.simulate, power, out=out, client=client))
+    return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -218,6 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML run config of the existing cohort")
     p.add_argument("samplesheet", help="samplesheet of the new samples")
     p.set_defaults(func=_cmd_add_batch)
+
+    p = sub.add_parser(
+        "power",
+        help="type-I error and power of the abundance models, by simulation",
+        description=(
+            "Simulate abundance tables with the config's 'simulate' design: cohorts of "
+            "simulate.n_patients without any planted effect give each contrast's type-I "
+            "error; cohorts of each size in power.patients with power.effect planted on "
+            "power.cell_type give the power curve. Runs on the configured cluster; writes "
+            "type1.csv, type1_by_cell_type.csv, power.csv, power.png and summary.json."
+        ),
+    )
+    p.add_argument("config", help="YAML run config ('simulate' and 'power' sections)")
+    p.add_argument("--out", help="output folder (default: WORKDIR/power)")
+    p.add_argument("--n-cohorts", type=int, help="override power.n_cohorts (null cohorts)")
+    p.add_argument("--power-cohorts", type=int, help="override power.power_cohorts")
+    p.set_defaults(func=_cmd_power)
 
     p = sub.add_parser(
         "validate",

@@ -10,11 +10,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from cluster.config import ClusterConfig
 
+from .config_analysis import (
+    AbundanceConfig,
+    AnnotateConfig,
+    PowerConfig,
+)
+from .config_analysis import FrozenModel as _Frozen
 from .errors import ConfigError
 from .labels import B_SUBSETS, LINEAGES
 
@@ -50,10 +56,6 @@ STAGES: tuple[str, ...] = (
     "abundance",
     "report",
 )
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class PlantedEffect(_Frozen):
@@ -284,50 +286,6 @@ class GraphConfig(_Frozen):
         return value
 
 
-class ReferenceConfig(_Frozen):
-    """A labelled AnnData whose labels are transferred to the cohort by a classifier."""
-
-    path: Path = Field(description="an .h5ad or AnnData .zarr with raw counts and labels")
-    lineage_key: str | None = Field("lineage", description="obs column with lineage labels")
-    b_subset_key: str | None = Field("b_subset", description="obs column with B-subset labels")
-    layer: str | None = Field(None, description="layer with raw counts (default: X)")
-    max_cells: int = Field(30_000, ge=100, description="cells the classifier is trained on")
-    n_genes_per_label: int = Field(
-        50, ge=5, description="top-ranked reference genes per label used as features"
-    )
-
-
-class AnnotateConfig(_Frozen):
-    """The annotate stage: lineages, then B-cell subsets, from a marker file."""
-
-    markers: Path | None = Field(
-        None, description="marker file (default: the packaged pipeline/annotate/markers.yaml)"
-    )
-    min_confidence: float = Field(
-        0.5, ge=0, le=1, description="cells whose best label is less probable are unassigned"
-    )
-    graph_weight: float = Field(
-        0.5, ge=0, le=1, description="weight of the kNN-graph neighbours' lineage probabilities"
-    )
-    b_graph_weight: float = Field(
-        0.0, ge=0, le=1, description="the same for B subsets (neighbours among B cells)"
-    )
-    min_feature_fraction: float = Field(
-        0.5, gt=0, le=1, description="a label is modelled only with this share of its markers"
-    )
-    min_marker_support: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="cells of a label whose fitted model has fewer than this share of its "
-        "markers at twice the background or more are unassigned",
-    )
-    fit_max_cells: int = Field(50_000, ge=100, description="cells each marker model is fitted on")
-    max_iter: int = Field(100, ge=1)
-    reference: ReferenceConfig | None = None
-    seed: int = 0
-
-
 class RunConfig(_Frozen):
     """Everything ``immunoprofile`` reads from a config file."""
 
@@ -341,6 +299,8 @@ class RunConfig(_Frozen):
     integrate: IntegrateConfig = Field(default_factory=IntegrateConfig)
     graph: GraphConfig = Field(default_factory=GraphConfig)
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
+    abundance: AbundanceConfig = Field(default_factory=AbundanceConfig)
+    power: PowerConfig = Field(default_factory=PowerConfig)
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -22,6 +22,7 @@ from .ingest import sample_store_path
 from .integrate import integrate_cohort, scvi_cohort
 from .preprocess import Moments, preprocess_cohort
 from .qc import QCRules, compute_qc
+from .runner_abundance import run_abundance
 from .runner_annotate import run_annotate
 from .workdir import (
     COHORT_STORE,
@@ -44,6 +45,7 @@ __all__ = [
     "clear_outputs",
     "done_stages",
     "is_current",
+    "run_abundance",
     "run_annotate",
     "run_graph",
     "run_integrate",

@@ -22,6 +22,8 @@ from .ingest import STAGE_RECORD
 from .store import read_manifest, write_anndata_store
 
 COHORT_STORE = "cohort.zarr"
+ABUNDANCE_DIR = "abundance"  # its own folder and manifest: it adds nothing to cohort.zarr
+ABUNDANCE_MANIFEST = "manifest.json"
 MOMENT_SUM = "qc_counts_sum"  # varm: genes x samples, raw counts summed over kept cells
 MOMENT_SUMSQ = "qc_counts_sumsq"  # the same for squared counts
 
@@ -39,6 +41,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "integrate": 1,
     "graph": 1,
     "annotate": 1,
+    "abundance": 1,
 }
 
 
@@ -56,6 +59,7 @@ def stage_digests(cfg: RunConfig) -> dict[str, str]:
         "integrate": cfg.integrate.model_dump(mode="json"),
         "graph": cfg.graph.model_dump(mode="json"),
         "annotate": _annotate_inputs(cfg),
+        "abundance": cfg.abundance.model_dump(mode="json"),
     }
     before = "ingest"
     for stage, values in params.items():
@@ -113,8 +117,13 @@ def clear_outputs(adata: ad.AnnData, stage: str) -> ad.AnnData:
 
 
 def done_stages(cfg: RunConfig) -> dict[str, str]:
+    """Stage -> the digest it was computed with, for the stages whose outputs are there."""
     manifest = read_manifest(Path(cfg.workdir) / COHORT_STORE)
-    return dict(manifest.get("stages", {})) if manifest else {}
+    done = dict(manifest.get("stages", {})) if manifest else {}
+    abundance = Path(cfg.workdir) / ABUNDANCE_DIR / ABUNDANCE_MANIFEST
+    if abundance.exists():
+        done["abundance"] = json.loads(abundance.read_text()).get("digest", "")
+    return done
 
 
 def is_current(cfg: RunConfig, stage: str) -> bool:

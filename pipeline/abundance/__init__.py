@@ -1,5 +1,45 @@
-"""Differential abundance (issue #7). Built so far: the abundance table."""
+"""Differential abundance: the sample x cell-type table, longitudinal models of
+response and time (binomial GLMM and propeller), their contrasts, calibration and power,
+and the plots of the report."""
 
+from ._design import AbundanceDesignError, ModelDesign, model_design
+from ._glmm import GlmmFit, fit_binomial_glmm
+from ._models import (
+    AbundanceResult,
+    bh_qvalues,
+    concordance,
+    contrast_table,
+    fit_abundance_models,
+    model_tables,
+)
+from ._plots import composition_plot, forest_grid, forest_plot, trajectory_plot
+from ._power import PowerResult, power_plot, run_power
+from ._propeller import PropellerFit, fit_propeller, transformed_proportions
 from ._table import LEVEL_TYPES, abundance_counts, counts_dataset
 
-__all__ = ["LEVEL_TYPES", "abundance_counts", "counts_dataset"]
+__all__ = [
+    "LEVEL_TYPES",
+    "AbundanceDesignError",
+    "AbundanceResult",
+    "GlmmFit",
+    "ModelDesign",
+    "PowerResult",
+    "PropellerFit",
+    "abundance_counts",
+    "bh_qvalues",
+    "composition_plot",
+    "concordance",
+    "contrast_table",
+    "counts_dataset",
+    "fit_abundance_models",
+    "fit_binomial_glmm",
+    "fit_propeller",
+    "forest_grid",
+    "forest_plot",
+    "model_design",
+    "model_tables",
+    "power_plot",
+    "run_power",
+    "trajectory_plot",
+    "transformed_proportions",
+]

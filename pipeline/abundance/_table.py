@@ -34,7 +34,8 @@ def abundance_counts(obs: pd.DataFrame) -> pd.DataFrame:
     if missing:
         msg = f"cell table lacks columns {missing}: run the qc and annotate stages first"
         raise ValueError(msg)
-    design = obs[list(DESIGN_COLUMNS)].astype({"sample_id": str}).drop_duplicates("sample_id")
+    text = {c: str for c in DESIGN_COLUMNS if c != "timepoint_months"}
+    design = obs[list(DESIGN_COLUMNS)].astype(text).drop_duplicates("sample_id")
     samples = pd.Index(design["sample_id"], name="sample_id")
     kept = obs[obs["qc_pass"].to_numpy(dtype=bool)]
     frames = []

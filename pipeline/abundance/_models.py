@@ -1,0 +1,200 @@
+"""Fit the abundance models of every cell type and denominator and test the contrasts
+(pure: tidy counts in, tables out).
+
+Models per cell type: the binomial GLMM (``glmm``; `_glmm.py`) and the propeller-style
+linear mixed model (``propeller``; `_propeller.py`). Denominators: lineages within all
+QC-passed cells (``PBMC``), B subsets within B cells (``B``) and within all QC-passed
+cells (``PBMC``). Benjamini-Hochberg q-values across cell types within each contrast,
+denominator and method. `unassigned` is counted in the table but not tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+from scipy.stats import t as t_dist
+
+from ..labels import UNASSIGNED
+from ._design import AbundanceDesignError, ModelDesign, TimeCoding, model_design
+from ._glmm import fit_binomial_glmm
+from ._propeller import Transform, fit_propeller
+
+TEST_COLUMNS = ("cell_type", "denominator", "contrast", "estimate", "ci_low", "ci_high",
+                "pvalue", "qvalue", "method")  # fmt: skip
+METHODS = ("glmm", "propeller")
+MODEL_TABLES = (("lineage", "PBMC"), ("b_subset", "B"), ("b_subset", "PBMC"))
+
+
+@dataclass(frozen=True)
+class AbundanceResult:
+    """``tests``: DESIGN.md's tests.csv; ``fits``: one row per model (variances,
+    convergence, the optimizer's notes and fallbacks); ``summary``: the design and what
+    was left out; ``warnings``: cell types not fitted and models that did not converge."""
+
+    tests: pd.DataFrame
+    fits: pd.DataFrame
+    summary: dict
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def sample_design(counts: pd.DataFrame) -> pd.DataFrame:
+    """One row per sample: its design columns, in the table's order."""
+    cols = ["sample_id", "patient_id", "timepoint_months", "response"]
+    return counts[cols].drop_duplicates("sample_id").reset_index(drop=True)
+
+
+def model_tables(counts: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+    """Per (level, denominator): sample x cell type counts and the sample totals."""
+    out = {}
+    pbmc = counts[counts["level"] == "lineage"].drop_duplicates("sample_id")
+    pbmc_total = pbmc.set_index("sample_id")["total"]
+    for level, denominator in MODEL_TABLES:
+        part = counts[counts["level"] == level]
+        wide = part.pivot(index="sample_id", columns="cell_type", values="count")
+        if denominator == "PBMC":
+            total = pbmc_total.reindex(wide.index)
+        else:
+            total = part.drop_duplicates("sample_id").set_index("sample_id")["total"]
+        wide = wide.drop(columns=[UNASSIGNED], errors="ignore")
+        out[(level, denominator)] = wide.assign(_total=total.reindex(wide.index).to_numpy())
+    return out
+
+
+def contrast_table(
+    beta: np.ndarray, vcov: np.ndarray, contrasts: pd.DataFrame, df: pd.Series | None = None
+) -> pd.DataFrame:
+    """Wald estimate, 95% CI and two-sided p-value of each contrast row: t with the given
+    degrees of freedom per contrast, or z (lme4's ``summary``) when ``df`` is None."""
+    lmat = contrasts.to_numpy()
+    est = lmat @ beta
+    se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", lmat, vcov, lmat), 0.0))
+    dist = norm if df is None else t_dist(df.reindex(contrasts.index).to_numpy())
+    half = dist.ppf(0.975) * se
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = 2.0 * dist.sf(np.abs(est / se))
+    return pd.DataFrame({"contrast": contrasts.index, "estimate": est, "ci_low": est - half,
+                         "ci_high": est + half, "pvalue": p})  # fmt: skip
+
+
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (NaN stays NaN)."""
+    p = np.asarray(p, dtype=float)
+    q = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if ok.size:
+        order = ok[np.argsort(p[ok])]
+        ranked = p[order] * ok.size / np.arange(1, ok.size + 1)
+        q[order] = np.minimum(np.minimum.accumulate(ranked[::-1])[::-1], 1.0)
+    return q
+
+
+def _fit_one(method: str, count, total, design: ModelDesign, transform: Transform):
+    if method == "glmm":
+        g = fit_binomial_glmm(count, total, design.x, design.patient)
+        info = {"sd_patient": g.sd_patient, "sd_sample": g.sd_sample, "converged": g.converged,
+                "optimizer": g.optimizer, "loglik": g.loglik}  # fmt: skip
+        return g.beta, g.vcov, info, g.warnings
+    p = fit_propeller(count, total, design.x, design.patient, transform=transform)
+    info = {"sd_patient": p.sd_patient, "sd_sample": p.sd_residual, "converged": p.converged,
+            "optimizer": "REML", "loglik": np.nan}  # fmt: skip
+    return p.beta, p.vcov, info, p.warnings
+
+
+def fit_abundance_models(
+    counts: pd.DataFrame,
+    *,
+    time: TimeCoding = "factor",
+    methods: tuple[str, ...] = METHODS,
+    transform: Transform = "logit",
+    only: tuple[str, str] | None = None,
+) -> AbundanceResult:
+    """Fit every cell type's models and test DESIGN.md's contrasts.
+
+    ``counts`` is the tidy table of `abundance_counts`. Raises `AbundanceDesignError`
+    when the design cannot be fitted at all; cell types that cannot be (zero counts in
+    every sample) are left out with a warning, and models that did not converge are
+    reported with the fallback used. ``only = (cell_type, denominator)`` fits one model.
+    """
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        msg = f"unknown abundance methods {unknown}; expected some of {list(METHODS)}"
+        raise ValueError(msg)
+    samples = sample_design(counts)
+    full = model_design(samples, time=time)
+    rows, fits, notes = [], [], []
+    for (level, denominator), wide in model_tables(counts).items():
+        if only is not None:
+            if denominator != only[1] or only[0] not in wide.columns:
+                continue
+            wide = wide[[only[0], "_total"]]
+        kept = samples[samples["sample_id"].map(wide["_total"]).fillna(0).to_numpy() > 0]
+        try:
+            design = full if len(kept) == len(samples) else model_design(kept, time=time)
+        except AbundanceDesignError as err:
+            notes.append(f"{level} within {denominator}: not fitted, {err}")
+            continue
+        total = wide["_total"].reindex(design.samples["sample_id"]).to_numpy(dtype=float)
+        for cell_type in wide.columns.drop("_total"):
+            count = wide[cell_type].reindex(design.samples["sample_id"]).to_numpy(dtype=float)
+            if count.sum() == 0:
+                notes.append(f"{cell_type} within {denominator}: not fitted, zero cells in "
+                             "every sample")  # fmt: skip
+                continue
+            for method in methods:
+                beta, vcov, info, fit_notes = _fit_one(method, count, total, design, transform)
+                if not info["converged"]:
+                    notes.append(f"{cell_type} within {denominator} ({method}): did not "
+                                 f"converge; {'; '.join(fit_notes) or 'no fallback left'}")  # fmt: skip
+                fits.append({"cell_type": cell_type, "level": level, "denominator": denominator,
+                             "method": method, "n_samples": len(total), **info,
+                             "notes": "; ".join(fit_notes)})  # fmt: skip
+                table = contrast_table(beta, vcov, design.contrasts, design.df)
+                rows.append(table.assign(cell_type=cell_type, denominator=denominator,
+                                         method=method))  # fmt: skip
+    tests = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=TEST_COLUMNS)
+    tests["qvalue"] = np.nan
+    for _, idx in tests.groupby(["denominator", "contrast", "method"]).groups.items():
+        tests.loc[idx, "qvalue"] = bh_qvalues(tests.loc[idx, "pvalue"].to_numpy())
+    summary = {
+        "time": time,
+        "methods": list(methods),
+        "transform": transform,
+        "patients": full.n_patients,
+        "samples": len(samples),
+        "excluded_from_response_contrasts": {
+            "patients": full.n_unknown_patients,
+            "samples": int((samples["response"] == "unknown").sum()),
+        },
+        "contrasts": list(full.contrasts.index),
+    }
+    if full.n_unknown_patients:
+        notes.insert(0, f"{full.n_unknown_patients} patients with response 'unknown' "
+                        "enter the models but not the response contrasts")  # fmt: skip
+    return AbundanceResult(
+        tests=tests[list(TEST_COLUMNS)],
+        fits=pd.DataFrame(fits),
+        summary=summary,
+        warnings=tuple(notes),
+    )
+
+
+def concordance(tests: pd.DataFrame, *, alpha: float = 0.05) -> pd.DataFrame:
+    """GLMM against propeller per denominator: correlation of the estimates over cell
+    types x contrasts, and how often the two agree on q < alpha."""
+    out = []
+    for denominator, part in tests.groupby("denominator"):
+        wide = part.pivot_table(index=["cell_type", "contrast"], columns="method",
+                                values=["estimate", "qvalue"])  # fmt: skip
+        if ("estimate", "propeller") not in wide or ("estimate", "glmm") not in wide:
+            continue
+        a, b = wide["estimate"]["glmm"], wide["estimate"]["propeller"]
+        sig_a, sig_b = wide["qvalue"]["glmm"] < alpha, wide["qvalue"]["propeller"] < alpha
+        out.append({"denominator": denominator, "n": len(wide),
+                    "pearson_r": float(np.corrcoef(a, b)[0, 1]),
+                    "significance_agreement": float((sig_a == sig_b).mean()),
+                    "significant_glmm": int(sig_a.sum()),
+                    "significant_propeller": int(sig_b.sum())})  # fmt: skip
+    return pd.DataFrame(out)

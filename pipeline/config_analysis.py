@@ -1,0 +1,137 @@
+"""Configuration of the analysis stages (annotate, abundance) and of the power command;
+`pipeline.config.RunConfig` gathers them with the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .labels import B_SUBSETS, LINEAGES
+
+Method = Literal["glmm", "propeller"]
+
+
+def _both_methods() -> list[Method]:
+    return ["glmm", "propeller"]
+
+
+def _glmm_only() -> list[Method]:
+    return ["glmm"]
+
+
+class FrozenModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReferenceConfig(FrozenModel):
+    """A labelled AnnData whose labels are transferred to the cohort by a classifier."""
+
+    path: Path = Field(description="an .h5ad or AnnData .zarr with raw counts and labels")
+    lineage_key: str | None = Field("lineage", description="obs column with lineage labels")
+    b_subset_key: str | None = Field("b_subset", description="obs column with B-subset labels")
+    layer: str | None = Field(None, description="layer with raw counts (default: X)")
+    max_cells: int = Field(30_000, ge=100, description="cells the classifier is trained on")
+    n_genes_per_label: int = Field(
+        50, ge=5, description="top-ranked reference genes per label used as features"
+    )
+
+
+class AnnotateConfig(FrozenModel):
+    """The annotate stage: lineages, then B-cell subsets, from a marker file."""
+
+    markers: Path | None = Field(
+        None, description="marker file (default: the packaged pipeline/annotate/markers.yaml)"
+    )
+    min_confidence: float = Field(
+        0.5, ge=0, le=1, description="cells whose best label is less probable are unassigned"
+    )
+    graph_weight: float = Field(
+        0.5, ge=0, le=1, description="weight of the kNN-graph neighbours' lineage probabilities"
+    )
+    b_graph_weight: float = Field(
+        0.0, ge=0, le=1, description="the same for B subsets (neighbours among B cells)"
+    )
+    min_feature_fraction: float = Field(
+        0.5, gt=0, le=1, description="a label is modelled only with this share of its markers"
+    )
+    min_marker_support: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="cells of a label whose fitted model has fewer than this share of its "
+        "markers at twice the background or more are unassigned",
+    )
+    fit_max_cells: int = Field(50_000, ge=100, description="cells each marker model is fitted on")
+    max_iter: int = Field(100, ge=1)
+    reference: ReferenceConfig | None = None
+    seed: int = 0
+
+
+class AbundanceConfig(FrozenModel):
+    """The abundance stage: counts, the longitudinal models and their contrasts."""
+
+    time: Literal["factor", "continuous"] = Field(
+        "factor", description="timepoint as a factor (0/3/6 months) or as continuous months"
+    )
+    methods: list[Method] = Field(
+        default_factory=_both_methods,
+        description="binomial GLMM (primary) and the propeller-style linear mixed model",
+    )
+    transform: Literal["logit", "asin"] = Field(
+        "logit", description="propeller's transformation of the proportions"
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="q-value threshold in plots and summary")
+
+    @field_validator("methods")
+    @classmethod
+    def _some_method(cls, value: list[str]) -> list[str]:
+        if not value:
+            msg = "expected at least one of 'glmm', 'propeller'"
+            raise ValueError(msg)
+        return list(dict.fromkeys(value))
+
+
+class PowerConfig(FrozenModel):
+    """``immunoprofile power``: type-I error under the simulator's null and power for a
+    planted difference, from count tables simulated with the config's ``simulate``."""
+
+    n_cohorts: int = Field(1000, ge=10, description="null cohorts (of simulate.n_patients)")
+    power_cohorts: int = Field(500, ge=10, description="cohorts per patient number for power")
+    patients: list[int] = Field(
+        default_factory=lambda: [10, 20, 30, 44, 60], description="cohort sizes for power"
+    )
+    cell_type: str = Field("DN2", description="the cell type given the planted difference")
+    denominator: Literal["B", "PBMC"] = Field(
+        "B", description="its denominator (lineages: PBMC only)"
+    )
+    effect: float = Field(0.8, description="non-responders minus responders, log-odds")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    methods: list[Method] = Field(default_factory=_glmm_only)
+    cohorts_per_task: int = Field(20, ge=1, description="cohorts simulated and fitted per task")
+    seed: int = 0
+
+    @field_validator("cell_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        allowed = [*LINEAGES, *B_SUBSETS]
+        if value not in allowed:
+            msg = f"unknown cell type {value!r}; expected one of {allowed}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("patients")
+    @classmethod
+    def _sizes(cls, value: list[int]) -> list[int]:
+        if not value or any(n < 4 for n in value):
+            msg = f"expected cohort sizes of at least 4 patients, got {value}"
+            raise ValueError(msg)
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _denominator_fits(self) -> PowerConfig:
+        if self.cell_type in LINEAGES and self.denominator != "PBMC":
+            msg = f"lineage {self.cell_type!r} is tested within PBMC; set power.denominator: PBMC"
+            raise ValueError(msg)
+        return self
