@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,10 @@ def write_cohort(cfg: RunConfig, adata: ad.AnnData, stages: list[str]) -> None:
         "n_vars": int(adata.n_vars),
     }
     write_anndata_store(Path(cfg.workdir) / COHORT_STORE, adata, info)
+    # the abundance results were computed from the labels just replaced
+    stale = Path(cfg.workdir) / ABUNDANCE_DIR
+    if stale.exists():
+        shutil.rmtree(stale)
 
 
 def previous(cfg: RunConfig, stage: str) -> ad.AnnData:

@@ -15,7 +15,7 @@ from pipeline.simulate import SimulationResult
 
 ROOT = Path(__file__).resolve().parents[1]
 IMMUNOPROFILE = str(Path(sys.executable).with_name("immunoprofile"))
-COMMANDS = ["simulate", "run", "add-batch", "validate"]
+COMMANDS = ["simulate", "run", "add-batch", "validate", "power"]
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -64,8 +64,12 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert "qc: " in captured.out and "preprocess: 500 HVGs, 20 PCs" in captured.out
     assert "integrate: harmony on" in captured.out and "graph: 15-NN graph" in captured.out
     assert "annotate: " in captured.out and "B cells" in captured.out
-    assert "stopping before stage 'abundance'" in captured.err and "issue #7" in captured.err
-    assert "Stages done: ingest, qc, preprocess, integrate, graph, annotate" in captured.err
+    assert "abundance: 18 samples" in captured.out
+    assert (workdir / "abundance" / "tests.csv").exists()
+    assert "stopping before stage 'report'" in captured.err and "issue #10" in captured.err
+    assert (
+        "Stages done: ingest, qc, preprocess, integrate, graph, annotate, abundance" in captured.err
+    )
     cohort = ad.read_zarr(workdir / "cohort.zarr")
     assert cohort.obsm["X_pca"].shape == (cohort.n_obs, 20)
     assert {"X_pca_harmony", "X_umap"} <= set(cohort.obsm)
@@ -102,6 +106,7 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert not [c for c in cohort.obs.columns if c.startswith(("leiden_", "lineage", "b_subset"))]
     assert "integrate" not in cohort.uns and "graph" not in cohort.uns
     assert "annotate" not in cohort.uns
+    assert not (workdir / "abundance").exists()
 
     # integrate and graph run again from the new PCs; a graph parameter re-runs graph only
     assert main([*args, "--until", "graph"]) == 0

@@ -95,7 +95,7 @@ def wilson_interval(k: np.ndarray, n: np.ndarray, level: float = 0.95):
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
 
 def _with_rates(table: pd.DataFrame, rate: str) -> pd.DataFrame:
@@ -151,7 +151,8 @@ def power_plot(power: pd.DataFrame, *, cell_type: str, effect: float, denominato
     for (method, contrast), rows in part.groupby(["method", "contrast"]):
         rows = rows.sort_values("n_patients")
         ax.errorbar(rows["n_patients"], rows["power"],
-                    yerr=[rows["power"] - rows["ci_low"], rows["ci_high"] - rows["power"]],
+                    yerr=np.clip([rows["power"] - rows["ci_low"],
+                                  rows["ci_high"] - rows["power"]], 0, None),
                     marker="o", capsize=3, label=f"{contrast} ({method})")  # fmt: skip
     ax.axhline(0.8, color="grey", linestyle="--", linewidth=1)
     ax.set_ylim(0, 1.02)

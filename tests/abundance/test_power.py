@@ -1,0 +1,59 @@
+"""Calibration and power on the Dask cluster (a small version of `immunoprofile power`;
+the full run with >= 1,000 null cohorts is in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from distributed import Client
+
+from pipeline.abundance import run_power
+from pipeline.abundance._power import wilson_interval
+from pipeline.config import PowerConfig, SimulationConfig
+from pipeline.runner_power import run_power_command
+
+SIM = SimulationConfig(seed=1)  # the study's design: 44 patients x 3 timepoints
+
+
+def test_type1_error_and_power(client: Client) -> None:
+    """Under the null every contrast keeps its size; a 0.8 log-odds DN2 difference is
+    found in >= 80% of 44-patient cohorts and less often with 10 patients."""
+    cfg = PowerConfig(n_cohorts=60, power_cohorts=40, patients=[10, 44], cohorts_per_task=15)
+    result = run_power(SIM, cfg, client=client)
+    type1 = result.type1.set_index("contrast")
+    assert (type1["tests"] == 60 * 23).all()  # 23 cell type x denominator models per cohort
+    # each contrast pooled over cell types: 1,380 correlated tests, so a loose band
+    assert type1["rate"].between(0.025, 0.085).all(), type1
+    overall = type1["rejections"].sum() / type1["tests"].sum()
+    assert 0.035 <= overall <= 0.07
+    power = result.power.set_index(["n_patients", "contrast"])["power"]
+    assert power[44, "response@month0"] >= 0.8
+    assert power[10, "response@month0"] < power[44, "response@month0"]
+    # no interaction was planted: its rejection rate stays small
+    assert power[44, "response:time6"] <= 0.2
+
+
+def test_results_do_not_depend_on_task_batching(client: Client) -> None:
+    a = PowerConfig(n_cohorts=12, power_cohorts=10, patients=[12], cohorts_per_task=5)
+    b = a.model_copy(update={"cohorts_per_task": 3})
+    ra, rb = run_power(SIM, a, client=client), run_power(SIM, b, client=client)
+    pd.testing.assert_frame_equal(ra.type1, rb.type1)
+    pd.testing.assert_frame_equal(ra.power, rb.power)
+
+
+def test_command_writes_its_outputs(tmp_path: Path, client: Client) -> None:
+    cfg = PowerConfig(n_cohorts=10, power_cohorts=10, patients=[8, 16])
+    report = run_power_command(SIM, cfg, out=tmp_path / "power", client=client)
+    files = {p.name for p in (tmp_path / "power").iterdir()}
+    assert files == {"type1.csv", "type1_by_cell_type.csv", "power.csv", "power.png",
+                     "summary.json"}  # fmt: skip
+    summary = json.loads((tmp_path / "power" / "summary.json").read_text())
+    assert set(summary["power_response_month0"]) == {"glmm/8", "glmm/16"}
+    assert "type-I error at alpha 0.05" in report and "power of response@month0" in report
+
+
+def test_wilson_interval() -> None:
+    low, high = wilson_interval([5], [100])
+    assert 0.02 < low[0] < 0.05 < high[0] < 0.12

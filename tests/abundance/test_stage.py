@@ -1,0 +1,127 @@
+"""The abundance stage on a workdir: its outputs per DESIGN.md, the manifest, skipping
+when unchanged, and clear errors that leave nothing written.
+
+The workdir holds a cohort.zarr whose obs are per-cell labels drawn from the count-table
+simulator (the stages before annotate are tested elsewhere; `tests/test_cli.py` runs them
+all together)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from pipeline import runner
+from pipeline.config import RunConfig, SimulationConfig, parse_config
+from pipeline.errors import ImmunoprofileError
+from pipeline.simulate._tables import simulate_count_table
+from pipeline.workdir import ABUNDANCE_DIR, write_cohort
+
+DESIGN_COUNTS = ["sample_id", "patient_id", "timepoint_months", "response", "batch", "level",
+                 "cell_type", "count", "total"]  # fmt: skip
+DESIGN_TESTS = ["cell_type", "denominator", "contrast", "estimate", "ci_low", "ci_high",
+                "pvalue", "qvalue", "method"]  # fmt: skip
+
+
+def _cells(counts: pd.DataFrame, unassigned_every: int = 50) -> pd.DataFrame:
+    """One row per cell with the labels the table was drawn with (a few unassigned)."""
+    lineage = counts[counts["level"] == "lineage"]
+    cells = lineage.loc[lineage.index.repeat(lineage["count"])].reset_index(drop=True)
+    cells = cells.rename(columns={"cell_type": "lineage"}).drop(columns=["level", "count", "total"])
+    cells["b_subset"] = "unassigned"
+    subsets = counts[counts["level"] == "b_subset"]
+    for sid, part in subsets.groupby("sample_id"):
+        rows = cells.index[(cells["sample_id"] == sid) & (cells["lineage"] == "B")]
+        cells.loc[rows, "b_subset"] = np.repeat(part["cell_type"].to_numpy(), part["count"])
+    cells.loc[cells.index[::unassigned_every], ["lineage", "b_subset"]] = "unassigned"
+    cells["qc_pass"] = True
+    cells.loc[cells.index[1::97], "qc_pass"] = False
+    return cells
+
+
+def _workdir(tmp_path: Path, counts: pd.DataFrame, **config) -> RunConfig:
+    cfg = parse_config({"workdir": str(tmp_path / "work"), **config})
+    Path(cfg.workdir).mkdir()
+    (Path(cfg.workdir) / "ingest.json").write_text("{}")
+    cells = _cells(counts)
+    obs = cells.astype({c: "category" for c in ("sample_id", "patient_id", "response", "batch",
+                                                "lineage", "b_subset")})  # fmt: skip
+    obs.index = obs.index.astype(str)
+    write_cohort(cfg, ad.AnnData(obs=obs), ["ingest", "qc", "preprocess", "integrate", "graph",
+                                            "annotate"])  # fmt: skip
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def counts() -> pd.DataFrame:
+    return simulate_count_table(SimulationConfig(seed=21, n_patients=20, cells_per_sample=800))
+
+
+def test_stage_writes_design_outputs(tmp_path: Path, counts: pd.DataFrame) -> None:
+    cfg = _workdir(tmp_path, counts)
+    report = runner.run_abundance(cfg)
+    folder = Path(cfg.workdir) / ABUNDANCE_DIR
+    table = pd.read_csv(folder / "counts.csv")
+    assert list(table.columns) == DESIGN_COUNTS
+    # totals: QC-passed cells for lineages, B cells for subsets; counts add up to totals
+    cells = _cells(counts)
+    kept = cells[cells["qc_pass"]]
+    sid = table["sample_id"].iloc[0]
+    lineage = table[(table["level"] == "lineage") & (table["sample_id"] == sid)]
+    assert lineage["total"].iloc[0] == (kept["sample_id"] == sid).sum() == lineage["count"].sum()
+    b = table[(table["level"] == "b_subset") & (table["sample_id"] == sid)]
+    n_b = ((kept["sample_id"] == sid) & (kept["lineage"] == "B")).sum()
+    assert b["total"].iloc[0] == n_b == b["count"].sum()
+    tests = pd.read_csv(folder / "tests.csv")
+    assert list(tests.columns) == DESIGN_TESTS
+    assert "unassigned" not in set(tests["cell_type"])
+    assert {"response@month0", "time3@non_responder", "response:time6"} <= set(tests["contrast"])
+    ds = xr.open_zarr(folder / "counts.zarr").load()
+    assert ds["b_subset_count"].sum() == table.loc[table["level"] == "b_subset", "count"].sum()
+    assert set(ds["response"].values) == {"responder", "non_responder"}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["excluded_from_response_contrasts"]["patients"] == 0
+    assert {r["denominator"] for r in summary["concordance"]} == {"B", "PBMC"}
+    assert {"forest_B.png", "trajectories_b_subset_B.png", "composition_lineage.png"} <= set(
+        summary["plots"]
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, sha in manifest["files"].items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == sha
+    assert "abundance: 60 samples" in report
+    # DN2 is planted higher in non-responders at baseline: the one-sentence finding
+    assert any("DN2" in f and "higher in non-responders" in f for f in summary["findings"])
+
+    assert runner.is_current(cfg, "abundance")
+    changed = cfg.model_copy(
+        update={"abundance": cfg.abundance.model_copy(update={"time": "continuous"})}
+    )
+    assert not runner.is_current(changed, "abundance")
+
+
+def test_unknown_response_is_counted_in_the_report(tmp_path: Path, counts: pd.DataFrame) -> None:
+    unknown = counts.copy()
+    patients = sorted(unknown["patient_id"].unique())[:2]
+    unknown.loc[unknown["patient_id"].isin(patients), "response"] = "unknown"
+    cfg = _workdir(tmp_path, unknown, abundance={"methods": ["glmm"]})
+    report = runner.run_abundance(cfg)
+    assert "2 patients with unknown response left out of the response contrasts" in report
+    summary = json.loads((Path(cfg.workdir) / ABUNDANCE_DIR / "summary.json").read_text())
+    assert summary["excluded_from_response_contrasts"] == {"patients": 2, "samples": 6}
+
+
+def test_unfittable_design_fails_clearly_and_writes_nothing(
+    tmp_path: Path, counts: pd.DataFrame
+) -> None:
+    only_nr = counts.assign(response="non_responder")
+    cfg = _workdir(tmp_path, only_nr)
+    with pytest.raises(ImmunoprofileError, match="no patient has response 'responder'"):
+        runner.run_abundance(cfg)
+    assert not (Path(cfg.workdir) / ABUNDANCE_DIR).exists()
+    assert not any(p.name.startswith(".abundance") for p in Path(cfg.workdir).iterdir())
