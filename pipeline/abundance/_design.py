@@ -38,6 +38,18 @@ class ModelDesign:
     n_patients: dict[str, int]
     df: pd.Series  # per contrast: denominator degrees of freedom (between-within)
 
+    def cell_weights(self) -> pd.DataFrame | None:
+        """Contrast x design cell (response, month): each contrast as a combination of cell
+        means (timepoint as a factor only; None for continuous time)."""
+        if self.time != "factor":
+            return None
+        keys = self.samples[["response", "timepoint_months"]].astype(str).agg("@".join, axis=1)
+        first = ~keys.duplicated().to_numpy()
+        means = self.x[first]
+        weights = np.linalg.lstsq(means.T, self.contrasts.to_numpy().T, rcond=None)[0].T
+        weights[np.abs(weights) < 1e-9] = 0.0
+        return pd.DataFrame(weights, index=self.contrasts.index, columns=keys[first].to_numpy())
+
     @property
     def n_unknown_patients(self) -> int:
         """Patients in the models but in no response contrast."""

@@ -91,6 +91,24 @@ def bh_qvalues(p: np.ndarray) -> np.ndarray:
     return q
 
 
+def _inestimable(design: ModelDesign, count: np.ndarray, total: np.ndarray):
+    """Design cells (response x month) where the type has no cells, or only it, in every
+    sample: the log-odds there is infinite, so contrasts using that cell are not
+    estimable (the fit's other contrasts are unaffected). None when there are none."""
+    weights = design.cell_weights()
+    if weights is None:
+        return None
+    keys = design.samples[["response", "timepoint_months"]].astype(str).agg("@".join, axis=1)
+    frame = pd.DataFrame({"key": keys.to_numpy(), "count": count, "rest": total - count})
+    sums = frame.groupby("key")[["count", "rest"]].sum()
+    bad = sums.index[(sums["count"] == 0) | (sums["rest"] == 0)].tolist()
+    if not bad:
+        return None
+    hit = weights[bad].abs().sum(axis=1) > 0
+    where = ", ".join(f"{k.split('@')[0]} at month {k.split('@')[1]}" for k in bad)
+    return f"all or none of the cells in {where}", list(weights.index[hit])
+
+
 def _fit_one(method: str, count, total, design: ModelDesign, transform: Transform):
     if method == "glmm":
         g = fit_binomial_glmm(count, total, design.x, design.patient)
@@ -152,6 +170,12 @@ def fit_abundance_models(
                              "method": method, "n_samples": len(total), **info,
                              "notes": "; ".join(fit_notes)})  # fmt: skip
                 table = contrast_table(beta, vcov, design.contrasts, design.df)
+                empty = _inestimable(design, count, total) if method == "glmm" else None
+                if empty:  # propeller's pseudo-count keeps its estimates finite
+                    cols = ["estimate", "ci_low", "ci_high", "pvalue"]
+                    table.loc[table["contrast"].isin(empty[1]), cols] = np.nan
+                    notes.append(f"{cell_type} within {denominator} (glmm): {empty[0]}; "
+                                 f"{', '.join(empty[1])} not estimable (NaN)")  # fmt: skip
                 rows.append(table.assign(cell_type=cell_type, denominator=denominator,
                                          method=method))  # fmt: skip
     tests = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=TEST_COLUMNS)

@@ -117,3 +117,22 @@ def test_continuous_time_fits() -> None:
     result = fit_abundance_models(counts, time="continuous", methods=("glmm",))
     assert result.summary["time"] == "continuous"
     assert result.fits["converged"].all()
+
+
+def test_a_design_cell_without_the_type_makes_its_contrasts_not_estimable() -> None:
+    """No DN1 cells in any non-responder at month 6: the GLMM's log-odds there is -inf
+    (the fit would report ~-25), so the contrasts using that cell are NaN with a warning;
+    the others, and propeller's (pseudo-counts), stay finite."""
+    counts = simulate_count_table(SimulationConfig(seed=3, n_patients=8))
+    empty = ((counts["cell_type"] == "DN1") & (counts["response"] == "non_responder")
+             & (counts["timepoint_months"] == 6))  # fmt: skip
+    counts.loc[empty, "count"] = 0
+    result = fit_abundance_models(counts)
+    dn1 = result.tests[(result.tests["cell_type"] == "DN1") & (result.tests["denominator"] == "B")]
+    glmm = dn1[dn1["method"] == "glmm"].set_index("contrast")["estimate"]
+    missing = {"response@month6", "time6@non_responder", "response:time6"}
+    assert set(glmm.index[glmm.isna()]) == missing
+    assert glmm.drop(list(missing)).abs().max() < 3
+    assert dn1.loc[dn1["method"] == "propeller", "estimate"].notna().all()
+    assert any("DN1 within B (glmm): all or none of the cells in non_responder at month 6" in w
+               for w in result.warnings)  # fmt: skip
