@@ -111,18 +111,23 @@ if [ ! -s "$MUNGE_KEY" ]; then
         dd if=/dev/urandom of="$MUNGE_KEY" bs=1 count=1024 status=none
     fi
 fi
-# munged runs as root here, so root owns its key and directories.
-chown root:root "$MUNGE_KEY"
-chmod 0400 "$MUNGE_KEY"
+# munged runs as the package's "munge" user (as the Debian service does), root otherwise.
+MUNGE_USER=munge
+id -u "$MUNGE_USER" >/dev/null 2>&1 || MUNGE_USER=root
 mkdir -p /run/munge /var/lib/munge /var/log/munge
-chown root:root /run/munge /var/lib/munge /var/log/munge /etc/munge
+chown -R "$MUNGE_USER:" /etc/munge /run/munge /var/lib/munge /var/log/munge
+chmod 0400 "$MUNGE_KEY"
+chmod 0700 /etc/munge /var/lib/munge /var/log/munge
 chmod 0755 /run/munge
-chmod 0700 /var/lib/munge /var/log/munge /etc/munge
 
 t_daemons=$SECONDS
 if ! running "$MUNGE_PID" munged; then
     log "starting munged"
-    munged --force || fail "munged did not start"
+    if [ "$MUNGE_USER" = root ]; then
+        munged --force || fail "munged did not start"
+    else
+        runuser -u "$MUNGE_USER" -- munged || fail "munged did not start"
+    fi
 fi
 wait_for 15 "munge to answer" bash -c 'munge -n | unmunge'
 

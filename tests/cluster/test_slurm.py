@@ -67,7 +67,7 @@ def slurm() -> Iterator[None]:
     """A running single-node SLURM (partition 'debug'), stopped after the module."""
     start = time.perf_counter()
     try:
-        proc = _run_script("setup.sh", timeout=900)
+        proc = _run_script("setup.sh", timeout=480)  # under pytest-timeout (600 s)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"setup.sh timed out:\n{exc.stdout!r}\n{exc.stderr!r}", pytrace=False)
     if proc.returncode != 0:
