@@ -87,7 +87,7 @@ if [ -f "$SLURM_CONF" ] && ! grep -qF "$MARKER" "$SLURM_CONF"; then
     fail "$SLURM_CONF exists and was not written by this script; refusing to overwrite it" \
         "(set SLURM_CONF to another path)"
 fi
-cpus=$(nproc)
+cpus=$(nproc --all)
 mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
 real_mem=$((mem_mb * 95 / 100))  # slurmd drains the node if RealMemory exceeds what it sees
 mkdir -p "$(dirname "$SLURM_CONF")" "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd" "$LOG_DIR"
