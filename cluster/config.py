@@ -12,7 +12,8 @@ class _Frozen(BaseModel):
 
 
 class JobqueueConfig(_Frozen):
-    """Workers as batch jobs through dask-jobqueue (profiles ``slurm`` and ``pbs``)."""
+    """Workers as batch jobs through dask-jobqueue (profiles ``slurm``, ``pbs``, ``sge``,
+    ``lsf``). ``account`` is the job's account (SLURM, PBS) or project (SGE, LSF)."""
 
     queue: str | None = None
     account: str | None = None
@@ -43,10 +44,12 @@ class ClusterConfig(_Frozen):
 
     ``local`` (default) starts a LocalCluster sized from this machine unless ``n_workers``,
     ``threads_per_worker`` or ``memory_limit`` say otherwise; ``address`` connects to a
-    running scheduler; ``slurm`` and ``pbs`` start workers as batch jobs (``jobqueue``).
+    running scheduler; ``slurm``, ``pbs``, ``sge`` and ``lsf`` start workers as batch jobs
+    (``jobqueue``; the scheduler then listens on ``jobqueue.interface`` or all interfaces so
+    that the jobs reach it, while the dashboard stays on ``dashboard_address``).
     """
 
-    profile: Literal["local", "address", "slurm", "pbs"] = "local"
+    profile: Literal["local", "address", "slurm", "pbs", "sge", "lsf"] = "local"
     n_workers: int | None = Field(None, ge=1)
     threads_per_worker: int | None = Field(None, ge=1)
     memory_limit: str | None = Field(None, description="per worker, e.g. '4GiB'; default auto")

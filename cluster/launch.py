@@ -29,11 +29,18 @@ def local_cluster_size(cfg: ClusterConfig) -> dict[str, Any]:
     return {"n_workers": workers, "threads_per_worker": threads, "memory_limit": memory}
 
 
-def _jobqueue_cluster(cfg: ClusterConfig) -> Any:
+JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
+                     "lsf": "LSFCluster"}  # fmt: skip
+
+
+def jobqueue_cluster(cfg: ClusterConfig, *, scale: bool = True) -> Any:
+    """The dask-jobqueue cluster of a ``slurm``/``pbs``/``sge``/``lsf`` profile, with
+    adaptive scaling between ``min_jobs`` and ``max_jobs`` (``scale=False``: none, e.g. to
+    look at ``job_script()``)."""
     import dask_jobqueue
 
     jq = cfg.jobqueue
-    cls = {"slurm": dask_jobqueue.SLURMCluster, "pbs": dask_jobqueue.PBSCluster}[cfg.profile]
+    cls = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[cfg.profile])
     kwargs: dict[str, Any] = {
         "cores": jq.cores,
         "memory": jq.memory,
@@ -43,13 +50,26 @@ def _jobqueue_cluster(cfg: ClusterConfig) -> Any:
         "job_extra_directives": list(jq.job_extra_directives),
         "scheduler_options": {"dashboard_address": cfg.dashboard_address},
     }
-    for key in ("queue", "account", "local_directory", "log_directory", "interface"):
+    for key in ("queue", "local_directory", "log_directory", "interface"):
         value = getattr(jq, key)
         if value is not None:
             kwargs[key] = value
+    if jq.account is not None:
+        kwargs["account" if cfg.profile in ("slurm", "pbs") else "project"] = jq.account
     cluster = cls(**kwargs)
-    cluster.adapt(minimum_jobs=jq.min_jobs, maximum_jobs=jq.max_jobs)
+    if scale:
+        cluster.adapt(minimum_jobs=jq.min_jobs, maximum_jobs=jq.max_jobs)
     return cluster
+
+
+def dashboard_link(client: Client, cfg: ClusterConfig) -> str:
+    """The dashboard's address as reachable: the host it was bound to (127.0.0.1 by
+    default; on HPC open it through an SSH tunnel), not the interface the jobs use."""
+    host = cfg.dashboard_address.rsplit(":", 1)[0]
+    port = client.scheduler_info().get("services", {}).get("dashboard")
+    if cfg.profile == "address" or port is None or host in ("", "0.0.0.0"):
+        return client.dashboard_link
+    return f"http://{host}:{port}/status"
 
 
 @contextmanager
@@ -67,11 +87,12 @@ def start_client(cfg: ClusterConfig, *, quiet: bool = False) -> Iterator[Client]
         )
         client = Client(cluster)
     else:
-        cluster = _jobqueue_cluster(cfg)
+        cluster = jobqueue_cluster(cfg)
         client = Client(cluster)
     if not quiet:
         print(
-            f"Dask cluster ({cfg.profile}): dashboard at {client.dashboard_link}", file=sys.stderr
+            f"Dask cluster ({cfg.profile}): dashboard at {dashboard_link(client, cfg)}",
+            file=sys.stderr,
         )
     try:
         yield client

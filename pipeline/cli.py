@@ -78,7 +78,7 @@ def _resolve_run_config(args: argparse.Namespace) -> RunConfig:
     return cfg.model_copy(update=updates) if updates else cfg
 
 
-def _run_ingest(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> None:
+def _run_ingest(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> str:
     from .ingest import ingest_samples
 
     result = ingest_samples(
@@ -89,21 +89,20 @@ def _run_ingest(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> None:
         samplesheet=cfg.samplesheet,
     )
     dropped = f"; genes dropped per sample: {result.dropped_genes}" if result.dropped_genes else ""
-    print(
+    return (
         f"ingest: {result.n_samples} samples ({result.n_written} written, {result.n_unchanged} "
         f"unchanged), {result.n_cells:,} cells x {result.n_genes:,} genes in "
         f"{result.seconds:.1f} s{dropped}"
     )
 
 
-def _run_later_stage(stage: str) -> Callable[[RunConfig, Client, list[SampleRow]], None]:
-    def run(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> None:
+def _run_later_stage(stage: str) -> Callable[[RunConfig, Client, list[SampleRow]], str]:
+    def run(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> str:
         from . import runner
 
         if runner.is_current(cfg, stage):
-            print(f"{stage}: unchanged inputs and parameters, skipped")
-            return
-        print(getattr(runner, f"run_{stage}")(cfg, client))
+            return f"{stage}: unchanged inputs and parameters, skipped"
+        return str(getattr(runner, f"run_{stage}")(cfg, client))
 
     return run
 
@@ -119,10 +118,30 @@ STAGE_RUNNERS = {
 }
 
 
+def _name_corrupt_samples(cfg: RunConfig, stage: str, exc: Exception) -> None:
+    """After an unexpected failure of a stage that reads sample stores, check them against
+    their manifests and, when some are damaged, fail with their names instead."""
+    if stage == "ingest":
+        return
+    from .validate import sample_store_problems
+
+    damaged = sample_store_problems(cfg.workdir)
+    if damaged:
+        names = ", ".join(damaged)
+        detail = "; ".join(p for problems in damaged.values() for p in problems[:2])
+        msg = (
+            f"stage {stage} failed ({type(exc).__name__}) and the store of sample(s) {names} "
+            f"is damaged: {detail}. Delete those stores (or run ingest again with their "
+            "inputs) and re-run; the other samples and completed stages are kept."
+        )
+        raise ImmunoprofileError(msg) from exc
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from cluster.launch import start_client
 
     from .ingest import read_samplesheet
+    from .stagelog import stage_log
 
     cfg = _resolve_run_config(args)
     if cfg.samplesheet is None:
@@ -138,7 +157,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         rows = read_samplesheet(cfg.samplesheet)
         with start_client(cfg.cluster) as client:
             for stage in runnable:
-                STAGE_RUNNERS[stage](cfg, client, rows)
+                try:
+                    with stage_log(Path(cfg.workdir), stage, client) as record:
+                        record["message"] = STAGE_RUNNERS[stage](cfg, client, rows)
+                except ImmunoprofileError:
+                    raise
+                except Exception as exc:  # e.g. a decoding error or KilledWorker
+                    _name_corrupt_samples(cfg, stage, exc)
+                    raise
+                print(record["message"], flush=True)
     missing = [s for s in wanted if s not in IMPLEMENTED_STAGES]
     if missing:
         done = ", ".join(runnable) or "none"

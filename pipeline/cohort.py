@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 import zarr
 
-from .errors import ImmunoprofileError
+from .errors import ImmunoprofileError, StoreError
 from .ingest import STAGE_RECORD, sample_store_path
 
 
@@ -35,9 +35,16 @@ def _cohort_columns(group: zarr.Group, path: Path, genes: pd.Index | None) -> np
 def read_sample_counts(path: Path, genes: pd.Index | None) -> sp.csr_matrix:
     """One sample's raw counts, whole, as CSR over the cohort's ``genes`` (a task's read;
     ``genes`` None when the store's genes are the cohort's, see `sample_genes`)."""
-    group = zarr.open_group(str(path), mode="r")
-    cols = _cohort_columns(group, path, genes)
-    x = sp.csr_matrix(ad.io.read_elem(group["X"]))
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        cols = _cohort_columns(group, path, genes)
+        x = sp.csr_matrix(ad.io.read_elem(group["X"]))
+    except ImmunoprofileError:
+        raise
+    except Exception as exc:  # a damaged or missing chunk: name the sample's store
+        msg = (f"sample store {path} could not be read ({type(exc).__name__}: {exc}); "
+               "`immunoprofile validate WORKDIR` checks every store")  # fmt: skip
+        raise StoreError(msg) from exc
     return x if cols is None else x[:, cols]
 
 

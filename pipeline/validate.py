@@ -46,3 +46,19 @@ def validate_workdir(workdir: str | Path) -> ValidationReport:
         msg = f"{len(problems)} problem(s) in {workdir}: " + "; ".join(problems)
         raise StoreError(msg, problems=problems)
     return ValidationReport(n_stores=len(stores), problems=[])
+
+
+def sample_store_problems(workdir: str | Path) -> dict[str, list[str]]:
+    """Sample id -> what is wrong with its store (missing, or not what its manifest
+    says), for every sample of the ingest record; empty when all are intact."""
+    workdir = Path(workdir)
+    record_path = workdir / STAGE_RECORD
+    if not record_path.exists():
+        return {}
+    out: dict[str, list[str]] = {}
+    for sample_id in json.loads(record_path.read_text())["samples"]:
+        store = sample_store_path(workdir, sample_id)
+        problems = [f"{store}: store is missing"] if not store.exists() else validate_store(store)
+        if problems:
+            out[sample_id] = problems
+    return out

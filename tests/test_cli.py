@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from pipeline.abundance import fit_abundance_models
 from pipeline.cli import EXIT_NOT_IMPLEMENTED, main
 from pipeline.simulate import SimulationResult
+from pipeline.store import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 IMMUNOPROFILE = str(Path(sys.executable).with_name("immunoprofile"))
@@ -22,6 +24,12 @@ COMMANDS = ["simulate", "run", "add-batch", "validate", "power"]
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def cohort_cells(workdir: Path) -> int:
+    manifest = read_manifest(workdir / "cohort.zarr")
+    assert manifest is not None
+    return int(manifest["n_obs"])
 
 
 def _abundance_matches_truth(workdir: Path, cohort: SimulationResult) -> None:
@@ -91,6 +99,14 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert "annotate: " in captured.out and "B cells" in captured.out
     assert "abundance: 18 samples" in captured.out
     _abundance_matches_truth(workdir, small_cohort)
+    log = [
+        json.loads(line) for line in (workdir / "logs" / "stages.jsonl").read_text().splitlines()
+    ]
+    assert [e["stage"] for e in log] == ["ingest", "ingest", "qc", "preprocess", "integrate",
+                                         "graph", "annotate", "abundance"]  # fmt: skip
+    assert [e["status"] for e in log[2:]] == ["done"] * 6 and log[-1]["cells"] == cohort_cells(
+        workdir
+    )
     assert "stopping before stage 'report'" in captured.err and "issue #10" in captured.err
     assert (
         "Stages done: ingest, qc, preprocess, integrate, graph, annotate, abundance" in captured.err

@@ -8,19 +8,28 @@ slurm-wlm and munge with apt-get if needed; needs root) and stops it with
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anndata as ad
 import dask.array as da
+import numpy as np
+import pandas as pd
 import pytest
+from distributed import Client
 
 from cluster.config import ClusterConfig, JobqueueConfig
 from cluster.launch import start_client
+from pipeline.config import RunConfig, parse_config
+from pipeline.simulate import SimulationResult
 
-SLURM_CI = Path(__file__).resolve().parents[2] / ".ci" / "slurm"
+ROOT = Path(__file__).resolve().parents[2]
+SLURM_CI = ROOT / ".ci" / "slurm"
 WORKER_TIMEOUT = 120  # seconds for both worker jobs to start and connect
 
 
@@ -130,3 +139,106 @@ def test_dask_workers_run_as_slurm_jobs(slurm: None, tmp_path: Path) -> None:
     while _squeue("%i") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _squeue("%i", "%j", "%T") == []
+
+
+def test_pipeline_with_slurm_workers_equals_the_local_run(
+    slurm: None, tmp_path: Path, strong_batch_run: RunConfig, strong_batch_cohort: ad.AnnData
+) -> None:
+    """The same config and inputs through QC and PCA with the workers as SLURM jobs: the
+    results equal the LocalCluster run's (`strong_batch_run`) bit for bit. (Harmony, the
+    graph and UMAP run in the driver on these per-cell results.)"""
+    from pipeline import runner
+    from pipeline.ingest import ingest_samples, read_samplesheet
+
+    assert strong_batch_run.samplesheet is not None
+    cluster = ClusterConfig(
+        profile="slurm",
+        jobqueue=JobqueueConfig(queue="debug", cores=1, memory="3GiB", processes=1,
+                                walltime="00:30:00", min_jobs=2, max_jobs=2,
+                                local_directory=str(tmp_path / "worker-space"),
+                                log_directory=str(tmp_path / "logs")),
+    )  # fmt: skip
+    cfg = strong_batch_run.model_copy(update={"workdir": tmp_path / "work", "cluster": cluster})
+    with start_client(cfg.cluster, quiet=True) as client:
+        client.wait_for_workers(2, timeout=WORKER_TIMEOUT)
+        assert len(_squeue("%i")) == 2
+        ingest_samples(read_samplesheet(cfg.samplesheet), workdir=cfg.workdir, client=client)
+        for stage in ("qc", "preprocess"):
+            getattr(runner, f"run_{stage}")(cfg, client)
+    got = ad.read_zarr(Path(cfg.workdir) / "cohort.zarr")
+    want = strong_batch_cohort
+    qc_columns = [c for c in got.obs.columns if not c.startswith(("leiden_", "lineage"))]
+    pd.testing.assert_frame_equal(got.obs[qc_columns], want.obs[qc_columns])
+    np.testing.assert_array_equal(got.obsm["X_pca"], want.obsm["X_pca"])
+    np.testing.assert_array_equal(got.varm["PCs"], want.varm["PCs"])
+
+
+@pytest.mark.slow
+def test_whole_run_submitted_as_one_slurm_job(
+    slurm: None, tmp_path: Path, small_cohort: SimulationResult
+) -> None:
+    """Batch mode: `sbatch cluster/immunoprofile.sbatch CONFIG` runs the driver as a job,
+    which starts its workers as further jobs (1 CPU each on this 2-CPU node)."""
+    config = tmp_path / "slurm.yaml"
+    config.write_text(
+        f"workdir: {tmp_path / 'work'}\n"
+        f"samplesheet: {small_cohort.samplesheet}\n"
+        "cluster:\n  profile: slurm\n  jobqueue:\n    queue: debug\n    cores: 1\n"
+        "    memory: 2GiB\n    walltime: '00:30:00'\n    min_jobs: 1\n    max_jobs: 1\n"
+        f"    log_directory: {tmp_path / 'logs'}\n"
+    )
+    env = {**os.environ, "IMMUNOPROFILE_VENV": str(Path(sys.executable).parents[1])}
+    proc = subprocess.run(
+        ["sbatch", "--wait", "--cpus-per-task=1", "--mem=3G", f"--chdir={tmp_path}",
+         f"--output={tmp_path}/driver-%j.log", str(ROOT / "cluster" / "immunoprofile.sbatch"),
+         str(config), "--until", "qc"],
+        capture_output=True, text=True, timeout=400, env=env, check=False,
+    )  # fmt: skip
+    logs = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("driver-*.log"))
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}\n{_logs(tmp_path / 'logs')}"
+    assert "immunoprofile driver: job" in logs and "Dask cluster (slurm)" in logs
+    assert "qc: " in logs and "cells pass" in logs
+    assert (tmp_path / "work" / "cohort.zarr").exists()
+    assert list((tmp_path / "logs").glob("dask-worker-*.err")), "no worker job ran"
+
+
+def _cancel_one_job_when_busy(client: Client, done: threading.Event, cancelled: list[str]) -> None:
+    while not done.is_set():
+        if any(client.processing().values()):
+            job = _squeue("%i")[0][0]
+            subprocess.run(["scancel", job], check=True, timeout=30)
+            cancelled.append(job)
+            return
+        time.sleep(0.02)
+
+
+def test_cancelled_worker_job_mid_stage_the_run_completes(
+    slurm: None, tmp_path: Path, ingested: Path, client: Client
+) -> None:
+    """`scancel` of one worker job while QC tasks run: the stage completes on the other
+    worker (adaptive scaling starts a new job), with the local run's results."""
+    from pipeline import runner
+
+    local, remote = tmp_path / "local", tmp_path / "slurm"
+    shutil.copytree(ingested, local)
+    shutil.copytree(ingested, remote)
+    runner.run_qc(parse_config({"workdir": str(local)}), client)
+    cluster = ClusterConfig(
+        profile="slurm",
+        jobqueue=JobqueueConfig(queue="debug", cores=1, memory="2GiB", processes=1,
+                                walltime="00:30:00", min_jobs=2, max_jobs=2,
+                                log_directory=str(tmp_path / "logs")),
+    )  # fmt: skip
+    with start_client(cluster, quiet=True) as slurm_client:
+        slurm_client.wait_for_workers(2, timeout=WORKER_TIMEOUT)
+        done, cancelled = threading.Event(), []
+        canceller = threading.Thread(target=_cancel_one_job_when_busy,
+                                     args=(slurm_client, done, cancelled))  # fmt: skip
+        canceller.start()
+        runner.run_qc(parse_config({"workdir": str(remote)}), slurm_client)
+        done.set()
+        canceller.join()
+        assert cancelled, "no job was cancelled while QC ran"
+        assert cancelled[0] not in [row[0] for row in _squeue("%i")]
+    got, want = ad.read_zarr(remote / "cohort.zarr"), ad.read_zarr(local / "cohort.zarr")
+    pd.testing.assert_frame_equal(got.obs, want.obs)
