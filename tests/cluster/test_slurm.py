@@ -142,11 +142,16 @@ def test_dask_workers_run_as_slurm_jobs(slurm: None, tmp_path: Path) -> None:
 
 
 def test_pipeline_with_slurm_workers_equals_the_local_run(
-    slurm: None, tmp_path: Path, strong_batch_run: RunConfig, strong_batch_cohort: ad.AnnData
+    slurm: None,
+    tmp_path: Path,
+    strong_batch_run: RunConfig,
+    strong_batch_cohort: ad.AnnData,
+    client: Client,
 ) -> None:
-    """The same config and inputs through QC and PCA with the workers as SLURM jobs: the
-    results equal the LocalCluster run's (`strong_batch_run`) bit for bit. (Harmony, the
-    graph and UMAP run in the driver on these per-cell results.)"""
+    """The stages whose tasks run on the workers, with the workers as SLURM jobs: ingest,
+    QC and PCA from the same inputs and config, then annotation of the local run's graph,
+    equal the LocalCluster run's results bit for bit (`strong_batch_run`; Harmony, the
+    graph and UMAP run in the driver on these per-cell results)."""
     from pipeline import runner
     from pipeline.ingest import ingest_samples, read_samplesheet
 
@@ -159,12 +164,21 @@ def test_pipeline_with_slurm_workers_equals_the_local_run(
                                 log_directory=str(tmp_path / "logs")),
     )  # fmt: skip
     cfg = strong_batch_run.model_copy(update={"workdir": tmp_path / "work", "cluster": cluster})
-    with start_client(cfg.cluster, quiet=True) as client:
-        client.wait_for_workers(2, timeout=WORKER_TIMEOUT)
+    with start_client(cfg.cluster, quiet=True) as slurm_client:
+        slurm_client.wait_for_workers(2, timeout=WORKER_TIMEOUT)
         assert len(_squeue("%i")) == 2
-        ingest_samples(read_samplesheet(cfg.samplesheet), workdir=cfg.workdir, client=client)
+        ingest_samples(read_samplesheet(cfg.samplesheet), workdir=cfg.workdir, client=slurm_client)
         for stage in ("qc", "preprocess"):
-            getattr(runner, f"run_{stage}")(cfg, client)
+            getattr(runner, f"run_{stage}")(cfg, slurm_client)
+        annotated = {}
+        for name in ("slurm", "local"):
+            workdir = tmp_path / f"annotate_{name}"
+            shutil.copytree(strong_batch_run.workdir, workdir)
+            annotate_cfg = strong_batch_run.model_copy(update={"workdir": workdir})
+            runner.run_annotate(annotate_cfg, slurm_client if name == "slurm" else client)
+            annotated[name] = ad.read_zarr(workdir / "cohort.zarr").obs
+    labels = ["lineage", "lineage_confidence", "b_subset", "b_subset_confidence"]
+    pd.testing.assert_frame_equal(annotated["slurm"][labels], annotated["local"][labels])
     got = ad.read_zarr(Path(cfg.workdir) / "cohort.zarr")
     want = strong_batch_cohort
     qc_columns = [c for c in got.obs.columns if not c.startswith(("leiden_", "lineage"))]
@@ -212,6 +226,7 @@ def _cancel_one_job_when_busy(client: Client, done: threading.Event, cancelled: 
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_cancelled_worker_job_mid_stage_the_run_completes(
     slurm: None, tmp_path: Path, ingested: Path, client: Client
 ) -> None:

@@ -82,6 +82,7 @@ def test_model_dir_is_replaced_whole(scvi_result: ScviResult) -> None:
     assert not model_dir.with_name(f".{model_dir.name}.tmp").exists()
 
 
+@pytest.mark.slow
 def test_run_with_both_methods_writes_both_and_the_graph_can_use_scvi(
     strong_batch_run: RunConfig, client: Client, tmp_path: Path
 ) -> None:
