@@ -127,7 +127,19 @@ def done_stages(cfg: RunConfig) -> dict[str, str]:
     return done
 
 
+# Files a stage writes into the workdir besides cohort.zarr: when one is gone, the stage
+# counts as not done and runs again (re-creating it).
+STAGE_FILES: dict[str, list[str]] = {
+    "qc": ["qc/summary.csv"],
+    "annotate": ["annotate/markers_used.yaml"],
+}
+
+
 def is_current(cfg: RunConfig, stage: str) -> bool:
+    """The stage's recorded digest equals the one computed now and its files exist."""
+    files = [Path(cfg.workdir) / f for f in STAGE_FILES.get(stage, [])]
+    if not all(f.exists() for f in files):
+        return False
     return done_stages(cfg).get(stage) == stage_digests(cfg)[stage]
 
 

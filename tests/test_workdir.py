@@ -46,3 +46,23 @@ def test_an_edited_marker_file_reruns_annotate(tmp_path: Path) -> None:
     markers.write_text(text.replace("version: 1", "version: 2"))
     edited = _digests(tmp_path, annotate={"markers": str(markers)})
     assert [s for s in base if base[s] != edited[s]] == ["annotate", "abundance"]
+
+
+def test_a_stage_whose_files_were_deleted_runs_again(tmp_path: Path) -> None:
+    import anndata as ad
+    import pandas as pd
+
+    cfg = parse_config({"workdir": str(tmp_path)})
+    (tmp_path / STAGE_RECORD).write_text('{"samples": []}')
+    obs = pd.DataFrame({"sample_id": ["a", "b"]}, index=["0", "1"])
+    workdir.write_cohort(cfg, ad.AnnData(obs=obs), ["ingest", "qc", "preprocess", "integrate",
+                                                    "graph", "annotate"])  # fmt: skip
+    assert workdir.is_current(cfg, "preprocess")
+    assert not workdir.is_current(cfg, "annotate")  # no annotate/markers_used.yaml
+    (tmp_path / "annotate").mkdir()
+    (tmp_path / "annotate" / "markers_used.yaml").write_text("version: 1\n")
+    (tmp_path / "qc").mkdir()
+    (tmp_path / "qc" / "summary.csv").write_text("sample_id\n")
+    assert workdir.is_current(cfg, "annotate") and workdir.is_current(cfg, "qc")
+    (tmp_path / "qc" / "summary.csv").unlink()
+    assert not workdir.is_current(cfg, "qc")
