@@ -107,6 +107,13 @@ def _run_later_stage(stage: str) -> Callable[[RunConfig, Client, list[SampleRow]
     return run
 
 
+def _run_abundance(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> str:
+    from .runner_batch import remap_stale_batches
+
+    lines = remap_stale_batches(cfg, client)  # batches mapped onto an earlier analysis
+    return "\n".join([*lines, _run_later_stage("abundance")(cfg, client, rows)])
+
+
 STAGE_RUNNERS = {
     "ingest": _run_ingest,
     "qc": _run_later_stage("qc"),
@@ -114,7 +121,7 @@ STAGE_RUNNERS = {
     "integrate": _run_later_stage("integrate"),
     "graph": _run_later_stage("graph"),
     "annotate": _run_later_stage("annotate"),
-    "abundance": _run_later_stage("abundance"),
+    "abundance": _run_abundance,
 }
 
 
@@ -137,11 +144,26 @@ def _name_corrupt_samples(cfg: RunConfig, stage: str, exc: Exception) -> None:
         raise ImmunoprofileError(msg) from exc
 
 
+def run_stages(cfg: RunConfig, client: Client, rows: list[SampleRow], stages: list[str]) -> None:
+    """Run ``stages`` in order (each skipped when current), printing one line each."""
+    from .stagelog import stage_log
+
+    for stage in stages:
+        try:
+            with stage_log(Path(cfg.workdir), stage, client) as record:
+                record["message"] = STAGE_RUNNERS[stage](cfg, client, rows)
+        except ImmunoprofileError:
+            raise
+        except Exception as exc:  # e.g. a decoding error or KilledWorker
+            _name_corrupt_samples(cfg, stage, exc)
+            raise
+        print(record["message"], flush=True)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from cluster.launch import start_client
 
     from .ingest import read_samplesheet
-    from .stagelog import stage_log
 
     cfg = _resolve_run_config(args)
     if cfg.samplesheet is None:
@@ -156,16 +178,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # the samplesheet is checked before any cluster starts: bad input fails fast
         rows = read_samplesheet(cfg.samplesheet)
         with start_client(cfg.cluster) as client:
-            for stage in runnable:
-                try:
-                    with stage_log(Path(cfg.workdir), stage, client) as record:
-                        record["message"] = STAGE_RUNNERS[stage](cfg, client, rows)
-                except ImmunoprofileError:
-                    raise
-                except Exception as exc:  # e.g. a decoding error or KilledWorker
-                    _name_corrupt_samples(cfg, stage, exc)
-                    raise
-                print(record["message"], flush=True)
+            run_stages(cfg, client, rows, runnable)
     missing = [s for s in wanted if s not in IMPLEMENTED_STAGES]
     if missing:
         done = ", ".join(runnable) or "none"
@@ -179,12 +192,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_add_batch(args: argparse.Namespace) -> int:
-    load_config(args.config)
-    msg = (
-        f"add-batch is not implemented in immunoprofile {__version__} yet (issue #9); "
-        f"{args.samplesheet} was not read and nothing was written"
-    )
-    raise NotImplementedStageError(msg)
+    from cluster.launch import start_client
+
+    from .ingest import read_samplesheet
+    from .runner_batch import add_batch, refit_samplesheet
+
+    cfg = load_config(args.config)
+    if args.workdir is not None:
+        cfg = cfg.model_copy(update={"workdir": Path(args.workdir)})
+    read_samplesheet(args.samplesheet)  # bad input fails before any cluster starts
+    if args.refit:
+        sheet = refit_samplesheet(cfg, Path(args.samplesheet))
+        cfg = cfg.model_copy(update={"samplesheet": sheet})
+        rows = read_samplesheet(sheet)
+        print(
+            f"add-batch --refit: the cohort with every batch and the new samples: {sheet} "
+            "(use it as the samplesheet of later runs)",
+            flush=True,
+        )
+        with start_client(cfg.cluster) as client:
+            run_stages(cfg, client, rows, list(IMPLEMENTED_STAGES))
+        return 0
+    with start_client(cfg.cluster) as client:
+        print(add_batch(cfg, Path(args.samplesheet), client, name=args.name), flush=True)
+    return 0
 
 
 def _cmd_power(args: argparse.Namespace) -> int:
@@ -260,10 +291,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "add-batch",
         help="add new samples to an analysed workdir",
-        description="Map a new batch of samples into an existing cohort without recomputing it.",
+        description=(
+            "Map a new batch of samples into an analysed cohort without recomputing it: "
+            "ingest them, apply the cohort's QC rules, project them onto its PCs and Harmony "
+            "clusters, place them among its cells (graph, clusters, UMAP), label them with its "
+            "fitted models, re-fit the abundance models and write what changed to "
+            "WORKDIR/batches/NAME/changes.md. Nothing of the cohort is rewritten; running it "
+            "again is a no-op."
+        ),
     )
     p.add_argument("config", help="YAML run config of the existing cohort")
     p.add_argument("samplesheet", help="samplesheet of the new samples")
+    p.add_argument("--workdir", help="override the config's workdir")
+    p.add_argument("--name", help="the batch's name (default: the samplesheet's file name)")
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="instead of mapping, re-run every stage on the cohort, its batches and the new "
+        "samples together (writes WORKDIR/samplesheet_refit.csv)",
+    )
     p.set_defaults(func=_cmd_add_batch)
 
     p = sub.add_parser(

@@ -63,13 +63,17 @@ def _lazy_sample(
     return x, obs
 
 
-def open_cohort(workdir: str | Path, *, chunk_cells: int = 10_000) -> ad.AnnData:
+def open_cohort(
+    workdir: str | Path, *, chunk_cells: int = 10_000, samples: list[str] | None = None
+) -> ad.AnnData:
     """Open every ingested sample as one AnnData without copying any counts.
 
     ``X`` is a Dask array of CSR chunks (at most ``chunk_cells`` cells each, all genes),
     read lazily from ``samples/<sample_id>.zarr`` in samplesheet order; ``obs`` holds all
     cells' metadata (index ``<sample_id>:<barcode>``); ``var`` the cohort's genes (gene IDs
     as index, ``gene_symbols`` column), the intersection when ingest used that policy.
+    ``samples`` (e.g. a batch's, see `pipeline.batches`) opens those stores instead, over
+    the same genes.
     """
     workdir = Path(workdir)
     try:
@@ -78,10 +82,10 @@ def open_cohort(workdir: str | Path, *, chunk_cells: int = 10_000) -> ad.AnnData
         msg = f"{workdir} has no {STAGE_RECORD}: run the ingest stage first"
         raise ImmunoprofileError(msg) from None
     genes = pd.Index(record["genes"])
-    per_sample = None if record.get("uniform_genes") else genes
+    per_sample = None if record.get("uniform_genes") and samples is None else genes
     parts = [
         _lazy_sample(sample_store_path(workdir, s), per_sample, chunk_cells)
-        for s in record["samples"]
+        for s in (record["samples"] if samples is None else samples)
     ]
     x = da.concatenate([p[0] for p in parts], axis=0)
     obs = pd.concat([p[1] for p in parts])

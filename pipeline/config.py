@@ -17,6 +17,7 @@ from cluster.config import ClusterConfig
 
 from .config_analysis import (
     AbundanceConfig,
+    AddBatchConfig,
     AnnotateConfig,
     PowerConfig,
 )
@@ -301,6 +302,7 @@ class RunConfig(_Frozen):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     abundance: AbundanceConfig = Field(default_factory=AbundanceConfig)
     power: PowerConfig = Field(default_factory=PowerConfig)
+    add_batch: AddBatchConfig = Field(default_factory=AddBatchConfig)
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -135,3 +135,17 @@ class PowerConfig(FrozenModel):
             msg = f"lineage {self.cell_type!r} is tested within PBMC; set power.denominator: PBMC"
             raise ValueError(msg)
         return self
+
+
+class AddBatchConfig(FrozenModel):
+    """``immunoprofile add-batch``: mapping new samples into an analysed cohort."""
+
+    poor_mapping_ratio: float = Field(
+        1.5,
+        gt=1,
+        description="a new sample maps poorly when its cells' median distance to their "
+        "nearest reference cells exceeds this multiple of the reference cells' own",
+    )
+    scvi_query_epochs: int = Field(
+        50, ge=1, description="epochs training only the new batches' scVI weights (scArches)"
+    )

@@ -21,7 +21,7 @@ from .graph import build_graph
 from .ingest import sample_store_path
 from .integrate import integrate_cohort, scvi_cohort
 from .preprocess import Moments, preprocess_cohort
-from .qc import QCRules, compute_qc
+from .qc import QCResult, QCRules, compute_qc
 from .runner_abundance import run_abundance
 from .runner_annotate import run_annotate
 from .workdir import (
@@ -55,18 +55,20 @@ __all__ = [
 ]
 
 
-def run_qc(cfg: RunConfig, client: Client) -> str:
+def qc_cells(
+    cfg: RunConfig, client: Client, cells: ad.AnnData, *, seed_offset: int = 0
+) -> QCResult:
+    """The qc stage's rules on the cells of a lazily opened view (`open_cohort`)."""
     workdir = Path(cfg.workdir)
-    cohort = open_cohort(workdir, chunk_cells=cfg.ingest.chunk_cells)
-    stores = {s: sample_store_path(workdir, s) for s in cohort.obs["sample_id"].cat.categories}
+    stores = {s: sample_store_path(workdir, s) for s in cells.obs["sample_id"].cat.categories}
     q = cfg.qc
     rules = QCRules(
         nmads=q.nmads, nmads_mt=q.nmads_mt, min_counts=q.min_counts, max_counts=q.max_counts,
         min_genes=q.min_genes, max_genes=q.max_genes, max_pct_mt=q.max_pct_mt,
     )  # fmt: skip
-    result = compute_qc(
-        cohort.obs,
-        cohort.var,
+    return compute_qc(
+        cells.obs,
+        cells.var,
         client=client,
         stores=stores,
         rules=rules,
@@ -74,9 +76,16 @@ def run_qc(cfg: RunConfig, client: Client) -> str:
         expected_doublet_rate=q.expected_doublet_rate,
         doublet_mean_center=q.doublet_mean_center,
         doublet_sim_scored_fraction=q.doublet_sim_scored_fraction,
-        seed=q.seed,
-        uniform_genes=bool(cohort.uns["uniform_genes"]),
+        seed=q.seed + seed_offset,
+        uniform_genes=bool(cells.uns["uniform_genes"]),
     )
+
+
+def run_qc(cfg: RunConfig, client: Client) -> str:
+    workdir = Path(cfg.workdir)
+    cohort = open_cohort(workdir, chunk_cells=cfg.ingest.chunk_cells)
+    q = cfg.qc
+    result = qc_cells(cfg, client, cohort)
     obs = cohort.obs.join(result.obs)
     out = ad.AnnData(obs=obs, var=cohort.var.copy())
     samples = list(result.moments)

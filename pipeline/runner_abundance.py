@@ -13,10 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import anndata as ad
 import numpy as np
 import pandas as pd
-import zarr
 from distributed import Client
 
 from . import __version__
@@ -30,29 +28,21 @@ from .abundance import (
     forest_grid,
     trajectory_plot,
 )
+from .batches import cohort_obs
 from .config import RunConfig
 from .errors import ImmunoprofileError
 from .store import atomic_path
-from .workdir import ABUNDANCE_DIR, ABUNDANCE_MANIFEST, COHORT_STORE, stage_digests
+from .workdir import ABUNDANCE_DIR, ABUNDANCE_MANIFEST, stage_digests
 
 OBS_COLUMNS = ("sample_id", "patient_id", "timepoint_months", "response", "batch", "qc_pass",
                "lineage", "b_subset")  # fmt: skip
 
 
 def read_labels(workdir: Path) -> pd.DataFrame:
-    """The obs columns the abundance table needs, read from cohort.zarr without the rest."""
-    path = workdir / COHORT_STORE
-    if not path.exists():
-        msg = f"{path} does not exist: run the stages up to annotate first"
-        raise ImmunoprofileError(msg)
-    group = zarr.open_group(str(path), mode="r")
-    obs = group["obs"]
-    assert isinstance(obs, zarr.Group)
-    missing = [c for c in OBS_COLUMNS if c not in obs]
-    if missing:
-        msg = f"{path} obs lacks {missing}: run the qc and annotate stages first"
-        raise ImmunoprofileError(msg)
-    return pd.DataFrame({c: ad.io.read_elem(obs[c]) for c in OBS_COLUMNS})
+    """The obs columns the abundance table needs, of cohort.zarr's cells and of every
+    batch added since (`pipeline.batches`), without reading the rest."""
+    needs = "run the stages up to annotate first"
+    return cohort_obs(workdir, OBS_COLUMNS, needs=needs).reset_index(drop=True)
 
 
 def _save(fig: Any, path: Path) -> None:

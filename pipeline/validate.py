@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import ImmunoprofileError, StoreError
 from .ingest import SAMPLES_DIR, STAGE_RECORD, sample_store_path
 from .store import validate_store
+from .workdir import BATCH_CELLS, BATCHES_DIR
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ def validate_workdir(workdir: str | Path) -> ValidationReport:
     cohort = workdir / "cohort.zarr"
     if cohort.exists():
         stores.append(cohort)
+    stores += sorted((workdir / BATCHES_DIR).glob(f"*/{BATCH_CELLS}"))
     for store in stores:
         problems += validate_store(store)
     if problems:

@@ -25,6 +25,8 @@ from .store import read_manifest, write_anndata_store
 COHORT_STORE = "cohort.zarr"
 ABUNDANCE_DIR = "abundance"  # its own folder and manifest: it adds nothing to cohort.zarr
 ABUNDANCE_MANIFEST = "manifest.json"
+BATCHES_DIR = "batches"  # add-batch: one folder per batch of new samples
+BATCH_CELLS = "cells.zarr"  # in a batch's folder: its cells' per-cell results
 MOMENT_SUM = "qc_counts_sum"  # varm: genes x samples, raw counts summed over kept cells
 MOMENT_SUMSQ = "qc_counts_sumsq"  # the same for squared counts
 
@@ -36,10 +38,12 @@ def _sha(obj: Any) -> str:
 # A stage's algorithm version: bump it when the stage's results change for the same
 # inputs and parameters (a new rule or method), so that workdirs computed before re-run
 # it and the stages after it. qc 2: the top-20 rule on non-immunoglobulin genes.
+# preprocess 2 and integrate 2: record what add-batch maps new cells with (the PCA
+# centre; Harmony's reference compression).
 STAGE_VERSIONS: dict[str, int] = {
     "qc": 2,
-    "preprocess": 1,
-    "integrate": 1,
+    "preprocess": 2,
+    "integrate": 2,
     "graph": 1,
     "annotate": 1,
     "abundance": 1,
@@ -60,7 +64,10 @@ def stage_digests(cfg: RunConfig) -> dict[str, str]:
         "integrate": cfg.integrate.model_dump(mode="json"),
         "graph": cfg.graph.model_dump(mode="json"),
         "annotate": _annotate_inputs(cfg),
-        "abundance": cfg.abundance.model_dump(mode="json"),
+        "abundance": {
+            "params": cfg.abundance.model_dump(mode="json"),
+            "batches": {k: v["digest"] for k, v in batch_layers(cfg.workdir).items()},
+        },
     }
     before = "ingest"
     for stage, values in params.items():
@@ -69,6 +76,17 @@ def stage_digests(cfg: RunConfig) -> dict[str, str]:
         )
         before = stage
     return digests
+
+
+def batch_layers(workdir: str | Path) -> dict[str, dict[str, Any]]:
+    """Name -> manifest of every complete batch added by add-batch, by name."""
+    folder = Path(workdir) / BATCHES_DIR
+    out = {}
+    for store in sorted(folder.glob(f"*/{BATCH_CELLS}")):
+        manifest = read_manifest(store)
+        if manifest is not None:
+            out[store.parent.name] = manifest
+    return out
 
 
 def _annotate_inputs(cfg: RunConfig) -> dict[str, Any]:

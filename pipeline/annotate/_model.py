@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from ..labels import UNASSIGNED
+
 RATE_FLOOR = 1e-3  # counts per 10,000 UMI
 PHI_BOUNDS = (1e-3, 10.0)  # NB overdispersion 1/theta
 
@@ -194,3 +196,29 @@ def label_probabilities(
     for j, label in enumerate(programs_labels):
         out[:, labels.index(label)] += prob[:, j]
     return out
+
+
+def call_labels(
+    prob: np.ndarray,
+    graph: sp.spmatrix | None,
+    weight: float,
+    *,
+    program_labels: tuple[str, ...],
+    vocabulary: tuple[str, ...],
+    supported: np.ndarray,
+    min_confidence: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels (object), their confidence and the chosen program of cells with program
+    posteriors ``prob``, after mixing with graph neighbours (``graph`` None: none).
+
+    A cell is ``unassigned`` when its label's probability is below ``min_confidence`` or
+    its program is not ``supported`` by its markers (see `marker_support`).
+    """
+    mixed = prob if graph is None else graph_consensus(prob, graph, weight)
+    best = mixed.argmax(axis=1)  # the most probable program
+    label_prob = label_probabilities(mixed, program_labels, vocabulary)
+    label_index = np.array([vocabulary.index(lab) for lab in program_labels])[best]
+    conf = label_prob[np.arange(len(best)), label_index]
+    called = np.array(program_labels, dtype=object)[best]
+    called[(conf < min_confidence) | ~supported[best]] = UNASSIGNED
+    return called, conf, best

@@ -28,14 +28,7 @@ from ..integrate import stratified_sample
 from ..labels import UNASSIGNED
 from ._dotplot import cohort_dotplot, dot_sums, dot_table
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
-from ._model import (
-    MarkerModel,
-    fit_marker_model,
-    graph_consensus,
-    label_probabilities,
-    marker_support,
-    posteriors,
-)
+from ._model import MarkerModel, call_labels, fit_marker_model, marker_support, posteriors
 
 SIZE_UNIT = 1e4  # library sizes in units of 10,000 counts (rates are per 10k)
 
@@ -262,18 +255,14 @@ def _call_level(
         marker=fmap.marker_matrix(usable),
         max_iter=settings.max_iter,
     )
-    vocabulary = tuple(LEVELS[level])
-    program_labels = tuple(p.label for p in usable)
     prob = scored(model)
     own_best = prob.argmax(axis=1)
-    mixed = prob if graph is None else graph_consensus(prob, graph, weight)
-    best = mixed.argmax(axis=1)  # the most probable program
-    label_prob = label_probabilities(mixed, program_labels, vocabulary)
-    label_index = np.array([vocabulary.index(lab) for lab in program_labels])[best]
-    conf = label_prob[np.arange(len(best)), label_index]
     supported = marker_support(model) >= settings.min_marker_support
-    called = np.array(program_labels, dtype=object)[best]
-    called[(conf < settings.min_confidence) | ~supported[best]] = UNASSIGNED
+    called, conf, best = call_labels(
+        prob, graph, weight,
+        program_labels=tuple(p.label for p in usable), vocabulary=tuple(LEVELS[level]),
+        supported=supported, min_confidence=settings.min_confidence,
+    )  # fmt: skip
     labels_out[rows] = called
     confidence[rows] = conf
     info.update(

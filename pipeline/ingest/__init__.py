@@ -1,7 +1,7 @@
 """Ingestion: samplesheet to validated, chunked AnnData-Zarr stores, one per sample."""
 
 from ._readers import Header, read_counts, read_header
-from ._sample import ingest_sample
+from ._sample import ingest_sample, store_is_current
 from ._samplesheet import REQUIRED_COLUMNS, SampleRow, read_samplesheet
 from ._stage import SAMPLES_DIR, STAGE_RECORD, IngestResult, ingest_samples, sample_store_path
 
@@ -18,4 +18,5 @@ __all__ = [
     "read_header",
     "read_samplesheet",
     "sample_store_path",
+    "store_is_current",
 ]

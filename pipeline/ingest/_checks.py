@@ -92,3 +92,30 @@ def compare_gene_sets(
             f"set ingest.gene_policy: intersect to keep the {len(cohort)} genes all samples share"
         )
     return cohort, {}, problems
+
+
+def reference_gene_problems(
+    genes: Sequence[str], reference: Sequence[str], *, policy: str
+) -> list[str]:
+    """New samples' (shared) genes against an analysed cohort's (add-batch).
+
+    The cohort's genes cannot change without re-processing it: every one of them must be
+    in the new samples. Genes the cohort lacks are a problem under policy 'error' and are
+    dropped under 'intersect' (the cohort's genes are read from the new stores).
+    """
+    have = set(genes)
+    lacks = [g for g in reference if g not in have]
+    extra = sorted(have - set(reference))
+    problems = []
+    if lacks:
+        problems.append(
+            f"they lack {len(lacks)} of the cohort's {len(reference)} genes (e.g. "
+            f"{_examples(lacks)}); the cohort's genes cannot change without re-processing "
+            "it: add the batch with --refit (and ingest.gene_policy: intersect)"
+        )
+    if extra and policy != "intersect":
+        problems.append(
+            f"they have {len(extra)} genes the cohort lacks (e.g. {_examples(extra)}); set "
+            "ingest.gene_policy: intersect to keep only the cohort's genes"
+        )
+    return problems

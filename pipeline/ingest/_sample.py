@@ -80,6 +80,24 @@ def _obs(row: SampleRow, barcodes: pd.Index) -> pd.DataFrame:
     return obs
 
 
+def _built_from(
+    manifest: dict[str, Any] | None, inputs: dict[str, str], params: dict[str, Any]
+) -> bool:
+    return (
+        manifest is not None
+        and manifest.get("inputs", {}).get("sha256") == inputs
+        and manifest.get("parameters_sha256") == _sha(params)
+    )
+
+
+def store_is_current(row: SampleRow, target: Path) -> bool:
+    """``target`` is a complete store built from exactly this row's input and metadata."""
+    existing = read_manifest(target) if target.exists() else None
+    return existing is not None and _built_from(
+        existing, hash_input(row.path), sample_parameters(row)
+    )
+
+
 def ingest_sample(row: SampleRow, *, target: Path) -> dict[str, Any]:
     """Build ``target`` from the sample's input unless it is complete and unchanged.
 
@@ -91,11 +109,7 @@ def ingest_sample(row: SampleRow, *, target: Path) -> dict[str, Any]:
     inputs = hash_input(row.path)
     params = sample_parameters(row)
     existing = read_manifest(target) if target.exists() else None
-    if (
-        existing is not None
-        and existing.get("inputs", {}).get("sha256") == inputs
-        and existing.get("parameters_sha256") == _sha(params)
-    ):
+    if existing is not None and _built_from(existing, inputs, params):
         return {
             **result,
             "status": "unchanged",

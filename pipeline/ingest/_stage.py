@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..errors import InputError
 from ..store import remove_staging_leftovers, write_text_atomic
-from ._checks import compare_gene_sets
+from ._checks import compare_gene_sets, reference_gene_problems
 from ._readers import Header
 from ._sample import HeaderSummary, ingest_sample, sample_header, summarize_header
 from ._samplesheet import SampleRow
@@ -92,12 +92,17 @@ def ingest_samples(
     client: Client,
     gene_policy: str = "error",
     samplesheet: Path | None = None,
+    reference_genes: list[str] | None = None,
 ) -> IngestResult:
     """Write ``samples/<sample_id>.zarr`` for every row, in parallel on the cluster.
 
     Complete stores whose inputs and parameters are unchanged are left untouched; a changed
     input is rebuilt; leftovers of a killed run are removed first. All problems of all
     samples are reported together (`InputError`); stores of good samples stay complete.
+
+    ``reference_genes`` (add-batch): the analysed cohort's genes; the samples are checked
+    against them under ``gene_policy`` and the ingest record is not written (the cohort's
+    record lists the cohort's samples only).
     """
     start = time.perf_counter()
     workdir = Path(workdir)
@@ -126,6 +131,14 @@ def ingest_samples(
     if problems:
         _fail(problems, f"{len(problems)} problem(s) in the input files; nothing was written")
     genes, symbols, dropped = _cohort_genes(rows, summaries, client=client, policy=gene_policy)
+    if reference_genes is not None:
+        problems = reference_gene_problems(genes, reference_genes, policy=gene_policy)
+        if problems:
+            names = ", ".join(f"'{r.sample_id}'" for r in rows)
+            _fail(
+                problems,
+                f"the new samples ({names}) do not fit the cohort's genes; nothing was written",
+            )
 
     futures = [
         client.submit(
@@ -152,6 +165,18 @@ def ingest_samples(
         )
 
     n_cells = int(sum(res["n_obs"] for res in results.values()))
+    statuses = [res["status"] for res in results.values()]
+    result = IngestResult(
+        n_samples=len(rows),
+        n_written=statuses.count("written"),
+        n_unchanged=statuses.count("unchanged"),
+        n_cells=n_cells,
+        n_genes=len(genes),
+        dropped_genes={k: len(v) for k, v in dropped.items()},
+        seconds=time.perf_counter() - start,
+    )
+    if reference_genes is not None:
+        return result
     record = {
         "stage": "ingest",
         "immunoprofile_version": __version__,
@@ -167,13 +192,4 @@ def ingest_samples(
         "n_cells": n_cells,
     }
     write_text_atomic(workdir / STAGE_RECORD, json.dumps(record, indent=1))
-    statuses = [res["status"] for res in results.values()]
-    return IngestResult(
-        n_samples=len(rows),
-        n_written=statuses.count("written"),
-        n_unchanged=statuses.count("unchanged"),
-        n_cells=n_cells,
-        n_genes=len(genes),
-        dropped_genes={k: len(v) for k, v in dropped.items()},
-        seconds=time.perf_counter() - start,
-    )
+    return result

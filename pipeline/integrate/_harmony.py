@@ -11,9 +11,17 @@ import numpy as np
 @dataclass(frozen=True)
 class HarmonyResult:
     embedding: np.ndarray  # cells x components, float32
-    centroids: np.ndarray  # components x clusters: the reference for later query mapping
+    centroids: np.ndarray  # components x clusters (harmonypy's Y)
+    # Symphony's compression of the reference (Kang et al. 2021), for mapping new cells:
+    # per cluster k, N_k = sum_i R_ki and C_k = sum_i R_ki z_i (z: corrected PCs)
+    cluster_sizes: np.ndarray  # clusters
+    cluster_sums: np.ndarray  # clusters x components
+    sigma: float
     n_iterations: int
     converged: bool
+
+
+SIGMA = 0.1  # harmonypy's default soft-clustering bandwidth (run_harmony's sigma)
 
 
 def harmony_embedding(
@@ -49,14 +57,20 @@ def harmony_embedding(
         theta=theta,
         nclust=n_clusters,
         max_iter_harmony=max_iter,
+        sigma=SIGMA,
         random_state=seed,
         ncores=n_threads,
         verbose=False,
     )
     rounds = len(model.objective_harmony) - 1
+    r = np.asarray(model.R, dtype=np.float64)  # cells x clusters (harmonypy 2)
+    z = np.asarray(model.Z_corr, dtype=np.float64)  # cells x components
     return HarmonyResult(
-        embedding=np.asarray(model.Z_corr, dtype=np.float32),
+        embedding=z.astype(np.float32),
         centroids=np.asarray(model.Y, dtype=np.float32),
+        cluster_sizes=r.sum(axis=0),
+        cluster_sums=r.T @ z,
+        sigma=SIGMA,
         n_iterations=rounds,
         converged=rounds < max_iter,
     )

@@ -58,6 +58,9 @@ def integrate_cohort(
             "converged": result.converged,
             "n_clusters": int(result.centroids.shape[1]),
             "centroids": result.centroids,
+            "cluster_sizes": result.cluster_sizes,
+            "cluster_sums": result.cluster_sums,
+            "sigma": result.sigma,
         }
 
     t = time.perf_counter()

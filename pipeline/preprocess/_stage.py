@@ -102,6 +102,9 @@ def preprocess_cohort(
     ]
     scores = np.vstack(client.compute(parts, sync=True))
     seconds["pca"] = time.perf_counter() - t
+    # the centre of the log-normalized HVGs: new cells are projected with it (add-batch)
+    table["pca_mean"] = np.nan
+    table.iloc[hvg, table.columns.get_loc("pca_mean")] = mean
     return PreprocessResult(
         var=table,
         pca=scores,

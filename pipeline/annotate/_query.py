@@ -1,0 +1,119 @@
+"""Annotate new cells with the cohort's fitted marker models (add-batch): no refit.
+
+The annotate stage records each level's fitted model (program rates, NB shapes, priors)
+in ``cohort.zarr``'s ``uns["annotate"]``; new cells get their posteriors under those
+models, mixed with their neighbours' among the new cells (the graph consensus), and the
+same labelling rules (`call_labels`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anndata as ad
+import dask
+import numpy as np
+import scipy.sparse as sp
+from distributed import Client
+
+from ..errors import ImmunoprofileError
+from ..labels import UNASSIGNED
+from ._markers import LEVELS, MarkerSet, feature_map
+from ._model import MarkerModel, call_labels, marker_support, posteriors
+from ._stage import SIZE_UNIT, _feature_counts
+
+
+def stored_model(record: Mapping[str, Any], markers: MarkerSet, level: str, symbols: Any):
+    """The level's fitted `MarkerModel` from its ``uns["annotate"][level]["model"]``
+    record, with its programs' labels and the level's feature map over ``symbols``."""
+    fmap = feature_map(markers, level, symbols)
+    m = record["model"]
+    names = [str(p) for p in np.asarray(m["programs"])]
+    features = tuple(str(f) for f in np.asarray(m["features"]))
+    if features != fmap.features:
+        msg = (
+            f"the cohort's {level} model has features {list(features)}, but the marker "
+            f"file and genes give {list(fmap.features)}: the marker file or the genes "
+            "changed since the annotate stage; re-run it (or add-batch --refit)"
+        )
+        raise ImmunoprofileError(msg)
+    by_name = {p.name: p for p in markers.levels[level]}
+    programs = tuple(by_name[n] for n in names)
+    prior = np.asarray(m["prior"], dtype=np.float64)
+    model = MarkerModel(
+        programs=tuple(names),
+        features=features,
+        marker=fmap.marker_matrix(programs),
+        rate=np.asarray(m["rate_per_10k"], dtype=np.float64),
+        theta=np.asarray(m["theta"], dtype=np.float64),
+        log_prior=np.log(np.maximum(prior, 1e-300)),
+        n_iter=0,
+        converged=True,
+    )
+    return model, tuple(p.label for p in programs), fmap
+
+
+def annotate_query(
+    cells: ad.AnnData,
+    *,
+    client: Client,
+    keep: np.ndarray,
+    total_counts: np.ndarray,
+    markers: MarkerSet,
+    record: Mapping[str, Any],
+    connectivities: sp.spmatrix | None,
+    graph_weight: float = 0.5,
+    b_graph_weight: float = 0.0,
+    min_confidence: float = 0.5,
+    min_marker_support: float = 0.5,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Level -> (labels, confidence) of the new cells (a lazily opened view, X chunked by
+    cells), under the models in ``record`` (the cohort's ``uns["annotate"]``).
+
+    ``connectivities`` is the new cells' kNN graph among themselves (None: no graph
+    consensus). Cells not in ``keep`` get None and NaN.
+    """
+    symbols = cells.var.get("gene_symbols", cells.var_names)
+    models = {level: stored_model(record[level], markers, level, symbols) for level in LEVELS}
+    gene_to_feature = sp.hstack([models[level][2].matrix for level in LEVELS], format="csr")
+    x = cells.X
+    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])])
+    keep = np.asarray(keep, dtype=bool)
+    mapping = client.scatter(gene_to_feature, broadcast=True)
+    parts = [
+        dask.delayed(_feature_counts)(b, keep[bounds[i] : bounds[i + 1]], mapping)
+        for i, b in enumerate(x.to_delayed().ravel())
+    ]
+    features = sp.vstack(client.compute(parts, sync=True), format="csr")  # kept cells only
+    kept = np.flatnonzero(keep)
+    size = np.asarray(total_counts, dtype=np.float64) / SIZE_UNIT
+    graph = None if connectivities is None else sp.csr_matrix(connectivities)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    members = np.ones(kept.size, dtype=bool)  # positions among the kept cells
+    widths = [len(models[level][2].features) for level in LEVELS]
+    offsets = dict(zip(LEVELS, np.cumsum([0, *widths[:-1]]), strict=True))
+    for level, weight in (("lineage", graph_weight), ("b_subset", b_graph_weight)):
+        model, program_labels, fmap = models[level]
+        cols = np.arange(offsets[level], offsets[level] + len(fmap.features))
+        labels = np.full(keep.size, None, dtype=object)
+        confidence = np.full(keep.size, np.nan, dtype=np.float32)
+        rows = kept[members]
+        if rows.size and len(set(program_labels)) < 2:  # the level was not annotated
+            labels[rows] = UNASSIGNED
+        elif rows.size:
+            prob = posteriors(features[np.flatnonzero(members)][:, cols], size[rows], model)
+            sub = None if graph is None else graph[rows][:, rows]
+            called, conf, _ = call_labels(
+                prob,
+                sub,
+                weight,
+                program_labels=program_labels,
+                vocabulary=tuple(LEVELS[level]),
+                supported=marker_support(model) >= min_marker_support,
+                min_confidence=min_confidence,
+            )
+            labels[rows], confidence[rows] = called, conf
+        out[level] = (labels, confidence)
+        members = labels[kept] == "B"
+    return out
