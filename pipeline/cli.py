@@ -195,7 +195,7 @@ def _cmd_add_batch(args: argparse.Namespace) -> int:
     from cluster.launch import start_client
 
     from .ingest import read_samplesheet
-    from .runner_batch import add_batch, refit_samplesheet
+    from .runner_batch import add_batch, check_analysed, refit_samplesheet
 
     cfg = load_config(args.config)
     if args.workdir is not None:
@@ -213,6 +213,7 @@ def _cmd_add_batch(args: argparse.Namespace) -> int:
         with start_client(cfg.cluster) as client:
             run_stages(cfg, client, rows, list(IMPLEMENTED_STAGES))
         return 0
+    check_analysed(cfg)  # before a cluster starts
     with start_client(cfg.cluster) as client:
         print(add_batch(cfg, Path(args.samplesheet), client, name=args.name), flush=True)
     return 0

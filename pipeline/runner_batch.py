@@ -143,7 +143,7 @@ def _digest(cfg: RunConfig, rows: list[SampleRow]) -> str:
 # ---- the command -----------------------------------------------------------------------
 
 
-def _check_analysed(cfg: RunConfig) -> None:
+def check_analysed(cfg: RunConfig) -> None:
     missing = [s for s in ANALYSED if not is_current(cfg, s)]
     if missing:
         msg = (
@@ -217,7 +217,7 @@ def map_batch(cfg: RunConfig, client: Client, name: str, rows: list[SampleRow]) 
 def add_batch(cfg: RunConfig, samplesheet: Path, client: Client, *, name: str | None = None) -> str:
     """``immunoprofile add-batch``: the lines it prints."""
     workdir = Path(cfg.workdir)
-    _check_analysed(cfg)
+    check_analysed(cfg)
     rows = read_samplesheet(samplesheet)
     name = _batch_name(Path(samplesheet), name)
     new, same = split_rows(workdir, rows, name)

@@ -176,11 +176,16 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert cohort.obsm["X_pca"].shape[1] == 10
 
 
-def test_add_batch_says_it_is_not_built(capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        main(["add-batch", str(ROOT / "configs" / "demo.yaml"), "new.csv"]) == EXIT_NOT_IMPLEMENTED
-    )
-    assert "add-batch is not implemented" in capsys.readouterr().err
+def test_add_batch_refuses_a_workdir_that_is_not_analysed(
+    tmp_path: Path, small_cohort: SimulationResult, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"workdir: {tmp_path / 'none'}\n")
+    assert small_cohort.late_samplesheet is not None
+    assert main(["add-batch", str(cfg), str(small_cohort.late_samplesheet)]) == 1
+    err = capsys.readouterr().err
+    assert "run the ingest stage first" in err and "\n" not in err.strip()
+    assert not (tmp_path / "none" / "batches").exists()
 
 
 def test_run_reports_samplesheet_problems_in_one_paragraph(tmp_path: Path) -> None:
