@@ -34,9 +34,10 @@ from .graph._query import place_query, query_neighbors, vote_clusters
 from .ingest import SampleRow
 from .integrate import stratified_sample
 from .integrate._mapping import map_to_reference
+from .integrate._scvi_stage import encode_block
 from .labels import B_SUBSETS, LINEAGES, UNASSIGNED
 from .preprocess._kernels import project
-from .runner import qc_cells
+from .runner import SCVI_MODEL, qc_cells
 from .workdir import COHORT_STORE
 
 REFERENCE_SCALE_CELLS = 2000  # cohort cells whose own neighbour distances set the scale
@@ -81,14 +82,6 @@ def read_reference(cfg: RunConfig) -> Reference:
     obs = pd.DataFrame({c: _read(group, f"obs/{c}") for c in columns})
     kept = np.flatnonzero(obs["qc_pass"].to_numpy(dtype=bool))
     integrate = _read(group, "uns/integrate")
-    rep = cfg.graph.use_rep
-    if rep == "X_scvi" or cfg.integrate.method != "harmony":
-        msg = (
-            "add-batch maps new cells by Harmony reference mapping; this cohort uses "
-            f"integrate.method {cfg.integrate.method} and graph.use_rep {rep}: scVI query "
-            "mapping is not built yet"
-        )
-        raise ImmunoprofileError(msg)
     return Reference(
         var=var,
         obs=obs,
@@ -96,7 +89,7 @@ def read_reference(cfg: RunConfig) -> Reference:
         hvg=hvg,
         centre=var["pca_mean"].to_numpy()[hvg],
         harmony=integrate.get("harmony"),
-        embedding=_array(group, f"obsm/{rep}")[kept],
+        embedding=_array(group, f"obsm/{cfg.graph.use_rep}")[kept],
         kept=kept,
         umap=_array(group, "obsm/X_umap")[kept],
         annotate=_read(group, "uns/annotate"),
@@ -121,6 +114,29 @@ def _pcs(
         for b, s, e in zip(x.to_delayed().ravel(), bounds[:-1], bounds[1:], strict=True)
     ]
     return np.vstack(client.compute(parts, sync=True))
+
+
+def _scvi(
+    cfg: RunConfig, client: Client, cells: ad.AnnData, keep: np.ndarray, ref: Reference
+) -> np.ndarray:
+    """The new cells' scVI latent means under the cohort's saved model (no retraining)."""
+    model_dir = Path(cfg.workdir) / SCVI_MODEL
+    if not (model_dir / "model.pt").exists():
+        msg = f"{model_dir} has no scVI model: re-run the integrate stage"
+        raise ImmunoprofileError(msg)
+    x = cells.X
+    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])])
+    batch = cells.obs[cfg.integrate.batch_key].astype(str).to_numpy()
+    model = client.scatter(model_dir, broadcast=True)
+    parts = [
+        dask.delayed(encode_block)(b, keep[lo:hi], batch[lo:hi], ref.hvg, model)
+        for b, lo, hi in zip(x.to_delayed().ravel(), bounds[:-1], bounds[1:], strict=True)
+    ]
+    out = np.full((keep.size, cfg.integrate.scvi_n_latent), np.nan, dtype=np.float32)
+    for part, lo, hi in zip(client.compute(parts, sync=True), bounds[:-1], bounds[1:], strict=True):
+        if part.shape[1]:
+            out[lo:hi] = part
+    return out
 
 
 def _reference_scale(ref: Reference, k: int, seed: int) -> float:
@@ -159,6 +175,8 @@ def map_cells(
             sigma=float(ref.harmony["sigma"]),
         )
         obsm["X_pca_harmony"] = corrected
+    if cfg.integrate.method in ("scvi", "both"):
+        obsm["X_scvi"] = _scvi(cfg, client, cells, keep, ref)
     seconds["project"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -110,7 +110,13 @@ def _load(model_dir: Path, template: ad.AnnData) -> Any:
 
 
 def encode_scvi(counts: sp.csr_matrix, batch: np.ndarray, model_dir: Path) -> np.ndarray:
-    """The latent means (cells x n_latent, float32) of raw HVG counts under the saved model."""
+    """The latent means (cells x n_latent, float32) of raw HVG counts under the saved model.
+
+    Cells of a batch the model was not trained on (add-batch) are encoded as they are:
+    the encoder does not take the batch as input (scvi-tools' ``encode_covariates``
+    False, as `train_scvi` builds it), so their latent means do not depend on the label;
+    the batch is only the decoder's. A model whose encoder takes it is refused for them.
+    """
     import scvi
 
     _quiet()
@@ -118,7 +124,19 @@ def encode_scvi(counts: sp.csr_matrix, batch: np.ndarray, model_dir: Path) -> np
     categories = list(
         registry["field_registries"]["batch"]["state_registry"]["categorical_mapping"]
     )
-    adata = _adata(counts, batch, categories)
+    labels = np.asarray(batch).astype(str)
+    known = np.isin(labels, categories)
+    if not known.all():
+        model = _load(model_dir, _adata(counts[:1], np.array(categories[:1]), categories))
+        if model.module.encode_covariates:
+            new = sorted(set(labels[~known]))
+            msg = (
+                f"batches {new} are not in the scVI model at {model_dir}, whose encoder "
+                "takes the batch: re-integrate with them (add-batch --refit)"
+            )
+            raise ValueError(msg)
+        labels = np.where(known, labels, categories[0])
+    adata = _adata(counts, labels, categories)
     model = _load(model_dir, adata)
     latent = model.get_latent_representation(adata=adata, batch_size=4096)
     return np.asarray(latent, dtype=np.float32)

@@ -43,7 +43,7 @@ def _rows_cols(block: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> sp.csr
     return sp.csr_matrix(block)[rows][:, cols]
 
 
-def _encode_block(
+def encode_block(
     block: sp.spmatrix, keep: np.ndarray, batch: np.ndarray, cols: np.ndarray, model_dir: Path
 ) -> np.ndarray:
     out = np.full((keep.size, 0), np.nan, dtype=np.float32)
@@ -104,7 +104,7 @@ def scvi_cohort(
     t = time.perf_counter()
     model = client.scatter(model_dir, broadcast=True)
     parts = [
-        dask.delayed(_encode_block)(b, keep[lo:hi], batch[lo:hi], hvg, model)
+        dask.delayed(encode_block)(b, keep[lo:hi], batch[lo:hi], hvg, model)
         for b, lo, hi in zip(blocks, bounds[:-1], bounds[1:], strict=True)
     ]
     encoded = client.compute(parts, sync=True)

@@ -300,3 +300,38 @@ def test_run_maps_batches_again_when_the_cohort_is_reanalysed(
     layer = ad.read_zarr(workdir / "batches" / BATCH / "cells.zarr")
     assert "leiden_0.8" in layer.obs and "leiden_1" not in layer.obs
     assert open_results(workdir).n_obs == ad.read_zarr(added[0] / "cohort.zarr").n_obs + layer.n_obs
+
+
+@pytest.mark.slow
+def test_a_cohort_integrated_with_scvi_takes_a_batch_too(
+    tmp_path: Path, client: Client, small_cohort: SimulationResult, scratch: Path
+) -> None:
+    """integrate.method both, graph on X_scvi: the new cells are encoded by the saved
+    model (no retraining) and their labels agree with the from-scratch Harmony run's."""
+    workdir = tmp_path / "work"
+    cfg = parse_config({**CONFIG, "workdir": str(workdir),
+                        "samplesheet": str(small_cohort.samplesheet),
+                        "integrate": {"method": "both", "scvi_max_epochs": 60},
+                        "graph": {"use_rep": "X_scvi"}})  # fmt: skip
+    ingest_samples(read_samplesheet(small_cohort.samplesheet), workdir=workdir, client=client,
+                   samplesheet=small_cohort.samplesheet)  # fmt: skip
+    for stage in STAGES:
+        getattr(runner, f"run_{stage}")(cfg, client)
+    model = _checksums(workdir, ["models"])
+    assert small_cohort.late_samplesheet is not None
+    add_batch(cfg, small_cohort.late_samplesheet, client)
+    assert _checksums(workdir, ["models"]) == model
+    layer = ad.read_zarr(workdir / "batches" / BATCH / "cells.zarr")
+    kept = layer.obs["qc_pass"].to_numpy(bool)
+    assert np.isfinite(layer.obsm["X_scvi"][kept]).all()
+    assert np.isfinite(layer.obsm["X_pca_harmony"][kept]).all()
+    full = ad.read_zarr(scratch / "cohort.zarr").obs.loc[layer.obs_names[kept]]
+    agree = (layer.obs.loc[kept, "lineage"].astype(str) == full["lineage"].astype(str)).mean()
+    assert agree >= 0.95
+    # the encoder never saw the new processing batch: its cells sit further from their
+    # nearest cohort cells than Harmony-mapped ones (ratio ~1.0), measured 1.1-1.6 here;
+    # above add_batch.poor_mapping_ratio (1.5) they are flagged, which --refit resolves
+    report = json.loads((workdir / "batches" / BATCH / "changes.json").read_text())
+    ratios = pd.DataFrame(report["samples"]).set_index("sample_id")["mapping_ratio"]
+    assert ratios.between(0.8, 2.0).all(), ratios
+    assert set(report["flagged"]) == set(ratios.index[ratios > 1.5])

@@ -3,9 +3,12 @@ reference cells and what is derived from them, and the change report's compariso
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from pipeline.graph._query import place_query, query_edges, query_neighbors, vote_clusters
 from pipeline.integrate import harmony_embedding
@@ -102,3 +105,16 @@ def test_moved_contrasts_name_every_kind_of_change() -> None:
     assert moved == {"a": "no longer significant", "b": "now estimable", "c": "now significant",
                      "d": "changed sign", "f": "new contrast"}  # fmt: skip
     assert set(moved_contrasts(None, after, 0.05)["change"]) == {"new contrast"}
+
+
+def test_scvi_encodes_cells_of_a_batch_it_was_not_trained_on(tmp_path: Path) -> None:
+    """The encoder does not take the batch: a new batch's cells get the latent means
+    they would get under any trained label (the decoder alone knows batches)."""
+    from pipeline.integrate import encode_scvi, train_scvi
+
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix(rng.poisson(1.0, (300, 40)).astype(np.float32))
+    train_scvi(x, np.repeat(["a", "b"], 150), tmp_path / "m", max_epochs=2)
+    new = encode_scvi(x[:30], np.full(30, "new_batch"), tmp_path / "m")
+    old = encode_scvi(x[:30], np.full(30, "b"), tmp_path / "m")
+    assert new.shape == (30, 10) and np.array_equal(new, old)
