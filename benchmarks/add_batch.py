@@ -23,7 +23,7 @@ import anndata as ad
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from measure import measure  # noqa: E402
+from measure import measure
 
 
 def reset(workdir: Path, name: str, samples: list[str], backup: Path) -> None:

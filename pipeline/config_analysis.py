@@ -146,6 +146,14 @@ class AddBatchConfig(FrozenModel):
         description="a new sample maps poorly when its cells' median distance to their "
         "nearest reference cells exceeds this multiple of the reference cells' own",
     )
+    poor_confidence_drop: float = Field(
+        0.15,
+        gt=0,
+        lt=1,
+        description="... or when its cells' median lineage confidence is this much below "
+        "the cohort cells' (cells that resemble no cohort cell type: Harmony mapping "
+        "moves a whole batch onto the reference, so distances alone can miss them)",
+    )
     scvi_query_epochs: int = Field(
         50, ge=1, description="epochs training only the new batches' scVI weights (scArches)"
     )

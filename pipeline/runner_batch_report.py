@@ -29,6 +29,7 @@ _COLUMNS = [
     "patient_id",
     "timepoint_months",
     "response",
+    "batch",
     "qc_pass",
     "mapping_ratio",
     "lineage",
@@ -36,30 +37,41 @@ _COLUMNS = [
 ]
 
 
-def sample_table(cells: pd.DataFrame, poor_ratio: float) -> pd.DataFrame:
-    """One row per new sample: cells, QC-passed share, mapping and labels."""
+def sample_table(
+    cells: pd.DataFrame, poor_ratio: float, cohort_confidence: float, confidence_drop: float
+) -> pd.DataFrame:
+    """One row per new sample: cells, QC-passed share, mapping and labels. A sample maps
+    poorly when its median mapping ratio exceeds ``poor_ratio`` or its median lineage
+    confidence is more than ``confidence_drop`` below ``cohort_confidence``
+    (``maps_poorly`` says why; empty when it maps well)."""
     rows = []
     for sid, part in cells.groupby("sample_id", observed=True, sort=False):
         kept = part[part["qc_pass"].to_numpy(dtype=bool)]
-        ratio = float(np.nanmedian(kept["mapping_ratio"])) if len(kept) else float("nan")
+        nan = float("nan")
+        ratio = float(np.nanmedian(kept["mapping_ratio"])) if len(kept) else nan
+        conf = float(np.nanmedian(kept["lineage_confidence"])) if len(kept) else nan
+        reasons = [] if len(kept) else ["no cell passes QC"]
+        if ratio > poor_ratio:
+            reasons.append(f"distance ratio {ratio:.2f} > {poor_ratio:g}")
+        if conf < cohort_confidence - confidence_drop:
+            reasons.append(f"label confidence {conf:.2f}, cohort {cohort_confidence:.2f}")
         rows.append(
             {
                 "sample_id": str(sid),
                 "patient_id": str(part["patient_id"].iloc[0]),
                 "timepoint_months": float(part["timepoint_months"].iloc[0]),
                 "response": str(part["response"].iloc[0]),
+                "batch": str(part["batch"].iloc[0]),
                 "n_cells": len(part),
                 "n_kept": len(kept),
                 "kept_fraction": len(kept) / max(len(part), 1),
                 "mapping_ratio": ratio,
-                "maps_poorly": bool(ratio > poor_ratio) if np.isfinite(ratio) else True,
-                "median_lineage_confidence": float(np.nanmedian(kept["lineage_confidence"]))
-                if len(kept)
-                else float("nan"),
+                "median_lineage_confidence": conf,
                 "unassigned_fraction": float((kept["lineage"] == UNASSIGNED).mean())
                 if len(kept)
-                else float("nan"),
+                else nan,
                 "b_cells": int((kept["lineage"] == "B").sum()),
+                "maps_poorly": "; ".join(reasons),
             }
         )
     return pd.DataFrame(rows)
@@ -111,13 +123,14 @@ def _markdown(
             "patient_id",
             "timepoint_months",
             "response",
+            "batch",
             "n_cells",
             "kept_fraction",
             "mapping_ratio",
-            "maps_poorly",
             "median_lineage_confidence",
             "unassigned_fraction",
             "b_cells",
+            "maps_poorly",
         ]
     ]
     lines.append(_table(shown))
@@ -129,8 +142,19 @@ def _markdown(
         "own distance to their neighbours.",
         "",
     ]
-    flagged = samples.loc[samples["maps_poorly"], "sample_id"].tolist()
+    flagged = samples.loc[samples["maps_poorly"] != "", "sample_id"].tolist()
     lines.append(f"Samples that map poorly: {', '.join(flagged) if flagged else 'none'}.")
+    by_batch = (
+        samples.groupby("batch", sort=True)
+        .agg(
+            samples=("sample_id", "size"),
+            cells=("n_kept", "sum"),
+            median_mapping_ratio=("mapping_ratio", "median"),
+            mapping_poorly=("maps_poorly", lambda v: int((v != "").sum())),
+        )
+        .reset_index()
+    )
+    lines += ["", "By processing batch:", "", _table(by_batch)]
     lines += ["", "## Abundance contrasts whose conclusion moved", "", note, ""]
     if len(moved):
         lines.append(_table(moved))
@@ -149,7 +173,6 @@ def write_changes(cfg: RunConfig, name: str) -> str:
     if target.exists() and json.loads(target.read_text()).get("abundance") == abundance:
         return f"changes: {folder / 'changes.md'} (unchanged)"
     cells = read_obs_columns(batch_store(workdir, name), _COLUMNS, needs="re-run add-batch")
-    samples = sample_table(cells, cfg.add_batch.poor_mapping_ratio)
     cohort = read_obs_columns(
         workdir / COHORT_STORE,
         ["qc_pass", "lineage", "lineage_confidence"],
@@ -160,6 +183,10 @@ def write_changes(cfg: RunConfig, name: str) -> str:
         "median_lineage_confidence": float(np.nanmedian(cohort["lineage_confidence"])),
         "unassigned_fraction": float((cohort["lineage"] == UNASSIGNED).mean()),
     }
+    a = cfg.add_batch
+    samples = sample_table(
+        cells, a.poor_mapping_ratio, reference["median_lineage_confidence"], a.poor_confidence_drop
+    )
     before_path = folder / "tests_before.csv"
     before = pd.read_csv(before_path) if before_path.exists() else None
     tests_path = workdir / ABUNDANCE_DIR / "tests.csv"
@@ -176,7 +203,7 @@ def write_changes(cfg: RunConfig, name: str) -> str:
         "batch": name,
         "abundance": abundance,
         "samples": samples.to_dict(orient="records"),
-        "flagged": samples.loc[samples["maps_poorly"], "sample_id"].tolist(),
+        "flagged": samples.loc[samples["maps_poorly"] != "", "sample_id"].tolist(),
         "cohort": reference,
         "moved": moved.replace({np.nan: None}).to_dict(orient="records"),
     }

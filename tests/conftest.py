@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -101,3 +104,45 @@ def strong_batch_truth(
         t = pd.read_csv(data / "truth" / "cells" / f"{sid}.csv.gz", keep_default_na=False)
         frames.append(t.set_index(sid + ":" + t["barcode"]))
     return pd.concat(frames).loc[strong_batch_cohort.obs_names]
+
+
+ANALYSED_CONFIG = (
+    "cluster: {n_workers: 2, threads_per_worker: 1}\npreprocess: {n_top_genes: 500, n_comps: 20}\n"
+)
+
+
+@dataclass(frozen=True)
+class CommandRun:
+    """A workdir made by `immunoprofile run` and what the command said."""
+
+    workdir: Path
+    config: Path
+    args: list[str]  # run CONFIG --samplesheet ... --workdir ...
+    ingest: tuple[int, str, str]  # exit code, stdout, stderr of `run --until ingest`
+    run: tuple[int, str, str]  # the same for the whole `run` after it
+
+
+def _main(args: list[str]) -> tuple[int, str, str]:
+    from pipeline.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def analysed_small(
+    tmp_path_factory: pytest.TempPathFactory, small_cohort: SimulationResult
+) -> CommandRun:
+    """The small cohort through every built stage by the command line, as a user runs it
+    (`--until ingest`, then everything); shared: tests copy the workdir before changing it."""
+    root = tmp_path_factory.mktemp("analysed_small")
+    config = root / "c.yaml"
+    config.write_text(ANALYSED_CONFIG)
+    workdir = root / "w"
+    args = ["run", str(config), "--samplesheet", str(small_cohort.samplesheet),
+            "--workdir", str(workdir)]  # fmt: skip
+    ingest = _main([*args, "--until", "ingest"])
+    assert not (workdir / "cohort.zarr").exists()
+    return CommandRun(workdir, config, args, ingest, _main(args))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from pipeline.abundance import fit_abundance_models
 from pipeline.cli import EXIT_NOT_IMPLEMENTED, main
 from pipeline.simulate import SimulationResult
 from pipeline.store import read_manifest
+
+from .conftest import CommandRun
 
 ROOT = Path(__file__).resolve().parents[1]
 IMMUNOPROFILE = str(Path(sys.executable).with_name("immunoprofile"))
@@ -70,48 +73,35 @@ def test_every_command_has_help(command: str) -> None:
 
 
 def test_run_then_rerun_skips_and_says_where_it_stops(
-    tmp_path: Path, small_cohort: SimulationResult, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    small_cohort: SimulationResult,
+    analysed_small: CommandRun,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        "cluster: {n_workers: 2, threads_per_worker: 1}\npreprocess: {n_top_genes: 500, n_comps: 20}\n"
-    )
-    workdir = tmp_path / "w"
-    args = [
-        "run",
-        str(cfg),
-        "--samplesheet",
-        str(small_cohort.samplesheet),
-        "--workdir",
-        str(workdir),
-    ]
-    assert main([*args, "--until", "ingest"]) == 0
-    out = capsys.readouterr().out
+    code, out, _ = analysed_small.ingest
+    assert code == 0
     assert "ingest: 18 samples (18 written, 0 unchanged)" in out and "qc:" not in out
-    assert not (workdir / "cohort.zarr").exists()
 
-    code = main(args)
-    captured = capsys.readouterr()
+    code, out, err = analysed_small.run
     assert code == EXIT_NOT_IMPLEMENTED
-    assert "(0 written, 18 unchanged)" in captured.out
-    assert "qc: " in captured.out and "preprocess: 500 HVGs, 20 PCs" in captured.out
-    assert "integrate: harmony on" in captured.out and "graph: 15-NN graph" in captured.out
-    assert "annotate: " in captured.out and "B cells" in captured.out
-    assert "abundance: 18 samples" in captured.out
-    _abundance_matches_truth(workdir, small_cohort)
+    assert "(0 written, 18 unchanged)" in out
+    assert "qc: " in out and "preprocess: 500 HVGs, 20 PCs" in out
+    assert "integrate: harmony on" in out and "graph: 15-NN graph" in out
+    assert "annotate: " in out and "B cells" in out
+    assert "abundance: 18 samples" in out
+    _abundance_matches_truth(analysed_small.workdir, small_cohort)
     log = [
-        json.loads(line) for line in (workdir / "logs" / "stages.jsonl").read_text().splitlines()
+        json.loads(line)
+        for line in (analysed_small.workdir / "logs" / "stages.jsonl").read_text().splitlines()
     ]
     assert [e["stage"] for e in log] == ["ingest", "ingest", "qc", "preprocess", "integrate",
                                          "graph", "annotate", "abundance"]  # fmt: skip
     assert [e["status"] for e in log[2:]] == ["done"] * 6 and log[-1]["cells"] == cohort_cells(
-        workdir
+        analysed_small.workdir
     )
-    assert "stopping before stage 'report'" in captured.err and "issue #10" in captured.err
-    assert (
-        "Stages done: ingest, qc, preprocess, integrate, graph, annotate, abundance" in captured.err
-    )
-    cohort = ad.read_zarr(workdir / "cohort.zarr")
+    assert "stopping before stage 'report'" in err and "issue #10" in err
+    assert "Stages done: ingest, qc, preprocess, integrate, graph, annotate, abundance" in err
+    cohort = ad.read_zarr(analysed_small.workdir / "cohort.zarr")
     assert cohort.obsm["X_pca"].shape == (cohort.n_obs, 20)
     assert {"X_pca_harmony", "X_umap"} <= set(cohort.obsm)
     assert {"distances", "connectivities"} <= set(cohort.obsp)
@@ -119,13 +109,20 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert {"lineage", "lineage_confidence", "b_subset", "b_subset_confidence"} <= set(
         cohort.obs.columns
     )
-    assert (workdir / "annotate" / "dotplot_b_subset.png").exists()
+    assert (analysed_small.workdir / "annotate" / "dotplot_b_subset.png").exists()
     assert {"qc_pass", "qc_reason", "doublet_score", "pct_counts_mt", "sample_id"} <= set(
         cohort.obs.columns
     )
     assert int(cohort.var["highly_variable"].sum()) == 500
-    assert (workdir / "qc" / "summary.csv").exists()
+    assert (analysed_small.workdir / "qc" / "summary.csv").exists()
 
+    # re-runs and changed parameters, on a copy of the workdir
+    workdir = tmp_path / "w"
+    shutil.copytree(analysed_small.workdir, workdir)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(analysed_small.config.read_text())
+    args = ["run", str(cfg), "--samplesheet", str(small_cohort.samplesheet),
+            "--workdir", str(workdir)]  # fmt: skip
     assert main([*args, "--until", "preprocess"]) == 0
     out = capsys.readouterr().out
     assert "qc: unchanged inputs and parameters, skipped" in out

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from distributed import Client
 
 from pipeline import runner
@@ -31,9 +32,10 @@ from pipeline.runner_batch import add_batch
 from pipeline.simulate import SimulationResult
 from pipeline.validate import validate_workdir
 
+from ..conftest import ANALYSED_CONFIG, CommandRun
+
 STAGES = ("qc", "preprocess", "integrate", "graph", "annotate", "abundance")
-CONFIG = {"preprocess": {"n_top_genes": 500, "n_comps": 20},
-          "cluster": {"n_workers": 2, "threads_per_worker": 1}}  # fmt: skip
+CONFIG = yaml.safe_load(ANALYSED_CONFIG)  # fmt: skip
 BATCH = "samplesheet_late"
 
 
@@ -47,21 +49,10 @@ def _checksums(root: Path, parts: list[str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def analysed(
-    tmp_path_factory: pytest.TempPathFactory, client: Client, small_cohort: SimulationResult
-) -> Path:
-    """The 6 main patients analysed through abundance (tests copy it)."""
-    workdir = tmp_path_factory.mktemp("analysed") / "work"
-    cfg = _config(workdir, small_cohort.samplesheet)
-    ingest_samples(
-        read_samplesheet(small_cohort.samplesheet),
-        workdir=workdir,
-        client=client,
-        samplesheet=small_cohort.samplesheet,
-    )  # as `run` records it
-    for stage in STAGES:
-        getattr(runner, f"run_{stage}")(cfg, client)
-    return workdir
+def analysed(analysed_small: CommandRun) -> Path:
+    """The 6 main patients analysed through abundance by `immunoprofile run` with
+    `CONFIG` (the session's shared workdir: tests copy it)."""
+    return analysed_small.workdir
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +173,11 @@ def test_adding_it_again_is_a_no_op_and_run_skips_everything(
     } == everything
 
 
-def _write_h5ad(path: Path, counts_h5: Path, genes: slice | np.ndarray) -> None:
+def _write_h5ad(
+    path: Path, counts_h5: Path, genes: np.ndarray, *, counts_of: np.ndarray | None = None
+) -> None:
+    """A 10x HDF5 sample as h5ad with the genes at ``genes``; their counts are those of
+    the genes at ``counts_of`` (default: their own)."""
     with h5py.File(counts_h5) as f:  # 10x HDF5 (v3): matrix/{data,indices,indptr,shape,features}
         g = f["matrix"]
         import scipy.sparse as sp
@@ -238,6 +233,15 @@ def test_bad_batches_fail_clearly_and_write_nothing(
     }
     assert not (workdir / "batches" / "b1").exists() and not (workdir / "batches" / "b2").exists()
     assert not (workdir / "samples" / "NEW_1.zarr").exists()
+
+    # a sample whose genes are shuffled resembles no cohort cell: it is added but flagged
+    shuffled = np.random.default_rng(0).permutation(n_genes)
+    _write_h5ad(tmp_path / "odd.h5ad", source, np.arange(n_genes), counts_of=shuffled)
+    odd = {**row, "sample_id": "ODD_1", "path": str(tmp_path / "odd.h5ad")}
+    out = add_batch(cfg, _sheet(tmp_path / "odd.csv", [odd]), client)
+    report = json.loads((workdir / "batches" / "odd" / "changes.json").read_text())
+    assert report["flagged"] == ["ODD_1"] and "mapping poor for 1 (ODD_1)" in out
+    assert "label confidence" in report["samples"][0]["maps_poorly"]
 
 
 def test_a_cohort_not_analysed_is_refused(tmp_path: Path, ingested: Path, client: Client,
