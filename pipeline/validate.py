@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import ImmunoprofileError, StoreError
 from .ingest import SAMPLES_DIR, STAGE_RECORD, sample_store_path
 from .store import validate_store
-from .workdir import BATCH_CELLS, BATCHES_DIR
+from .workdir import BATCH_CELLS, BATCHES_DIR, batch_layers
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,12 @@ def validate_workdir(workdir: str | Path) -> ValidationReport:
         for sample_id in record["samples"]:
             if not sample_store_path(workdir, sample_id).exists():
                 problems.append(f"{sample_store_path(workdir, sample_id)}: store is missing")
+    for name, manifest in batch_layers(workdir).items():
+        for sample_id in manifest.get("samples", []):
+            if not sample_store_path(workdir, sample_id).exists():
+                problems.append(
+                    f"{sample_store_path(workdir, sample_id)}: store of batch '{name}' is missing"
+                )
     if not stores and not record_path.exists():
         msg = f"{workdir} holds no stores to validate (no {SAMPLES_DIR}/*.zarr)"
         raise ImmunoprofileError(msg)

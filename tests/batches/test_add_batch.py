@@ -339,3 +339,19 @@ def test_a_cohort_integrated_with_scvi_takes_a_batch_too(
     ratios = pd.DataFrame(report["samples"]).set_index("sample_id")["mapping_ratio"]
     assert ratios.between(0.8, 2.0).all(), ratios
     assert set(report["flagged"]) == set(ratios.index[ratios > 1.5])
+
+
+def test_validate_checks_the_batches_too(
+    tmp_path: Path, added: tuple[Path, dict[str, str], str]
+) -> None:
+    from pipeline.errors import StoreError
+
+    workdir = tmp_path / "work"
+    shutil.copytree(added[0], workdir)
+    shutil.rmtree(workdir / "samples" / "P007_m0.zarr")
+    chunk = next(p for p in (workdir / "batches" / BATCH / "cells.zarr" / "obsm").rglob("c/*"))
+    chunk.write_bytes(b"\0" * 16)
+    with pytest.raises(StoreError) as err:
+        validate_workdir(workdir)
+    assert "P007_m0.zarr: store of batch 'samplesheet_late' is missing" in str(err.value)
+    assert f"batches/{BATCH}/cells.zarr" in str(err.value)
