@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import yaml
 from distributed import Client
 
@@ -180,17 +181,14 @@ def _write_h5ad(
     the genes at ``counts_of`` (default: their own)."""
     with h5py.File(counts_h5) as f:  # 10x HDF5 (v3): matrix/{data,indices,indptr,shape,features}
         g = f["matrix"]
-        import scipy.sparse as sp
-
         shape = tuple(g["shape"][:])
         x = sp.csc_matrix((g["data"][:], g["indices"][:], g["indptr"][:]), shape=shape).T.tocsr()
         ids = g["features"]["id"][:].astype(str)
         names = g["features"]["name"][:].astype(str)
         barcodes = g["barcodes"][:].astype(str)
     var = pd.DataFrame({"gene_symbols": names[genes]}, index=ids[genes])
-    ad.AnnData(
-        X=x[:, genes].astype(np.float32), obs=pd.DataFrame(index=barcodes), var=var
-    ).write_h5ad(path)
+    counts = x[:, genes if counts_of is None else counts_of].astype(np.float32)
+    ad.AnnData(X=counts, obs=pd.DataFrame(index=barcodes), var=var).write_h5ad(path)
 
 
 def _sheet(path: Path, rows: list[dict[str, object]]) -> Path:
