@@ -77,7 +77,10 @@ def read_reference(cfg: RunConfig) -> Reference:
     hvg = np.flatnonzero(var["highly_variable"].to_numpy())
     obs_group = group["obs"]
     assert isinstance(obs_group, zarr.Group)
-    leiden = [c for c in obs_group if str(c).startswith("leiden_")]
+    leiden = sorted(
+        (str(c) for c in obs_group if str(c).startswith("leiden_")),
+        key=lambda c: float(c.removeprefix("leiden_")),
+    )  # a store lists in any order
     columns = ["sample_id", "patient_id", "response", "qc_pass", *leiden]
     obs = pd.DataFrame({c: _read(group, f"obs/{c}") for c in columns})
     kept = np.flatnonzero(obs["qc_pass"].to_numpy(dtype=bool))
