@@ -154,6 +154,3 @@ class AddBatchConfig(FrozenModel):
         "the cohort cells' (cells that resemble no cohort cell type: Harmony mapping "
         "moves a whole batch onto the reference, so distances alone can miss them)",
     )
-    scvi_query_epochs: int = Field(
-        50, ge=1, description="epochs training only the new batches' scVI weights (scArches)"
-    )
