@@ -30,6 +30,7 @@ IMPLEMENTED_STAGES: tuple[str, ...] = (
     "graph",
     "annotate",
     "abundance",
+    "report",
 )
 PLANNED = {
     "ingest": "issue #3",
@@ -122,6 +123,7 @@ STAGE_RUNNERS = {
     "graph": _run_later_stage("graph"),
     "annotate": _run_later_stage("annotate"),
     "abundance": _run_abundance,
+    "report": _run_later_stage("report"),
 }
 
 

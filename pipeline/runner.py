@@ -24,6 +24,7 @@ from .preprocess import Moments, preprocess_cohort
 from .qc import QCResult, QCRules, compute_qc
 from .runner_abundance import run_abundance
 from .runner_annotate import run_annotate
+from .runner_report import run_report
 from .workdir import (
     COHORT_STORE,
     MOMENT_SUM,
@@ -51,6 +52,7 @@ __all__ = [
     "run_integrate",
     "run_preprocess",
     "run_qc",
+    "run_report",
     "stage_digests",
 ]
 

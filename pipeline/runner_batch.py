@@ -46,10 +46,12 @@ from .ingest import (
 from .runner_abundance import run_abundance
 from .runner_batch_map import Reference, map_cells, read_reference
 from .runner_batch_report import write_changes
+from .runner_report import run_report
 from .store import read_manifest, write_anndata_store, write_text_atomic
 from .workdir import (
     ABUNDANCE_DIR,
     BATCHES_DIR,
+    REPORT_DIR,
     _sha,
     batch_layers,
     is_current,
@@ -265,6 +267,8 @@ def refit_and_report(cfg: RunConfig, name: str) -> list[str]:
     else:
         lines.append("abundance: unchanged inputs and parameters, skipped")
     lines.append(write_changes(cfg, name))
+    if (Path(cfg.workdir) / REPORT_DIR).exists() and not is_current(cfg, "report"):
+        lines.append(run_report(cfg))  # the workdir had a report: refresh it
     return lines
 
 

@@ -25,6 +25,8 @@ from .store import read_manifest, write_anndata_store
 COHORT_STORE = "cohort.zarr"
 ABUNDANCE_DIR = "abundance"  # its own folder and manifest: it adds nothing to cohort.zarr
 ABUNDANCE_MANIFEST = "manifest.json"
+REPORT_DIR = "report"  # its own folder and manifest, like abundance
+REPORT_MANIFEST = "manifest.json"
 BATCHES_DIR = "batches"  # add-batch: one folder per batch of new samples
 BATCH_CELLS = "cells.zarr"  # in a batch's folder: its cells' per-cell results
 MOMENT_SUM = "qc_counts_sum"  # varm: genes x samples, raw counts summed over kept cells
@@ -47,6 +49,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "graph": 1,
     "annotate": 1,
     "abundance": 1,
+    "report": 1,
 }
 
 
@@ -68,6 +71,7 @@ def stage_digests(cfg: RunConfig) -> dict[str, str]:
             "params": cfg.abundance.model_dump(mode="json"),
             "batches": {k: v["digest"] for k, v in batch_layers(cfg.workdir).items()},
         },
+        "report": {},
     }
     before = "ingest"
     for stage, values in params.items():
@@ -142,6 +146,9 @@ def done_stages(cfg: RunConfig) -> dict[str, str]:
     abundance = Path(cfg.workdir) / ABUNDANCE_DIR / ABUNDANCE_MANIFEST
     if abundance.exists():
         done["abundance"] = json.loads(abundance.read_text()).get("digest", "")
+    report = Path(cfg.workdir) / REPORT_DIR / REPORT_MANIFEST
+    if report.exists():
+        done["report"] = json.loads(report.read_text()).get("digest", "")
     return done
 
 
@@ -150,6 +157,7 @@ def done_stages(cfg: RunConfig) -> dict[str, str]:
 STAGE_FILES: dict[str, list[str]] = {
     "qc": ["qc/summary.csv"],
     "annotate": ["annotate/markers_used.yaml"],
+    "report": ["report/index.html"],
 }
 
 
@@ -171,10 +179,11 @@ def write_cohort(cfg: RunConfig, adata: ad.AnnData, stages: list[str]) -> None:
         "n_vars": int(adata.n_vars),
     }
     write_anndata_store(Path(cfg.workdir) / COHORT_STORE, adata, info)
-    # the abundance results were computed from the labels just replaced
-    stale = Path(cfg.workdir) / ABUNDANCE_DIR
-    if stale.exists():
-        shutil.rmtree(stale)
+    # the abundance results and the report were computed from the labels just replaced
+    for folder in (ABUNDANCE_DIR, REPORT_DIR):
+        stale = Path(cfg.workdir) / folder
+        if stale.exists():
+            shutil.rmtree(stale)
 
 
 def previous(cfg: RunConfig, stage: str) -> ad.AnnData:

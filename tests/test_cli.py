@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from pipeline.abundance import fit_abundance_models
-from pipeline.cli import EXIT_NOT_IMPLEMENTED, main
+from pipeline.cli import main
 from pipeline.simulate import SimulationResult
 from pipeline.store import read_manifest
 
@@ -83,7 +83,7 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert "ingest: 18 samples (18 written, 0 unchanged)" in out and "qc:" not in out
 
     code, out, err = analysed_small.run
-    assert code == EXIT_NOT_IMPLEMENTED
+    assert code == 0, err
     assert "(0 written, 18 unchanged)" in out
     assert "qc: " in out and "preprocess: 500 HVGs, 20 PCs" in out
     assert "integrate: harmony on" in out and "graph: 15-NN graph" in out
@@ -95,12 +95,11 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
         for line in (analysed_small.workdir / "logs" / "stages.jsonl").read_text().splitlines()
     ]
     assert [e["stage"] for e in log] == ["ingest", "ingest", "qc", "preprocess", "integrate",
-                                         "graph", "annotate", "abundance"]  # fmt: skip
-    assert [e["status"] for e in log[2:]] == ["done"] * 6 and log[-1]["cells"] == cohort_cells(
+                                         "graph", "annotate", "abundance", "report"]  # fmt: skip
+    assert [e["status"] for e in log[2:]] == ["done"] * 7 and log[-1]["cells"] == cohort_cells(
         analysed_small.workdir
     )
-    assert "stopping before stage 'report'" in err and "issue #10" in err
-    assert "Stages done: ingest, qc, preprocess, integrate, graph, annotate, abundance" in err
+    assert "report: " in out and "stopping before" not in err
     cohort = ad.read_zarr(analysed_small.workdir / "cohort.zarr")
     assert cohort.obsm["X_pca"].shape == (cohort.n_obs, 20)
     assert {"X_pca_harmony", "X_umap"} <= set(cohort.obsm)

@@ -25,7 +25,7 @@ from distributed import Client
 
 from pipeline import runner
 from pipeline.batches import open_results
-from pipeline.cli import EXIT_NOT_IMPLEMENTED, main
+from pipeline.cli import main
 from pipeline.config import RunConfig, parse_config
 from pipeline.errors import ImmunoprofileError, InputError
 from pipeline.ingest import ingest_samples, read_samplesheet
@@ -34,6 +34,7 @@ from pipeline.simulate import SimulationResult
 from pipeline.validate import validate_workdir
 
 from ..conftest import ANALYSED_CONFIG, CommandRun
+from ..test_report import open_in_browser
 
 STAGES = ("qc", "preprocess", "integrate", "graph", "annotate", "abundance")
 CONFIG = yaml.safe_load(ANALYSED_CONFIG)  # fmt: skip
@@ -143,6 +144,12 @@ def test_the_change_report_says_what_the_batch_brought(
     md = (workdir / "batches" / BATCH / "changes.md").read_text()
     assert "## New samples" in md and "P007_m0" in md and "Samples that map poorly: none" in md
     assert "changes: 6 new samples" in printed
+    # the workdir's report was refreshed with a section on the batch
+    assert "report: " in printed
+    seen = open_in_browser(workdir / "report" / "index.html", workdir.parent / "report.png")
+    assert seen["headings"][-1] == "What changed (added batches)" and seen["errors"] == []
+    html = (workdir / "report" / "index.html").read_text()
+    assert "Batch samplesheet_late" in html and "P007_m0" in html
 
 
 def test_adding_it_again_is_a_no_op_and_run_skips_everything(
@@ -164,9 +171,9 @@ def test_adding_it_again_is_a_no_op_and_run_skips_everything(
     cfg_file = workdir.parent / "c.yaml"
     cfg_file.write_text(json.dumps(CONFIG))
     assert main(["run", str(cfg_file), "--workdir", str(workdir), "--samplesheet",
-                 str(small_cohort.samplesheet)]) == EXIT_NOT_IMPLEMENTED  # fmt: skip
+                 str(small_cohort.samplesheet)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert printed.count("unchanged inputs and parameters, skipped") == 6, printed
+    assert printed.count("unchanged inputs and parameters, skipped") == 7, printed
     assert "batch " not in printed
     everything.pop("logs/stages.jsonl", None)
     assert {
@@ -296,7 +303,7 @@ def test_run_maps_batches_again_when_the_cohort_is_reanalysed(
     cfg_file.write_text(json.dumps({**CONFIG, "graph": {"resolutions": [0.8]}}))
     args = ["run", str(cfg_file), "--workdir", str(workdir), "--samplesheet",
             str(small_cohort.samplesheet)]  # fmt: skip
-    assert main(args) == EXIT_NOT_IMPLEMENTED
+    assert main(args) == 0
     printed = capsys.readouterr().out
     assert "batch samplesheet_late: 6 samples" in printed and "abundance: 24 samples" in printed
     layer = ad.read_zarr(workdir / "batches" / BATCH / "cells.zarr")

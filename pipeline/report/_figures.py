@@ -1,0 +1,153 @@
+"""The report's own figures (matplotlib; data in, figures out, no I/O).
+
+UMAPs of a million cells are drawn from a subsample stratified by sample (every sample
+keeps its share), rasterized, so that the embedded PNGs stay small.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
+
+
+def umap_panels(
+    umap: np.ndarray,
+    obs: pd.DataFrame,
+    keys: list[str],
+    *,
+    max_points: int = 100_000,
+    seed: int = 0,
+    ncols: int = 3,
+) -> Figure:
+    """One UMAP panel per obs column in ``keys`` (categorical colours, legend beside)."""
+    ok = np.isfinite(umap).all(axis=1)
+    rows = np.flatnonzero(ok)
+    if rows.size > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_points, replace=False))
+    nrows = -(-len(keys) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
+    size = max(0.5, min(8.0, 30_000 / max(rows.size, 1)))
+    for ax, key in zip(axes.ravel(), keys, strict=False):
+        raw = obs[key].to_numpy()[rows]
+        missing = pd.isna(raw)
+        values = np.where(missing, "", raw.astype(str))
+        if missing.any():  # e.g. B subsets of non-B cells: grey background
+            ax.scatter(
+                umap[rows[missing], 0],
+                umap[rows[missing], 1],
+                s=size,
+                color="#d9d9d9",
+                label="(none)",
+                linewidths=0,
+                rasterized=True,
+            )
+        cats = sorted(set(values[~missing]), key=_natural)
+        cmap = plt.get_cmap("tab20" if len(cats) > 10 else "tab10")
+        for i, cat in enumerate(cats):
+            sel = values == cat
+            ax.scatter(
+                umap[rows[sel], 0],
+                umap[rows[sel], 1],
+                s=size,
+                color=cmap(i % cmap.N),
+                label=cat,
+                linewidths=0,
+                rasterized=True,
+            )
+        ax.set_title(key.replace("_", " "))
+        ax.set_xlabel("UMAP 1")
+        ax.set_ylabel("UMAP 2")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if len(cats) <= 30:
+            ax.legend(
+                markerscale=max(1.0, 12 / size),
+                fontsize=7,
+                frameon=False,
+                loc="center left",
+                bbox_to_anchor=(1.0, 0.5),
+            )
+        else:
+            ax.text(0.01, 0.01, f"{len(cats)} categories", transform=ax.transAxes, fontsize=8)
+    for ax in axes.ravel()[len(keys) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"UMAP ({rows.size:,} of {ok.sum():,} cells drawn)", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def _natural(value: str) -> tuple[float, str]:
+    try:
+        return (float(value), "")
+    except ValueError:
+        return (float("inf"), value)
+
+
+def qc_distributions(obs: pd.DataFrame) -> Figure:
+    """Per sample: total counts, genes and mitochondrial share of every cell (boxes),
+    kept and removed cells side by side."""
+    metrics = [
+        ("total_counts", "UMI counts per cell", True),
+        ("n_genes_by_counts", "genes per cell", True),
+        ("pct_counts_mt", "mitochondrial counts (%)", False),
+    ]
+    samples = list(dict.fromkeys(obs["sample_id"].astype(str)))
+    width = max(8.0, 0.12 * len(samples) + 3)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 2.6 * len(metrics)), sharex=True)
+    kept = obs["qc_pass"].to_numpy(dtype=bool)
+    sample = obs["sample_id"].astype(str).to_numpy()
+    for ax, (col, label, log) in zip(axes, metrics, strict=True):
+        values = obs[col].to_numpy(dtype=float)
+        for flag, colour, shift in ((True, "tab:blue", -0.2), (False, "tab:red", 0.2)):
+            data = [values[(sample == s) & (kept == flag)] for s in samples]
+            data = [d if d.size else np.array([np.nan]) for d in data]
+            ax.boxplot(
+                data,
+                positions=np.arange(len(samples)) + shift,
+                widths=0.35,
+                showfliers=False,
+                patch_artist=True,
+                boxprops={"facecolor": colour, "alpha": 0.5},
+                medianprops={"color": "black"},
+            )
+        ax.set_ylabel(label)
+        if log:
+            ax.set_yscale("log")
+    axes[-1].set_xticks(np.arange(len(samples)))
+    axes[-1].set_xticklabels(samples, rotation=90, fontsize=6 if len(samples) > 40 else 8)
+    axes[-1].set_xlabel("sample")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.5) for c in ("tab:blue", "tab:red")]
+    axes[0].legend(handles, ["kept", "removed"], frameon=False, fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def confidence_histograms(obs: pd.DataFrame) -> Figure:
+    """Label confidence of the annotated cells, per level, by label."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, level in zip(axes, ("lineage", "b_subset"), strict=True):
+        conf = obs[f"{level}_confidence"].to_numpy(dtype=float)
+        labels = obs[level].astype(str).to_numpy()
+        ok = np.isfinite(conf)
+        for lab in sorted(set(labels[ok])):
+            ax.hist(
+                conf[ok & (labels == lab)],
+                bins=np.linspace(0, 1, 21),
+                histtype="step",
+                label=lab,
+                linewidth=1.2,
+            )
+        ax.set_xlabel(f"{level.replace('_', ' ')} confidence (posterior of the label)")
+        ax.set_ylabel("cells")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, frameon=False, ncol=2)
+    fig.tight_layout()
+    return fig
