@@ -37,12 +37,9 @@ _CONTRAST_ORDER = (
 
 
 def _pyplot():
-    import matplotlib
+    from .._mpl import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _require(table: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:

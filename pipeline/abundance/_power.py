@@ -141,10 +141,9 @@ def run_power(sim: SimulationConfig, cfg: PowerConfig, *, client) -> PowerResult
 
 def power_plot(power: pd.DataFrame, *, cell_type: str, effect: float, denominator: str):
     """Power of the response contrasts against the number of patients (one line each)."""
-    import matplotlib
+    from .._mpl import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     part = power[power["contrast"].str.startswith("response@")]

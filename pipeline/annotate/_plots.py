@@ -9,10 +9,9 @@ import pandas as pd
 def marker_dotplot(table: pd.DataFrame, *, title: str):  # -> matplotlib Figure
     """Labels (rows) x marker features (columns): dot area = fraction of the label's cells
     expressing the feature, colour = mean log1p(CP10K) scaled to the feature's maximum."""
-    import matplotlib
+    from .._mpl import pyplot
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     mean = table.pivot(index="label", columns="feature", values="mean_log_cp10k")
     frac = table.pivot(index="label", columns="feature", values="fraction_expressing")

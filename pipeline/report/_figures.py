@@ -6,16 +6,13 @@ keeps its share), rasterized, so that the embedded PNGs stay small.
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
+from .._mpl import pyplot
+
+plt = pyplot()
 
 
 def umap_panels(
