@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .._mpl import pyplot
 
@@ -32,33 +33,36 @@ def umap_panels(
     nrows = -(-len(keys) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.4 * nrows), squeeze=False)
     size = max(0.5, min(8.0, 30_000 / max(rows.size, 1)))
+    shuffle = np.random.default_rng(seed)
     for ax, key in zip(axes.ravel(), keys, strict=False):
         raw = obs[key].to_numpy()[rows]
         missing = pd.isna(raw)
         values = np.where(missing, "", raw.astype(str))
-        if missing.any():  # e.g. B subsets of non-B cells: grey background
-            ax.scatter(
-                umap[rows[missing], 0],
-                umap[rows[missing], 1],
-                s=size,
-                color="#d9d9d9",
-                label="(none)",
-                linewidths=0,
-                rasterized=True,
-            )
         cats = sorted(set(values[~missing]), key=_natural)
         cmap = plt.get_cmap("tab20" if len(cats) > 10 else "tab10")
-        for i, cat in enumerate(cats):
-            sel = values == cat
-            ax.scatter(
-                umap[rows[sel], 0],
-                umap[rows[sel], 1],
-                s=size,
-                color=cmap(i % cmap.N),
-                label=cat,
-                linewidths=0,
-                rasterized=True,
-            )
+        palette = {c: cmap(i % cmap.N) for i, c in enumerate(cats)}
+        grey = (0.85, 0.85, 0.85, 1.0)
+        colours = np.array(
+            [grey if m else palette[v] for v, m in zip(values, missing, strict=True)]
+        )
+        # missing values (e.g. B subsets of non-B cells) first, as a grey background; the
+        # rest in random order, so that no category hides another by being drawn last
+        order = np.concatenate(
+            [np.flatnonzero(missing), shuffle.permutation(np.flatnonzero(~missing))]
+        )
+        ax.scatter(
+            umap[rows[order], 0],
+            umap[rows[order], 1],
+            s=size,
+            c=colours[order],
+            linewidths=0,
+            rasterized=True,
+        )
+        handles = [
+            Line2D([], [], marker="o", linestyle="", color=palette[c], label=c) for c in cats
+        ]
+        if missing.any():
+            handles.insert(0, Line2D([], [], marker="o", linestyle="", color=grey, label="(none)"))
         ax.set_title(key.replace("_", " "))
         ax.set_xlabel("UMAP 1")
         ax.set_ylabel("UMAP 2")
@@ -66,7 +70,7 @@ def umap_panels(
         ax.set_yticks([])
         if len(cats) <= 30:
             ax.legend(
-                markerscale=max(1.0, 12 / size),
+                handles=handles,
                 fontsize=7,
                 frameon=False,
                 loc="center left",
@@ -100,11 +104,12 @@ def qc_distributions(obs: pd.DataFrame) -> Figure:
     width = max(8.0, 0.12 * len(samples) + 3)
     fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 2.6 * len(metrics)), sharex=True)
     kept = obs["qc_pass"].to_numpy(dtype=bool)
-    sample = obs["sample_id"].astype(str).to_numpy()
+    groups = pd.Series(np.arange(len(obs))).groupby(obs["sample_id"].astype(str).to_numpy()).indices
+    by_sample = [groups[s] for s in samples]
     for ax, (col, label, log) in zip(axes, metrics, strict=True):
         values = obs[col].to_numpy(dtype=float)
         for flag, colour, shift in ((True, "tab:blue", -0.2), (False, "tab:red", 0.2)):
-            data = [values[(sample == s) & (kept == flag)] for s in samples]
+            data = [values[rows[kept[rows] == flag]] for rows in by_sample]
             data = [d if d.size else np.array([np.nan]) for d in data]
             ax.boxplot(
                 data,
