@@ -10,7 +10,7 @@ from pipeline import workdir
 from pipeline.config import parse_config
 from pipeline.ingest import STAGE_RECORD
 
-LATER = ["qc", "preprocess", "integrate", "graph", "annotate", "abundance"]
+LATER = ["qc", "preprocess", "integrate", "graph", "annotate", "abundance", "report"]
 
 
 def _digests(tmp_path: Path, **cfg: object) -> dict[str, str]:
@@ -21,9 +21,10 @@ def _digests(tmp_path: Path, **cfg: object) -> dict[str, str]:
 def test_a_parameter_changes_its_stage_and_the_later_ones(tmp_path: Path) -> None:
     base = _digests(tmp_path)
     changed = _digests(tmp_path, graph={"n_neighbors": 20})
-    assert [s for s in base if base[s] != changed[s]] == ["graph", "annotate", "abundance"]
+    assert [s for s in base if base[s] != changed[s]] == ["graph", "annotate", "abundance",
+                                                          "report"]  # fmt: skip
     changed = _digests(tmp_path, abundance={"time": "continuous"})
-    assert [s for s in base if base[s] != changed[s]] == ["abundance"]
+    assert [s for s in base if base[s] != changed[s]] == ["abundance", "report"]
 
 
 @pytest.mark.parametrize("stage", LATER)
@@ -45,7 +46,7 @@ def test_an_edited_marker_file_reruns_annotate(tmp_path: Path) -> None:
     base = _digests(tmp_path, annotate={"markers": str(markers)})
     markers.write_text(text.replace("version: 1", "version: 2"))
     edited = _digests(tmp_path, annotate={"markers": str(markers)})
-    assert [s for s in base if base[s] != edited[s]] == ["annotate", "abundance"]
+    assert [s for s in base if base[s] != edited[s]] == ["annotate", "abundance", "report"]
 
 
 def test_a_stage_whose_files_were_deleted_runs_again(tmp_path: Path) -> None:
