@@ -3,7 +3,7 @@
 While a stage runs, a thread polls the Dask scheduler every ``interval`` seconds for the
 tasks done and every worker's memory; on a terminal it redraws one status line. When the
 stage ends (done, skipped or failed) one JSON line is appended to
-``WORKDIR/logs/stages.jsonl``: stage, status, start time, seconds, cells (cohort.zarr's
+``WORKDIR/logs/stages.jsonl``: stage, status, start time (ISO and Unix), seconds, cells (cohort.zarr's
 manifest), the peak memory of the busiest worker and of all workers together as the
 scheduler saw them, and the driver's peak resident memory.
 """
@@ -104,6 +104,7 @@ def stage_log(
         manifest = read_manifest(Path(workdir) / "cohort.zarr")
         record.update(
             started=started.isoformat(timespec="seconds"),
+            started_unix=round(started.timestamp(), 3),
             seconds=round(time.perf_counter() - start, 2),
             cells=manifest.get("n_obs") if manifest else None,
             peak_worker_memory_gib=round(poller.peak_worker / GIB, 3),
