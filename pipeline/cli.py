@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import traceback
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
+from ._memory import release_memory
 from .config import STAGES, RunConfig, load_config
 from .errors import ImmunoprofileError, NotImplementedStageError
 
@@ -159,6 +161,10 @@ def run_stages(cfg: RunConfig, client: Client, rows: list[SampleRow], stages: li
         except Exception as exc:  # e.g. a decoding error or KilledWorker
             _name_corrupt_samples(cfg, stage, exc)
             raise
+        finally:  # the next stage starts from a trimmed heap, not this one's peak
+            release_memory()
+            with contextlib.suppress(Exception):
+                client.run(release_memory)
         print(record["message"], flush=True)
 
 

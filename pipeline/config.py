@@ -239,7 +239,7 @@ class IntegrateConfig(_Frozen):
     harmony_theta: float = Field(2.0, ge=0, description="Harmony's diversity penalty")
     harmony_max_iter: int = Field(10, ge=1)
     metrics_max_cells: int = Field(
-        20_000, ge=100, description="cells sampled for the mixing metrics (quadratic cost)"
+        10_000, ge=100, description="cells sampled for the mixing metrics (quadratic cost)"
     )
     scvi_max_cells: int = Field(
         50_000, ge=100, description="cells (stratified by sample) scVI is trained on"
@@ -266,7 +266,7 @@ class GraphConfig(_Frozen):
         default_factory=lambda: [0.5, 1.0], description="Leiden resolutions, one obs column each"
     )
     umap_max_cells: int = Field(
-        200_000,
+        100_000,
         ge=1000,
         description="above this many cells UMAP is fitted on a subsample stratified by sample "
         "and the other cells are placed by their nearest fitted cells",

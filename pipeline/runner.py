@@ -12,8 +12,11 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import zarr
 from distributed import Client
 
+from ._memory import release_memory
+from .batches import read_obs_columns
 from .cohort import open_cohort
 from .config import RunConfig
 from .errors import ImmunoprofileError
@@ -233,25 +236,33 @@ def run_integrate(cfg: RunConfig, client: Client) -> str:
     return f"integrate: {c.method} on {int(keep.sum()):,} cells by {c.batch_key}; iLISI {mixing}"
 
 
-def run_graph(cfg: RunConfig, client: Client) -> str:  # runs in the driver
+def run_graph(cfg: RunConfig, client: Client) -> str:  # runs in the driver, Leiden on a worker
     g = cfg.graph
-    out = previous(cfg, "graph")
-    if g.use_rep not in out.obsm:
+    path = Path(cfg.workdir) / COHORT_STORE
+    obsm = zarr.open_group(str(path), mode="r")["obsm"]
+    assert isinstance(obsm, zarr.Group)
+    if g.use_rep not in obsm:
         msg = (
             f"graph.use_rep is {g.use_rep}, which the integrate stage did not compute "
-            f"(integrate.method is {cfg.integrate.method}; cohort.zarr has {sorted(out.obsm)})"
+            f"(integrate.method is {cfg.integrate.method}; cohort.zarr has {sorted(obsm)})"
         )
         raise ImmunoprofileError(msg)
+    # only the inputs while the graph is built; the rest of the cohort is read afterwards
+    obs = read_obs_columns(path, ["qc_pass", "sample_id"], needs="the qc stage")
     result = build_graph(
-        out.obsm[g.use_rep],
-        out.obs["qc_pass"].to_numpy(dtype=bool),
-        out.obs["sample_id"].astype(str).to_numpy(),
+        np.asarray(ad.io.read_elem(obsm[g.use_rep])),
+        obs["qc_pass"].to_numpy(dtype=bool),
+        obs["sample_id"].astype(str).to_numpy(),
         n_neighbors=g.n_neighbors,
         resolutions=tuple(g.resolutions),
         umap_max_cells=g.umap_max_cells,
         exact_below=g.exact_knn_below,
         seed=g.seed,
+        submit=lambda f, *a: client.submit(f, *a, pure=False),
     )
+    del obs
+    release_memory()
+    out = previous(cfg, "graph")
     out.obsp["distances"] = result.distances
     out.obsp["connectivities"] = result.connectivities
     for r, labels in result.clusters.items():
@@ -277,4 +288,6 @@ def run_graph(cfg: RunConfig, client: Client) -> str:  # runs in the driver
     counts = ", ".join(
         f"{len(np.unique(v[v >= 0]))} clusters at {r:g}" for r, v in result.clusters.items()
     )
-    return f"graph: {g.n_neighbors}-NN graph on {g.use_rep}, {counts}, UMAP in {sum(result.seconds.values()):.1f} s"
+    sec = result.seconds
+    steps = sec["neighbors"] + sec["umap"] + sec.get("leiden_wait", sec["leiden"])
+    return f"graph: {g.n_neighbors}-NN graph on {g.use_rep}, {counts}, in {steps:.1f} s"

@@ -20,6 +20,7 @@ def _slow_square(x: int) -> int:
 
 def test_a_stage_writes_one_log_line_and_draws_progress(tmp_path: Path, client: Client) -> None:
     stream = io.StringIO()
+    before = time.time()
     with stage_log(tmp_path, "qc", client, interval=0.1, progress=stream) as record:
         total = sum(client.gather(client.map(_slow_square, range(30), pure=False)))
         record["message"] = f"qc: {total}"
@@ -29,6 +30,7 @@ def test_a_stage_writes_one_log_line_and_draws_progress(tmp_path: Path, client: 
     assert entry["stage"] == "qc" and entry["status"] == "done"
     assert entry["message"] == f"qc: {sum(i * i for i in range(30))}" and entry["seconds"] >= 1.0
     assert entry["peak_worker_memory_gib"] > 0 and entry["driver_peak_rss_gib"] > 0
+    assert before - 0.01 <= entry["started_unix"] <= before + 1  # benchmarks cut runs by it
     assert "tasks, 2 workers" in stream.getvalue()
 
 

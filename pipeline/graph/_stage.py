@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,15 @@ def _expand(m: sp.csr_matrix, rows: np.ndarray, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((coo.data, (rows[coo.row], rows[coo.col])), shape=(n, n))
 
 
+def timed_leiden(
+    connectivities: sp.csr_matrix, resolutions: tuple[float, ...], seed: int
+) -> tuple[dict[float, np.ndarray], float]:
+    """`leiden_clusters` and its duration (for running it in another process)."""
+    t = time.perf_counter()
+    clusters = leiden_clusters(connectivities, resolutions=resolutions, seed=seed)
+    return clusters, time.perf_counter() - t
+
+
 def build_graph(
     embedding: np.ndarray,
     keep: np.ndarray,
@@ -37,15 +47,20 @@ def build_graph(
     *,
     n_neighbors: int = 15,
     resolutions: tuple[float, ...] = (0.5, 1.0),
-    umap_max_cells: int = 200_000,
+    umap_max_cells: int = 100_000,
     exact_below: int = 50_000,
     seed: int = 0,
+    submit: Callable[..., Any] | None = None,
 ) -> GraphResult:
     """kNN graph, Leiden at each resolution and UMAP of the cells in ``keep``.
 
     Above ``umap_max_cells`` kept cells the UMAP is fitted on a subsample stratified by
     ``sample`` (on its own kNN graph) and every other cell is placed from its neighbours in
     the full graph (`place_by_neighbors`); ``info["umap"]`` says which.
+
+    ``submit`` (e.g. a Dask client's ``submit``): Leiden runs through it, in another
+    process, while this one fits the UMAP (both are single-threaded); its result has a
+    ``result()`` method. None: one after the other here. The clusters are the same.
     """
     seconds: dict[str, float] = {}
     rows = np.flatnonzero(keep)
@@ -57,15 +72,9 @@ def build_graph(
     distances, connectivities = knn_graphs(nn, seed=seed)
     seconds["neighbors"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    clusters = {}
-    for r, kept_labels in leiden_clusters(
-        connectivities, resolutions=resolutions, seed=seed
-    ).items():
-        labels = np.full(n, -1, dtype=np.int64)
-        labels[rows] = kept_labels
-        clusters[r] = labels
-    seconds["leiden"] = time.perf_counter() - t
+    leiden = submit(timed_leiden, connectivities, resolutions, seed) if submit else None
+    if leiden is None:
+        kept_clusters, seconds["leiden"] = timed_leiden(connectivities, resolutions, seed)
 
     t = time.perf_counter()
     layout = np.full((n, 2), np.nan, dtype=np.float32)
@@ -85,6 +94,15 @@ def build_graph(
             "n_fitted": int(fit.size),
         }
     seconds["umap"] = time.perf_counter() - t
+    if leiden is not None:
+        t = time.perf_counter()
+        kept_clusters, seconds["leiden"] = leiden.result()
+        seconds["leiden_wait"] = time.perf_counter() - t
+    clusters = {}
+    for r, kept_labels in kept_clusters.items():
+        labels = np.full(n, -1, dtype=np.int64)
+        labels[rows] = kept_labels
+        clusters[r] = labels
     info = {"neighbors": {"n_neighbors": n_neighbors, "exact": nn.exact}, "umap": umap_info}
     return GraphResult(
         distances=_expand(distances, rows, n),
@@ -96,4 +114,4 @@ def build_graph(
     )
 
 
-__all__ = ["GraphResult", "Neighbors", "build_graph"]
+__all__ = ["GraphResult", "Neighbors", "build_graph", "timed_leiden"]

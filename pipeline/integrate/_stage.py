@@ -29,7 +29,7 @@ def integrate_cohort(
     other: dict[str, np.ndarray] | None = None,
     theta: float = 2.0,
     max_iter: int = 10,
-    metrics_max_cells: int = 20_000,
+    metrics_max_cells: int = 10_000,
     seed: int = 0,
 ) -> IntegrationResult:
     """Harmony-corrected PCs (obsm ``X_pca_harmony``) of the cells in ``keep``.

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
+from distributed import Client
 from sklearn.metrics import adjusted_rand_score
 
 from pipeline.graph import build_graph, knn_graphs, nearest_neighbors
@@ -72,17 +73,24 @@ def test_approximate_neighbours_agree_with_exact(kept: ad.AnnData) -> None:
 
 
 def test_umap_on_a_subsample_places_the_other_cells(
-    kept: ad.AnnData, strong_batch_truth: pd.DataFrame
+    kept: ad.AnnData, strong_batch_truth: pd.DataFrame, client: Client
 ) -> None:
     """Above umap_max_cells: fitted on a stratified subsample, the rest placed among their
     neighbours. A placed cell's nearest fitted cell in the layout has its true lineage for
-    >= 90% of placed cells (lineages are separate islands in the fitted layout)."""
+    >= 90% of placed cells (lineages are separate islands in the fitted layout). Leiden
+    submitted to a worker (as the stage runs it, beside the UMAP) gives the same result."""
     x = kept.obsm["X_pca_harmony"]
     keep = np.ones(kept.n_obs, dtype=bool)
-    res = build_graph(
-        x, keep, kept.obs["sample_id"].astype(str).to_numpy(), resolutions=(0.5,),
-        umap_max_cells=2000, seed=0,
+    args = (x, keep, kept.obs["sample_id"].astype(str).to_numpy())
+    res = build_graph(*args, resolutions=(0.5, 1.0), umap_max_cells=2000, seed=0)
+    on_worker = build_graph(
+        *args, resolutions=(0.5, 1.0), umap_max_cells=2000, seed=0,
+        submit=lambda f, *a: client.submit(f, *a, pure=False),
     )  # fmt: skip
+    for r in (0.5, 1.0):
+        np.testing.assert_array_equal(on_worker.clusters[r], res.clusters[r])
+    np.testing.assert_array_equal(on_worker.umap, res.umap)
+    assert "leiden_wait" in on_worker.seconds and "leiden_wait" not in res.seconds
     assert res.info["umap"]["n_fitted"] == pytest.approx(2000, abs=20)
     assert "subsample" in res.info["umap"]["fitted_on"]
     assert np.isfinite(res.umap).all()

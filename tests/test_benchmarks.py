@@ -1,0 +1,95 @@
+"""The benchmark runners keep working: the scaling runner on a tiny cohort, the sampler's
+memory cap. The full-size runs and their figures are in docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.workdir import STAGE_ORDER
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from measure import measure  # noqa: E402
+from scaling import stage_rows  # noqa: E402
+
+
+def test_memory_cap_kills_the_whole_process_tree() -> None:
+    """A baseline that outgrows the cap is stopped and reported, not left to swap."""
+    grow = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "x = b'x' * (700 * 2**20); time.sleep(60)"
+    )
+    result = measure([sys.executable, "-c", grow], memory_cap_gib=0.5)
+    assert result["killed"] == "memory cap"
+    assert result["returncode"] != 0 and result["wall_s"] < 30
+    assert result["peak_rss_gib"] > 0.5 and result["max_processes"] == 2
+
+
+def test_stages_are_cut_from_the_timeline() -> None:
+    # samples: unix time, RSS of all processes, CPU so far, driver RSS
+    gib = 2**30
+    timeline = [[t, (1 + (t == 12)) * gib, 2.0 * t, gib // 2] for t in range(20)]
+    log = [
+        {"stage": "ingest", "status": "done", "started_unix": 2.0, "seconds": 5.0},
+        {"stage": "qc", "status": "done", "started_unix": 9.0, "seconds": 4.0},
+    ]
+    rows = stage_rows(timeline, log, cells=1000, wall=20.0)
+    assert [r["cpu_s"] for r in rows] == [10.0, 8.0]
+    assert [r["peak_rss_gib"] for r in rows] == [1.0, 2.0]
+    assert [r["cells_per_s"] for r in rows] == [200, 250]
+    assert [r["share"] for r in rows] == [0.25, 0.2]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("scaling")
+    out = root / "results.jsonl"
+    command = [sys.executable, str(BENCHMARKS / "scaling.py"), "--sizes", "tiny",
+               "--root", str(root), "--json", str(out)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    return out, json.loads(out.read_text())
+
+
+def test_scaling_runner_measures_every_stage_and_the_baseline(tiny_run: tuple[Path, dict]) -> None:
+    _, record = tiny_run
+    run = record["pipeline"]
+    assert run["returncode"] == 0 and run["samples"] == 4 * 3
+    assert [s["stage"] for s in run["stages"]] == list(STAGE_ORDER)
+    for stage in run["stages"]:
+        assert stage["status"] == "done" and stage["wall_s"] > 0 and stage["cpu_s"] > 0
+        # the driver, a scheduler and two workers are all counted
+        assert stage["peak_rss_gib"] > stage["driver_peak_rss_gib"] > 0.05
+        assert stage["peak_rss_gib"] <= run["peak_rss_gib"]
+    assert run["max_processes"] >= 3
+    staged = sum(s["wall_s"] for s in run["stages"])
+    assert staged + run["outside_stages_s"] == pytest.approx(run["wall_s"], abs=0.05)
+    assert 0.5 < sum(s["share"] for s in run["stages"]) < 1
+    assert 0.8 * run["cells"] < run["cells_after_qc"] < run["cells"]
+    assert 0 < run["per_cell_outputs_gib"] < run["peak_rss_gib"]
+    scanpy = record["scanpy"]
+    assert scanpy["status"] == "ok" and scanpy["cells"] == run["cells"]
+    assert list(scanpy["seconds"]) == [
+        "read", "qc", "hvg", "normalize_pca", "harmony", "neighbors", "leiden", "umap"
+    ]  # fmt: skip
+    # the same QC rules on the same cells: within a few doublet calls of each other
+    assert scanpy["cells_after_qc"] == pytest.approx(run["cells_after_qc"], rel=0.03)
+
+
+def test_scaling_report_tables_and_plot(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
+    results, record = tiny_run
+    plot = tmp_path / "scaling.png"
+    command = [sys.executable, str(BENCHMARKS / "scaling_report.py"), str(results),
+               "--plot", str(plot)]  # fmt: skip
+    text = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    assert f"| tiny | 12 | {record['pipeline']['cells']:,}" in text
+    for stage in STAGE_ORDER:
+        assert f"| {stage} | " in text
+    assert "| umap | " in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
