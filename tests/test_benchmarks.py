@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.workdir import STAGE_ORDER
+from pipeline.config import STAGES as STAGE_ORDER
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
