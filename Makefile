@@ -12,7 +12,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 SRC := pipeline cluster tests benchmarks
 
-.PHONY: install demo test test-slow lint typecheck schema bench-simulate clean
+.PHONY: install demo test test-slow lint typecheck schema bench-simulate bench-scaling clean
 
 install: $(STAMP)
 
@@ -51,6 +51,14 @@ bench-simulate: $(STAMP)
 	rm -rf cohort_data
 	$(BIN)/python benchmarks/measure.py --label simulate-cohort --json benchmarks/results/simulate.jsonl \
 		-- $(BIN)/immunoprofile simulate configs/cohort.yaml --out cohort_data
+
+# The whole pipeline at 50k, 250k and ~1M cells with the scanpy baseline (docs/benchmarks.md,
+# about 40 minutes on 2 cores; needs ~10 GB of disk in SCALING_ROOT).
+SCALING_ROOT ?= scaling_work
+bench-scaling: $(STAMP)
+	$(BIN)/python benchmarks/scaling.py --sizes 50k,250k,1M --root $(SCALING_ROOT) \
+		--json benchmarks/results/scaling.jsonl
+	$(BIN)/python benchmarks/scaling_report.py benchmarks/results/scaling.jsonl --plot docs/img/scaling.png
 
 clean:
 	rm -rf demo_data demo_work .pytest_cache .mypy_cache .ruff_cache

@@ -168,6 +168,15 @@ def run_stages(cfg: RunConfig, client: Client, rows: list[SampleRow], stages: li
         print(record["message"], flush=True)
 
 
+def _performance_report(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    if not args.performance_report:
+        return contextlib.nullcontext()
+    from distributed import performance_report
+
+    Path(args.performance_report).parent.mkdir(parents=True, exist_ok=True)
+    return performance_report(filename=str(args.performance_report))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from cluster.launch import start_client
 
@@ -185,7 +194,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if runnable:
         # the samplesheet is checked before any cluster starts: bad input fails fast
         rows = read_samplesheet(cfg.samplesheet)
-        with start_client(cfg.cluster) as client:
+        with start_client(cfg.cluster) as client, _performance_report(args) as _:
             run_stages(cfg, client, rows, runnable)
     missing = [s for s in wanted if s not in IMPLEMENTED_STAGES]
     if missing:
@@ -295,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samplesheet", help="override the config's samplesheet")
     p.add_argument("--workdir", help="override the config's workdir")
     p.add_argument("--until", choices=STAGES, metavar="STAGE", help="stop after STAGE")
+    p.add_argument(
+        "--performance-report",
+        metavar="HTML",
+        help="write Dask's performance report of the run (task stream, worker profiles)",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

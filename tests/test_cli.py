@@ -132,10 +132,12 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     cfg.write_text(
         "cluster: {n_workers: 2, threads_per_worker: 1}\npreprocess: {n_top_genes: 500, n_comps: 10}\n"
     )
-    assert main([*args, "--until", "preprocess"]) == 0
+    report = tmp_path / "perf" / "report.html"
+    assert main([*args, "--until", "preprocess", "--performance-report", str(report)]) == 0
     out = capsys.readouterr().out
     assert "qc: unchanged inputs and parameters, skipped" in out
     assert "preprocess: 500 HVGs, 10 PCs" in out
+    assert "Dask Performance Report" in report.read_text()  # the recomputed stage's tasks
     cohort = ad.read_zarr(workdir / "cohort.zarr")
     assert cohort.obsm["X_pca"].shape[1] == 10
     # outputs computed from the old PCs are gone with them
