@@ -2,7 +2,7 @@
 
 A stage frees its large arrays when it ends, but glibc keeps much of that memory mapped in
 the process, so the next stage would start from the last one's peak. Called in the driver
-and, through ``Client.run`` (not waited for), on every worker between stages. No garbage
+and, through ``Client.run``, on every worker between stages. No garbage
 collection first: arrays are freed by reference counting, and a full collection of the
 driver's heap costs ~0.13 s per call. A no-op where there is no glibc (macOS).
 """

@@ -164,7 +164,7 @@ def run_stages(cfg: RunConfig, client: Client, rows: list[SampleRow], stages: li
         finally:  # the next stage starts from a trimmed heap, not this one's peak
             release_memory()
             with contextlib.suppress(Exception):
-                client.run(release_memory, wait=False)
+                client.run(release_memory)
         print(record["message"], flush=True)
 
 
