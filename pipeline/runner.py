@@ -236,7 +236,8 @@ def run_integrate(cfg: RunConfig, client: Client) -> str:
     return f"integrate: {c.method} on {int(keep.sum()):,} cells by {c.batch_key}; iLISI {mixing}"
 
 
-def run_graph(cfg: RunConfig, client: Client) -> str:  # runs in the driver, Leiden on a worker
+def run_graph(cfg: RunConfig, client: Client) -> str:
+    """In the driver; Leiden on a worker (its graph scattered, not sent inside the task)."""
     g = cfg.graph
     path = Path(cfg.workdir) / COHORT_STORE
     obsm = zarr.open_group(str(path), mode="r")["obsm"]
@@ -258,7 +259,7 @@ def run_graph(cfg: RunConfig, client: Client) -> str:  # runs in the driver, Lei
         umap_max_cells=g.umap_max_cells,
         exact_below=g.exact_knn_below,
         seed=g.seed,
-        submit=lambda f, *a: client.submit(f, *a, pure=False),
+        submit=lambda f, graph, *a: client.submit(f, client.scatter(graph), *a, pure=False),
     )
     del obs
     release_memory()
