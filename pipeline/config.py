@@ -238,6 +238,12 @@ class IntegrateConfig(_Frozen):
     batch_key: Literal["batch", "sample_id", "patient_id"] = "batch"
     harmony_theta: float = Field(2.0, ge=0, description="Harmony's diversity penalty")
     harmony_max_iter: int = Field(10, ge=1)
+    harmony_max_cells: int = Field(
+        100_000,
+        ge=1000,
+        description="above this many cells Harmony is fitted on a subsample stratified by "
+        "sample and every other cell is corrected with the fitted model (bounded memory)",
+    )
     metrics_max_cells: int = Field(
         10_000, ge=100, description="cells sampled for the mixing metrics (quadratic cost)"
     )

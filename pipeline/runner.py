@@ -219,6 +219,8 @@ def run_integrate(cfg: RunConfig, client: Client) -> str:
         other=other,
         theta=c.harmony_theta,
         max_iter=c.harmony_max_iter,
+        max_cells=c.harmony_max_cells,
+        sample=out.obs["sample_id"].astype(str).to_numpy(),
         metrics_max_cells=c.metrics_max_cells,
         seed=c.seed,
     )

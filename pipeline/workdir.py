@@ -45,7 +45,7 @@ def _sha(obj: Any) -> str:
 STAGE_VERSIONS: dict[str, int] = {
     "qc": 2,
     "preprocess": 2,
-    "integrate": 3,
+    "integrate": 4,
     "graph": 1,
     "annotate": 1,
     "abundance": 1,

@@ -19,6 +19,7 @@ class HarmonyResult:
     sigma: float
     n_iterations: int
     converged: bool
+    n_fitted: int  # cells Harmony was fitted on; the others corrected by its model
 
 
 SIGMA = 0.1  # harmonypy's default soft-clustering bandwidth (run_harmony's sigma)
@@ -33,11 +34,20 @@ def harmony_embedding(
     max_iter: int = 10,
     seed: int = 0,
     n_threads: int = 0,
+    fit_max_cells: int | None = None,
+    strata: np.ndarray | None = None,
+    chunk_cells: int = 50_000,
 ) -> HarmonyResult:
     """Harmony-corrected PCs of every row of ``pcs`` for the batch labels ``batch``.
 
     ``n_clusters`` None: harmonypy's default, min(n / 30, 100). ``n_threads`` 0: one per
     physical core this process may use (results do not depend on it).
+
+    Above ``fit_max_cells`` rows Harmony is fitted on a subsample stratified by
+    ``strata`` (default: ``batch``; every batch with all its cells when it would get fewer
+    than `MIN_FIT_PER_BATCH`), and every other row is corrected with the fitted model,
+    ``chunk_cells`` at a time (`correct_cells`): Harmony's working memory (several copies
+    of the PCs and the cells x clusters assignments, in float64) stays that of the fit.
     """
     import harmonypy
 
@@ -50,9 +60,11 @@ def harmony_embedding(
         msg = "Harmony needs at least two batches; found one"
         raise ValueError(msg)
     logging.getLogger("harmonypy").setLevel(logging.WARNING)
+    batch = np.asarray(batch).astype(str)
+    fit = _fit_rows(batch, strata, fit_max_cells, seed)
     model = harmonypy.run_harmony(
-        np.asarray(pcs, dtype=np.float64),
-        {"batch": np.asarray(batch).astype(str)},
+        np.asarray(pcs[fit], dtype=np.float64),
+        {"batch": batch[fit]},
         "batch",
         theta=theta,
         nclust=n_clusters,
@@ -65,12 +77,89 @@ def harmony_embedding(
     rounds = len(model.objective_harmony) - 1
     r = np.asarray(model.R, dtype=np.float64)  # cells x clusters (harmonypy 2)
     z = np.asarray(model.Z_corr, dtype=np.float64)  # cells x components
+    centroids = np.asarray(model.Y, dtype=np.float64)  # components x clusters
+    codes = np.unique(batch, return_inverse=True)[1]
+    embedding = np.empty(pcs.shape, dtype=np.float32)
+    embedding[fit] = z
+    sizes, sums = r.sum(axis=0), r.T @ z
+    if fit.size < pcs.shape[0]:
+        offsets = batch_offsets(np.asarray(model.Z_orig, dtype=np.float64) - z, r, codes[fit])
+        del model, r, z
+        rest = np.setdiff1d(np.arange(pcs.shape[0]), fit)
+        for start in range(0, rest.size, chunk_cells):
+            rows = rest[start : start + chunk_cells]
+            z_rows, r_rows = correct_cells(pcs[rows], codes[rows], centroids, offsets, SIGMA)
+            embedding[rows] = z_rows
+            sizes += r_rows.sum(axis=0)
+            sums += r_rows.T @ z_rows
     return HarmonyResult(
-        embedding=z.astype(np.float32),
-        centroids=np.asarray(model.Y, dtype=np.float32),
-        cluster_sizes=r.sum(axis=0),
-        cluster_sums=r.T @ z,
+        embedding=embedding,
+        centroids=centroids.astype(np.float32),
+        cluster_sizes=sizes,
+        cluster_sums=sums,
         sigma=SIGMA,
         n_iterations=rounds,
         converged=rounds < max_iter,
+        n_fitted=int(fit.size),
     )
+
+
+MIN_FIT_PER_BATCH = 500  # fitted cells per batch (5 per Harmony cluster, at most 100)
+
+
+def _fit_rows(
+    batch: np.ndarray, strata: np.ndarray | None, max_cells: int | None, seed: int
+) -> np.ndarray:
+    """The rows Harmony is fitted on (sorted): all, or a stratified subsample topped up
+    with every cell of the batches it leaves with fewer than `MIN_FIT_PER_BATCH`."""
+    from ._scvi_stage import stratified_sample
+
+    if max_cells is None or batch.size <= max_cells:
+        return np.arange(batch.size)
+    chosen = np.zeros(batch.size, dtype=bool)
+    chosen[stratified_sample(batch if strata is None else np.asarray(strata), max_cells, seed)] = 1
+    for level in np.unique(batch):
+        members = batch == level
+        if chosen[members].sum() < MIN_FIT_PER_BATCH:
+            chosen[members] = True
+    return np.flatnonzero(chosen)
+
+
+def batch_offsets(correction: np.ndarray, r: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Harmony's per-cluster batch offsets (batches x clusters x components), recovered
+    from its fit: the correction of a fitted cell i of batch b (original minus corrected
+    PCs) is sum_k R_ik W_kb, with W_kb the ridge coefficient of batch b in cluster k of
+    Harmony's last correction step (`moe_correct_ridge`); least squares per batch."""
+    out = np.zeros((codes.max() + 1, r.shape[1], correction.shape[1]))
+    for b in range(out.shape[0]):
+        rows = codes == b
+        if rows.any():
+            out[b] = np.linalg.lstsq(r[rows], correction[rows], rcond=None)[0]
+    return out
+
+
+def correct_cells(
+    pcs: np.ndarray,
+    codes: np.ndarray,
+    centroids: np.ndarray,
+    offsets: np.ndarray,
+    sigma: float,
+    *,
+    rounds: int = 5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cells not in Harmony's fit corrected by its model: soft-assign each cell's
+    corrected PCs (starting from the original) to the centroids as Harmony's clustering
+    step does (without its diversity penalty, as Symphony maps cells), subtract its batch's
+    offsets weighted by the assignment, and repeat ``rounds`` times. Each cell on its own:
+    the result does not depend on the chunking. Returns (corrected, assignments)."""
+    from ._mapping import soft_clusters
+
+    pcs = np.asarray(pcs, dtype=np.float64)
+    unit = centroids / np.linalg.norm(centroids, axis=0, keepdims=True)
+    z = pcs.copy()
+    for _ in range(rounds):
+        r = soft_clusters(z, unit.T, sigma)
+        for b in np.unique(codes):
+            rows = codes == b
+            z[rows] = pcs[rows] - r[rows] @ offsets[b]
+    return z.astype(np.float32), r

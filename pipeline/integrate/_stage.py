@@ -29,6 +29,8 @@ def integrate_cohort(
     other: dict[str, np.ndarray] | None = None,
     theta: float = 2.0,
     max_iter: int = 10,
+    max_cells: int | None = None,
+    sample: np.ndarray | None = None,
     metrics_max_cells: int = 10_000,
     seed: int = 0,
 ) -> IntegrationResult:
@@ -36,7 +38,8 @@ def integrate_cohort(
 
     Batch mixing (iLISI, batch silhouette) is measured on the same subsample of kept cells
     before (``X_pca``) and after integration, for Harmony's embedding and for ``other``
-    integrated embeddings given (e.g. ``X_scvi``).
+    integrated embeddings given (e.g. ``X_scvi``). Above ``max_cells`` kept cells Harmony
+    is fitted on a subsample stratified by ``sample`` (`harmony_embedding`).
     """
     if np.isnan(pcs[keep]).any():
         msg = "X_pca has NaN for cells that passed QC: re-run the preprocess stage"
@@ -47,7 +50,13 @@ def integrate_cohort(
     if harmony:
         t = time.perf_counter()
         result = harmony_embedding(
-            pcs[keep], batch[keep], theta=theta, max_iter=max_iter, seed=seed
+            pcs[keep],
+            batch[keep],
+            theta=theta,
+            max_iter=max_iter,
+            seed=seed,
+            fit_max_cells=max_cells,
+            strata=None if sample is None else sample[keep],
         )
         seconds["harmony"] = time.perf_counter() - t
         corrected = np.full(pcs.shape, np.nan, dtype=np.float32)
@@ -56,6 +65,7 @@ def integrate_cohort(
         info["harmony"] = {
             "n_iterations": result.n_iterations,
             "converged": result.converged,
+            "n_fitted": result.n_fitted,
             "n_clusters": int(result.centroids.shape[1]),
             "centroids": result.centroids,
             "cluster_sizes": result.cluster_sizes,
