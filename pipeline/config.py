@@ -277,10 +277,16 @@ class GraphConfig(_Frozen):
         description="above this many cells UMAP is fitted on a subsample stratified by sample "
         "and the other cells are placed by their nearest fitted cells",
     )
+    leiden_max_cells: int = Field(
+        250_000,
+        ge=1000,
+        description="above this many cells Leiden runs on a subsample stratified by sample "
+        "(its own kNN graph) and the other cells take their neighbours' most common cluster",
+    )
     exact_knn_below: int = Field(
         50_000,
         ge=0,
-        description="exact neighbours (faiss) below this many cells, pynndescent above",
+        description="exact neighbours below this many cells, faiss's inverted-file index above",
     )
     seed: int = 0
 

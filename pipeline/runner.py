@@ -259,6 +259,7 @@ def run_graph(cfg: RunConfig, client: Client) -> str:
         n_neighbors=g.n_neighbors,
         resolutions=tuple(g.resolutions),
         umap_max_cells=g.umap_max_cells,
+        leiden_max_cells=g.leiden_max_cells,
         exact_below=g.exact_knn_below,
         seed=g.seed,
         submit=lambda f, graph, *a: client.submit(f, client.scatter(graph), *a, pure=False),

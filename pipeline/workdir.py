@@ -46,7 +46,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "qc": 2,
     "preprocess": 2,
     "integrate": 4,
-    "graph": 1,
+    "graph": 2,
     "annotate": 1,
     "abundance": 1,
     "report": 1,

@@ -12,7 +12,13 @@ import scipy.sparse as sp
 
 from ..integrate import stratified_sample
 from ._knn import Neighbors, knn_graphs, nearest_neighbors
-from ._layout import leiden_clusters, place_by_neighbors, umap_layout
+from ._layout import (
+    by_size,
+    leiden_clusters,
+    place_by_neighbors,
+    transfer_by_neighbors,
+    umap_layout,
+)
 
 
 @dataclass(frozen=True)
@@ -26,9 +32,12 @@ class GraphResult:
 
 
 def _expand(m: sp.csr_matrix, rows: np.ndarray, n: int) -> sp.csr_matrix:
-    """A kept-cells x kept-cells matrix as all cells x all cells."""
-    coo = m.tocoo()
-    return sp.csr_matrix((coo.data, (rows[coo.row], rows[coo.col])), shape=(n, n))
+    """A kept-cells x kept-cells matrix as all cells x all cells (``rows`` ascending),
+    sharing ``m``'s values."""
+    counts = np.zeros(n, dtype=np.int64)
+    counts[rows] = np.diff(m.indptr)
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return sp.csr_matrix((m.data, rows.astype(np.int32)[m.indices], indptr), shape=(n, n))
 
 
 def timed_leiden(
@@ -48,6 +57,7 @@ def build_graph(
     n_neighbors: int = 15,
     resolutions: tuple[float, ...] = (0.5, 1.0),
     umap_max_cells: int = 100_000,
+    leiden_max_cells: int = 250_000,
     exact_below: int = 50_000,
     seed: int = 0,
     submit: Callable[..., Any] | None = None,
@@ -56,7 +66,11 @@ def build_graph(
 
     Above ``umap_max_cells`` kept cells the UMAP is fitted on a subsample stratified by
     ``sample`` (on its own kNN graph) and every other cell is placed from its neighbours in
-    the full graph (`place_by_neighbors`); ``info["umap"]`` says which.
+    the full graph (`place_by_neighbors`); ``info["umap"]`` says which. Likewise above
+    ``leiden_max_cells`` Leiden runs on a subsample's own kNN graph and every other cell
+    takes the cluster most of its neighbours have (`transfer_by_neighbors`; a sketch, as
+    Seurat v5 clusters large data): Leiden's working memory (igraph's copies of the graph,
+    1.3 GiB at 855k cells) then does not grow with the cohort. ``info["leiden"]``.
 
     ``submit`` (e.g. a Dask client's ``submit``): Leiden runs through it, in another
     process, while this one fits the UMAP (both are single-threaded); its result has a
@@ -72,9 +86,19 @@ def build_graph(
     distances, connectivities = knn_graphs(nn, seed=seed)
     seconds["neighbors"] = time.perf_counter() - t
 
-    leiden = submit(timed_leiden, connectivities, resolutions, seed) if submit else None
+    sketch = None
+    leiden_graph = connectivities
+    if rows.size > leiden_max_cells:
+        t = time.perf_counter()
+        sketch = stratified_sample(sample[rows], leiden_max_cells, seed + 1)
+        sketch_nn = nearest_neighbors(x[sketch], n_neighbors, exact_below=exact_below, seed=seed)
+        _, leiden_graph = knn_graphs(sketch_nn, seed=seed)
+        del sketch_nn
+        seconds["leiden_neighbors"] = time.perf_counter() - t
+    leiden = submit(timed_leiden, leiden_graph, resolutions, seed) if submit else None
     if leiden is None:
-        kept_clusters, seconds["leiden"] = timed_leiden(connectivities, resolutions, seed)
+        kept_clusters, seconds["leiden"] = timed_leiden(leiden_graph, resolutions, seed)
+    del leiden_graph
 
     t = time.perf_counter()
     layout = np.full((n, 2), np.nan, dtype=np.float32)
@@ -98,12 +122,30 @@ def build_graph(
         t = time.perf_counter()
         kept_clusters, seconds["leiden"] = leiden.result()
         seconds["leiden_wait"] = time.perf_counter() - t
+    if sketch is not None:
+        t = time.perf_counter()
+        for r, sketch_labels in kept_clusters.items():
+            labels = np.full(rows.size, -1, dtype=np.int64)
+            labels[sketch] = sketch_labels
+            kept_clusters[r] = by_size(transfer_by_neighbors(labels, nn.indices, nn.distances))
+        seconds["leiden_transfer"] = time.perf_counter() - t
+        leiden_info: dict[str, Any] = {
+            "fitted_on": "a subsample stratified by sample (its own kNN graph); every other "
+            "cell given the cluster most of its neighbours in the kNN graph have",
+            "n_fitted": int(sketch.size),
+        }
+    else:
+        leiden_info = {"fitted_on": "all cells", "n_fitted": int(rows.size)}
     clusters = {}
     for r, kept_labels in kept_clusters.items():
         labels = np.full(n, -1, dtype=np.int64)
         labels[rows] = kept_labels
         clusters[r] = labels
-    info = {"neighbors": {"n_neighbors": n_neighbors, "exact": nn.exact}, "umap": umap_info}
+    info = {
+        "neighbors": {"n_neighbors": n_neighbors, "exact": nn.exact},
+        "umap": umap_info,
+        "leiden": leiden_info,
+    }
     return GraphResult(
         distances=_expand(distances, rows, n),
         connectivities=_expand(connectivities, rows, n),
