@@ -181,11 +181,20 @@ SCVI_MODEL = Path("models") / "scvi"  # in the workdir
 
 
 def run_integrate(cfg: RunConfig, client: Client) -> str:
+    """Reads only its inputs while it computes (the rest of the cohort afterwards)."""
     c = cfg.integrate
     workdir = Path(cfg.workdir)
-    out = previous(cfg, "integrate")
-    keep = out.obs["qc_pass"].to_numpy(dtype=bool)
-    batch = out.obs[c.batch_key].astype(str).to_numpy()
+    path = workdir / COHORT_STORE
+    columns = list(dict.fromkeys(["qc_pass", "sample_id", c.batch_key]))
+    obs = read_obs_columns(path, columns, needs="run the qc stage first")
+    group = zarr.open_group(str(path), mode="r")
+    obsm = group["obsm"]
+    assert isinstance(obsm, zarr.Group)
+    if "X_pca" not in obsm:
+        msg = f"{path} has no obsm X_pca: run the preprocess stage first"
+        raise ImmunoprofileError(msg)
+    keep = obs["qc_pass"].to_numpy(dtype=bool)
+    batch = obs[c.batch_key].astype(str).to_numpy()
     other: dict[str, np.ndarray] = {}
     scvi_info: dict[str, Any] = {}
     if c.method in ("scvi", "both"):
@@ -195,7 +204,7 @@ def run_integrate(cfg: RunConfig, client: Client) -> str:
             client=client,
             keep=keep,
             batch=batch,
-            hvg=np.flatnonzero(out.var["highly_variable"].to_numpy()),
+            hvg=np.flatnonzero(ad.io.read_elem(group["var"])["highly_variable"].to_numpy()),
             model_dir=workdir / SCVI_MODEL,
             max_cells=c.scvi_max_cells,
             n_latent=c.scvi_n_latent,
@@ -212,7 +221,7 @@ def run_integrate(cfg: RunConfig, client: Client) -> str:
             "seconds": result_scvi.seconds,
         }
     result = integrate_cohort(
-        out.obsm["X_pca"],
+        np.asarray(ad.io.read_elem(obsm["X_pca"])),
         keep,
         batch,
         harmony=c.method in ("harmony", "both"),
@@ -220,10 +229,13 @@ def run_integrate(cfg: RunConfig, client: Client) -> str:
         theta=c.harmony_theta,
         max_iter=c.harmony_max_iter,
         max_cells=c.harmony_max_cells,
-        sample=out.obs["sample_id"].astype(str).to_numpy(),
+        sample=obs["sample_id"].astype(str).to_numpy(),
         metrics_max_cells=c.metrics_max_cells,
         seed=c.seed,
     )
+    del obs, other
+    release_memory()
+    out = previous(cfg, "integrate")
     out.obsm.update(result.embeddings)
     out.uns["integrate"] = {
         "method": c.method,

@@ -8,8 +8,10 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import zarr
 from distributed import Client
 
+from ._memory import release_memory
 from .annotate import (
     agreement,
     annotate_cohort,
@@ -20,6 +22,7 @@ from .annotate import (
     train_classifier,
     transfer_labels,
 )
+from .batches import read_obs_columns
 from .cohort import open_cohort
 from .config import RunConfig
 from .errors import ImmunoprofileError
@@ -46,23 +49,28 @@ def _info_record(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_annotate(cfg: RunConfig, client: Client) -> str:
+    """Only the inputs (two obs columns, the kNN graph) while the cells are annotated; the
+    rest of the cohort is read afterwards, once the workers' memory is trimmed."""
     a = cfg.annotate
     workdir = Path(cfg.workdir)
-    out = previous(cfg, "annotate")
-    if "connectivities" not in out.obsp:
-        msg = f"{workdir / COHORT_STORE} has no kNN graph (obsp 'connectivities'): run the graph stage first"
+    path = workdir / COHORT_STORE
+    obs = read_obs_columns(path, ["qc_pass", "total_counts"], needs="run the qc stage first")
+    obsp = zarr.open_group(str(path), mode="r").get("obsp")
+    if not isinstance(obsp, zarr.Group) or "connectivities" not in obsp:
+        msg = f"{path} has no kNN graph (obsp 'connectivities'): run the graph stage first"
         raise ImmunoprofileError(msg)
     markers = load_markers(a.markers)
     cohort = open_cohort(workdir, chunk_cells=cfg.ingest.chunk_cells)
-    keep = out.obs["qc_pass"].to_numpy(dtype=bool)
-    totals = out.obs["total_counts"].to_numpy(dtype=np.float64)
+    keep = obs["qc_pass"].to_numpy(dtype=bool)
+    totals = obs["total_counts"].to_numpy(dtype=np.float64)
+    del obs
     result = annotate_cohort(
         cohort,
         client=client,
         keep=keep,
         total_counts=totals,
         markers=markers,
-        connectivities=out.obsp["connectivities"],
+        connectivities=ad.io.read_elem(obsp["connectivities"]),
         graph_weight=a.graph_weight,
         b_graph_weight=a.b_graph_weight,
         min_confidence=a.min_confidence,
@@ -72,6 +80,9 @@ def run_annotate(cfg: RunConfig, client: Client) -> str:
         max_iter=a.max_iter,
         seed=a.seed,
     )
+    release_memory()
+    client.run(release_memory)
+    out = previous(cfg, "annotate")
     vocab = {"lineage": LINEAGES, "b_subset": B_SUBSETS}
     record: dict[str, Any] = {
         "params": a.model_dump(mode="json"),

@@ -47,7 +47,7 @@ STAGE_VERSIONS: dict[str, int] = {
     "preprocess": 2,
     "integrate": 4,
     "graph": 2,
-    "annotate": 1,
+    "annotate": 2,
     "abundance": 1,
     "report": 1,
 }

@@ -84,10 +84,31 @@ def _posteriors(
 
 
 def _restrict(graph: sp.spmatrix | None, cells: np.ndarray) -> sp.csr_matrix | None:
+    """``graph[cells][:, cells]`` (``cells`` ascending) with fewer copies than scipy's
+    indexing: when the other cells have no edges (the kept cells of the kNN graph) the
+    values are shared and only the column numbers are new; otherwise one copy of the
+    rows, with edges to other cells dropped."""
     if graph is None:
         return None
     g = sp.csr_matrix(graph)
-    return g[cells][:, cells]
+    position = np.full(g.shape[1], -1, dtype=np.int32)
+    position[cells] = np.arange(cells.size, dtype=np.int32)
+    shape = (cells.size, cells.size)
+    row_sizes = np.diff(g.indptr)
+    outside = np.ones(g.shape[0], dtype=bool)
+    outside[cells] = False
+    if cells.size and not row_sizes[outside].any():
+        new = position[g.indices]
+        if (new >= 0).all():
+            indptr = np.append(g.indptr[cells], g.indptr[cells[-1] + 1])
+            return sp.csr_matrix((g.data, new, indptr - indptr[0]), shape=shape)
+        del new
+    g = g[cells]
+    new = position[g.indices]
+    inside = new >= 0
+    rows = np.repeat(np.arange(cells.size), np.diff(g.indptr))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[inside], minlength=cells.size))])
+    return sp.csr_matrix((g.data[inside], new[inside], indptr), shape=shape)
 
 
 def annotate_cohort(

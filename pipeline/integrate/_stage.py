@@ -41,7 +41,8 @@ def integrate_cohort(
     integrated embeddings given (e.g. ``X_scvi``). Above ``max_cells`` kept cells Harmony
     is fitted on a subsample stratified by ``sample`` (`harmony_embedding`).
     """
-    if np.isnan(pcs[keep]).any():
+    kept_pcs = pcs[keep]
+    if np.isnan(kept_pcs).any():
         msg = "X_pca has NaN for cells that passed QC: re-run the preprocess stage"
         raise ValueError(msg)
     seconds: dict[str, float] = {}
@@ -50,7 +51,7 @@ def integrate_cohort(
     if harmony:
         t = time.perf_counter()
         result = harmony_embedding(
-            pcs[keep],
+            kept_pcs,
             batch[keep],
             theta=theta,
             max_iter=max_iter,
@@ -74,8 +75,16 @@ def integrate_cohort(
         }
 
     t = time.perf_counter()
+    # the metrics' subsample of kept cells (as `integration_metrics` draws it), taken
+    # here so that no embedding is copied whole
+    kept_rows = np.flatnonzero(keep)
+    if kept_rows.size > metrics_max_cells:
+        draw = np.random.default_rng(seed).choice(kept_rows.size, metrics_max_cells, replace=False)
+        kept_rows = kept_rows[np.sort(draw)]
     metrics = {
-        key: integration_metrics(emb[keep], batch[keep], max_cells=metrics_max_cells, seed=seed)
+        key: integration_metrics(
+            emb[kept_rows], batch[kept_rows], max_cells=kept_rows.size, seed=seed
+        )
         for key, emb in {"X_pca": pcs, **embeddings}.items()
     }
     seconds["metrics"] = time.perf_counter() - t

@@ -79,3 +79,24 @@ def test_graph_consensus_mixes_neighbours_and_keeps_isolated_cells() -> None:
     np.testing.assert_allclose(mixed[1], [0.5, 0.5])
     np.testing.assert_allclose(mixed[3], prob[3])
     np.testing.assert_allclose(graph_consensus(prob, graph, 0.0), prob)
+
+
+def test_graph_restricted_to_cells_equals_scipy_indexing() -> None:
+    """The stage's one-copy restriction of the kNN graph to a level's cells equals
+    ``graph[cells][:, cells]``, with edges to other cells (B subsets) and without them
+    (lineage: the kept cells hold every edge)."""
+    from pipeline.annotate._stage import _restrict
+
+    rng = np.random.default_rng(0)
+    g = sp.random(300, 300, density=0.05, random_state=0, format="csr", dtype=np.float32)
+    g = sp.csr_matrix(g + g.T)
+    kept = np.sort(rng.choice(300, 200, replace=False))
+    inner = g[kept][:, kept].tocoo()
+    only_kept = sp.csr_matrix(
+        (inner.data, (kept[inner.row], kept[inner.col])), shape=g.shape, dtype=np.float32
+    )
+    for graph, cells in ((g, np.sort(rng.choice(300, 120, replace=False))), (only_kept, kept)):
+        got, want = _restrict(graph, cells), graph[cells][:, cells]
+        assert got.shape == want.shape and got.nnz == want.nnz
+        assert abs(got - want).max() == 0
+    assert _restrict(None, kept) is None
