@@ -63,7 +63,12 @@ class AnnotateConfig(FrozenModel):
         description="cells of a label whose fitted model has fewer than this share of its "
         "markers at twice the background or more are unassigned",
     )
-    fit_max_cells: int = Field(50_000, ge=100, description="cells each marker model is fitted on")
+    fit_max_cells: int = Field(
+        20_000,
+        ge=100,
+        description="cells each marker model is fitted on (stratified by sample); every "
+        "cell is then scored with the fitted model",
+    )
     max_iter: int = Field(100, ge=1)
     reference: ReferenceConfig | None = None
     seed: int = 0

@@ -124,7 +124,7 @@ def annotate_cohort(
     min_confidence: float = 0.5,
     min_feature_fraction: float = 0.5,
     min_marker_support: float = 0.5,
-    fit_max_cells: int = 50_000,
+    fit_max_cells: int = 20_000,
     max_iter: int = 100,
     seed: int = 0,
 ) -> AnnotationResult:
@@ -315,7 +315,7 @@ def annotate_counts(
     min_confidence: float = 0.5,
     min_feature_fraction: float = 0.5,
     min_marker_support: float = 0.5,
-    fit_max_cells: int = 50_000,
+    fit_max_cells: int = 20_000,
     max_iter: int = 100,
     seed: int = 0,
 ) -> AnnotationResult:

@@ -91,6 +91,9 @@ def knn_graphs(nn: Neighbors, *, seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_m
     """
     from umap.umap_ import compute_membership_strengths, smooth_knn_dist
 
+    from ._numba_cache import cache_umap_functions
+
+    cache_umap_functions()
     del seed
     n, k = nn.indices.shape
     cols = nn.indices[:, 1:]

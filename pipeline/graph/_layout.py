@@ -107,6 +107,9 @@ def umap_layout(
     its defaults (min_dist 0.5, spread 1, spectral initialisation), on one thread."""
     from umap.umap_ import find_ab_params, simplicial_set_embedding
 
+    from ._numba_cache import cache_umap_functions
+
+    cache_umap_functions()
     a, b = find_ab_params(1.0, 0.5)
     graph = connectivities.tocoo()
     layout, _ = simplicial_set_embedding(
