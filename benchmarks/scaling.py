@@ -177,6 +177,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown size(s) {unknown}; expected some of {list(SIZES)}")
     run_id = datetime.now(UTC).isoformat(timespec="seconds")
+    # once, before the first record is appended to the (tracked) results file, which
+    # would otherwise mark every later size's commit "-dirty"
+    code = commit()
     for size in sizes:
         folder = args.root / size
         folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +188,7 @@ def main() -> int:
             "size": size,
             "run": run_id,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "commit": commit(),
+            "commit": code,
             "machine": {
                 "cores": os.cpu_count(),
                 "memory_gib": round(psutil.virtual_memory().total / GIB, 1),
