@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from distributed import Client
 
 from pipeline.abundance import run_power
@@ -17,6 +18,7 @@ from pipeline.runner_power import run_power_command
 SIM = SimulationConfig(seed=1)  # the study's design: 44 patients x 3 timepoints
 
 
+@pytest.mark.slow  # ~14 s of simulated studies (the default suite's time budget)
 def test_type1_error_and_power(client: Client) -> None:
     """Under the null every contrast keeps its size; a 0.8 log-odds DN2 difference is
     found in >= 80% of 44-patient cohorts and less often with 10 patients."""

@@ -62,6 +62,7 @@ def test_outputs_follow_the_label_contract(accuracy_cohort: ad.AnnData) -> None:
     assert (clusters["purity"] >= 0.9).mean() >= 0.8, clusters
 
 
+@pytest.mark.slow  # ~20 s: its own cohort and run (the default suite's time budget)
 def test_doubled_batch_effects_stay_within_005(
     strong_batch_run: RunConfig, strong_batch_cohort: ad.AnnData, client: Client
 ) -> None:

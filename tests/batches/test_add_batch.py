@@ -258,6 +258,7 @@ def test_a_cohort_not_analysed_is_refused(tmp_path: Path, ingested: Path, client
         add_batch(_config(workdir, small_cohort.samplesheet), small_cohort.late_samplesheet, client)
 
 
+@pytest.mark.slow  # ~16 s (the default suite's time budget)
 def test_an_interrupted_add_batch_resumes_to_the_same_result(
     tmp_path: Path, analysed: Path, added: tuple[Path, dict[str, str], str], client: Client,
     small_cohort: SimulationResult,
