@@ -34,11 +34,10 @@ from .workdir import (
     MOMENT_SUMSQ,
     STAGE_ORDER,
     STAGE_OUTPUTS,
-    clear_outputs,
     done_stages,
     is_current,
-    previous,
     stage_digests,
+    update_cohort,
     write_cohort,
 )
 
@@ -46,7 +45,6 @@ __all__ = [
     "COHORT_STORE",
     "STAGE_ORDER",
     "STAGE_OUTPUTS",
-    "clear_outputs",
     "done_stages",
     "is_current",
     "run_abundance",
@@ -103,7 +101,7 @@ def run_qc(cfg: RunConfig, client: Client) -> str:
         "moment_samples": samples,
     }
     out.uns["qc_summary"] = result.summary
-    write_cohort(cfg, out, ["ingest", "qc"])
+    write_cohort(cfg, out, "qc")
     (workdir / "qc").mkdir(exist_ok=True)
     result.summary.to_csv(workdir / "qc" / "summary.csv", index=False)
     kept = int(obs["qc_pass"].sum())
@@ -135,9 +133,22 @@ def batch_moments_from_qc(cohort: ad.AnnData, batch_key: str) -> Moments | None:
     return out
 
 
+def _qc_outputs(path: Path, batch_key: str) -> ad.AnnData:
+    """What preprocess needs of cohort.zarr: the qc stage's obs columns, var and moments
+    (not the later stages' outputs)."""
+    columns = list(dict.fromkeys(["qc_pass", "total_counts", "sample_id", batch_key]))
+    obs = read_obs_columns(path, columns, needs="run the qc stage first")
+    group = zarr.open_group(str(path), mode="r")
+    varm, uns = group["varm"], group["uns"]
+    assert isinstance(varm, zarr.Group) and isinstance(uns, zarr.Group)
+    moments = {k: ad.io.read_elem(varm[k]) for k in (MOMENT_SUM, MOMENT_SUMSQ) if k in varm}
+    qc = {"qc": ad.io.read_elem(uns["qc"])} if "qc" in uns else {}
+    return ad.AnnData(obs=obs, var=ad.io.read_elem(group["var"]), varm=moments, uns=qc)
+
+
 def run_preprocess(cfg: RunConfig, client: Client) -> str:
     workdir = Path(cfg.workdir)
-    before = previous(cfg, "preprocess")
+    before = _qc_outputs(workdir / COHORT_STORE, cfg.preprocess.hvg_batch_key)
     cohort = open_cohort(workdir, chunk_cells=cfg.ingest.chunk_cells)
     p = cfg.preprocess
     result = preprocess_cohort(
@@ -154,18 +165,20 @@ def run_preprocess(cfg: RunConfig, client: Client) -> str:
     )
     # a re-run replaces the previous preprocess outputs
     var = before.var.drop(columns=list(result.var.columns), errors="ignore").join(result.var)
-    out = ad.AnnData(obs=before.obs, var=var, varm=dict(before.varm), uns=dict(before.uns))
-    out.obsm["X_pca"] = result.pca
-    loadings = np.zeros((out.n_vars, result.components.shape[1]), dtype=np.float32)
+    loadings = np.zeros((len(var), result.components.shape[1]), dtype=np.float32)
     loadings[var["highly_variable"].to_numpy()] = result.components
-    out.varm["PCs"] = loadings
-    out.uns["pca"] = {
+    pca = {
         "variance": result.variance,
         "variance_ratio": result.variance_ratio,
         "params": p.model_dump(mode="json"),
         "seconds": result.seconds,
     }
-    write_cohort(cfg, out, ["ingest", "qc", "preprocess"])
+    del before
+    update_cohort(
+        cfg,
+        "preprocess",
+        elems={"var": var, "obsm/X_pca": result.pca, "varm/PCs": loadings, "uns/pca": pca},
+    )
     ratio = float(np.sum(result.variance_ratio))
     return (
         f"preprocess: {int(var['highly_variable'].sum())} HVGs, {result.pca.shape[1]} PCs "
@@ -235,9 +248,7 @@ def run_integrate(cfg: RunConfig, client: Client) -> str:
     )
     del obs, other
     release_memory()
-    out = previous(cfg, "integrate")
-    out.obsm.update(result.embeddings)
-    out.uns["integrate"] = {
+    record = {
         "method": c.method,
         "params": c.model_dump(mode="json"),
         "metrics": result.metrics,
@@ -245,7 +256,8 @@ def run_integrate(cfg: RunConfig, client: Client) -> str:
         **result.info,
         **({"scvi": scvi_info} if scvi_info else {}),
     }
-    write_cohort(cfg, out, ["ingest", "qc", "preprocess", "integrate"])
+    embeddings = {f"obsm/{k}": v for k, v in result.embeddings.items()}
+    update_cohort(cfg, "integrate", elems={**embeddings, "uns/integrate": record})
     mixing = ", ".join(f"{k} {m['ilisi']:.2f}" for k, m in result.metrics.items())
     return f"integrate: {c.method} on {int(keep.sum()):,} cells by {c.batch_key}; iLISI {mixing}"
 
@@ -278,14 +290,11 @@ def run_graph(cfg: RunConfig, client: Client) -> str:
     )
     del obs
     release_memory()
-    out = previous(cfg, "graph")
-    out.obsp["distances"] = result.distances
-    out.obsp["connectivities"] = result.connectivities
+    clusters = {}
     for r, labels in result.clusters.items():
         names = [str(i) for i in range(int(labels.max()) + 1)]
-        out.obs[f"leiden_{r:g}"] = pd.Categorical.from_codes(labels, categories=names)
-    out.obsm["X_umap"] = result.umap
-    out.uns["neighbors"] = {
+        clusters[f"leiden_{r:g}"] = pd.Categorical.from_codes(labels, categories=names)
+    neighbors = {
         "connectivities_key": "connectivities",
         "distances_key": "distances",
         "params": {
@@ -295,12 +304,19 @@ def run_graph(cfg: RunConfig, client: Client) -> str:
             "use_rep": g.use_rep,
         },
     }
-    out.uns["graph"] = {
-        "params": g.model_dump(mode="json"),
-        "seconds": result.seconds,
-        **result.info,
-    }
-    write_cohort(cfg, out, ["ingest", "qc", "preprocess", "integrate", "graph"])
+    record = {"params": g.model_dump(mode="json"), "seconds": result.seconds, **result.info}
+    update_cohort(
+        cfg,
+        "graph",
+        obs=pd.DataFrame(clusters),
+        elems={
+            "obsp/distances": result.distances,
+            "obsp/connectivities": result.connectivities,
+            "obsm/X_umap": result.umap,
+            "uns/neighbors": neighbors,
+            "uns/graph": record,
+        },
+    )
     counts = ", ".join(
         f"{len(np.unique(v[v >= 0]))} clusters at {r:g}" for r, v in result.clusters.items()
     )

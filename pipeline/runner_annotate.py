@@ -27,8 +27,8 @@ from .cohort import open_cohort
 from .config import RunConfig
 from .errors import ImmunoprofileError
 from .labels import B_SUBSETS, LINEAGES, UNASSIGNED
-from .store import atomic_path, write_text_atomic
-from .workdir import COHORT_STORE, previous, write_cohort
+from .store import atomic_path, obs_columns, write_text_atomic
+from .workdir import COHORT_STORE, update_cohort
 
 ANNOTATE_DIR = "annotate"  # in the workdir: dot plots, their tables, the marker file used
 
@@ -82,7 +82,8 @@ def run_annotate(cfg: RunConfig, client: Client) -> str:
     )
     release_memory()
     client.run(release_memory)
-    out = previous(cfg, "annotate")
+    leiden = [c for c in obs_columns(path) if str(c).startswith("leiden_")]
+    out = read_obs_columns(path, leiden, needs="the graph stage")
     vocab = {"lineage": LINEAGES, "b_subset": B_SUBSETS}
     record: dict[str, Any] = {
         "params": a.model_dump(mode="json"),
@@ -92,8 +93,8 @@ def run_annotate(cfg: RunConfig, client: Client) -> str:
     folder = workdir / ANNOTATE_DIR
     folder.mkdir(exist_ok=True)
     for level, call in result.levels.items():
-        out.obs[level] = pd.Categorical(call.labels, categories=[*vocab[level], UNASSIGNED])
-        out.obs[f"{level}_confidence"] = call.confidence
+        out[level] = pd.Categorical(call.labels, categories=[*vocab[level], UNASSIGNED])
+        out[f"{level}_confidence"] = call.confidence
         record[level] = {
             **_info_record(call.info),
             "model": _model_record(call),
@@ -107,13 +108,14 @@ def run_annotate(cfg: RunConfig, client: Client) -> str:
             with atomic_path(folder / f"dotplot_{level}.png") as tmp:
                 fig.savefig(tmp, dpi=110, format="png")
     write_text_atomic(folder / "markers_used.yaml", markers.text)
-    record["clusters"] = _cluster_summary(out.obs)
+    record["clusters"] = _cluster_summary(out)
     if a.reference is not None:
         record["reference"] = _transfer(cfg, client, cohort, out, keep, totals)
-    out.uns["annotate"] = record
-    write_cohort(cfg, out, ["ingest", "qc", "preprocess", "integrate", "graph", "annotate"])
-    lineage = out.obs["lineage"].value_counts()
-    b = out.obs["b_subset"].value_counts()
+    lineage = out["lineage"].value_counts()
+    b = out["b_subset"].value_counts()
+    labels = out.drop(columns=leiden)
+    del out
+    update_cohort(cfg, "annotate", obs=labels, elems={"uns/annotate": record})
     n_b = int(lineage.get("B", 0))
     dn2 = int(b.get("DN2", 0))
     return (
@@ -145,7 +147,7 @@ def _transfer(
     cfg: RunConfig,
     client: Client,
     cohort: ad.AnnData,
-    out: ad.AnnData,
+    out: pd.DataFrame,
     keep: np.ndarray,
     totals: np.ndarray,
 ) -> dict[str, Any]:
@@ -158,7 +160,7 @@ def _transfer(
     symbols = reference_symbols(ref)
     allowed = set(cohort.var["gene_symbols"].astype(str))
     record: dict[str, Any] = {"path": str(r.path)}
-    b_cells = out.obs["lineage"].to_numpy() == "B"
+    b_cells = out["lineage"].to_numpy() == "B"
     for level, key in (("lineage", r.lineage_key), ("b_subset", r.b_subset_key)):
         if not key:
             continue
@@ -173,9 +175,9 @@ def _transfer(
         labels, prob = transfer_labels(
             cohort, client=client, cells=cells, total_counts=totals, classifier=clf
         )
-        out.obs[f"{level}_reference"] = pd.Categorical(labels)
-        out.obs[f"{level}_reference_confidence"] = prob
-        agree = agreement(out.obs[level].to_numpy(dtype=object), labels)
+        out[f"{level}_reference"] = pd.Categorical(labels)
+        out[f"{level}_reference_confidence"] = prob
+        agree = agreement(out[level].to_numpy(dtype=object), labels)
         agree["confusion"] = pd.DataFrame(agree.get("confusion", {})).fillna(0).astype(int)
         record[level] = {"key": key, "n_trained": clf.n_trained, "n_genes": len(clf.genes), **agree}
     return record

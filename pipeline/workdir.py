@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import pandas as pd
 
 from . import __version__
 from .annotate import load_markers
 from .config import RunConfig
 from .errors import ImmunoprofileError
 from .ingest import STAGE_RECORD
-from .store import read_manifest, write_anndata_store
+from .store import obs_columns, read_manifest, update_anndata_store, write_anndata_store
 
 COHORT_STORE = "cohort.zarr"
 ABUNDANCE_DIR = "abundance"  # its own folder and manifest: it adds nothing to cohort.zarr
@@ -126,17 +127,7 @@ STAGE_OUTPUTS: dict[str, dict[str, list[str]]] = {
 }
 
 
-def clear_outputs(adata: ad.AnnData, stage: str) -> ad.AnnData:
-    """``adata`` without the outputs of ``stage`` and of every stage after it."""
-    for later in STAGE_ORDER[STAGE_ORDER.index(stage) :]:
-        outputs = STAGE_OUTPUTS.get(later, {})
-        for slot in ("obsm", "varm", "obsp", "uns"):
-            mapping = getattr(adata, slot)
-            for key in outputs.get(slot, []):
-                mapping.pop(key, None)
-        for prefix in outputs.get("obs_prefix", []):
-            adata.obs = adata.obs.drop(columns=[c for c in adata.obs if c.startswith(prefix)])
-    return adata
+SLOTS = ("obsm", "varm", "obsp", "uns")
 
 
 def done_stages(cfg: RunConfig) -> dict[str, str]:
@@ -169,23 +160,55 @@ def is_current(cfg: RunConfig, stage: str) -> bool:
     return done_stages(cfg).get(stage) == stage_digests(cfg)[stage]
 
 
-def write_cohort(cfg: RunConfig, adata: ad.AnnData, stages: list[str]) -> None:
+def _cohort_info(cfg: RunConfig, stage: str, n_obs: int, n_vars: int) -> dict[str, Any]:
     digests = stage_digests(cfg)
-    info = {
+    stages = STAGE_ORDER[: STAGE_ORDER.index(stage) + 1]
+    return {
         "kind": "cohort",
         "immunoprofile_version": __version__,
         "stages": {s: digests[s] for s in stages},
-        "n_obs": int(adata.n_obs),
-        "n_vars": int(adata.n_vars),
+        "n_obs": n_obs,
+        "n_vars": n_vars,
     }
+
+
+def write_cohort(cfg: RunConfig, adata: ad.AnnData, stage: str) -> None:
+    """Write cohort.zarr whole, as computed by the stages up to ``stage``."""
+    info = _cohort_info(cfg, stage, int(adata.n_obs), int(adata.n_vars))
     write_anndata_store(Path(cfg.workdir) / COHORT_STORE, adata, info)
+    _remove_stale_results(cfg)
+
+
+def update_cohort(
+    cfg: RunConfig,
+    stage: str,
+    *,
+    obs: pd.DataFrame | None = None,
+    elems: dict[str, Any] | None = None,
+) -> None:
+    """Replace the outputs of ``stage`` (and clear every later stage's) in cohort.zarr
+    without reading the rest: new obs columns ``obs`` and elements ``elems`` (keys
+    ``"<slot>/<name>"`` or ``"var"``; see `update_anndata_store`)."""
+    path = Path(cfg.workdir) / COHORT_STORE
+    manifest = read_manifest(path)
+    if manifest is None:
+        msg = f"{path} has no readable manifest: run the qc stage first"
+        raise ImmunoprofileError(msg)
+    remove: list[str] = []
+    columns = obs_columns(path)
+    for later in STAGE_ORDER[STAGE_ORDER.index(stage) :]:
+        outputs = STAGE_OUTPUTS.get(later, {})
+        remove += [f"{slot}/{key}" for slot in SLOTS for key in outputs.get(slot, [])]
+        for prefix in outputs.get("obs_prefix", []):
+            remove += [f"obs/{c}" for c in columns if str(c).startswith(prefix)]
+    info = _cohort_info(cfg, stage, int(manifest["n_obs"]), int(manifest["n_vars"]))
+    update_anndata_store(path, info, remove=remove, obs=obs, elems=elems)
+    _remove_stale_results(cfg)
+
+
+def _remove_stale_results(cfg: RunConfig) -> None:
     # the abundance results and the report were computed from the labels just replaced
     for folder in (ABUNDANCE_DIR, REPORT_DIR):
         stale = Path(cfg.workdir) / folder
         if stale.exists():
             shutil.rmtree(stale)
-
-
-def previous(cfg: RunConfig, stage: str) -> ad.AnnData:
-    """cohort.zarr as the stages before ``stage`` left it."""
-    return clear_outputs(ad.read_zarr(Path(cfg.workdir) / COHORT_STORE), stage)

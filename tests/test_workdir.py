@@ -56,8 +56,7 @@ def test_a_stage_whose_files_were_deleted_runs_again(tmp_path: Path) -> None:
     cfg = parse_config({"workdir": str(tmp_path)})
     (tmp_path / STAGE_RECORD).write_text('{"samples": []}')
     obs = pd.DataFrame({"sample_id": ["a", "b"]}, index=["0", "1"])
-    workdir.write_cohort(cfg, ad.AnnData(obs=obs), ["ingest", "qc", "preprocess", "integrate",
-                                                    "graph", "annotate"])  # fmt: skip
+    workdir.write_cohort(cfg, ad.AnnData(obs=obs), "annotate")
     assert workdir.is_current(cfg, "preprocess")
     assert not workdir.is_current(cfg, "annotate")  # no annotate/markers_used.yaml
     (tmp_path / "annotate").mkdir()
@@ -67,3 +66,31 @@ def test_a_stage_whose_files_were_deleted_runs_again(tmp_path: Path) -> None:
     assert workdir.is_current(cfg, "annotate") and workdir.is_current(cfg, "qc")
     (tmp_path / "qc" / "summary.csv").unlink()
     assert not workdir.is_current(cfg, "qc")
+
+
+def test_a_rerun_stage_replaces_its_outputs_and_clears_the_later_stages(tmp_path: Path) -> None:
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    cfg = parse_config({"workdir": str(tmp_path)})
+    (tmp_path / STAGE_RECORD).write_text('{"samples": []}')
+    obs = pd.DataFrame(
+        {"sample_id": ["a", "b"], "leiden_1": ["0", "1"], "lineage": ["B", "NK"],
+         "lineage_confidence": [0.9, 0.8], "b_subset": ["DN2", "unassigned"]},
+        index=["0", "1"],
+    )  # fmt: skip
+    cohort = ad.AnnData(obs=obs, obsm={"X_umap": np.zeros((2, 2)), "X_pca": np.ones((2, 3))},
+                        uns={"annotate": {"n": 1}, "graph": {"n": 1}})  # fmt: skip
+    workdir.write_cohort(cfg, cohort, "annotate")
+    (tmp_path / "abundance").mkdir()
+    workdir.update_cohort(
+        cfg, "graph", obs=pd.DataFrame({"leiden_0.5": pd.Categorical(["0", "0"])}),
+        elems={"obsm/X_umap": np.ones((2, 2)), "uns/graph": {"n": 2}},
+    )  # fmt: skip
+    got = ad.read_zarr(tmp_path / workdir.COHORT_STORE)
+    assert list(got.obs.columns) == ["sample_id", "leiden_0.5"]
+    assert sorted(got.obsm) == ["X_pca", "X_umap"] and got.obsm["X_umap"].sum() == 4
+    assert sorted(got.uns) == ["graph"] and got.uns["graph"]["n"] == 2
+    assert list(workdir.done_stages(cfg)) == ["ingest", "qc", "preprocess", "integrate", "graph"]
+    assert not (tmp_path / "abundance").exists()  # computed from the labels just cleared

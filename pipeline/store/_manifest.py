@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,14 @@ def _chunk_files(root: Path, key: str) -> list[str]:
     )
 
 
-def describe_arrays(root: Path) -> dict[str, dict[str, Any]]:
-    """Shape, dtype, checksum and chunk files of every array in the store at ``root``."""
+def describe_arrays(root: Path, *, skip: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+    """Shape, dtype, checksum and chunk files of every array in the store at ``root``
+    (but those whose keys are in ``skip``)."""
     group = zarr.open_group(str(root), mode="r")
     out = {}
     for key, arr in sorted(_arrays(group).items()):
+        if key in skip:
+            continue
         values = np.asarray(arr[...])
         out[key] = {
             "shape": list(arr.shape),
@@ -61,9 +65,14 @@ def describe_arrays(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_manifest(root: Path, info: dict[str, Any]) -> dict[str, Any]:
-    """Describe the store's arrays, add ``info`` and record it in the root attributes."""
-    manifest = json.loads(json.dumps({**info, "arrays": describe_arrays(root)}))
+def write_manifest(
+    root: Path, info: Mapping[str, Any], *, arrays: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Describe the store's arrays (or take their descriptions, ``arrays``), add ``info``
+    and record it in the root attributes."""
+    if arrays is None:
+        arrays = describe_arrays(root)
+    manifest = json.loads(json.dumps({**info, "arrays": dict(sorted(arrays.items()))}))
     zarr.open_group(str(root), mode="r+").attrs[MANIFEST] = manifest
     return manifest
 

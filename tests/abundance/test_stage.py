@@ -53,8 +53,7 @@ def _workdir(tmp_path: Path, counts: pd.DataFrame, **config) -> RunConfig:
     obs = cells.astype({c: "category" for c in ("sample_id", "patient_id", "response", "batch",
                                                 "lineage", "b_subset")})  # fmt: skip
     obs.index = obs.index.astype(str)
-    write_cohort(cfg, ad.AnnData(obs=obs), ["ingest", "qc", "preprocess", "integrate", "graph",
-                                            "annotate"])  # fmt: skip
+    write_cohort(cfg, ad.AnnData(obs=obs), "annotate")
     return cfg
 
 
