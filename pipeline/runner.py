@@ -274,10 +274,12 @@ def run_graph(cfg: RunConfig, client: Client) -> str:
             f"(integrate.method is {cfg.integrate.method}; cohort.zarr has {sorted(obsm)})"
         )
         raise ImmunoprofileError(msg)
-    # only the inputs while the graph is built; the rest of the cohort is read afterwards
+    # only the inputs (the kept cells' embedding, two obs columns); writes only the results
     obs = read_obs_columns(path, ["qc_pass", "sample_id"], needs="the qc stage")
+    embedding = obsm[g.use_rep]
+    assert isinstance(embedding, zarr.Array)
     result = build_graph(
-        np.asarray(ad.io.read_elem(obsm[g.use_rep])),
+        embedding,
         obs["qc_pass"].to_numpy(dtype=bool),
         obs["sample_id"].astype(str).to_numpy(),
         n_neighbors=g.n_neighbors,

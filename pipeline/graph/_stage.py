@@ -49,8 +49,17 @@ def timed_leiden(
     return clusters, time.perf_counter() - t
 
 
+def _kept_rows(embedding: Any, rows: np.ndarray) -> np.ndarray:
+    """The rows ``rows`` of a numpy or zarr array as contiguous float32 (from a zarr array
+    without reading the other rows)."""
+    if isinstance(embedding, np.ndarray):
+        return np.ascontiguousarray(embedding[rows], dtype=np.float32)
+    x = embedding.get_orthogonal_selection((rows, slice(None)))
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 def build_graph(
-    embedding: np.ndarray,
+    embedding: Any,
     keep: np.ndarray,
     sample: np.ndarray,
     *,
@@ -64,6 +73,9 @@ def build_graph(
 ) -> GraphResult:
     """kNN graph, Leiden at each resolution and UMAP of the cells in ``keep``.
 
+    ``embedding``: cells x dimensions, a numpy array or a zarr array (only the kept
+    cells' rows are read).
+
     Above ``umap_max_cells`` kept cells the UMAP is fitted on a subsample stratified by
     ``sample`` (on its own kNN graph) and every other cell is placed from its neighbours in
     the full graph (`place_by_neighbors`); ``info["umap"]`` says which. Likewise above
@@ -71,6 +83,8 @@ def build_graph(
     takes the cluster most of its neighbours have (`transfer_by_neighbors`; a sketch, as
     Seurat v5 clusters large data): Leiden's working memory (igraph's copies of the graph,
     1.3 GiB at 855k cells) then does not grow with the cohort. ``info["leiden"]``.
+    When both are subsampled, the whole cohort's graph is built last, once the UMAP is
+    done and the embedding freed, so the two never share the memory.
 
     ``submit`` (e.g. a Dask client's ``submit``): Leiden runs through it, in another
     process, while this one fits the UMAP (both are single-threaded); its result has a
@@ -78,23 +92,31 @@ def build_graph(
     """
     seconds: dict[str, float] = {}
     rows = np.flatnonzero(keep)
-    x = np.ascontiguousarray(embedding[rows], dtype=np.float32)
-    n = embedding.shape[0]
+    n = len(keep)
+    x = _kept_rows(embedding, rows)
+    sketch = None
+    if rows.size > leiden_max_cells:
+        sketch = stratified_sample(sample[rows], leiden_max_cells, seed + 1)
+    fit = None
+    if rows.size > umap_max_cells:
+        fit = stratified_sample(sample[rows], umap_max_cells, seed)
 
     t = time.perf_counter()
     nn = nearest_neighbors(x, n_neighbors, exact_below=exact_below, seed=seed)
-    distances, connectivities = knn_graphs(nn, seed=seed)
+    graphs = None
+    if sketch is None or fit is None:  # the whole graph is needed for Leiden or the UMAP
+        graphs = knn_graphs(nn, seed=seed)
     seconds["neighbors"] = time.perf_counter() - t
 
-    sketch = None
-    leiden_graph = connectivities
-    if rows.size > leiden_max_cells:
+    if sketch is not None:
         t = time.perf_counter()
-        sketch = stratified_sample(sample[rows], leiden_max_cells, seed + 1)
         sketch_nn = nearest_neighbors(x[sketch], n_neighbors, exact_below=exact_below, seed=seed)
         _, leiden_graph = knn_graphs(sketch_nn, seed=seed)
         del sketch_nn
         seconds["leiden_neighbors"] = time.perf_counter() - t
+    else:
+        assert graphs is not None
+        leiden_graph = graphs[1]
     leiden = submit(timed_leiden, leiden_graph, resolutions, seed) if submit else None
     if leiden is None:
         kept_clusters, seconds["leiden"] = timed_leiden(leiden_graph, resolutions, seed)
@@ -102,15 +124,19 @@ def build_graph(
 
     t = time.perf_counter()
     layout = np.full((n, 2), np.nan, dtype=np.float32)
-    if rows.size <= umap_max_cells:
-        layout[rows] = umap_layout(connectivities, x, seed=seed)
+    if fit is None:
+        assert graphs is not None
+        layout[rows] = umap_layout(graphs[1], x, seed=seed)
         umap_info: dict[str, Any] = {"fitted_on": "all cells", "n_fitted": int(rows.size)}
     else:
-        fit = stratified_sample(sample[rows], umap_max_cells, seed)
-        sub_nn = nearest_neighbors(x[fit], n_neighbors, exact_below=exact_below, seed=seed)
+        x_fit = x[fit]
+        del x
+        sub_nn = nearest_neighbors(x_fit, n_neighbors, exact_below=exact_below, seed=seed)
         _, sub_conn = knn_graphs(sub_nn, seed=seed)
+        del sub_nn
         kept_layout = np.full((rows.size, 2), np.nan, dtype=np.float32)
-        kept_layout[fit] = umap_layout(sub_conn, x[fit], seed=seed)
+        kept_layout[fit] = umap_layout(sub_conn, x_fit, seed=seed)
+        del sub_conn, x_fit
         layout[rows] = place_by_neighbors(kept_layout, nn.indices, nn.distances)
         umap_info = {
             "fitted_on": "a subsample stratified by sample; every other cell placed at the "
@@ -141,11 +167,18 @@ def build_graph(
         labels = np.full(n, -1, dtype=np.int64)
         labels[rows] = kept_labels
         clusters[r] = labels
+    if graphs is None:
+        t = time.perf_counter()
+        graphs = knn_graphs(nn, seed=seed)
+        seconds["neighbors"] += time.perf_counter() - t
     info = {
         "neighbors": {"n_neighbors": n_neighbors, "exact": nn.exact},
         "umap": umap_info,
         "leiden": leiden_info,
     }
+    del nn
+    distances, connectivities = graphs
+    del graphs
     return GraphResult(
         distances=_expand(distances, rows, n),
         connectivities=_expand(connectivities, rows, n),
