@@ -49,10 +49,10 @@ def read_sample_counts(path: Path, genes: pd.Index | None) -> sp.csr_matrix:
 
 
 def _lazy_sample(
-    path: Path, genes: pd.Index | None, chunk_cells: int
-) -> tuple[da.Array, pd.DataFrame]:
+    path: Path, genes: pd.Index | None, chunk_cells: int, *, with_obs: bool = True
+) -> tuple[da.Array, pd.DataFrame | None]:
     group = zarr.open_group(str(path), mode="r")
-    obs = ad.io.read_elem(group["obs"])
+    obs = ad.io.read_elem(group["obs"]) if with_obs else None
     cols = _cohort_columns(group, path, genes)
     n_genes = int(cast(list[int], group["X"].attrs["shape"])[1])
     x = ad.experimental.read_elem_lazy(group["X"], chunks=(chunk_cells, n_genes))
@@ -61,6 +61,47 @@ def _lazy_sample(
             lambda b, c=cols: b[:, c], chunks=(x.chunks[0], (len(cols),)), meta=x._meta
         )
     return x, obs
+
+
+def _stage_record(workdir: Path) -> dict:
+    try:
+        return json.loads((workdir / STAGE_RECORD).read_text())
+    except FileNotFoundError:
+        msg = f"{workdir} has no {STAGE_RECORD}: run the ingest stage first"
+        raise ImmunoprofileError(msg) from None
+
+
+def _cohort_var(record: dict) -> pd.DataFrame:
+    genes = pd.Index(record["genes"])
+    return pd.DataFrame(
+        {"gene_symbols": np.asarray(record["gene_symbols"], dtype=object)}, index=genes
+    )
+
+
+def open_counts(workdir: str | Path, *, chunk_cells: int = 10_000) -> ad.AnnData:
+    """`open_cohort` without the cells' metadata: X and var as there, obs only the
+    ``sample_id`` (categorical) of each cell, indexed by position ("0", "1", ...).
+
+    For stages that need the counts but not the cell names and barcodes, which at the
+    study's size are ~0.25 GiB of Python strings in the process that opens the cohort.
+    """
+    workdir = Path(workdir)
+    record = _stage_record(workdir)
+    var = _cohort_var(record)
+    per_sample = None if record.get("uniform_genes") else pd.Index(var.index)
+    samples = list(record["samples"])
+    parts = [
+        _lazy_sample(sample_store_path(workdir, s), per_sample, chunk_cells, with_obs=False)[0]
+        for s in samples
+    ]
+    sizes = [int(x.shape[0]) for x in parts]
+    codes = np.repeat(np.arange(len(samples), dtype=np.int32), sizes)
+    obs = pd.DataFrame(
+        {"sample_id": pd.Categorical.from_codes(codes, categories=samples)},
+        index=pd.RangeIndex(int(codes.size)).astype(str),
+    )
+    x = da.concatenate(parts, axis=0)
+    return ad.AnnData(X=x, obs=obs, var=var, uns={"uniform_genes": per_sample is None})
 
 
 def open_cohort(
@@ -76,12 +117,9 @@ def open_cohort(
     the same genes.
     """
     workdir = Path(workdir)
-    try:
-        record = json.loads((workdir / STAGE_RECORD).read_text())
-    except FileNotFoundError:
-        msg = f"{workdir} has no {STAGE_RECORD}: run the ingest stage first"
-        raise ImmunoprofileError(msg) from None
-    genes = pd.Index(record["genes"])
+    record = _stage_record(workdir)
+    var = _cohort_var(record)
+    genes = pd.Index(var.index)
     per_sample = None if record.get("uniform_genes") and samples is None else genes
     parts = [
         _lazy_sample(sample_store_path(workdir, s), per_sample, chunk_cells)
@@ -92,7 +130,4 @@ def open_cohort(
     for col in obs.columns:
         if col != "barcode" and not pd.api.types.is_numeric_dtype(obs[col]):
             obs[col] = obs[col].astype(str).astype("category")
-    var = pd.DataFrame(
-        {"gene_symbols": np.asarray(record["gene_symbols"], dtype=object)}, index=genes
-    )
     return ad.AnnData(X=x, obs=obs, var=var, uns={"uniform_genes": per_sample is None})

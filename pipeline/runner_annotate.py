@@ -23,7 +23,7 @@ from .annotate import (
     transfer_labels,
 )
 from .batches import read_obs_columns
-from .cohort import open_cohort
+from .cohort import open_counts
 from .config import RunConfig
 from .errors import ImmunoprofileError
 from .labels import B_SUBSETS, LINEAGES, UNASSIGNED
@@ -60,7 +60,7 @@ def run_annotate(cfg: RunConfig, client: Client) -> str:
         msg = f"{path} has no kNN graph (obsp 'connectivities'): run the graph stage first"
         raise ImmunoprofileError(msg)
     markers = load_markers(a.markers)
-    cohort = open_cohort(workdir, chunk_cells=cfg.ingest.chunk_cells)
+    cohort = open_counts(workdir, chunk_cells=cfg.ingest.chunk_cells)
     keep = obs["qc_pass"].to_numpy(dtype=bool)
     totals = obs["total_counts"].to_numpy(dtype=np.float64)
     del obs

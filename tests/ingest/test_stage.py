@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import zarr
 from distributed import Client
 
-from pipeline.cohort import open_cohort
+from pipeline.cohort import open_cohort, open_counts
 from pipeline.errors import InputError
 from pipeline.ingest import ingest_samples, read_samplesheet, sample_store_path
 from tests.ingest.helpers import (
@@ -176,6 +176,13 @@ def test_cohort_view_is_lazy_and_complete(
     assert cohort.obs_names.is_unique
     assert list(cohort.obs["sample_id"].cat.categories) == ["A", "B"]
     assert cohort.obs["timepoint_months"].tolist() == [0] * 60 + [3] * 30
+    # the counts-only view (annotate's): the same X and var, sample ids without the names
+    counts = open_counts(workdir, chunk_cells=25)
+    assert counts.X.chunks == cohort.X.chunks
+    assert (sp.csr_matrix(counts.X.compute()) != expected).nnz == 0
+    pd.testing.assert_frame_equal(counts.var, cohort.var)
+    assert counts.obs["sample_id"].tolist() == cohort.obs["sample_id"].tolist()
+    assert list(counts.obs.columns) == ["sample_id"]
 
 
 def _bad_matrix_case(tmp_path: Path, case: str) -> tuple[Path, str]:
