@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.abundance import fit_abundance_models
 from pipeline.config import SimulationConfig
-from pipeline.simulate._tables import simulate_count_table
+from pipeline.simulate import simulate_count_table
 
 
 def main() -> None:

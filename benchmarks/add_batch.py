@@ -22,16 +22,19 @@ from pathlib import Path
 import anndata as ad
 import pandas as pd
 
+from pipeline.workdir import Workdir
+
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import measure
 
 
 def reset(workdir: Path, name: str, samples: list[str], backup: Path) -> None:
-    shutil.rmtree(workdir / "batches" / name, ignore_errors=True)
+    files = Workdir(workdir)
+    shutil.rmtree(files.batch(name).root, ignore_errors=True)
     for sid in samples:
-        shutil.rmtree(workdir / "samples" / f"{sid}.zarr", ignore_errors=True)
-    shutil.rmtree(workdir / "abundance", ignore_errors=True)
-    shutil.copytree(backup, workdir / "abundance")
+        shutil.rmtree(files.sample_store(sid), ignore_errors=True)
+    shutil.rmtree(files.abundance.root, ignore_errors=True)
+    shutil.copytree(backup, files.abundance.root)
 
 
 def main() -> int:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.batches import read_obs_columns
+from pipeline.results import read_obs_columns
+from pipeline.workdir import Workdir
 
 
 def main() -> None:
@@ -22,8 +23,8 @@ def main() -> None:
     truth = Path(sys.argv[4]) if len(sys.argv) > 4 else sheet.parent / "truth" / "cells"
     late = pd.read_csv(sheet)["sample_id"].astype(str).tolist()
     cols = ["sample_id", "qc_pass", "lineage", "b_subset"]
-    a = read_obs_columns(Path(inc_dir) / "batches" / sheet.stem / "cells.zarr", cols, needs="")
-    b = read_obs_columns(Path(full_dir) / "cohort.zarr", cols, needs="").loc[a.index]
+    a = read_obs_columns(Workdir(inc_dir).batch(sheet.stem).cells, cols, needs="")
+    b = read_obs_columns(Workdir(full_dir).cohort, cols, needs="").loc[a.index]
     both = a["qc_pass"].to_numpy(bool) & b["qc_pass"].to_numpy(bool)
     same_qc = (a["qc_pass"].to_numpy(bool) == b["qc_pass"].to_numpy(bool)).mean()
     print("cells", len(a), "qc agree", same_qc)

@@ -30,6 +30,8 @@ import numpy as np
 import psutil
 import yaml
 
+from pipeline.workdir import Workdir
+
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import GIB, measure
 
@@ -117,10 +119,12 @@ def run_pipeline(config: Path, folder: Path) -> dict[str, Any]:
     if result["returncode"] != 0:
         raise SystemExit(f"immunoprofile run failed for {config}: exit {result['returncode']}")
     timeline = result.pop("timeline")
-    log = [json.loads(line) for line in (work / "logs" / "stages.jsonl").read_text().splitlines()]
-    cells = json.loads((work / "ingest.json").read_text())["n_cells"]
+    files = Workdir(work)
+    log = [json.loads(line) for line in files.stage_log.read_text().splitlines()]
+    record = files.ingest_record()
+    cells = record.n_cells
     result["cells"] = cells
-    result["samples"] = len(json.loads((work / "ingest.json").read_text())["samples"])
+    result["samples"] = len(record.samples)
     result["stages"] = stage_rows(timeline, log, cells, result["wall_s"])
     result["outside_stages_s"] = round(result["wall_s"] - sum(e["seconds"] for e in log), 2)
     result["cells_after_qc"], result["per_cell_outputs_gib"] = per_cell_outputs(work)

@@ -28,13 +28,15 @@ import harmonypy
 import numpy as np
 import scanpy as sc
 
+from pipeline.config import QCConfig
 from pipeline.ingest import read_samplesheet
-from pipeline.qc import QCRules, gene_sets, qc_flags
+from pipeline.qc import gene_sets, qc_flags
+from pipeline.workdir import Workdir
 
 
 def read_stores(workdir: Path) -> ad.AnnData:
-    record = json.loads((workdir / "ingest.json").read_text())
-    parts = [ad.read_zarr(workdir / "samples" / f"{s}.zarr") for s in record["samples"]]
+    files = Workdir(workdir)
+    parts = [ad.read_zarr(files.sample_store(s)) for s in files.ingest_record().samples]
     adata = ad.concat(parts, merge="same")
     adata.X = adata.X.astype(np.float32)
     return adata
@@ -72,7 +74,7 @@ def run(
     codes = gene_sets(adata.var["gene_symbols"].to_numpy())
     adata.var["mt"], adata.var["ribo"], adata.var["hb"] = codes == 1, codes == 2, codes == 3
     sc.pp.calculate_qc_metrics(adata, qc_vars=["mt", "ribo", "hb"], percent_top=[20], inplace=True)
-    flags = qc_flags(adata.obs, adata.obs["sample_id"].astype(str), QCRules())
+    flags = qc_flags(adata.obs, adata.obs["sample_id"].astype(str), QCConfig())
     adata = adata[~flags.any(axis=1).to_numpy()].copy()
     if doublets:
         sc.pp.scrublet(

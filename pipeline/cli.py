@@ -6,44 +6,14 @@ import argparse
 import contextlib
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import __version__
-from ._memory import release_memory
-from .config import STAGES, RunConfig, load_config
-from .errors import ImmunoprofileError, NotImplementedStageError
-
-if TYPE_CHECKING:
-    from distributed import Client
-
-    from .ingest import SampleRow
+from .config import RunConfig, load_config
+from .errors import ImmunoprofileError
+from .registry import STAGE_NAMES, STAGES
 
 EXIT_ERROR = 1
-EXIT_NOT_IMPLEMENTED = 3
-
-# Stages that exist in this version, in run order; the rest are reported as not built yet.
-IMPLEMENTED_STAGES: tuple[str, ...] = (
-    "ingest",
-    "qc",
-    "preprocess",
-    "integrate",
-    "graph",
-    "annotate",
-    "abundance",
-    "report",
-)
-PLANNED = {
-    "ingest": "issue #3",
-    "qc": "issue #4",
-    "preprocess": "issue #4",
-    "integrate": "issue #5",
-    "graph": "issue #5",
-    "annotate": "issue #6",
-    "abundance": "issue #7",
-    "report": "issue #10",
-}
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -81,93 +51,6 @@ def _resolve_run_config(args: argparse.Namespace) -> RunConfig:
     return cfg.model_copy(update=updates) if updates else cfg
 
 
-def _run_ingest(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> str:
-    from .ingest import ingest_samples
-
-    result = ingest_samples(
-        rows,
-        workdir=cfg.workdir,
-        client=client,
-        gene_policy=cfg.ingest.gene_policy,
-        samplesheet=cfg.samplesheet,
-    )
-    dropped = f"; genes dropped per sample: {result.dropped_genes}" if result.dropped_genes else ""
-    return (
-        f"ingest: {result.n_samples} samples ({result.n_written} written, {result.n_unchanged} "
-        f"unchanged), {result.n_cells:,} cells x {result.n_genes:,} genes in "
-        f"{result.seconds:.1f} s{dropped}"
-    )
-
-
-def _run_later_stage(stage: str) -> Callable[[RunConfig, Client, list[SampleRow]], str]:
-    def run(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> str:
-        from . import runner
-
-        if runner.is_current(cfg, stage):
-            return f"{stage}: unchanged inputs and parameters, skipped"
-        return str(getattr(runner, f"run_{stage}")(cfg, client))
-
-    return run
-
-
-def _run_abundance(cfg: RunConfig, client: Client, rows: list[SampleRow]) -> str:
-    from .runner_batch import remap_stale_batches
-
-    lines = remap_stale_batches(cfg, client)  # batches mapped onto an earlier analysis
-    return "\n".join([*lines, _run_later_stage("abundance")(cfg, client, rows)])
-
-
-STAGE_RUNNERS = {
-    "ingest": _run_ingest,
-    "qc": _run_later_stage("qc"),
-    "preprocess": _run_later_stage("preprocess"),
-    "integrate": _run_later_stage("integrate"),
-    "graph": _run_later_stage("graph"),
-    "annotate": _run_later_stage("annotate"),
-    "abundance": _run_abundance,
-    "report": _run_later_stage("report"),
-}
-
-
-def _name_corrupt_samples(cfg: RunConfig, stage: str, exc: Exception) -> None:
-    """After an unexpected failure of a stage that reads sample stores, check them against
-    their manifests and, when some are damaged, fail with their names instead."""
-    if stage == "ingest":
-        return
-    from .validate import sample_store_problems
-
-    damaged = sample_store_problems(cfg.workdir)
-    if damaged:
-        names = ", ".join(damaged)
-        detail = "; ".join(p for problems in damaged.values() for p in problems[:2])
-        msg = (
-            f"stage {stage} failed ({type(exc).__name__}) and the store of sample(s) {names} "
-            f"is damaged: {detail}. Delete those stores (or run ingest again with their "
-            "inputs) and re-run; the other samples and completed stages are kept."
-        )
-        raise ImmunoprofileError(msg) from exc
-
-
-def run_stages(cfg: RunConfig, client: Client, rows: list[SampleRow], stages: list[str]) -> None:
-    """Run ``stages`` in order (each skipped when current), printing one line each."""
-    from .stagelog import stage_log
-
-    for stage in stages:
-        try:
-            with stage_log(Path(cfg.workdir), stage, client) as record:
-                record["message"] = STAGE_RUNNERS[stage](cfg, client, rows)
-        except ImmunoprofileError:
-            raise
-        except Exception as exc:  # e.g. a decoding error or KilledWorker
-            _name_corrupt_samples(cfg, stage, exc)
-            raise
-        finally:  # the next stage starts from a trimmed heap, not this one's peak
-            release_memory()
-            with contextlib.suppress(Exception):
-                client.run(release_memory)
-        print(record["message"], flush=True)
-
-
 def _performance_report(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
     if not args.performance_report:
         return contextlib.nullcontext()
@@ -180,7 +63,9 @@ def _performance_report(args: argparse.Namespace) -> contextlib.AbstractContextM
 def _cmd_run(args: argparse.Namespace) -> int:
     from cluster.launch import start_client
 
+    from .commands import run_stages
     from .ingest import read_samplesheet
+    from .registry import stages_until
 
     cfg = _resolve_run_config(args)
     if cfg.samplesheet is None:
@@ -188,31 +73,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"{args.config}: no samplesheet: set 'samplesheet' in the config or pass --samplesheet"
         )
         raise ImmunoprofileError(msg)
-    stop = STAGES.index(args.until) if args.until else len(STAGES) - 1
-    wanted = STAGES[: stop + 1]
-    runnable = [s for s in wanted if s in IMPLEMENTED_STAGES]
-    if runnable:
-        # the samplesheet is checked before any cluster starts: bad input fails fast
-        rows = read_samplesheet(cfg.samplesheet)
-        with start_client(cfg.cluster) as client, _performance_report(args) as _:
-            run_stages(cfg, client, rows, runnable)
-    missing = [s for s in wanted if s not in IMPLEMENTED_STAGES]
-    if missing:
-        done = ", ".join(runnable) or "none"
-        msg = (
-            f"stopping before stage '{missing[0]}': it is not implemented in immunoprofile "
-            f"{__version__} yet ({PLANNED[missing[0]]}). Stages done: {done} (outputs in "
-            f"{cfg.workdir})."
-        )
-        raise NotImplementedStageError(msg)
+    wanted = [s.name for s in stages_until(args.until or STAGE_NAMES[-1])]
+    read_samplesheet(cfg.samplesheet)  # checked before any cluster starts: bad input fails fast
+    with start_client(cfg.cluster) as client, _performance_report(args) as _:
+        run_stages(cfg, client, wanted)
     return 0
 
 
 def _cmd_add_batch(args: argparse.Namespace) -> int:
     from cluster.launch import start_client
 
+    from .add_batch import add_batch, check_analysed, refit_samplesheet
+    from .commands import run_stages
     from .ingest import read_samplesheet
-    from .runner_batch import add_batch, check_analysed, refit_samplesheet
 
     cfg = load_config(args.config)
     if args.workdir is not None:
@@ -221,14 +94,13 @@ def _cmd_add_batch(args: argparse.Namespace) -> int:
     if args.refit:
         sheet = refit_samplesheet(cfg, Path(args.samplesheet))
         cfg = cfg.model_copy(update={"samplesheet": sheet})
-        rows = read_samplesheet(sheet)
         print(
             f"add-batch --refit: the cohort with every batch and the new samples: {sheet} "
             "(use it as the samplesheet of later runs)",
             flush=True,
         )
         with start_client(cfg.cluster) as client:
-            run_stages(cfg, client, rows, list(IMPLEMENTED_STAGES))
+            run_stages(cfg, client, list(STAGE_NAMES))
         return 0
     check_analysed(cfg)  # before a cluster starts
     with start_client(cfg.cluster) as client:
@@ -239,7 +111,8 @@ def _cmd_add_batch(args: argparse.Namespace) -> int:
 def _cmd_power(args: argparse.Namespace) -> int:
     from cluster.launch import start_client
 
-    from .runner_power import run_power_command
+    from .commands import run_power_command
+    from .workdir import Workdir
 
     cfg = load_config(args.config)
     updates: dict[str, object] = {}
@@ -248,17 +121,18 @@ def _cmd_power(args: argparse.Namespace) -> int:
     if args.power_cohorts is not None:
         updates["power_cohorts"] = args.power_cohorts
     power = cfg.power.model_copy(update=updates) if updates else cfg.power
-    out = Path(args.out) if args.out else Path(cfg.workdir) / "power"
+    out = Path(args.out) if args.out else Workdir(cfg.workdir).power
     with start_client(cfg.cluster) as client:
         print(run_power_command(cfg.simulate, power, out=out, client=client))
     return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import validate_workdir
+    from .commands import validate_workdir
 
     report = validate_workdir(args.workdir)
-    print(f"validate: {report.n_stores} store(s) in {args.workdir} match their manifests")
+    folders = f" and {report.n_folders} stage folder(s)" if report.n_folders else ""
+    print(f"validate: {report.n_stores} store(s){folders} in {args.workdir} match their manifests")
     return 0
 
 
@@ -296,14 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the pipeline stages in order",
         description=(
-            f"Run the stages {', '.join(STAGES)} in order, skipping those already done "
-            "with unchanged inputs and parameters."
+            "Run the stages in order, skipping those already done with unchanged inputs "
+            "and parameters: " + "; ".join(f"{s.name} ({s.summary})" for s in STAGES) + "."
         ),
     )
     p.add_argument("config", help="YAML run config")
     p.add_argument("--samplesheet", help="override the config's samplesheet")
     p.add_argument("--workdir", help="override the config's workdir")
-    p.add_argument("--until", choices=STAGES, metavar="STAGE", help="stop after STAGE")
+    p.add_argument(
+        "--until",
+        choices=STAGE_NAMES,
+        metavar="STAGE",
+        help=f"stop after STAGE (one of {', '.join(STAGE_NAMES)})",
+    )
     p.add_argument(
         "--performance-report",
         metavar="HTML",
@@ -355,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         help="check every store of a workdir against its manifest",
-        description="Re-read every store in WORKDIR and compare it with its manifest.",
+        description=(
+            "Re-read every store in WORKDIR and compare it with its manifest; check every "
+            "stage folder's files (abundance/, report/) against their checksums."
+        ),
     )
     p.add_argument("workdir")
     p.set_defaults(func=_cmd_validate)
@@ -367,9 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except NotImplementedStageError as exc:
-        print(f"immunoprofile {args.command}: {exc}", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
     except ImmunoprofileError as exc:
         print(f"immunoprofile {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -1,10 +1,11 @@
-"""The lazy cohort view: all sample stores as one AnnData, X a Dask array by cells."""
+"""The lazy cohort view: all sample stores as one AnnData, X a Dask array by cells; and
+the iteration over its chunks that every stage's tasks use."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import anndata as ad
 import dask.array as da
@@ -14,7 +15,35 @@ import scipy.sparse as sp
 import zarr
 
 from .errors import ImmunoprofileError, StoreError
-from .ingest import STAGE_RECORD, sample_store_path
+from .workdir import IngestRecord, Workdir
+
+CHUNK_CELLS = 10_000  # the config's ingest.chunk_cells default (a test keeps them equal)
+
+
+@dataclass(frozen=True)
+class CellChunk:
+    """One chunk of a cohort view's X: a delayed CSR block and its cells' positions."""
+
+    block: Any  # dask.delayed: the chunk's counts (CSR, all genes)
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> slice:
+        """The chunk's cells as a slice of the cohort's (for per-cell arrays)."""
+        return slice(self.start, self.stop)
+
+
+def cell_chunks(x: da.Array) -> list[CellChunk]:
+    """The chunks of a cells x genes Dask array chunked along cells only, in order."""
+    if len(x.chunks[1]) != 1:
+        msg = f"expected a Dask array chunked along cells only, got {len(x.chunks[1])} gene chunks"
+        raise ValueError(msg)
+    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])]).astype(int)
+    return [
+        CellChunk(block, int(start), int(stop))
+        for block, start, stop in zip(x.to_delayed().ravel(), bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 def _cohort_columns(group: zarr.Group, path: Path, genes: pd.Index | None) -> np.ndarray | None:
@@ -34,7 +63,7 @@ def _cohort_columns(group: zarr.Group, path: Path, genes: pd.Index | None) -> np
 
 def read_sample_counts(path: Path, genes: pd.Index | None) -> sp.csr_matrix:
     """One sample's raw counts, whole, as CSR over the cohort's ``genes`` (a task's read;
-    ``genes`` None when the store's genes are the cohort's, see `sample_genes`)."""
+    ``genes`` None when the store's genes are the cohort's)."""
     try:
         group = zarr.open_group(str(path), mode="r")
         cols = _cohort_columns(group, path, genes)
@@ -63,35 +92,27 @@ def _lazy_sample(
     return x, obs
 
 
-def _stage_record(workdir: Path) -> dict:
-    try:
-        return json.loads((workdir / STAGE_RECORD).read_text())
-    except FileNotFoundError:
-        msg = f"{workdir} has no {STAGE_RECORD}: run the ingest stage first"
-        raise ImmunoprofileError(msg) from None
-
-
-def _cohort_var(record: dict) -> pd.DataFrame:
-    genes = pd.Index(record["genes"])
+def _cohort_var(record: IngestRecord) -> pd.DataFrame:
+    genes = pd.Index(record.genes)
     return pd.DataFrame(
-        {"gene_symbols": np.asarray(record["gene_symbols"], dtype=object)}, index=genes
+        {"gene_symbols": np.asarray(record.gene_symbols, dtype=object)}, index=genes
     )
 
 
-def open_counts(workdir: str | Path, *, chunk_cells: int = 10_000) -> ad.AnnData:
+def open_counts(workdir: str | Path | Workdir, *, chunk_cells: int = CHUNK_CELLS) -> ad.AnnData:
     """`open_cohort` without the cells' metadata: X and var as there, obs only the
     ``sample_id`` (categorical) of each cell, indexed by position ("0", "1", ...).
 
     For stages that need the counts but not the cell names and barcodes, which at the
     study's size are ~0.25 GiB of Python strings in the process that opens the cohort.
     """
-    workdir = Path(workdir)
-    record = _stage_record(workdir)
+    workdir = Workdir(workdir)
+    record = workdir.ingest_record()
     var = _cohort_var(record)
-    per_sample = None if record.get("uniform_genes") else pd.Index(var.index)
-    samples = list(record["samples"])
+    per_sample = None if record.uniform_genes else pd.Index(var.index)
+    samples = list(record.samples)
     parts = [
-        _lazy_sample(sample_store_path(workdir, s), per_sample, chunk_cells, with_obs=False)[0]
+        _lazy_sample(workdir.sample_store(s), per_sample, chunk_cells, with_obs=False)[0]
         for s in samples
     ]
     sizes = [int(x.shape[0]) for x in parts]
@@ -105,7 +126,10 @@ def open_counts(workdir: str | Path, *, chunk_cells: int = 10_000) -> ad.AnnData
 
 
 def open_cohort(
-    workdir: str | Path, *, chunk_cells: int = 10_000, samples: list[str] | None = None
+    workdir: str | Path | Workdir,
+    *,
+    chunk_cells: int = CHUNK_CELLS,
+    samples: list[str] | None = None,
 ) -> ad.AnnData:
     """Open every ingested sample as one AnnData without copying any counts.
 
@@ -113,17 +137,17 @@ def open_cohort(
     read lazily from ``samples/<sample_id>.zarr`` in samplesheet order; ``obs`` holds all
     cells' metadata (index ``<sample_id>:<barcode>``); ``var`` the cohort's genes (gene IDs
     as index, ``gene_symbols`` column), the intersection when ingest used that policy.
-    ``samples`` (e.g. a batch's, see `pipeline.batches`) opens those stores instead, over
-    the same genes.
+    ``samples`` (e.g. a batch's, see `pipeline.add_batch`) opens those stores instead,
+    over the same genes.
     """
-    workdir = Path(workdir)
-    record = _stage_record(workdir)
+    workdir = Workdir(workdir)
+    record = workdir.ingest_record()
     var = _cohort_var(record)
     genes = pd.Index(var.index)
-    per_sample = None if record.get("uniform_genes") and samples is None else genes
+    per_sample = None if record.uniform_genes and samples is None else genes
     parts = [
-        _lazy_sample(sample_store_path(workdir, s), per_sample, chunk_cells)
-        for s in (record["samples"] if samples is None else samples)
+        _lazy_sample(workdir.sample_store(s), per_sample, chunk_cells)
+        for s in (record.samples if samples is None else samples)
     ]
     x = da.concatenate([p[0] for p in parts], axis=0)
     obs = pd.concat([p[1] for p in parts])

@@ -47,17 +47,6 @@ DEFAULT_B_SUBSET_PROPORTIONS: dict[str, float] = {
     "plasmablast": 0.03,
 }
 
-STAGES: tuple[str, ...] = (
-    "ingest",
-    "qc",
-    "preprocess",
-    "integrate",
-    "graph",
-    "annotate",
-    "abundance",
-    "report",
-)
-
 
 class PlantedEffect(_Frozen):
     """A change of one cell type's abundance, on the additive log-ratio scale.

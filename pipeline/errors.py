@@ -11,10 +11,6 @@ class ConfigError(ImmunoprofileError):
     """The run configuration is missing, unreadable or does not match the schema."""
 
 
-class NotImplementedStageError(ImmunoprofileError):
-    """A command or stage that this version does not provide yet."""
-
-
 class InputError(ImmunoprofileError):
     """Bad input data (samplesheet, count matrices); ``problems`` lists each one."""
 

@@ -1,4 +1,4 @@
-"""The label vocabularies of the output contract (../shared/DESIGN.md, "Labels")."""
+"""The label vocabularies and column names of the output contract (../shared/DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,15 @@ B_SUBSETS: tuple[str, ...] = (
 )
 UNASSIGNED = "unassigned"
 RESPONSES: tuple[str, ...] = ("responder", "non_responder", "unknown")
+
+# The samplesheet's required columns but ``path``: carried into every cell's obs, they
+# make the study design of every sample-level table.
+DESIGN_COLUMNS: tuple[str, ...] = (
+    "sample_id",
+    "patient_id",
+    "timepoint_months",
+    "response",
+    "batch",
+)
+# abundance/counts.csv
+COUNTS_COLUMNS: tuple[str, ...] = (*DESIGN_COLUMNS, "level", "cell_type", "count", "total")

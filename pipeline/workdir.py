@@ -1,214 +1,299 @@
-"""The workdir's cohort store: what each stage wrote, from what, and how to rewrite it.
+"""The workdir: every path the pipeline reads or writes, and its typed records.
 
-Each stage records a digest of what it was computed from (the previous stage's digest and
-its own parameters) in ``cohort.zarr``'s manifest; a re-run skips a stage whose digest is
-unchanged. A stage clears its own and every later stage's outputs before it writes.
+`Workdir` is the one place that spells a workdir file name: the stages, commands and
+notebooks ask it for ``workdir.cohort``, ``workdir.abundance.tests``,
+``workdir.batch(name).changes_json`` and so on. The records it reads and writes are
+typed: `IngestRecord` (``ingest.json``), the stage digests recorded in ``cohort.zarr``'s
+manifest and in the stage folders' manifests, and `BatchLayer` (a batch that add-batch
+mapped into the cohort). What the digests are computed from is the stage registry's
+business (`pipeline.stages`); the layout is described in docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anndata as ad
-import pandas as pd
-
-from . import __version__
-from .annotate import load_markers
-from .config import RunConfig
 from .errors import ImmunoprofileError
-from .ingest import STAGE_RECORD
-from .store import obs_columns, read_manifest, update_anndata_store, write_anndata_store
-
-COHORT_STORE = "cohort.zarr"
-ABUNDANCE_DIR = "abundance"  # its own folder and manifest: it adds nothing to cohort.zarr
-ABUNDANCE_MANIFEST = "manifest.json"
-REPORT_DIR = "report"  # its own folder and manifest, like abundance
-REPORT_MANIFEST = "manifest.json"
-BATCHES_DIR = "batches"  # add-batch: one folder per batch of new samples
-BATCH_CELLS = "cells.zarr"  # in a batch's folder: its cells' per-cell results
-MOMENT_SUM = "qc_counts_sum"  # varm: genes x samples, raw counts summed over kept cells
-MOMENT_SUMSQ = "qc_counts_sumsq"  # the same for squared counts
+from .store import read_manifest, write_text_atomic
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+@dataclass(frozen=True)
+class StageFolder:
+    """A stage's own folder, written whole (built under a temporary name) with a
+    ``manifest.json`` holding the stage digest."""
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    def digest(self) -> str | None:
+        """The digest the folder's outputs were computed with; None when absent."""
+        if not self.manifest.exists():
+            return None
+        return str(json.loads(self.manifest.read_text()).get("digest", ""))
 
 
-# A stage's algorithm version: bump it when the stage's results change for the same
-# inputs and parameters (a new rule or method), so that workdirs computed before re-run
-# it and the stages after it. qc 2: the top-20 rule on non-immunoglobulin genes.
-# preprocess 2 and integrate 2: record what add-batch maps new cells with (the PCA
-# centre; Harmony's reference compression).
-STAGE_VERSIONS: dict[str, int] = {
-    "qc": 2,
-    "preprocess": 2,
-    "integrate": 4,
-    "graph": 2,
-    "annotate": 2,
-    "abundance": 1,
-    "report": 1,
-}
+@dataclass(frozen=True)
+class AnnotateFiles:
+    root: Path
+
+    @property
+    def markers_used(self) -> Path:
+        return self.root / "markers_used.yaml"
+
+    def dotplot_png(self, level: str) -> Path:
+        return self.root / f"dotplot_{level}.png"
+
+    def dotplot_csv(self, level: str) -> Path:
+        return self.root / f"dotplot_{level}.csv"
 
 
-def stage_digests(cfg: RunConfig) -> dict[str, str]:
-    """What each stage's outputs depend on, as a chain of digests: the previous stage's
-    digest, the stage's parameters and its algorithm version."""
-    record = Path(cfg.workdir) / STAGE_RECORD
-    if not record.exists():
-        msg = f"{cfg.workdir} has no {STAGE_RECORD}: run the ingest stage first"
-        raise ImmunoprofileError(msg)
-    digests = {"ingest": hashlib.sha256(record.read_bytes()).hexdigest()}
-    params: dict[str, Any] = {
-        "qc": cfg.qc.model_dump(mode="json"),
-        "preprocess": cfg.preprocess.model_dump(mode="json"),
-        "integrate": cfg.integrate.model_dump(mode="json"),
-        "graph": cfg.graph.model_dump(mode="json"),
-        "annotate": _annotate_inputs(cfg),
-        "abundance": {
-            "params": cfg.abundance.model_dump(mode="json"),
-            "batches": {k: v["digest"] for k, v in batch_layers(cfg.workdir).items()},
-        },
-        "report": {},
-    }
-    before = "ingest"
-    for stage, values in params.items():
-        digests[stage] = _sha(
-            {before: digests[before], stage: values, "version": STAGE_VERSIONS[stage]}
-        )
-        before = stage
-    return digests
+@dataclass(frozen=True)
+class AbundanceFiles(StageFolder):
+    @property
+    def counts(self) -> Path:
+        return self.root / "counts.csv"
+
+    @property
+    def tests(self) -> Path:
+        return self.root / "tests.csv"
+
+    @property
+    def fits(self) -> Path:
+        return self.root / "fits.csv"
+
+    @property
+    def counts_zarr(self) -> Path:
+        return self.root / "counts.zarr"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
 
 
-def batch_layers(workdir: str | Path) -> dict[str, dict[str, Any]]:
-    """Name -> manifest of every complete batch added by add-batch, by name."""
-    folder = Path(workdir) / BATCHES_DIR
-    out = {}
-    for store in sorted(folder.glob(f"*/{BATCH_CELLS}")):
-        manifest = read_manifest(store)
-        if manifest is not None:
-            out[store.parent.name] = manifest
-    return out
+@dataclass(frozen=True)
+class ReportFiles(StageFolder):
+    @property
+    def index(self) -> Path:
+        return self.root / "index.html"
 
 
-def _annotate_inputs(cfg: RunConfig) -> dict[str, Any]:
-    """The annotate parameters plus what its files contain (marker file hash; the
-    reference's size and modification time)."""
-    a = cfg.annotate
-    reference = None
-    if a.reference is not None:
-        path = Path(a.reference.path)
-        stat = path.stat() if path.exists() else None
-        reference = [str(path), stat.st_size, stat.st_mtime_ns] if stat else [str(path)]
-    return {
-        "params": a.model_dump(mode="json"),
-        "markers_sha256": load_markers(a.markers).sha256,
-        "reference": reference,
-    }
+@dataclass(frozen=True)
+class BatchFiles:
+    """``batches/<name>/``: one batch of new samples mapped by add-batch."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def cells(self) -> Path:
+        """The batch's per-cell results (its layer next to cohort.zarr)."""
+        return self.root / "cells.zarr"
+
+    @property
+    def samplesheet(self) -> Path:
+        return self.root / "samplesheet.csv"
+
+    @property
+    def qc_summary(self) -> Path:
+        return self.root / "qc_summary.csv"
+
+    @property
+    def tests_before(self) -> Path:
+        return self.root / "tests_before.csv"
+
+    @property
+    def tests_before_none(self) -> Path:
+        return self.root / "tests_before.none"
+
+    @property
+    def changes_json(self) -> Path:
+        return self.root / "changes.json"
+
+    @property
+    def changes_md(self) -> Path:
+        return self.root / "changes.md"
 
 
-# What each stage adds to cohort.zarr besides the obs columns that qc rebuilds. A stage
-# clears its own previous outputs and every later stage's before it writes (they were
-# computed from what it replaces).
-STAGE_ORDER = ("ingest", "qc", "preprocess", "integrate", "graph", "annotate")
-STAGE_OUTPUTS: dict[str, dict[str, list[str]]] = {
-    "preprocess": {"obsm": ["X_pca"], "varm": ["PCs"], "uns": ["pca"]},
-    "integrate": {"obsm": ["X_pca_harmony", "X_scvi"], "uns": ["integrate"]},
-    "graph": {
-        "obsm": ["X_umap"],
-        "obsp": ["distances", "connectivities"],
-        "uns": ["graph", "neighbors"],
-        "obs_prefix": ["leiden_"],
-    },
-    "annotate": {"uns": ["annotate"], "obs_prefix": ["lineage", "b_subset"]},
-}
+@dataclass(frozen=True)
+class BatchLayer:
+    """A complete batch layer: its files and its store's manifest."""
+
+    files: BatchFiles
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.files.name
+
+    @property
+    def digest(self) -> str:
+        return str(self.manifest.get("digest", ""))
+
+    @property
+    def samples(self) -> list[str]:
+        return [str(s) for s in self.manifest.get("samples", [])]
+
+    @property
+    def reference(self) -> str | None:
+        """The cohort's annotate digest the batch was mapped onto."""
+        return self.manifest.get("reference")
 
 
-SLOTS = ("obsm", "varm", "obsp", "uns")
+@dataclass(frozen=True)
+class IngestRecord:
+    """``ingest.json``: what the ingest stage wrote (its bytes are the ingest digest)."""
+
+    samples: list[str]
+    genes: list[str] = field(default_factory=list)
+    gene_symbols: list[str] = field(default_factory=list)
+    samplesheet: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)
+    gene_policy: str = "error"
+    dropped_genes: dict[str, list[str]] = field(default_factory=dict)
+    uniform_genes: bool = False  # every store holds `genes` in order: readers need not align
+    n_cells: int = 0
+    immunoprofile_version: str = ""
+
+    def to_json(self) -> str:
+        # the key order of the file the stage has always written (its bytes are hashed)
+        keys = ("samplesheet", "samples", "inputs", "gene_policy", "genes", "gene_symbols",
+                "dropped_genes", "uniform_genes", "n_cells")  # fmt: skip
+        values = asdict(self)
+        record = {"stage": "ingest", "immunoprofile_version": self.immunoprofile_version}
+        record.update({k: values[k] for k in keys})
+        return json.dumps(record, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> IngestRecord:
+        data = json.loads(text)
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**{"samples": [], **known})
 
 
-def done_stages(cfg: RunConfig) -> dict[str, str]:
-    """Stage -> the digest it was computed with, for the stages whose outputs are there."""
-    manifest = read_manifest(Path(cfg.workdir) / COHORT_STORE)
-    done = dict(manifest.get("stages", {})) if manifest else {}
-    abundance = Path(cfg.workdir) / ABUNDANCE_DIR / ABUNDANCE_MANIFEST
-    if abundance.exists():
-        done["abundance"] = json.loads(abundance.read_text()).get("digest", "")
-    report = Path(cfg.workdir) / REPORT_DIR / REPORT_MANIFEST
-    if report.exists():
-        done["report"] = json.loads(report.read_text()).get("digest", "")
-    return done
+class Workdir:
+    """The paths and records of one workdir (``root``); nothing is read until asked."""
 
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(os.fspath(root))
 
-# Files a stage writes into the workdir besides cohort.zarr: when one is gone, the stage
-# counts as not done and runs again (re-creating it).
-STAGE_FILES: dict[str, list[str]] = {
-    "qc": ["qc/summary.csv"],
-    "annotate": ["annotate/markers_used.yaml"],
-    "report": ["report/index.html"],
-}
+    def __fspath__(self) -> str:
+        return str(self.root)
 
+    def __repr__(self) -> str:
+        return f"Workdir({str(self.root)!r})"
 
-def is_current(cfg: RunConfig, stage: str) -> bool:
-    """The stage's recorded digest equals the one computed now and its files exist."""
-    files = [Path(cfg.workdir) / f for f in STAGE_FILES.get(stage, [])]
-    if not all(f.exists() for f in files):
-        return False
-    return done_stages(cfg).get(stage) == stage_digests(cfg)[stage]
+    # ---- paths ----------------------------------------------------------------------
 
+    @property
+    def samples(self) -> Path:
+        """The per-sample count stores, one per sample."""
+        return self.root / "samples"
 
-def _cohort_info(cfg: RunConfig, stage: str, n_obs: int, n_vars: int) -> dict[str, Any]:
-    digests = stage_digests(cfg)
-    stages = STAGE_ORDER[: STAGE_ORDER.index(stage) + 1]
-    return {
-        "kind": "cohort",
-        "immunoprofile_version": __version__,
-        "stages": {s: digests[s] for s in stages},
-        "n_obs": n_obs,
-        "n_vars": n_vars,
-    }
+    def sample_store(self, sample_id: str) -> Path:
+        return self.samples / f"{sample_id}.zarr"
 
+    @property
+    def ingest_record_file(self) -> Path:
+        return self.root / "ingest.json"
 
-def write_cohort(cfg: RunConfig, adata: ad.AnnData, stage: str) -> None:
-    """Write cohort.zarr whole, as computed by the stages up to ``stage``."""
-    info = _cohort_info(cfg, stage, int(adata.n_obs), int(adata.n_vars))
-    write_anndata_store(Path(cfg.workdir) / COHORT_STORE, adata, info)
-    _remove_stale_results(cfg)
+    @property
+    def cohort(self) -> Path:
+        """cohort.zarr: every cell's results (AnnData-Zarr, without X)."""
+        return self.root / "cohort.zarr"
 
+    @property
+    def qc_summary(self) -> Path:
+        return self.root / "qc" / "summary.csv"
 
-def update_cohort(
-    cfg: RunConfig,
-    stage: str,
-    *,
-    obs: pd.DataFrame | None = None,
-    elems: dict[str, Any] | None = None,
-) -> None:
-    """Replace the outputs of ``stage`` (and clear every later stage's) in cohort.zarr
-    without reading the rest: new obs columns ``obs`` and elements ``elems`` (keys
-    ``"<slot>/<name>"`` or ``"var"``; see `update_anndata_store`)."""
-    path = Path(cfg.workdir) / COHORT_STORE
-    manifest = read_manifest(path)
-    if manifest is None:
-        msg = f"{path} has no readable manifest: run the qc stage first"
-        raise ImmunoprofileError(msg)
-    remove: list[str] = []
-    columns = obs_columns(path)
-    for later in STAGE_ORDER[STAGE_ORDER.index(stage) :]:
-        outputs = STAGE_OUTPUTS.get(later, {})
-        remove += [f"{slot}/{key}" for slot in SLOTS for key in outputs.get(slot, [])]
-        for prefix in outputs.get("obs_prefix", []):
-            remove += [f"obs/{c}" for c in columns if str(c).startswith(prefix)]
-    info = _cohort_info(cfg, stage, int(manifest["n_obs"]), int(manifest["n_vars"]))
-    update_anndata_store(path, info, remove=remove, obs=obs, elems=elems)
-    _remove_stale_results(cfg)
+    @property
+    def scvi_model(self) -> Path:
+        return self.root / "models" / "scvi"
 
+    @property
+    def annotate(self) -> AnnotateFiles:
+        return AnnotateFiles(self.root / "annotate")
 
-def _remove_stale_results(cfg: RunConfig) -> None:
-    # the abundance results and the report were computed from the labels just replaced
-    for folder in (ABUNDANCE_DIR, REPORT_DIR):
-        stale = Path(cfg.workdir) / folder
-        if stale.exists():
-            shutil.rmtree(stale)
+    @property
+    def abundance(self) -> AbundanceFiles:
+        return AbundanceFiles(self.root / "abundance")
+
+    @property
+    def report(self) -> ReportFiles:
+        return ReportFiles(self.root / "report")
+
+    @property
+    def stage_log(self) -> Path:
+        """One JSON line per stage run (`pipeline.commands.stagelog`)."""
+        return self.root / "logs" / "stages.jsonl"
+
+    @property
+    def power(self) -> Path:
+        """The default output folder of ``immunoprofile power``."""
+        return self.root / "power"
+
+    @property
+    def batches(self) -> Path:
+        return self.root / "batches"
+
+    def batch(self, name: str) -> BatchFiles:
+        return BatchFiles(self.batches / name)
+
+    @property
+    def refit_samplesheet(self) -> Path:
+        """``add-batch --refit``: the cohort's, every batch's and the new samples."""
+        return self.root / "samplesheet_refit.csv"
+
+    # ---- records --------------------------------------------------------------------
+
+    def has_ingest_record(self) -> bool:
+        return self.ingest_record_file.exists()
+
+    def ingest_record(self) -> IngestRecord:
+        try:
+            text = self.ingest_record_file.read_text()
+        except FileNotFoundError:
+            msg = f"{self.root} has no {self.ingest_record_file.name}: run the ingest stage first"
+            raise ImmunoprofileError(msg) from None
+        try:
+            return IngestRecord.from_json(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            msg = (
+                f"{self.ingest_record_file} is damaged ({exc}): run the ingest stage again "
+                "(`immunoprofile run CONFIG --until ingest`)"
+            )
+            raise ImmunoprofileError(msg) from None
+
+    def write_ingest_record(self, record: IngestRecord) -> None:
+        write_text_atomic(self.ingest_record_file, record.to_json())
+
+    def cohort_manifest(self) -> dict[str, Any] | None:
+        return read_manifest(self.cohort)
+
+    def batch_folders(self) -> list[BatchFiles]:
+        """Every batch folder, complete or not, by name."""
+        if not self.batches.is_dir():
+            return []
+        return [BatchFiles(p) for p in sorted(self.batches.iterdir()) if p.is_dir()]
+
+    def batch_layers(self) -> dict[str, BatchLayer]:
+        """Every complete batch layer (its store has a manifest), by name."""
+        out = {}
+        for files in self.batch_folders():
+            manifest = read_manifest(files.cells) if files.cells.exists() else None
+            if manifest is not None:
+                out[files.name] = BatchLayer(files, manifest)
+        return out
+
+    def result_stores(self) -> list[Path]:
+        """cohort.zarr, then every complete batch layer's store (by batch name)."""
+        return [self.cohort, *(layer.files.cells for layer in self.batch_layers().values())]

@@ -68,9 +68,9 @@ STRONG_BATCHES = {"seed": 5, "n_patients": 6, "extra_patients": 0, "n_batches": 
 
 @pytest.fixture(scope="session")
 def strong_batch_run(tmp_path_factory: pytest.TempPathFactory, client: Client) -> RunConfig:
-    from pipeline import runner
     from pipeline.ingest import ingest_samples, read_samplesheet
     from pipeline.simulate import simulate_cohort
+    from pipeline.stages import run_stage
 
     out = tmp_path_factory.mktemp("strong_batches")
     sim = simulate_cohort(small_config(**STRONG_BATCHES), out=out / "data", client=client)
@@ -83,7 +83,7 @@ def strong_batch_run(tmp_path_factory: pytest.TempPathFactory, client: Client) -
     )
     ingest_samples(read_samplesheet(sim.samplesheet), workdir=cfg.workdir, client=client)
     for stage in ("qc", "preprocess", "integrate", "graph"):
-        getattr(runner, f"run_{stage}")(cfg, client)
+        run_stage(stage, cfg, client)
     return cfg
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import STAGES as STAGE_ORDER
+from pipeline.registry import STAGE_NAMES as STAGE_ORDER
+
+from .conftest import CommandRun
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -93,3 +95,39 @@ def test_scaling_report_tables_and_plot(tiny_run: tuple[Path, dict], tmp_path: P
         assert f"| {stage} | " in text
     assert "| umap | " in text
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_workdir_comparison_finds_every_kind_of_difference(
+    tmp_path: Path, analysed_small: CommandRun
+) -> None:
+    """`compare_workdirs.py` (before/after a refactoring): a copy is equal; a changed
+    array value, a changed table cell and a store that is only on one side are named."""
+    import shutil
+
+    import numpy as np
+    import pandas as pd
+    import zarr
+    from compare_workdirs import compare_workdirs
+
+    before = analysed_small.workdir
+    after = tmp_path / "after"
+    shutil.copytree(before, after)
+    same = compare_workdirs(before, after)
+    assert same["equal"] and same["stores"] >= 20 and same["arrays"] > 100, same
+    umap = zarr.open_array(str(after / "cohort.zarr" / "obsm" / "X_umap"), mode="r+")
+    values = umap[...]
+    values[7, 1] = np.nextafter(values[7, 1], np.inf)
+    umap[...] = values
+    tests = pd.read_csv(after / "abundance" / "tests.csv")
+    tests.loc[tests["estimate"].first_valid_index(), "estimate"] += 1e-9
+    tests.to_csv(after / "abundance" / "tests.csv", index=False)
+    first = sorted((after / "samples").glob("*.zarr"))[0]
+    shutil.copytree(first, after / "samples" / "extra.zarr")
+    diff = compare_workdirs(before, after)["differences"]
+    assert len(diff["cohort.zarr"]) == 1
+    assert diff["cohort.zarr"][0].startswith("obsm/X_umap: 1 values differ")
+    assert diff["abundance/tests.csv"] == ["column estimate: 1 values differ, max |diff| 1e-09"]
+    assert diff["samples/extra.zarr"] == ["only after"]
+    # a tolerance forgives float rounding, not a missing store
+    loose = compare_workdirs(before, after, rtol=1e-6)["differences"]
+    assert list(loose) == ["samples/extra.zarr"]

@@ -21,9 +21,9 @@ from distributed import Client, LocalCluster
 
 from pipeline.cli import main
 from pipeline.config import RunConfig, parse_config
-from pipeline.ingest import sample_store_path
 from pipeline.simulate import SimulationResult
 from pipeline.store import read_manifest
+from pipeline.workdir import Workdir
 
 
 def _first_data_chunk(store: Path) -> Path:
@@ -47,7 +47,7 @@ def test_damaged_sample_store_fails_the_run_naming_the_sample(
     args = ["run", str(cfg), "--workdir", str(workdir), "--samplesheet",
             str(small_cohort.samplesheet)]  # fmt: skip
     sample_id = sorted(p.stem for p in (workdir / "samples").glob("*.zarr"))[1]
-    chunk = _first_data_chunk(sample_store_path(workdir, sample_id))
+    chunk = _first_data_chunk(Workdir(workdir).sample_store(sample_id))
     good = chunk.read_bytes()
     damaged = b"\x00garbage" * (len(good) // 8 + 1)
 
@@ -85,7 +85,7 @@ def test_worker_killed_mid_stage_gives_the_same_result(
 ) -> None:
     """QC on a cluster whose busy worker is SIGKILLed mid-stage equals QC on the session's
     cluster without the kill: every metric, flag, score and per-gene sum."""
-    from pipeline import runner
+    from pipeline.stages import run_stage
 
     outputs = {}
     for name in ("reference", "killed"):
@@ -93,7 +93,7 @@ def test_worker_killed_mid_stage_gives_the_same_result(
         shutil.copytree(ingested, workdir)
         cfg = parse_config({"workdir": str(workdir)})
         if name == "reference":
-            runner.run_qc(cfg, client)
+            run_stage("qc", cfg, client)
         else:
             with (
                 LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -104,7 +104,7 @@ def test_worker_killed_mid_stage_gives_the_same_result(
                 done = threading.Event()
                 killer = threading.Thread(target=_kill_a_worker_once_busy, args=(own, done, report))
                 killer.start()
-                runner.run_qc(cfg, own)
+                run_stage("qc", cfg, own)
                 done.set()
                 killer.join()
                 assert report.get("killed"), "no worker was killed while QC ran"

@@ -1,96 +1,69 @@
-"""Stage digests: what makes a stage (and the stages after it) run again."""
+"""The workdir's paths and typed records."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from pipeline import workdir
-from pipeline.config import parse_config
-from pipeline.ingest import STAGE_RECORD
-
-LATER = ["qc", "preprocess", "integrate", "graph", "annotate", "abundance", "report"]
+from pipeline.errors import ImmunoprofileError
+from pipeline.workdir import IngestRecord, Workdir
 
 
-def _digests(tmp_path: Path, **cfg: object) -> dict[str, str]:
-    (tmp_path / STAGE_RECORD).write_text('{"samples": []}')
-    return workdir.stage_digests(parse_config({"workdir": str(tmp_path), **cfg}))
+def test_paths_are_spelled_in_one_place(tmp_path: Path) -> None:
+    w = Workdir(tmp_path)
+    assert Workdir(w).root == tmp_path  # a Workdir is also a path-like
+    assert w.cohort == tmp_path / "cohort.zarr"
+    assert w.sample_store("S1") == tmp_path / "samples" / "S1.zarr"
+    assert w.qc_summary == tmp_path / "qc" / "summary.csv"
+    assert w.abundance.tests == tmp_path / "abundance" / "tests.csv"
+    assert w.abundance.manifest == tmp_path / "abundance" / "manifest.json"
+    assert w.report.index == tmp_path / "report" / "index.html"
+    assert w.annotate.dotplot_png("b_subset") == tmp_path / "annotate" / "dotplot_b_subset.png"
+    assert w.batch("late").cells == tmp_path / "batches" / "late" / "cells.zarr"
+    assert w.batch("late").name == "late"
 
 
-def test_a_parameter_changes_its_stage_and_the_later_ones(tmp_path: Path) -> None:
-    base = _digests(tmp_path)
-    changed = _digests(tmp_path, graph={"n_neighbors": 20})
-    assert [s for s in base if base[s] != changed[s]] == ["graph", "annotate", "abundance",
-                                                          "report"]  # fmt: skip
-    changed = _digests(tmp_path, abundance={"time": "continuous"})
-    assert [s for s in base if base[s] != changed[s]] == ["abundance", "report"]
+def test_the_ingest_record_keeps_its_bytes(tmp_path: Path) -> None:
+    """The ingest digest is the hash of ingest.json: the typed record writes the same
+    keys in the same order as the stage always has."""
+    record = IngestRecord(samples=["A", "B"], genes=["g1"], gene_symbols=["G1"],
+                          samplesheet="s.csv", inputs={"A": "a.h5", "B": "b.h5"},
+                          uniform_genes=True, n_cells=10, immunoprofile_version="0.1.0")  # fmt: skip
+    w = Workdir(tmp_path)
+    w.write_ingest_record(record)
+    data = json.loads(w.ingest_record_file.read_text())
+    assert list(data) == ["stage", "immunoprofile_version", "samplesheet", "samples", "inputs",
+                          "gene_policy", "genes", "gene_symbols", "dropped_genes",
+                          "uniform_genes", "n_cells"]  # fmt: skip
+    assert w.ingest_record_file.read_text() == json.dumps(data, indent=1)
+    assert w.ingest_record() == record
 
 
-@pytest.mark.parametrize("stage", LATER)
-def test_an_algorithm_version_bump_reruns_the_stage_and_later_ones(
-    tmp_path: Path, stage: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base = _digests(tmp_path)
-    monkeypatch.setitem(workdir.STAGE_VERSIONS, stage, workdir.STAGE_VERSIONS[stage] + 1)
-    bumped = _digests(tmp_path)
-    assert [s for s in base if base[s] != bumped[s]] == LATER[LATER.index(stage) :]
+def test_a_missing_or_damaged_record_is_named(tmp_path: Path) -> None:
+    w = Workdir(tmp_path)
+    with pytest.raises(ImmunoprofileError, match=r"no ingest\.json: run the ingest stage first"):
+        w.ingest_record()
+    w.ingest_record_file.write_text('{"samples": ["A"')
+    with pytest.raises(ImmunoprofileError, match=r"ingest\.json is damaged"):
+        w.ingest_record()
 
 
-def test_an_edited_marker_file_reruns_annotate(tmp_path: Path) -> None:
-    from importlib import resources
-
-    markers = tmp_path / "markers.yaml"
-    text = resources.files("pipeline.annotate").joinpath("markers.yaml").read_text()
-    markers.write_text(text)
-    base = _digests(tmp_path, annotate={"markers": str(markers)})
-    markers.write_text(text.replace("version: 1", "version: 2"))
-    edited = _digests(tmp_path, annotate={"markers": str(markers)})
-    assert [s for s in base if base[s] != edited[s]] == ["annotate", "abundance", "report"]
-
-
-def test_a_stage_whose_files_were_deleted_runs_again(tmp_path: Path) -> None:
+def test_batch_layers_are_the_complete_ones(tmp_path: Path) -> None:
     import anndata as ad
     import pandas as pd
 
-    cfg = parse_config({"workdir": str(tmp_path)})
-    (tmp_path / STAGE_RECORD).write_text('{"samples": []}')
-    obs = pd.DataFrame({"sample_id": ["a", "b"]}, index=["0", "1"])
-    workdir.write_cohort(cfg, ad.AnnData(obs=obs), "annotate")
-    assert workdir.is_current(cfg, "preprocess")
-    assert not workdir.is_current(cfg, "annotate")  # no annotate/markers_used.yaml
-    (tmp_path / "annotate").mkdir()
-    (tmp_path / "annotate" / "markers_used.yaml").write_text("version: 1\n")
-    (tmp_path / "qc").mkdir()
-    (tmp_path / "qc" / "summary.csv").write_text("sample_id\n")
-    assert workdir.is_current(cfg, "annotate") and workdir.is_current(cfg, "qc")
-    (tmp_path / "qc" / "summary.csv").unlink()
-    assert not workdir.is_current(cfg, "qc")
+    from pipeline.store import write_anndata_store
 
-
-def test_a_rerun_stage_replaces_its_outputs_and_clears_the_later_stages(tmp_path: Path) -> None:
-    import anndata as ad
-    import numpy as np
-    import pandas as pd
-
-    cfg = parse_config({"workdir": str(tmp_path)})
-    (tmp_path / STAGE_RECORD).write_text('{"samples": []}')
-    obs = pd.DataFrame(
-        {"sample_id": ["a", "b"], "leiden_1": ["0", "1"], "lineage": ["B", "NK"],
-         "lineage_confidence": [0.9, 0.8], "b_subset": ["DN2", "unassigned"]},
-        index=["0", "1"],
-    )  # fmt: skip
-    cohort = ad.AnnData(obs=obs, obsm={"X_umap": np.zeros((2, 2)), "X_pca": np.ones((2, 3))},
-                        uns={"annotate": {"n": 1}, "graph": {"n": 1}})  # fmt: skip
-    workdir.write_cohort(cfg, cohort, "annotate")
-    (tmp_path / "abundance").mkdir()
-    workdir.update_cohort(
-        cfg, "graph", obs=pd.DataFrame({"leiden_0.5": pd.Categorical(["0", "0"])}),
-        elems={"obsm/X_umap": np.ones((2, 2)), "uns/graph": {"n": 2}},
-    )  # fmt: skip
-    got = ad.read_zarr(tmp_path / workdir.COHORT_STORE)
-    assert list(got.obs.columns) == ["sample_id", "leiden_0.5"]
-    assert sorted(got.obsm) == ["X_pca", "X_umap"] and got.obsm["X_umap"].sum() == 4
-    assert sorted(got.uns) == ["graph"] and got.uns["graph"]["n"] == 2
-    assert list(workdir.done_stages(cfg)) == ["ingest", "qc", "preprocess", "integrate", "graph"]
-    assert not (tmp_path / "abundance").exists()  # computed from the labels just cleared
+    w = Workdir(tmp_path)
+    obs = pd.DataFrame({"x": [1, 2]}, index=["a", "b"])
+    info = {"kind": "batch", "digest": "d1", "samples": ["S9"], "reference": "r"}
+    write_anndata_store(w.batch("late").cells, ad.AnnData(obs=obs), info)
+    w.batch("broken").cells.mkdir(parents=True)  # a killed run: no manifest
+    layers = w.batch_layers()
+    assert list(layers) == ["late"]
+    assert layers["late"].samples == ["S9"] and layers["late"].digest == "d1"
+    assert layers["late"].reference == "r"
+    assert [b.name for b in w.batch_folders()] == ["broken", "late"]
+    assert w.result_stores() == [w.cohort, w.batch("late").cells]

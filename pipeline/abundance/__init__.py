@@ -13,12 +13,14 @@ from ._models import (
     model_tables,
 )
 from ._plots import composition_plot, forest_grid, forest_plot, trajectory_plot
-from ._power import PowerResult, power_plot, run_power
+from ._power import TYPE1_TARGET, PowerResult, power_plot, run_power
 from ._propeller import PropellerFit, fit_propeller, transformed_proportions
+from ._run import abundance_digest_inputs, baseline_findings, run_abundance
 from ._table import LEVEL_TYPES, abundance_counts, counts_dataset
 
 __all__ = [
     "LEVEL_TYPES",
+    "TYPE1_TARGET",
     "AbundanceDesignError",
     "AbundanceResult",
     "GlmmFit",
@@ -26,6 +28,8 @@ __all__ = [
     "PowerResult",
     "PropellerFit",
     "abundance_counts",
+    "abundance_digest_inputs",
+    "baseline_findings",
     "bh_qvalues",
     "composition_plot",
     "concordance",
@@ -39,6 +43,7 @@ __all__ = [
     "model_design",
     "model_tables",
     "power_plot",
+    "run_abundance",
     "run_power",
     "trajectory_plot",
     "transformed_proportions",

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as t_dist
 
-from ..labels import UNASSIGNED
+from ..labels import DESIGN_COLUMNS, UNASSIGNED
 from ._design import AbundanceDesignError, ModelDesign, TimeCoding, model_design
 from ._glmm import fit_binomial_glmm
 from ._propeller import Transform, fit_propeller
@@ -42,7 +42,7 @@ class AbundanceResult:
 
 def sample_design(counts: pd.DataFrame) -> pd.DataFrame:
     """One row per sample: its design columns, in the table's order."""
-    cols = ["sample_id", "patient_id", "timepoint_months", "response"]
+    cols = [c for c in DESIGN_COLUMNS if c != "batch"]  # batch is not in the models
     return counts[cols].drop_duplicates("sample_id").reset_index(drop=True)
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..labels import RESPONSES, UNASSIGNED
+from ..labels import COUNTS_COLUMNS, RESPONSES, UNASSIGNED
 from ._table import LEVEL_TYPES
 
 if TYPE_CHECKING:
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 GROUP_COLOURS = {"responder": "#1f77b4", "non_responder": "#d95f02"}  # others: grey
 UNASSIGNED_COLOUR = "#c7c7c7"
-COUNT_COLUMNS = ("sample_id", "patient_id", "timepoint_months", "response", "level")
 TEST_COLUMNS = ("cell_type", "denominator", "contrast", "estimate", "ci_low", "ci_high")
 DENOMINATOR_LABEL = {"B": "% of B cells", "PBMC": "% of QC-passed PBMC"}
 _MONTHS = r"(\d+(?:\.\d+)?)"
@@ -37,7 +36,7 @@ _CONTRAST_ORDER = (
 
 
 def _pyplot():
-    from .._mpl import pyplot
+    from ..runtime import pyplot
 
     return pyplot()
 
@@ -80,7 +79,7 @@ def _proportions(counts: pd.DataFrame, *, level: str, denominator: str) -> pd.Da
     """The level's rows with `proportion` = count / denominator total (samples whose total
     is 0 dropped). `denominator` is `B` (b_subset within B cells) or `PBMC` (within the
     sample's QC-passed cells, the `total` of its lineage rows)."""
-    _require(counts, (*COUNT_COLUMNS, "cell_type", "count", "total"), "counts")
+    _require(counts, COUNTS_COLUMNS, "counts")
     _check_level(level)
     allowed = ("PBMC",) if level == "lineage" else ("B", "PBMC")
     if denominator not in allowed:
@@ -336,7 +335,7 @@ def composition_plot(counts: pd.DataFrame, *, level: str) -> Figure:
     group shown as a coloured strip above the bars. Samples with total 0 are marked."""
     from matplotlib.ticker import PercentFormatter
 
-    _require(counts, (*COUNT_COLUMNS, "cell_type", "count", "total"), "counts")
+    _require(counts, COUNTS_COLUMNS, "counts")
     _check_level(level)
     rows = _level_rows(counts, level)
     design = rows.drop_duplicates("sample_id").copy()

@@ -23,7 +23,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from ..config import PlantedEffect, PowerConfig, SimulationConfig
-from ..simulate._tables import simulate_count_table
+from ..simulate import simulate_count_table
 from ._models import fit_abundance_models
 
 TYPE1_TARGET = (0.03, 0.07)
@@ -141,7 +141,7 @@ def run_power(sim: SimulationConfig, cfg: PowerConfig, *, client) -> PowerResult
 
 def power_plot(power: pd.DataFrame, *, cell_type: str, effect: float, denominator: str):
     """Power of the response contrasts against the number of patients (one line each)."""
-    from .._mpl import pyplot
+    from ..runtime import pyplot
 
     plt = pyplot()
 

@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..labels import B_SUBSETS, LINEAGES, UNASSIGNED
+from ..labels import B_SUBSETS, COUNTS_COLUMNS, DESIGN_COLUMNS, LINEAGES, UNASSIGNED
 
-DESIGN_COLUMNS = ("sample_id", "patient_id", "timepoint_months", "response", "batch")
 LEVEL_TYPES: dict[str, tuple[str, ...]] = {
     "lineage": (*LINEAGES, UNASSIGNED),
     "b_subset": (*B_SUBSETS, UNASSIGNED),
@@ -53,7 +52,7 @@ def abundance_counts(obs: pd.DataFrame) -> pd.DataFrame:
         frames.append(long)
     tidy = pd.concat(frames, ignore_index=True).merge(design, on="sample_id", how="left")
     tidy["count"] = tidy["count"].astype(np.int64)
-    return tidy[[*DESIGN_COLUMNS, "level", "cell_type", "count", "total"]]
+    return tidy[list(COUNTS_COLUMNS)]
 
 
 def counts_dataset(tidy: pd.DataFrame) -> xr.Dataset:

@@ -3,6 +3,7 @@
 from ._markers import LEVELS, FeatureMap, MarkerSet, Program, feature_map, load_markers
 from ._model import MarkerModel, fit_marker_model, graph_consensus, marker_support, posteriors
 from ._plots import marker_dotplot
+from ._query import annotate_query, stored_model
 from ._reference import (
     ReferenceClassifier,
     agreement,
@@ -11,6 +12,7 @@ from ._reference import (
     train_classifier,
     transfer_labels,
 )
+from ._run import annotate_digest_inputs, cluster_summary, run_annotate
 from ._stage import AnnotationResult, LevelCall, annotate_cohort, annotate_counts
 
 __all__ = [
@@ -25,6 +27,9 @@ __all__ = [
     "agreement",
     "annotate_cohort",
     "annotate_counts",
+    "annotate_digest_inputs",
+    "annotate_query",
+    "cluster_summary",
     "feature_map",
     "fit_marker_model",
     "graph_consensus",
@@ -34,6 +39,8 @@ __all__ = [
     "posteriors",
     "read_reference",
     "reference_symbols",
+    "run_annotate",
+    "stored_model",
     "train_classifier",
     "transfer_labels",
 ]

@@ -16,7 +16,9 @@ Pure numpy/scipy: no I/O, no Dask.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +39,33 @@ class MarkerModel:
     log_prior: np.ndarray  # programs
     n_iter: int
     converged: bool
+
+    def to_record(self) -> dict[str, Any]:
+        """The fitted parameters as stored in cohort.zarr's ``uns["annotate"][level]
+        ["model"]`` (add-batch labels new cells with them: `from_record`)."""
+        return {
+            "programs": np.array(self.programs, dtype=str),
+            "features": np.array(self.features, dtype=str),
+            "rate_per_10k": self.rate,
+            "theta": self.theta,
+            "prior": np.exp(self.log_prior),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], marker: np.ndarray) -> MarkerModel:
+        """The model `to_record` stored; ``marker`` (programs x features) comes from the
+        marker file, which the record does not copy."""
+        prior = np.asarray(record["prior"], dtype=np.float64)
+        return cls(
+            programs=tuple(str(p) for p in np.asarray(record["programs"])),
+            features=tuple(str(f) for f in np.asarray(record["features"])),
+            marker=marker,
+            rate=np.asarray(record["rate_per_10k"], dtype=np.float64),
+            theta=np.asarray(record["theta"], dtype=np.float64),
+            log_prior=np.log(np.maximum(prior, 1e-300)),
+            n_iter=0,
+            converged=True,
+        )
 
 
 def _dense(x: np.ndarray | sp.spmatrix) -> np.ndarray:

@@ -9,7 +9,7 @@ import pandas as pd
 def marker_dotplot(table: pd.DataFrame, *, title: str):  # -> matplotlib Figure
     """Labels (rows) x marker features (columns): dot area = fraction of the label's cells
     expressing the feature, colour = mean log1p(CP10K) scaled to the feature's maximum."""
-    from .._mpl import pyplot
+    from ..runtime import pyplot
 
     plt = pyplot()
 

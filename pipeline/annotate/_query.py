@@ -17,14 +17,18 @@ import numpy as np
 import scipy.sparse as sp
 from distributed import Client
 
+from ..cohort import cell_chunks
+from ..config import AnnotateConfig
 from ..errors import ImmunoprofileError
 from ..labels import UNASSIGNED
-from ._markers import LEVELS, MarkerSet, feature_map
+from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
 from ._model import MarkerModel, call_labels, marker_support, posteriors
-from ._stage import SIZE_UNIT, _feature_counts
+from ._stage import SIZE_UNIT, _feature_counts, by_level
 
 
-def stored_model(record: Mapping[str, Any], markers: MarkerSet, level: str, symbols: Any):
+def stored_model(
+    record: Mapping[str, Any], markers: MarkerSet, level: str, symbols: Any
+) -> tuple[MarkerModel, tuple[str, ...], FeatureMap]:
     """The level's fitted `MarkerModel` from its ``uns["annotate"][level]["model"]``
     record, with its programs' labels and the level's feature map over ``symbols``."""
     fmap = feature_map(markers, level, symbols)
@@ -40,17 +44,7 @@ def stored_model(record: Mapping[str, Any], markers: MarkerSet, level: str, symb
         raise ImmunoprofileError(msg)
     by_name = {p.name: p for p in markers.levels[level]}
     programs = tuple(by_name[n] for n in names)
-    prior = np.asarray(m["prior"], dtype=np.float64)
-    model = MarkerModel(
-        programs=tuple(names),
-        features=features,
-        marker=fmap.marker_matrix(programs),
-        rate=np.asarray(m["rate_per_10k"], dtype=np.float64),
-        theta=np.asarray(m["theta"], dtype=np.float64),
-        log_prior=np.log(np.maximum(prior, 1e-300)),
-        n_iter=0,
-        converged=True,
-    )
+    model = MarkerModel.from_record(m, marker=fmap.marker_matrix(programs))
     return model, tuple(p.label for p in programs), fmap
 
 
@@ -63,13 +57,11 @@ def annotate_query(
     markers: MarkerSet,
     record: Mapping[str, Any],
     connectivities: sp.spmatrix | None,
-    graph_weight: float = 0.5,
-    b_graph_weight: float = 0.0,
-    min_confidence: float = 0.5,
-    min_marker_support: float = 0.5,
+    params: AnnotateConfig,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Level -> (labels, confidence) of the new cells (a lazily opened view, X chunked by
-    cells), under the models in ``record`` (the cohort's ``uns["annotate"]``).
+    cells), under the models in ``record`` (the cohort's ``uns["annotate"]``) and the
+    annotate section's labelling rules ``params``.
 
     ``connectivities`` is the new cells' kNN graph among themselves (None: no graph
     consensus). Cells not in ``keep`` get None and NaN.
@@ -77,23 +69,19 @@ def annotate_query(
     symbols = cells.var.get("gene_symbols", cells.var_names)
     models = {level: stored_model(record[level], markers, level, symbols) for level in LEVELS}
     gene_to_feature = sp.hstack([models[level][2].matrix for level in LEVELS], format="csr")
-    x = cells.X
-    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])])
     keep = np.asarray(keep, dtype=bool)
     mapping = client.scatter(gene_to_feature, broadcast=True)
     parts = [
-        dask.delayed(_feature_counts)(b, keep[bounds[i] : bounds[i + 1]], mapping)
-        for i, b in enumerate(x.to_delayed().ravel())
+        dask.delayed(_feature_counts)(c.block, keep[c.rows], mapping) for c in cell_chunks(cells.X)
     ]
     features = sp.vstack(client.compute(parts, sync=True), format="csr")  # kept cells only
     kept = np.flatnonzero(keep)
     size = np.asarray(total_counts, dtype=np.float64) / SIZE_UNIT
     graph = None if connectivities is None else sp.csr_matrix(connectivities)
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    members = np.ones(kept.size, dtype=bool)  # positions among the kept cells
     widths = [len(models[level][2].features) for level in LEVELS]
     offsets = dict(zip(LEVELS, np.cumsum([0, *widths[:-1]]), strict=True))
-    for level, weight in (("lineage", graph_weight), ("b_subset", b_graph_weight)):
+
+    def level_call(level: str, weight: float, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         model, program_labels, fmap = models[level]
         cols = np.arange(offsets[level], offsets[level] + len(fmap.features))
         labels = np.full(keep.size, None, dtype=object)
@@ -110,10 +98,11 @@ def annotate_query(
                 weight,
                 program_labels=program_labels,
                 vocabulary=tuple(LEVELS[level]),
-                supported=marker_support(model) >= min_marker_support,
-                min_confidence=min_confidence,
+                supported=marker_support(model) >= params.min_marker_support,
+                min_confidence=params.min_confidence,
             )
             labels[rows], confidence[rows] = called, conf
-        out[level] = (labels, confidence)
-        members = labels[kept] == "B"
-    return out
+        return labels, confidence
+
+    # members: positions among the kept cells
+    return by_level(np.ones(kept.size, dtype=bool), params, level_call, lambda out, _: out[0][kept])

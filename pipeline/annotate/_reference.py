@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..cohort import cell_chunks
 from ..errors import ImmunoprofileError
-from ..integrate import stratified_sample
 from ..labels import UNASSIGNED
+from ..sampling import stratified_sample
 
 TARGET_SUM = 1e4
 
@@ -187,16 +188,14 @@ def transfer_labels(
     first = pd.Series(np.arange(len(symbols)), index=symbols)
     first = first[~first.index.duplicated()]
     genes = first.loc[classifier.genes].to_numpy()
-    x = cohort.X
-    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])])
     clf = client.scatter(classifier, broadcast=True)
     tasks, positions = [], []
-    for i, block in enumerate(x.to_delayed().ravel()):
-        rows = np.flatnonzero(cells[bounds[i] : bounds[i + 1]])
+    for c in cell_chunks(cohort.X):
+        rows = np.flatnonzero(cells[c.rows])
         if rows.size:
-            totals = np.asarray(total_counts[bounds[i] + rows], dtype=np.float64)
-            tasks.append(dask.delayed(_predict_block)(block, rows, genes, totals, clf))
-            positions.append(bounds[i] + rows)
+            totals = np.asarray(total_counts[c.start + rows], dtype=np.float64)
+            tasks.append(dask.delayed(_predict_block)(c.block, rows, genes, totals, clf))
+            positions.append(c.start + rows)
     labels = np.full(len(cells), None, dtype=object)
     probability = np.full(len(cells), np.nan, dtype=np.float32)
     if tasks:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anndata as ad
 import dask
@@ -24,8 +24,10 @@ import pandas as pd
 import scipy.sparse as sp
 from distributed import Client
 
-from ..integrate import stratified_sample
+from ..cohort import cell_chunks
+from ..config import AnnotateConfig
 from ..labels import UNASSIGNED
+from ..sampling import stratified_sample
 from ._dotplot import cohort_dotplot, dot_sums, dot_table
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
 from ._model import MarkerModel, call_labels, fit_marker_model, marker_support, posteriors
@@ -44,21 +46,28 @@ class LevelCall:
 
 
 @dataclass(frozen=True)
-class _Settings:
-    """The model settings both entry points pass to `_call_level`."""
-
-    min_confidence: float
-    min_feature_fraction: float
-    min_marker_support: float
-    fit_max_cells: int
-    max_iter: int
-    seed: int
-
-
-@dataclass(frozen=True)
 class AnnotationResult:
     levels: dict[str, LevelCall]
     seconds: dict[str, float]
+
+
+T = TypeVar("T")
+
+
+def by_level(
+    members: np.ndarray,
+    params: AnnotateConfig,
+    call: Callable[[str, float, np.ndarray], T],
+    labels_of: Callable[[T, np.ndarray], np.ndarray],
+) -> dict[str, T]:
+    """The levels in order: lineages among ``members`` (a boolean mask), then B subsets
+    among the cells called B. ``call(level, graph weight, members)`` annotates a level;
+    ``labels_of(result, members)`` gives its labels at the positions ``members`` indexes."""
+    out: dict[str, T] = {}
+    for level, weight in (("lineage", params.graph_weight), ("b_subset", params.b_graph_weight)):
+        out[level] = call(level, weight, members)
+        members = labels_of(out[level], members) == "B"
+    return out
 
 
 # ---- chunk tasks (run on the workers) ------------------------------------------------
@@ -119,23 +128,15 @@ def annotate_cohort(
     total_counts: np.ndarray,
     markers: MarkerSet,
     connectivities: sp.spmatrix | None,
-    graph_weight: float = 0.5,
-    b_graph_weight: float = 0.0,
-    min_confidence: float = 0.5,
-    min_feature_fraction: float = 0.5,
-    min_marker_support: float = 0.5,
-    fit_max_cells: int = 20_000,
-    max_iter: int = 100,
-    seed: int = 0,
+    params: AnnotateConfig | None = None,
 ) -> AnnotationResult:
-    """Lineage and B-subset labels for the QC-passed cells of a lazily opened cohort.
+    """Lineage and B-subset labels for the QC-passed cells of a lazily opened cohort,
+    with the annotate section's ``params`` (None: its defaults).
 
     ``cohort`` is `open_cohort`'s view (X a Dask array of CSR chunks); ``connectivities``
     the cohort's kNN graph over all its cells (None: no graph consensus).
     """
-    settings = _Settings(
-        min_confidence, min_feature_fraction, min_marker_support, fit_max_cells, max_iter, seed
-    )
+    params = params or AnnotateConfig()
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     symbols = cohort.var.get("gene_symbols", cohort.var_names)
@@ -143,28 +144,19 @@ def annotate_cohort(
     widths = [len(fmaps[level].features) for level in LEVELS]
     offsets = dict(zip(LEVELS, np.cumsum([0, *widths[:-1]]), strict=True))
     gene_to_feature = sp.hstack([fmaps[level].matrix for level in LEVELS], format="csr")
-    x = cohort.X
-    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])])
-    blocks = list(x.to_delayed().ravel())
+    chunks = cell_chunks(cohort.X)
     keep = np.asarray(keep, dtype=bool)
     mapping = client.scatter(gene_to_feature, broadcast=True)
     futures = client.compute(
-        [
-            dask.delayed(_feature_counts)(b, keep[bounds[i] : bounds[i + 1]], mapping)
-            for i, b in enumerate(blocks)
-        ]
+        [dask.delayed(_feature_counts)(c.block, keep[c.rows], mapping) for c in chunks]
     )
     # per chunk: the cohort positions of its kept cells
-    kept_rows = [
-        np.flatnonzero(keep[bounds[i] : bounds[i + 1]]) + bounds[i] for i in range(len(blocks))
-    ]
+    kept_rows = [np.flatnonzero(keep[c.rows]) + c.start for c in chunks]
     size = np.asarray(total_counts, dtype=np.float64) / SIZE_UNIT
     sample = cohort.obs["sample_id"].astype(str).to_numpy()
     seconds["features"] = time.perf_counter() - t
 
-    levels: dict[str, LevelCall] = {}
-    members = keep.copy()  # the cells each level annotates
-    for level, weight in (("lineage", graph_weight), ("b_subset", b_graph_weight)):
+    def level_call(level: str, weight: float, members: np.ndarray) -> LevelCall:
         t = time.perf_counter()
         fmap = fmaps[level]
         cols = np.arange(offsets[level], offsets[level] + len(fmap.features))
@@ -172,7 +164,7 @@ def annotate_cohort(
         local = [np.flatnonzero(members[r]) for r in kept_rows]
         cohort_rows = np.concatenate([r[loc] for r, loc in zip(kept_rows, local, strict=True)])
 
-        def training(fit: np.ndarray, local=local, cols=cols, cohort_rows=cohort_rows):
+        def training(fit: np.ndarray) -> sp.spmatrix:
             fit_mask = np.zeros(len(cohort_rows), dtype=bool)
             fit_mask[fit] = True
             parts, start = [], 0
@@ -183,7 +175,7 @@ def annotate_cohort(
                     parts.append(client.submit(_take, fut, chosen, cols, pure=False))
             return sp.vstack(client.gather(parts), format="csr")
 
-        def scored(model: MarkerModel, local=local, cols=cols):
+        def scored(model: MarkerModel) -> np.ndarray:
             model_f = client.scatter(model, broadcast=True)
             post = [
                 client.submit(_posteriors, fut, loc, cols, size[r[loc]], model_f, pure=False)
@@ -203,7 +195,7 @@ def annotate_cohort(
             scored=scored,
             graph=_restrict(connectivities, cohort_rows),
             weight=weight,
-            settings=settings,
+            params=params,
         )
         called = call.labels[cohort_rows]
         dot = (
@@ -213,9 +205,10 @@ def annotate_cohort(
             if len(cohort_rows)
             else pd.DataFrame()
         )
-        levels[level] = LevelCall(call.labels, call.confidence, call.model, fmap, dot, call.info)
-        members = call.labels == "B"
         seconds[level] = time.perf_counter() - t
+        return LevelCall(call.labels, call.confidence, call.model, fmap, dot, call.info)
+
+    levels = by_level(keep.copy(), params, level_call, lambda call, _: call.labels)
     for fut in futures:
         fut.release()
     return AnnotationResult(levels=levels, seconds=seconds)
@@ -234,7 +227,7 @@ def _call_level(
     scored: Callable[[MarkerModel], np.ndarray],
     graph: sp.spmatrix | None,
     weight: float,
-    settings: _Settings,
+    params: AnnotateConfig,
 ) -> LevelCall:
     """Fit one level's model and label the cells at ``rows`` (cohort positions).
 
@@ -253,7 +246,7 @@ def _call_level(
         p
         for p in programs
         if sum(f in fmap.features for f in p.positive)
-        >= settings.min_feature_fraction * len(p.positive)
+        >= params.min_feature_fraction * len(p.positive)
     )
     unusable = sorted({p.label for p in programs} - {p.label for p in usable})
     labels_out = np.full(n_cells, None, dtype=object)
@@ -267,22 +260,22 @@ def _call_level(
         labels_out[rows] = UNASSIGNED
         model = _empty_model(list(usable), fmap)
         return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info)
-    fit = stratified_sample(sample[rows], settings.fit_max_cells, settings.seed)
+    fit = stratified_sample(sample[rows], params.fit_max_cells, params.seed)
     model = fit_marker_model(
         training(fit),
         size[rows[fit]],
         programs=tuple(p.name for p in usable),
         features=fmap.features,
         marker=fmap.marker_matrix(usable),
-        max_iter=settings.max_iter,
+        max_iter=params.max_iter,
     )
     prob = scored(model)
     own_best = prob.argmax(axis=1)
-    supported = marker_support(model) >= settings.min_marker_support
+    supported = marker_support(model) >= params.min_marker_support
     called, conf, best = call_labels(
         prob, graph, weight,
         program_labels=tuple(p.label for p in usable), vocabulary=tuple(LEVELS[level]),
-        supported=supported, min_confidence=settings.min_confidence,
+        supported=supported, min_confidence=params.min_confidence,
     )  # fmt: skip
     labels_out[rows] = called
     confidence[rows] = conf
@@ -307,17 +300,10 @@ def annotate_counts(
     symbols: pd.Index | np.ndarray,
     *,
     markers: MarkerSet,
+    params: AnnotateConfig | None = None,
     size: np.ndarray | None = None,
     sample: np.ndarray | None = None,
     connectivities: sp.spmatrix | None = None,
-    graph_weight: float = 0.5,
-    b_graph_weight: float = 0.0,
-    min_confidence: float = 0.5,
-    min_feature_fraction: float = 0.5,
-    min_marker_support: float = 0.5,
-    fit_max_cells: int = 20_000,
-    max_iter: int = 100,
-    seed: int = 0,
 ) -> AnnotationResult:
     """The same annotation for an in-memory matrix (cells x genes counts), e.g. a
     notebook's AnnData or a small public dataset.
@@ -325,27 +311,22 @@ def annotate_counts(
     ``size`` defaults to each cell's total counts / 10,000; ``sample`` (for the stratified
     fitting subsample) to one sample.
     """
-    settings = _Settings(
-        min_confidence, min_feature_fraction, min_marker_support, fit_max_cells, max_iter, seed
-    )
+    params = params or AnnotateConfig()
     x = sp.csr_matrix(counts, dtype=np.float32)
     n = x.shape[0]
     size = np.asarray(x.sum(axis=1)).ravel() / SIZE_UNIT if size is None else np.asarray(size)
     sample = np.zeros(n, dtype=object) if sample is None else np.asarray(sample)
-    levels: dict[str, LevelCall] = {}
-    members = np.ones(n, dtype=bool)
-    for level, weight in (("lineage", graph_weight), ("b_subset", b_graph_weight)):
+
+    def level_call(level: str, weight: float, members: np.ndarray) -> LevelCall:
         fmap = feature_map(markers, level, symbols)
         features = sp.csr_matrix(x @ fmap.matrix)
         rows = np.flatnonzero(members)
         sub = features[rows]
 
-        def training_rows(fit: np.ndarray, sub: sp.csr_matrix = sub) -> sp.spmatrix:
+        def training_rows(fit: np.ndarray) -> sp.spmatrix:
             return sub[fit]
 
-        def scored_rows(
-            model: MarkerModel, sub: sp.csr_matrix = sub, rows: np.ndarray = rows
-        ) -> np.ndarray:
+        def scored_rows(model: MarkerModel) -> np.ndarray:
             return posteriors(sub, size[rows], model)
 
         call = _call_level(
@@ -360,7 +341,7 @@ def annotate_counts(
             scored=scored_rows,
             graph=_restrict(connectivities, rows),
             weight=weight,
-            settings=settings,
+            params=params,
         )
         dot = pd.DataFrame()
         if len(rows):
@@ -376,8 +357,9 @@ def annotate_counts(
                 len(LEVELS[level]) + 1,
             )
             dot = dot_table(sums, (*LEVELS[level], UNASSIGNED), fmap)
-        levels[level] = LevelCall(call.labels, call.confidence, call.model, fmap, dot, call.info)
-        members = call.labels == "B"
+        return LevelCall(call.labels, call.confidence, call.model, fmap, dot, call.info)
+
+    levels = by_level(np.ones(n, dtype=bool), params, level_call, lambda call, _: call.labels)
     return AnnotationResult(levels=levels, seconds={})
 
 

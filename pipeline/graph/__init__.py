@@ -1,16 +1,25 @@
-"""Neighbourhood graph, Leiden clusters and UMAP of the integrated embedding."""
+"""Neighbourhood graph, Leiden clusters and UMAP of the integrated embedding; new cells
+placed in an existing graph."""
 
 from ._knn import Neighbors, knn_graphs, nearest_neighbors
 from ._layout import leiden_clusters, place_by_neighbors, umap_layout
+from ._query import QueryNeighbors, place_query, query_edges, query_neighbors, vote_clusters
+from ._run import run_graph
 from ._stage import GraphResult, build_graph
 
 __all__ = [
     "GraphResult",
     "Neighbors",
+    "QueryNeighbors",
     "build_graph",
     "knn_graphs",
     "leiden_clusters",
     "nearest_neighbors",
     "place_by_neighbors",
+    "place_query",
+    "query_edges",
+    "query_neighbors",
+    "run_graph",
     "umap_layout",
+    "vote_clusters",
 ]

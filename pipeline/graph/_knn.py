@@ -1,6 +1,6 @@
 """k-nearest neighbours of an embedding and their UMAP connectivities (no I/O).
 
-Exact search (faiss `IndexFlatL2`, BLAS) below ``exact_below`` cells; above it faiss's
+Exact search (faiss `IndexFlatL2`, BLAS) below ``exact_knn_below`` cells; above it faiss's
 inverted-file index (`IndexIVFFlat`: k-means cells into ~2 sqrt(n) lists, seeded; each
 cell searches the `NPROBE` lists nearest to it), queried ``chunk_cells`` at a time.
 Connectivities are umap-learn's fuzzy simplicial set, as scanpy computes them (method
@@ -34,11 +34,16 @@ NPROBE = 16  # inverted lists each cell searches
 
 
 def nearest_neighbors(
-    x: np.ndarray, k: int, *, exact_below: int = 50_000, seed: int = 0, chunk_cells: int = 50_000
+    x: np.ndarray,
+    k: int,
+    *,
+    exact_knn_below: int = 50_000,
+    seed: int = 0,
+    chunk_cells: int = 50_000,
 ) -> Neighbors:
     """The ``k`` nearest cells of every cell (itself first), euclidean; faiss searches on
     every core this process may use (the same result with the same number of cores)."""
-    from .._faiss import faiss_all_cores
+    from ..runtime import faiss_all_cores
 
     faiss = faiss_all_cores()
 
@@ -47,7 +52,7 @@ def nearest_neighbors(
     if k > n:
         msg = f"asked for {k} neighbours of {n} cells"
         raise ValueError(msg)
-    exact = n < exact_below
+    exact = n < exact_knn_below
     if exact:
         index = faiss.IndexFlatL2(dim)
     else:

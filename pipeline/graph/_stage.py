@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ..integrate import stratified_sample
+from ..config import GraphConfig
+from ..sampling import stratified_sample
 from ._knn import Neighbors, knn_graphs, nearest_neighbors
 from ._layout import (
     by_size,
@@ -63,23 +64,19 @@ def build_graph(
     keep: np.ndarray,
     sample: np.ndarray,
     *,
-    n_neighbors: int = 15,
-    resolutions: tuple[float, ...] = (0.5, 1.0),
-    umap_max_cells: int = 100_000,
-    leiden_max_cells: int = 250_000,
-    exact_below: int = 50_000,
-    seed: int = 0,
+    params: GraphConfig,
     submit: Callable[..., Any] | None = None,
 ) -> GraphResult:
-    """kNN graph, Leiden at each resolution and UMAP of the cells in ``keep``.
+    """kNN graph, Leiden at each resolution and UMAP of the cells in ``keep``, with the
+    graph section's ``params``.
 
     ``embedding``: cells x dimensions, a numpy array or a zarr array (only the kept
     cells' rows are read).
 
-    Above ``umap_max_cells`` kept cells the UMAP is fitted on a subsample stratified by
+    Above ``params.umap_max_cells`` kept cells the UMAP is fitted on a subsample stratified by
     ``sample`` (on its own kNN graph) and every other cell is placed from its neighbours in
     the full graph (`place_by_neighbors`); ``info["umap"]`` says which. Likewise above
-    ``leiden_max_cells`` Leiden runs on a subsample's own kNN graph and every other cell
+    ``params.leiden_max_cells`` Leiden runs on a subsample's own kNN graph and every other cell
     takes the cluster most of its neighbours have (`transfer_by_neighbors`; a sketch, as
     Seurat v5 clusters large data): Leiden's working memory (igraph's copies of the graph,
     1.3 GiB at 855k cells) then does not grow with the cohort. ``info["leiden"]``.
@@ -90,19 +87,21 @@ def build_graph(
     process, while this one fits the UMAP (both are single-threaded); its result has a
     ``result()`` method. None: one after the other here. The clusters are the same.
     """
+    n_neighbors, seed, exact = params.n_neighbors, params.seed, params.exact_knn_below
+    resolutions = tuple(params.resolutions)
     seconds: dict[str, float] = {}
     rows = np.flatnonzero(keep)
     n = len(keep)
     x = _kept_rows(embedding, rows)
     sketch = None
-    if rows.size > leiden_max_cells:
-        sketch = stratified_sample(sample[rows], leiden_max_cells, seed + 1)
+    if rows.size > params.leiden_max_cells:
+        sketch = stratified_sample(sample[rows], params.leiden_max_cells, seed + 1)
     fit = None
-    if rows.size > umap_max_cells:
-        fit = stratified_sample(sample[rows], umap_max_cells, seed)
+    if rows.size > params.umap_max_cells:
+        fit = stratified_sample(sample[rows], params.umap_max_cells, seed)
 
     t = time.perf_counter()
-    nn = nearest_neighbors(x, n_neighbors, exact_below=exact_below, seed=seed)
+    nn = nearest_neighbors(x, n_neighbors, exact_knn_below=exact, seed=seed)
     graphs = None
     if sketch is None or fit is None:  # the whole graph is needed for Leiden or the UMAP
         graphs = knn_graphs(nn, seed=seed)
@@ -110,7 +109,7 @@ def build_graph(
 
     if sketch is not None:
         t = time.perf_counter()
-        sketch_nn = nearest_neighbors(x[sketch], n_neighbors, exact_below=exact_below, seed=seed)
+        sketch_nn = nearest_neighbors(x[sketch], n_neighbors, exact_knn_below=exact, seed=seed)
         _, leiden_graph = knn_graphs(sketch_nn, seed=seed)
         del sketch_nn
         seconds["leiden_neighbors"] = time.perf_counter() - t
@@ -131,7 +130,7 @@ def build_graph(
     else:
         x_fit = x[fit]
         del x
-        sub_nn = nearest_neighbors(x_fit, n_neighbors, exact_below=exact_below, seed=seed)
+        sub_nn = nearest_neighbors(x_fit, n_neighbors, exact_knn_below=exact, seed=seed)
         _, sub_conn = knn_graphs(sub_nn, seed=seed)
         del sub_nn
         kept_layout = np.full((rows.size, 2), np.nan, dtype=np.float32)

@@ -1,14 +1,14 @@
 """Ingestion: samplesheet to validated, chunked AnnData-Zarr stores, one per sample."""
 
 from ._readers import Header, read_counts, read_header
-from ._sample import ingest_sample, store_is_current
+from ._run import run_ingest
+from ._sample import STORE_FORMAT, ingest_sample, store_is_current
 from ._samplesheet import REQUIRED_COLUMNS, SampleRow, read_samplesheet
-from ._stage import SAMPLES_DIR, STAGE_RECORD, IngestResult, ingest_samples, sample_store_path
+from ._stage import IngestResult, ingest_samples
 
 __all__ = [
     "REQUIRED_COLUMNS",
-    "SAMPLES_DIR",
-    "STAGE_RECORD",
+    "STORE_FORMAT",
     "Header",
     "IngestResult",
     "SampleRow",
@@ -17,6 +17,6 @@ __all__ = [
     "read_counts",
     "read_header",
     "read_samplesheet",
-    "sample_store_path",
+    "run_ingest",
     "store_is_current",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +14,18 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import __version__
-from ..store import read_manifest, write_anndata_store
+from ..stages import get_stage
+from ..store import json_sha256, read_manifest, write_anndata_store
 from ._checks import barcode_problems, count_problems, gene_id_problems
 from ._readers import FORMAT_NAMES, Header, hash_input, read_counts, read_header
 from ._samplesheet import SampleRow, input_format
 
 # Elements per chunk of X/data and X/indices (1 MiB of int32 before compression).
 STORE_CHUNK = 1 << 18
-# Bump when the store layout changes: stores are then rebuilt. (Format 1: X's arrays
-# with zarr's default zstd; format 2: LZ4 with byte shuffle, ~6x faster to decode.)
-STORE_FORMAT = 2
+# The ingest stage's version in the registry is the store layout's: bump it when the
+# layout changes and stores are rebuilt. (Format 1: X's arrays with zarr's default zstd;
+# format 2: LZ4 with byte shuffle, ~6x faster to decode.)
+STORE_FORMAT = get_stage("ingest").version
 
 
 def sample_parameters(row: SampleRow) -> dict[str, Any]:
@@ -35,10 +36,6 @@ def sample_parameters(row: SampleRow) -> dict[str, Any]:
         "store_chunk": STORE_CHUNK,
         "store_format": STORE_FORMAT,
     }
-
-
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def sample_header(row: SampleRow) -> Header:
@@ -86,7 +83,7 @@ def _built_from(
     return (
         manifest is not None
         and manifest.get("inputs", {}).get("sha256") == inputs
-        and manifest.get("parameters_sha256") == _sha(params)
+        and manifest.get("parameters_sha256") == json_sha256(params)
     )
 
 
@@ -150,7 +147,7 @@ def ingest_sample(row: SampleRow, *, target: Path) -> dict[str, Any]:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": {"path": str(row.path), "format": fmt, "sha256": inputs},
         "parameters": params,
-        "parameters_sha256": _sha(params),
+        "parameters_sha256": json_sha256(params),
         "n_obs": int(counts.shape[0]),
         "n_vars": int(counts.shape[1]),
         "nnz": int(counts.nnz),

@@ -10,16 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InputError
-from ..labels import RESPONSES
+from ..labels import DESIGN_COLUMNS, RESPONSES
 
-REQUIRED_COLUMNS: tuple[str, ...] = (
-    "sample_id",
-    "patient_id",
-    "timepoint_months",
-    "response",
-    "batch",
-    "path",
-)
+REQUIRED_COLUMNS: tuple[str, ...] = (*DESIGN_COLUMNS, "path")
 SAFE_ID = re.compile(r"[A-Za-z0-9_.-]+")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import uuid
@@ -15,14 +14,12 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..errors import InputError
-from ..store import remove_staging_leftovers, write_text_atomic
+from ..store import remove_staging_leftovers
+from ..workdir import IngestRecord, Workdir
 from ._checks import compare_gene_sets, reference_gene_problems
 from ._readers import Header
 from ._sample import HeaderSummary, ingest_sample, sample_header, summarize_header
 from ._samplesheet import SampleRow
-
-SAMPLES_DIR = "samples"
-STAGE_RECORD = "ingest.json"
 
 
 @dataclass(frozen=True)
@@ -34,10 +31,6 @@ class IngestResult:
     n_genes: int
     dropped_genes: dict[str, int]
     seconds: float
-
-
-def sample_store_path(workdir: Path, sample_id: str) -> Path:
-    return Path(workdir) / SAMPLES_DIR / f"{sample_id}.zarr"
 
 
 def _progress(futures: list[Any], desc: str) -> list[Any]:
@@ -88,7 +81,7 @@ def _cohort_genes(
 def ingest_samples(
     rows: list[SampleRow],
     *,
-    workdir: Path,
+    workdir: str | Path | Workdir,
     client: Client,
     gene_policy: str = "error",
     samplesheet: Path | None = None,
@@ -105,10 +98,9 @@ def ingest_samples(
     record lists the cohort's samples only).
     """
     start = time.perf_counter()
-    workdir = Path(workdir)
-    samples_dir = workdir / SAMPLES_DIR
-    samples_dir.mkdir(parents=True, exist_ok=True)
-    remove_staging_leftovers(samples_dir)
+    workdir = Workdir(workdir)
+    workdir.samples.mkdir(parents=True, exist_ok=True)
+    remove_staging_leftovers(workdir.samples)
     # Task keys unique to this call: a key still held by the client from an earlier call
     # would return that call's (possibly stale) result.
     run = uuid.uuid4().hex[:8]
@@ -144,7 +136,7 @@ def ingest_samples(
         client.submit(
             ingest_sample,
             r,
-            target=sample_store_path(workdir, r.sample_id),
+            target=workdir.sample_store(r.sample_id),
             key=f"ingest-{r.sample_id}-{run}",
             pure=False,
         )
@@ -177,19 +169,17 @@ def ingest_samples(
     )
     if reference_genes is not None:
         return result
-    record = {
-        "stage": "ingest",
-        "immunoprofile_version": __version__,
-        "samplesheet": str(samplesheet) if samplesheet else None,
-        "samples": [r.sample_id for r in rows],
-        "inputs": {r.sample_id: str(r.path) for r in rows},
-        "gene_policy": gene_policy,
-        "genes": genes,
-        "gene_symbols": symbols,
-        "dropped_genes": dropped,
-        # every store's genes are `genes`, in order: readers need not reorder columns
-        "uniform_genes": len({h.genes_sha256 for h in summaries}) == 1,
-        "n_cells": n_cells,
-    }
-    write_text_atomic(workdir / STAGE_RECORD, json.dumps(record, indent=1))
+    record = IngestRecord(
+        immunoprofile_version=__version__,
+        samplesheet=str(samplesheet) if samplesheet else None,
+        samples=[r.sample_id for r in rows],
+        inputs={r.sample_id: str(r.path) for r in rows},
+        gene_policy=gene_policy,
+        genes=genes,
+        gene_symbols=symbols,
+        dropped_genes=dropped,
+        uniform_genes=len({h.genes_sha256 for h in summaries}) == 1,
+        n_cells=n_cells,
+    )
+    workdir.write_ingest_record(record)
     return result

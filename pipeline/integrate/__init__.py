@@ -1,21 +1,27 @@
-"""Integration of batches: Harmony on the PCs, scVI on the HVG counts; mixing metrics."""
+"""Integration of batches: Harmony on the PCs, scVI on the HVG counts; mixing metrics;
+the mapping of new cells onto a Harmony reference."""
 
-from ._harmony import HarmonyResult, harmony_embedding
+from ._harmony import HarmonyReference, HarmonyResult, harmony_embedding
+from ._mapping import map_to_reference
 from ._metrics import integration_metrics
+from ._run import run_integrate
 from ._scvi import ScviTraining, encode_scvi, train_scvi
-from ._scvi_stage import ScviResult, scvi_cohort, stratified_sample
+from ._scvi_stage import ScviResult, encode_cells, scvi_cohort
 from ._stage import IntegrationResult, integrate_cohort
 
 __all__ = [
+    "HarmonyReference",
     "HarmonyResult",
     "IntegrationResult",
     "ScviResult",
     "ScviTraining",
+    "encode_cells",
     "encode_scvi",
     "harmony_embedding",
     "integrate_cohort",
     "integration_metrics",
+    "map_to_reference",
+    "run_integrate",
     "scvi_cohort",
-    "stratified_sample",
     "train_scvi",
 ]

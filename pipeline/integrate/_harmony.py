@@ -3,23 +3,62 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from ..sampling import stratified_sample
+
+
+@dataclass(frozen=True)
+class HarmonyReference:
+    """What new cells are mapped onto (`map_to_reference`): Symphony's compression of the
+    reference (Kang et al. 2021), per cluster k, N_k = sum_i R_ki and C_k = sum_i R_ki z_i
+    (z: corrected PCs), with Harmony's centroids and bandwidth. Stored in cohort.zarr's
+    ``uns["integrate"]["harmony"]`` (`to_record`, `from_record`)."""
+
+    centroids: np.ndarray  # components x clusters (harmonypy's Y)
+    cluster_sizes: np.ndarray  # clusters
+    cluster_sums: np.ndarray  # clusters x components
+    sigma: float
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "n_clusters": int(self.centroids.shape[1]),
+            "centroids": self.centroids,
+            "cluster_sizes": self.cluster_sizes,
+            "cluster_sums": self.cluster_sums,
+            "sigma": self.sigma,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> HarmonyReference:
+        return cls(
+            centroids=np.asarray(record["centroids"]),
+            cluster_sizes=np.asarray(record["cluster_sizes"]),
+            cluster_sums=np.asarray(record["cluster_sums"]),
+            sigma=float(record["sigma"]),
+        )
 
 
 @dataclass(frozen=True)
 class HarmonyResult:
     embedding: np.ndarray  # cells x components, float32
-    centroids: np.ndarray  # components x clusters (harmonypy's Y)
-    # Symphony's compression of the reference (Kang et al. 2021), for mapping new cells:
-    # per cluster k, N_k = sum_i R_ki and C_k = sum_i R_ki z_i (z: corrected PCs)
-    cluster_sizes: np.ndarray  # clusters
-    cluster_sums: np.ndarray  # clusters x components
-    sigma: float
+    reference: HarmonyReference
     n_iterations: int
     converged: bool
     n_fitted: int  # cells Harmony was fitted on; the others corrected by its model
+
+    def to_record(self) -> dict[str, Any]:
+        """The fit's facts and the reference, as ``uns["integrate"]["harmony"]``."""
+        return {
+            "n_iterations": self.n_iterations,
+            "converged": self.converged,
+            "n_fitted": self.n_fitted,
+            **self.reference.to_record(),
+        }
 
 
 SIGMA = 0.1  # harmonypy's default soft-clustering bandwidth (run_harmony's sigma)
@@ -29,12 +68,12 @@ def harmony_embedding(
     pcs: np.ndarray,
     batch: np.ndarray,
     *,
+    max_cells: int | None,
     theta: float = 2.0,
-    n_clusters: int | None = None,
     max_iter: int = 10,
     seed: int = 0,
+    n_clusters: int | None = None,
     n_threads: int = 0,
-    fit_max_cells: int | None = None,
     strata: np.ndarray | None = None,
     chunk_cells: int = 50_000,
 ) -> HarmonyResult:
@@ -43,7 +82,7 @@ def harmony_embedding(
     ``n_clusters`` None: harmonypy's default, min(n / 30, 100). ``n_threads`` 0: one per
     physical core this process may use (results do not depend on it).
 
-    Above ``fit_max_cells`` rows Harmony is fitted on a subsample stratified by
+    Above ``max_cells`` rows (None: never) Harmony is fitted on a subsample stratified by
     ``strata`` (default: ``batch``; every batch with all its cells when it would get fewer
     than `MIN_FIT_PER_BATCH`), and every other row is corrected with the fitted model,
     ``chunk_cells`` at a time (`correct_cells`): Harmony's working memory (several copies
@@ -61,7 +100,7 @@ def harmony_embedding(
         raise ValueError(msg)
     logging.getLogger("harmonypy").setLevel(logging.WARNING)
     batch = np.asarray(batch).astype(str)
-    fit = _fit_rows(batch, strata, fit_max_cells, seed)
+    fit = _fit_rows(batch, strata, max_cells, seed)
     model = harmonypy.run_harmony(
         np.asarray(pcs[fit], dtype=np.float64),
         {"batch": batch[fit]},
@@ -94,10 +133,7 @@ def harmony_embedding(
             sums += r_rows.T @ z_rows
     return HarmonyResult(
         embedding=embedding,
-        centroids=centroids.astype(np.float32),
-        cluster_sizes=sizes,
-        cluster_sums=sums,
-        sigma=SIGMA,
+        reference=HarmonyReference(centroids.astype(np.float32), sizes, sums, SIGMA),
         n_iterations=rounds,
         converged=rounds < max_iter,
         n_fitted=int(fit.size),
@@ -112,8 +148,6 @@ def _fit_rows(
 ) -> np.ndarray:
     """The rows Harmony is fitted on (sorted): all, or a stratified subsample topped up
     with every cell of the batches it leaves with fewer than `MIN_FIT_PER_BATCH`."""
-    from ._scvi_stage import stratified_sample
-
     if max_cells is None or batch.size <= max_cells:
         return np.arange(batch.size)
     chosen = np.zeros(batch.size, dtype=bool)

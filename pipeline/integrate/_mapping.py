@@ -12,7 +12,12 @@ The reference's cells are not touched, so their embedding, graph and labels stay
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from ._harmony import HarmonyReference
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -36,13 +41,7 @@ def soft_clusters(z: np.ndarray, centroids: np.ndarray, sigma: float) -> np.ndar
 
 
 def map_to_reference(
-    z: np.ndarray,
-    batch: np.ndarray,
-    *,
-    cluster_sizes: np.ndarray,
-    cluster_sums: np.ndarray,
-    sigma: float = 0.1,
-    ridge: float = 1.0,
+    z: np.ndarray, batch: np.ndarray, reference: HarmonyReference, *, ridge: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """The query cells' PCs ``z`` (cells x components) corrected into the reference's
     Harmony space, and their soft cluster assignments (cells x clusters).
@@ -55,15 +54,15 @@ def map_to_reference(
     if z.shape[0] != len(batch):
         msg = f"expected one batch label per query cell, got {len(batch)} for {z.shape[0]}"
         raise ValueError(msg)
-    sizes = np.asarray(cluster_sizes, dtype=np.float64)
-    sums = np.asarray(cluster_sums, dtype=np.float64)
+    sizes = np.asarray(reference.cluster_sizes, dtype=np.float64)
+    sums = np.asarray(reference.cluster_sums, dtype=np.float64)
     if sums.shape != (sizes.size, z.shape[1]):
         msg = (
             f"the reference has {sizes.size} clusters x {sums.shape[1]} components; "
             f"the query has {z.shape[1]} components"
         )
         raise ValueError(msg)
-    r = soft_clusters(z, reference_centroids(sums), sigma)
+    r = soft_clusters(z, reference_centroids(sums), reference.sigma)
     levels, codes = np.unique(np.asarray(batch).astype(str), return_inverse=True)
     design = np.zeros((z.shape[0], levels.size + 1))  # intercept, one column per batch
     design[:, 0] = 1.0

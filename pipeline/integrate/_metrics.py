@@ -79,7 +79,7 @@ def _lisi(x: np.ndarray, labels: np.ndarray, perplexity: float) -> np.ndarray:
     """LISI per cell as harmonypy's `compute_lisi` (3 x perplexity nearest neighbours,
     self excluded, Euclidean distances), with the exact neighbours from faiss's BLAS
     search: harmonypy's own search took 36 s for 20,000 cells x 50 dims on one core."""
-    from .._faiss import faiss_all_cores
+    from ..runtime import faiss_all_cores
 
     faiss = faiss_all_cores()
 

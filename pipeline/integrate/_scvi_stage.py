@@ -14,6 +14,9 @@ import numpy as np
 import scipy.sparse as sp
 from distributed import Client
 
+from ..cohort import cell_chunks
+from ..config import IntegrateConfig
+from ..sampling import stratified_sample
 from ._scvi import ScviTraining, encode_scvi, train_scvi
 
 
@@ -24,26 +27,11 @@ class ScviResult:
     seconds: dict[str, float]
 
 
-def stratified_sample(groups: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Sorted positions of about ``size`` items, each group drawn in proportion to its
-    size (at least one per group); all positions when ``size`` >= the number of items."""
-    n = groups.size
-    if size >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for g in np.unique(groups):
-        members = np.flatnonzero(groups == g)
-        take = min(members.size, max(1, round(size * members.size / n)))
-        chosen.append(rng.choice(members, take, replace=False))
-    return np.sort(np.concatenate(chosen))
-
-
 def _rows_cols(block: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix(block)[rows][:, cols]
 
 
-def encode_block(
+def _encode_block(
     block: sp.spmatrix, keep: np.ndarray, batch: np.ndarray, cols: np.ndarray, model_dir: Path
 ) -> np.ndarray:
     out = np.full((keep.size, 0), np.nan, dtype=np.float32)
@@ -54,6 +42,32 @@ def encode_block(
     return out
 
 
+def encode_cells(
+    cells: ad.AnnData,
+    *,
+    client: Client,
+    keep: np.ndarray,
+    batch: np.ndarray,
+    hvg: np.ndarray,
+    model_dir: Path,
+    n_latent: int,
+) -> np.ndarray:
+    """The latent means (cells x ``n_latent``, float32; NaN for cells not in ``keep``) of
+    a lazy view's cells under the scVI model saved in ``model_dir``, one task per chunk
+    (each worker loads the model once)."""
+    model = client.scatter(model_dir, broadcast=True)
+    chunks = cell_chunks(cells.X)
+    parts = [
+        dask.delayed(_encode_block)(c.block, keep[c.rows], batch[c.rows], hvg, model)
+        for c in chunks
+    ]
+    latent = np.full((keep.size, n_latent), np.nan, dtype=np.float32)
+    for part, c in zip(client.compute(parts, sync=True), chunks, strict=True):
+        if part.shape[1]:
+            latent[c.rows] = part
+    return latent
+
+
 def scvi_cohort(
     cohort: ad.AnnData,
     *,
@@ -62,30 +76,24 @@ def scvi_cohort(
     batch: np.ndarray,
     hvg: np.ndarray,
     model_dir: Path,
-    max_cells: int = 50_000,
-    n_latent: int = 10,
-    max_epochs: int = 100,
-    batch_size: int = 128,
-    seed: int = 0,
+    params: IntegrateConfig,
 ) -> ScviResult:
-    """Train scVI on at most ``max_cells`` kept cells (stratified by sample) and encode
-    every kept cell of the lazy ``cohort`` on the cluster. The model is saved to
-    ``model_dir`` (written under a temporary name, then renamed)."""
+    """Train scVI on at most ``params.scvi_max_cells`` kept cells (stratified by sample)
+    and encode every kept cell of the lazy ``cohort`` on the cluster. The model is saved
+    to ``model_dir`` (written under a temporary name, then renamed)."""
     seconds: dict[str, float] = {}
-    x = cohort.X
-    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])])
-    blocks = list(x.to_delayed().ravel())
+    chunks = cell_chunks(cohort.X)
     sample = cohort.obs["sample_id"].astype(str).to_numpy()
 
     t = time.perf_counter()
     kept = np.flatnonzero(keep)
-    train = kept[stratified_sample(sample[kept], max_cells, seed)]
+    train = kept[stratified_sample(sample[kept], params.scvi_max_cells, params.seed)]
     in_train = np.zeros(keep.size, dtype=bool)
     in_train[train] = True
     parts = [
-        dask.delayed(_rows_cols)(b, np.flatnonzero(in_train[lo:hi]), hvg)
-        for b, lo, hi in zip(blocks, bounds[:-1], bounds[1:], strict=True)
-        if in_train[lo:hi].any()
+        dask.delayed(_rows_cols)(c.block, np.flatnonzero(in_train[c.rows]), hvg)
+        for c in chunks
+        if in_train[c.rows].any()
     ]
     counts = sp.vstack(client.compute(parts, sync=True), format="csr")
     seconds["read_subsample"] = time.perf_counter() - t
@@ -94,24 +102,18 @@ def scvi_cohort(
     tmp = model_dir.with_name(f".{model_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     training = train_scvi(
-        counts, batch[train], tmp, n_latent=n_latent, max_epochs=max_epochs,
-        batch_size=batch_size, seed=seed,
+        counts, batch[train], tmp, n_latent=params.scvi_n_latent,
+        max_epochs=params.scvi_max_epochs, batch_size=params.scvi_batch_size, seed=params.seed,
     )  # fmt: skip
     shutil.rmtree(model_dir, ignore_errors=True)
     tmp.rename(model_dir)
     seconds["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    model = client.scatter(model_dir, broadcast=True)
-    parts = [
-        dask.delayed(encode_block)(b, keep[lo:hi], batch[lo:hi], hvg, model)
-        for b, lo, hi in zip(blocks, bounds[:-1], bounds[1:], strict=True)
-    ]
-    encoded = client.compute(parts, sync=True)
-    latent = np.full((keep.size, n_latent), np.nan, dtype=np.float32)
-    for part, lo, hi in zip(encoded, bounds[:-1], bounds[1:], strict=True):
-        if part.shape[1]:
-            latent[lo:hi] = part
+    latent = encode_cells(
+        cohort, client=client, keep=keep, batch=batch, hvg=hvg, model_dir=model_dir,
+        n_latent=params.scvi_n_latent,
+    )  # fmt: skip
     seconds["encode"] = time.perf_counter() - t
     return ScviResult(
         latent=latent,

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import IntegrateConfig
 from ._harmony import harmony_embedding
 from ._metrics import integration_metrics
 
@@ -25,22 +26,19 @@ def integrate_cohort(
     keep: np.ndarray,
     batch: np.ndarray,
     *,
-    harmony: bool = True,
+    params: IntegrateConfig,
     other: dict[str, np.ndarray] | None = None,
-    theta: float = 2.0,
-    max_iter: int = 10,
-    max_cells: int | None = None,
     sample: np.ndarray | None = None,
-    metrics_max_cells: int = 10_000,
-    seed: int = 0,
 ) -> IntegrationResult:
-    """Harmony-corrected PCs (obsm ``X_pca_harmony``) of the cells in ``keep``.
+    """Harmony-corrected PCs (obsm ``X_pca_harmony``) of the cells in ``keep`` when the
+    integrate section's ``params.method`` includes Harmony.
 
     Batch mixing (iLISI, batch silhouette) is measured on the same subsample of kept cells
     before (``X_pca``) and after integration, for Harmony's embedding and for ``other``
-    integrated embeddings given (e.g. ``X_scvi``). Above ``max_cells`` kept cells Harmony
-    is fitted on a subsample stratified by ``sample`` (`harmony_embedding`).
+    integrated embeddings given (e.g. ``X_scvi``). Above ``params.harmony_max_cells`` kept
+    cells Harmony is fitted on a subsample stratified by ``sample`` (`harmony_embedding`).
     """
+    seed = params.seed
     kept_pcs = pcs[keep]
     if np.isnan(kept_pcs).any():
         msg = "X_pca has NaN for cells that passed QC: re-run the preprocess stage"
@@ -48,38 +46,31 @@ def integrate_cohort(
     seconds: dict[str, float] = {}
     embeddings = dict(other or {})
     info: dict[str, Any] = {}
-    if harmony:
+    if params.method in ("harmony", "both"):
         t = time.perf_counter()
         result = harmony_embedding(
             kept_pcs,
             batch[keep],
-            theta=theta,
-            max_iter=max_iter,
+            theta=params.harmony_theta,
+            max_iter=params.harmony_max_iter,
             seed=seed,
-            fit_max_cells=max_cells,
+            max_cells=params.harmony_max_cells,
             strata=None if sample is None else sample[keep],
         )
         seconds["harmony"] = time.perf_counter() - t
         corrected = np.full(pcs.shape, np.nan, dtype=np.float32)
         corrected[keep] = result.embedding
         embeddings["X_pca_harmony"] = corrected
-        info["harmony"] = {
-            "n_iterations": result.n_iterations,
-            "converged": result.converged,
-            "n_fitted": result.n_fitted,
-            "n_clusters": int(result.centroids.shape[1]),
-            "centroids": result.centroids,
-            "cluster_sizes": result.cluster_sizes,
-            "cluster_sums": result.cluster_sums,
-            "sigma": result.sigma,
-        }
+        info["harmony"] = result.to_record()
 
     t = time.perf_counter()
     # the metrics' subsample of kept cells (as `integration_metrics` draws it), taken
     # here so that no embedding is copied whole
     kept_rows = np.flatnonzero(keep)
-    if kept_rows.size > metrics_max_cells:
-        draw = np.random.default_rng(seed).choice(kept_rows.size, metrics_max_cells, replace=False)
+    if kept_rows.size > params.metrics_max_cells:
+        draw = np.random.default_rng(seed).choice(
+            kept_rows.size, params.metrics_max_cells, replace=False
+        )
         kept_rows = kept_rows[np.sort(draw)]
     metrics = {
         key: integration_metrics(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy.linalg import eigh
 
-from ._kernels import Moments
+from ..moments import Moments
 
 
 def mean_var(moments: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -98,3 +100,29 @@ def pca_from_gram(
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(k)])
     vectors = vectors * signs
     return mean, vectors, values, values / np.trace(cov)
+
+
+@dataclass(frozen=True)
+class PcaLoadings:
+    """The PCA the cohort's cells were projected with; add-batch projects new cells with
+    the same centre and components. Stored as var ``pca_mean`` and varm ``PCs``."""
+
+    hvg: np.ndarray  # positions of the highly variable genes among the cohort's genes
+    centre: np.ndarray  # the HVGs' mean log-normalized value
+    components: np.ndarray  # HVGs x components
+
+    def to_record(self, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the ``pca_mean`` column: genes, NaN off the HVGs; the ``PCs`` matrix: genes x
+        components, float32, 0 off the HVGs)."""
+        centre = np.full(n_genes, np.nan)
+        centre[self.hvg] = self.centre
+        loadings = np.zeros((n_genes, self.components.shape[1]), dtype=np.float32)
+        loadings[self.hvg] = self.components
+        return centre, loadings
+
+    @classmethod
+    def from_record(cls, var: pd.DataFrame, loadings: np.ndarray) -> PcaLoadings:
+        """The loadings from a stored var table (``highly_variable``, ``pca_mean``) and
+        ``PCs`` matrix, as `to_record` wrote them."""
+        hvg = np.flatnonzero(var["highly_variable"].to_numpy())
+        return cls(hvg, var["pca_mean"].to_numpy()[hvg], np.asarray(loadings)[hvg])

@@ -20,18 +20,25 @@ import numpy as np
 import pandas as pd
 from distributed import Client
 
-from ._kernels import Moments, add_gram, add_moments, batch_moments, clipped_moments, gram, project
-from ._models import clip_values, pca_from_gram, seurat_v3_table
+from ..cohort import cell_chunks
+from ..config import PreprocessConfig
+from ..moments import Moments, add_moments, batch_moments, clipped_moments
+from ._kernels import add_gram, gram, project
+from ._models import PcaLoadings, clip_values, pca_from_gram, seurat_v3_table
 
 
 @dataclass(frozen=True)
 class PreprocessResult:
     var: pd.DataFrame  # the HVG table, one row per cohort gene
     pca: np.ndarray  # cells x n_comps float32; NaN for cells that did not pass QC
-    components: np.ndarray  # HVGs x n_comps
+    loadings: PcaLoadings
     variance: np.ndarray
     variance_ratio: np.ndarray
     seconds: dict[str, float]
+
+    @property
+    def components(self) -> np.ndarray:  # HVGs x n_comps
+        return self.loadings.components
 
 
 def _tree_sum(parts: list[Any], add: Callable[[Any, Any], Any]) -> Any:
@@ -44,71 +51,88 @@ def _tree_sum(parts: list[Any], add: Callable[[Any, Any], Any]) -> Any:
     return parts[0]
 
 
+def project_cells(
+    cells: ad.AnnData,
+    *,
+    client: Client,
+    keep: np.ndarray,
+    total_counts: np.ndarray,
+    loadings: PcaLoadings,
+    target_sum: float,
+) -> np.ndarray:
+    """PC scores (cells x components, float32; NaN for cells not in ``keep``) of a lazy
+    view's cells: log-normalized with ``target_sum``, centred and projected with
+    ``loadings``, one task per chunk."""
+    components = client.scatter(loadings.components, broadcast=True)
+    parts = [
+        dask.delayed(project)(
+            c.block,
+            keep[c.rows],
+            loadings.hvg,
+            total_counts[c.rows],
+            target_sum,
+            loadings.centre,
+            components,
+        )
+        for c in cell_chunks(cells.X)
+    ]
+    return np.vstack(client.compute(parts, sync=True))
+
+
 def preprocess_cohort(
     cohort: ad.AnnData,
     *,
     client: Client,
     keep: np.ndarray,
     total_counts: np.ndarray,
-    batch_key: str = "batch",
-    n_top_genes: int = 2000,
-    span: float = 0.3,
-    target_sum: float = 1e4,
-    n_comps: int = 50,
+    params: PreprocessConfig,
     moments: Moments | None = None,
 ) -> PreprocessResult:
-    """Highly variable genes and PCA of the cells in ``keep`` (QC-passed), out of core.
+    """Highly variable genes and PCA of the cells in ``keep`` (QC-passed), out of core,
+    with the preprocess section's ``params``.
 
     ``moments`` (batch code -> per-gene moments of the kept cells' raw counts, as the qc
     stage records them per sample) saves the first pass over the cohort.
     """
     seconds: dict[str, float] = {}
-    x = cohort.X
-    bounds = np.concatenate([[0], np.cumsum(x.chunks[0])])
-    blocks = list(x.to_delayed().ravel())
-    batch_cat = pd.Categorical(cohort.obs[batch_key].astype(str))
+    chunks = cell_chunks(cohort.X)
+    batch_cat = pd.Categorical(cohort.obs[params.hvg_batch_key].astype(str))
     batch = batch_cat.codes.astype(np.int64)
     n_batches = len(batch_cat.categories)
-    sl = [slice(bounds[i], bounds[i + 1]) for i in range(len(blocks))]
 
     t = time.perf_counter()
     if moments is None:
-        parts = [
-            dask.delayed(batch_moments)(b, batch[s], keep[s])
-            for b, s in zip(blocks, sl, strict=True)
-        ]
+        parts = [dask.delayed(batch_moments)(c.block, batch[c.rows], keep[c.rows]) for c in chunks]
         moments = client.compute(_tree_sum(parts, add_moments), sync=True)
-    reg_std, clip = clip_values(moments, n_batches, span)
+    reg_std, clip = clip_values(moments, n_batches, params.hvg_span)
     clip_f = client.scatter(clip, broadcast=True)
     parts = [
-        dask.delayed(clipped_moments)(b, batch[s], keep[s], clip_f)
-        for b, s in zip(blocks, sl, strict=True)
+        dask.delayed(clipped_moments)(c.block, batch[c.rows], keep[c.rows], clip_f) for c in chunks
     ]
     clipped = client.compute(_tree_sum(parts, add_moments), sync=True)
-    table = seurat_v3_table(moments, clipped, reg_std, cohort.var_names, n_top_genes)
+    table = seurat_v3_table(moments, clipped, reg_std, cohort.var_names, params.n_top_genes)
     seconds["hvg"] = time.perf_counter() - t
 
     t = time.perf_counter()
     hvg = np.flatnonzero(table["highly_variable"].to_numpy())
     parts = [
-        dask.delayed(gram)(b, keep[s], hvg, total_counts[s], target_sum)
-        for b, s in zip(blocks, sl, strict=True)
+        dask.delayed(gram)(c.block, keep[c.rows], hvg, total_counts[c.rows], params.target_sum)
+        for c in chunks
     ]
     n, sums, g = client.compute(_tree_sum(parts, add_gram), sync=True)
-    mean, components, variance, ratio = pca_from_gram(n, sums, g, n_comps)
-    parts = [
-        dask.delayed(project)(b, keep[s], hvg, total_counts[s], target_sum, mean, components)
-        for b, s in zip(blocks, sl, strict=True)
-    ]
-    scores = np.vstack(client.compute(parts, sync=True))
+    mean, components, variance, ratio = pca_from_gram(n, sums, g, params.n_comps)
+    loadings = PcaLoadings(hvg, mean, components)
+    scores = project_cells(
+        cohort, client=client, keep=keep, total_counts=total_counts, loadings=loadings,
+        target_sum=params.target_sum,
+    )  # fmt: skip
     seconds["pca"] = time.perf_counter() - t
     # the centre of the log-normalized HVGs: new cells are projected with it (add-batch)
-    table["pca_mean"] = np.nan
-    table.iloc[hvg, table.columns.get_loc("pca_mean")] = mean
+    table["pca_mean"] = loadings.to_record(len(table))[0]
     return PreprocessResult(
         var=table,
         pca=scores,
-        components=components,
+        loadings=loadings,
         variance=variance,
         variance_ratio=ratio,
         seconds=seconds,

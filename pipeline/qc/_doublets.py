@@ -196,19 +196,21 @@ def scrublet_scores(
     counts: sp.spmatrix,
     rows: np.ndarray | None = None,
     *,
-    expected_rate: float = 0.05,
+    expected_rate: float,
+    mean_center: bool,
+    sim_scored_fraction: float,
+    seed: int,
     stdev_rate: float = 0.02,
     sim_ratio: float = 2.0,
     n_comps: int = 30,
-    mean_center: bool = False,
-    sim_scored_fraction: float = 1.0,
-    seed: int = 0,
 ) -> DoubletScores:
     """Scrublet doublet scores and calls for one sample's raw counts (cells x genes), for
     the cells at ``rows`` (all by default; the results follow ``rows``' order).
 
-    Every simulated doublet is a neighbour candidate, as in scrublet; only a random
-    ``sim_scored_fraction`` of them is scored for the automatic threshold (1: all, as
+    ``expected_rate``, ``mean_center`` and ``sim_scored_fraction`` are the qc section's
+    ``expected_doublet_rate``, ``doublet_mean_center`` and ``doublet_sim_scored_fraction``
+    (scanpy's ``sc.pp.scrublet``: 0.05, True and 1). Every simulated doublet is a
+    neighbour candidate, as in scrublet; only a random ``sim_scored_fraction`` of them is scored for the automatic threshold (1: all, as
     scanpy). The observed cells' scores do not depend on it; the search time falls from
     3n to (1 + 2 * fraction) n queries.
 

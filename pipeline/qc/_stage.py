@@ -18,10 +18,11 @@ import scipy.sparse as sp
 from distributed import Client
 
 from ..cohort import read_sample_counts
-from ..preprocess._kernels import clipped_moments
+from ..config import QCConfig
+from ..moments import clipped_moments
 from ._doublets import scrublet_scores
 from ._kernels import METRICS, gene_sets, qc_metrics
-from ._thresholds import QCRules, qc_flags, qc_summary, reasons
+from ._thresholds import qc_flags, qc_summary, reasons
 
 MIN_CELLS_FOR_DOUBLETS = 50  # fewer kept cells: too few to simulate doublets from
 
@@ -50,35 +51,28 @@ def gene_moments(x: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
 
 
 def qc_sample(
-    counts: sp.csr_matrix,
-    *,
-    gene_set: np.ndarray,
-    rules: QCRules,
-    doublets: bool,
-    expected_doublet_rate: float,
-    doublet_mean_center: bool,
-    doublet_sim_scored_fraction: float = 1.0,
-    seed: int,
+    counts: sp.csr_matrix, *, gene_set: np.ndarray, params: QCConfig, seed: int
 ) -> SampleQC:
-    """Metrics, flags, doublets and kept-cell gene moments of one sample (pure)."""
+    """Metrics, flags, doublets and kept-cell gene moments of one sample (pure); the
+    rules are ``params``' (``seed`` is the sample's own)."""
     values = qc_metrics(counts, gene_set)
     metrics = pd.DataFrame(values, columns=list(METRICS))
     metrics["total_counts"] = metrics["total_counts"].round().astype(np.int64)
     metrics["n_genes_by_counts"] = metrics["n_genes_by_counts"].astype(np.int64)
     metrics["log1p_total_counts"] = np.log1p(metrics["total_counts"])
     metrics["log1p_n_genes_by_counts"] = np.log1p(metrics["n_genes_by_counts"])
-    flags = qc_flags(metrics, pd.Series(np.zeros(len(metrics), dtype=np.int8)), rules)
+    flags = qc_flags(metrics, pd.Series(np.zeros(len(metrics), dtype=np.int8)), params)
     passing = ~flags.any(axis=1).to_numpy()
     score = np.full(len(metrics), np.nan)
     called = np.zeros(len(metrics), dtype=bool)
     threshold = float("nan")
-    if doublets and passing.sum() >= MIN_CELLS_FOR_DOUBLETS:
+    if params.doublets and passing.sum() >= MIN_CELLS_FOR_DOUBLETS:
         found = scrublet_scores(
             counts,
             np.flatnonzero(passing),
-            expected_rate=expected_doublet_rate,
-            mean_center=doublet_mean_center,
-            sim_scored_fraction=doublet_sim_scored_fraction,
+            expected_rate=params.expected_doublet_rate,
+            mean_center=params.doublet_mean_center,
+            sim_scored_fraction=params.doublet_sim_scored_fraction,
             seed=seed,
         )
         score[passing] = found.score
@@ -95,8 +89,10 @@ def qc_sample(
     )
 
 
-def _qc_sample_task(store: Path, genes: pd.Index | None, **kwargs: object) -> SampleQC:
-    return qc_sample(read_sample_counts(store, genes), **kwargs)  # type: ignore[arg-type]
+def _qc_sample_task(
+    store: Path, genes: pd.Index | None, gene_set: np.ndarray, params: QCConfig, seed: int
+) -> SampleQC:
+    return qc_sample(read_sample_counts(store, genes), gene_set=gene_set, params=params, seed=seed)
 
 
 def compute_qc(
@@ -105,19 +101,17 @@ def compute_qc(
     *,
     client: Client,
     stores: dict[str, Path],
-    rules: QCRules,
-    doublets: bool = True,
-    expected_doublet_rate: float = 0.06,
-    doublet_mean_center: bool = False,
-    doublet_sim_scored_fraction: float = 1.0,
-    seed: int = 0,
+    params: QCConfig,
+    seed_offset: int = 0,
     uniform_genes: bool = False,
 ) -> QCResult:
-    """QC metrics of every cell, outlier flags per sample, and scrublet doublet calls.
+    """QC metrics of every cell, outlier flags per sample, and scrublet doublet calls,
+    under the qc section's rules ``params``.
 
     ``obs`` and ``var`` are the cohort's (cells grouped by ``sample_id``; genes with a
     ``gene_symbols`` column); ``stores`` maps sample id to its store. One task per sample,
-    sample ``i`` (in order of first appearance) seeded with ``seed + i``. ``uniform_genes``:
+    sample ``i`` (in order of first appearance) seeded with ``params.seed + seed_offset +
+    i`` (add-batch continues after the cohort's samples). ``uniform_genes``:
     every store holds exactly ``var``'s genes in order (as `open_cohort` records in
     ``uns``), so the tasks need not read and align each store's genes. ``qc_pass`` is
     False for flagged cells and for predicted doublets.
@@ -133,13 +127,9 @@ def compute_qc(
             _qc_sample_task,
             stores[sid],
             genes,
-            gene_set=gene_set,
-            rules=rules,
-            doublets=doublets,
-            expected_doublet_rate=expected_doublet_rate,
-            doublet_mean_center=doublet_mean_center,
-            doublet_sim_scored_fraction=doublet_sim_scored_fraction,
-            seed=seed + i,
+            gene_set,
+            params,
+            params.seed + seed_offset + i,
             pure=False,
         )
         for i, sid in enumerate(order)

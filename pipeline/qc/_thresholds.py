@@ -11,21 +11,13 @@ low-complexity cells.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-
-@dataclass(frozen=True)
-class QCRules:
-    nmads: float = 5.0
-    nmads_mt: float = 3.0
-    min_counts: float = 500.0
-    max_counts: float | None = None
-    min_genes: float = 200.0
-    max_genes: float | None = None
-    max_pct_mt: float = 20.0
+if TYPE_CHECKING:
+    from ..config import QCConfig
 
 
 def _mad(values: pd.Series) -> float:
@@ -40,7 +32,7 @@ def _outside(values: pd.Series, groups: pd.Series, nmads: float, side: str) -> p
     return {"both": low | high, "low": low, "high": high}[side]
 
 
-def qc_flags(metrics: pd.DataFrame, sample: pd.Series, rules: QCRules) -> pd.DataFrame:
+def qc_flags(metrics: pd.DataFrame, sample: pd.Series, rules: QCConfig) -> pd.DataFrame:
     """Boolean flag per reason, ``qc_reason`` (';'-joined) and ``qc_pass`` per cell."""
     log_counts = np.log1p(metrics["total_counts"])
     log_genes = np.log1p(metrics["n_genes_by_counts"])

@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .._mpl import pyplot
+from ..runtime import pyplot
 
 plt = pyplot()
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import SimulationConfig
 from ..errors import ImmunoprofileError
+from ..labels import DESIGN_COLUMNS
 from ..store import atomic_path
 from . import _programs as prog
 from ._counts import plan_cells, simulate_counts
@@ -28,7 +29,7 @@ from ._expression import ExpressionModel, apply_batch_effect, build_expression_m
 from ._writers import write_10x_h5, write_10x_mtx, write_csv_atomic
 
 PARAMS_FILE = ".simulation-params.json"
-SAMPLESHEET_COLUMNS = ["sample_id", "patient_id", "timepoint_months", "response", "batch", "path"]
+SAMPLESHEET_COLUMNS = [*DESIGN_COLUMNS, "path"]
 EXTRA_COLUMNS = ["sex", "age", "sledai"]
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 
 from ..config import SimulationConfig
+from ..labels import COUNTS_COLUMNS
 from ._design import design_cohort
 from ._programs import B_SUBSETS, LINEAGES
 
-COLUMNS = ["sample_id", "patient_id", "timepoint_months", "response", "batch", "level",
-           "cell_type", "count", "total"]  # fmt: skip
+COLUMNS = list(COUNTS_COLUMNS)
 
 
 def simulate_count_table(cfg: SimulationConfig) -> pd.DataFrame:

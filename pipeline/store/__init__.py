@@ -2,13 +2,21 @@
 
 from ._anndata import write_anndata_store
 from ._atomic import atomic_path, remove_staging_leftovers, write_text_atomic
-from ._manifest import MANIFEST, describe_arrays, read_manifest, validate_store, write_manifest
+from ._manifest import (
+    MANIFEST,
+    describe_arrays,
+    json_sha256,
+    read_manifest,
+    validate_store,
+    write_manifest,
+)
 from ._update import obs_columns, update_anndata_store
 
 __all__ = [
     "MANIFEST",
     "atomic_path",
     "describe_arrays",
+    "json_sha256",
     "obs_columns",
     "read_manifest",
     "remove_staging_leftovers",

@@ -19,6 +19,12 @@ import zarr
 MANIFEST = "immunoprofile_manifest"
 
 
+def json_sha256(obj: Any) -> str:
+    """The SHA-256 of ``obj`` as canonical JSON (sorted keys; other types as str): the
+    digests of parameters and stage inputs."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _digest(values: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(f"{values.dtype.str}{values.shape}".encode())

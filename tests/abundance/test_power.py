@@ -3,9 +3,6 @@ the full run with >= 1,000 null cohorts is in docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pandas as pd
 import pytest
 from distributed import Client
@@ -13,7 +10,6 @@ from distributed import Client
 from pipeline.abundance import run_power
 from pipeline.abundance._power import wilson_interval
 from pipeline.config import PowerConfig, SimulationConfig
-from pipeline.runner_power import run_power_command
 
 SIM = SimulationConfig(seed=1)  # the study's design: 44 patients x 3 timepoints
 
@@ -43,17 +39,6 @@ def test_results_do_not_depend_on_task_batching(client: Client) -> None:
     ra, rb = run_power(SIM, a, client=client), run_power(SIM, b, client=client)
     pd.testing.assert_frame_equal(ra.type1, rb.type1)
     pd.testing.assert_frame_equal(ra.power, rb.power)
-
-
-def test_command_writes_its_outputs(tmp_path: Path, client: Client) -> None:
-    cfg = PowerConfig(n_cohorts=10, power_cohorts=10, patients=[8, 16])
-    report = run_power_command(SIM, cfg, out=tmp_path / "power", client=client)
-    files = {p.name for p in (tmp_path / "power").iterdir()}
-    assert files == {"type1.csv", "type1_by_cell_type.csv", "power.csv", "power.png",
-                     "summary.json"}  # fmt: skip
-    summary = json.loads((tmp_path / "power" / "summary.json").read_text())
-    assert set(summary["power_response_month0"]) == {"glmm/8", "glmm/16"}
-    assert "type-I error at alpha 0.05" in report and "power of response@month0" in report
 
 
 def test_wilson_interval() -> None:

@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from pipeline import runner
 from pipeline.config import RunConfig, SimulationConfig, parse_config
 from pipeline.errors import ImmunoprofileError
+from pipeline.registry import get_stage
 from pipeline.simulate._tables import simulate_count_table
-from pipeline.workdir import ABUNDANCE_DIR, write_cohort
+from pipeline.stages import StageContext, is_current, run_stage
+from pipeline.workdir import Workdir
 
 DESIGN_COUNTS = ["sample_id", "patient_id", "timepoint_months", "response", "batch", "level",
                  "cell_type", "count", "total"]  # fmt: skip
@@ -53,7 +54,8 @@ def _workdir(tmp_path: Path, counts: pd.DataFrame, **config) -> RunConfig:
     obs = cells.astype({c: "category" for c in ("sample_id", "patient_id", "response", "batch",
                                                 "lineage", "b_subset")})  # fmt: skip
     obs.index = obs.index.astype(str)
-    write_cohort(cfg, ad.AnnData(obs=obs), "annotate")
+    # cohort.zarr as the qc stage writes it (whole), with the labels already in obs
+    StageContext(get_stage("qc"), cfg, Workdir(cfg.workdir)).write_cohort(ad.AnnData(obs=obs))
     return cfg
 
 
@@ -64,8 +66,8 @@ def counts() -> pd.DataFrame:
 
 def test_stage_writes_design_outputs(tmp_path: Path, counts: pd.DataFrame) -> None:
     cfg = _workdir(tmp_path, counts)
-    report = runner.run_abundance(cfg)
-    folder = Path(cfg.workdir) / ABUNDANCE_DIR
+    report = run_stage("abundance", cfg)
+    folder = Workdir(cfg.workdir).abundance.root
     table = pd.read_csv(folder / "counts.csv")
     assert list(table.columns) == DESIGN_COUNTS
     # totals: QC-passed cells for lineages, B cells for subsets; counts add up to totals
@@ -97,11 +99,11 @@ def test_stage_writes_design_outputs(tmp_path: Path, counts: pd.DataFrame) -> No
     # DN2 is planted higher in non-responders at baseline: the one-sentence finding
     assert any("DN2" in f and "higher in non-responders" in f for f in summary["findings"])
 
-    assert runner.is_current(cfg, "abundance")
+    assert is_current(cfg, "abundance")
     changed = cfg.model_copy(
         update={"abundance": cfg.abundance.model_copy(update={"time": "continuous"})}
     )
-    assert not runner.is_current(changed, "abundance")
+    assert not is_current(changed, "abundance")
 
 
 def test_unknown_response_is_counted_in_the_report(tmp_path: Path, counts: pd.DataFrame) -> None:
@@ -109,9 +111,9 @@ def test_unknown_response_is_counted_in_the_report(tmp_path: Path, counts: pd.Da
     patients = sorted(unknown["patient_id"].unique())[:2]
     unknown.loc[unknown["patient_id"].isin(patients), "response"] = "unknown"
     cfg = _workdir(tmp_path, unknown, abundance={"methods": ["glmm"]})
-    report = runner.run_abundance(cfg)
+    report = run_stage("abundance", cfg)
     assert "2 patients with unknown response left out of the response contrasts" in report
-    summary = json.loads((Path(cfg.workdir) / ABUNDANCE_DIR / "summary.json").read_text())
+    summary = json.loads(Workdir(cfg.workdir).abundance.summary.read_text())
     assert summary["excluded_from_response_contrasts"] == {"patients": 2, "samples": 6}
 
 
@@ -121,6 +123,6 @@ def test_unfittable_design_fails_clearly_and_writes_nothing(
     only_nr = counts.assign(response="non_responder")
     cfg = _workdir(tmp_path, only_nr)
     with pytest.raises(ImmunoprofileError, match="no patient has response 'responder'"):
-        runner.run_abundance(cfg)
-    assert not (Path(cfg.workdir) / ABUNDANCE_DIR).exists()
+        run_stage("abundance", cfg)
+    assert not Workdir(cfg.workdir).abundance.root.exists()
     assert not any(p.name.startswith(".abundance") for p in Path(cfg.workdir).iterdir())

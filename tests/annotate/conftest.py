@@ -17,16 +17,16 @@ ACCURACY_COHORT = {"seed": 21, "n_patients": 6, "cells_per_sample": 1000, "n_gen
 
 
 def run_through_annotate(out: Path, client: Client, simulate: dict, **cfg: object) -> RunConfig:
-    from pipeline import runner
     from pipeline.ingest import ingest_samples, read_samplesheet
     from pipeline.simulate import simulate_cohort
+    from pipeline.stages import run_stage
 
     run = parse_config({"simulate": simulate})
     sim = simulate_cohort(run.simulate, out=out / "data", client=client)
     run = parse_config({"workdir": str(out / "work"), "samplesheet": str(sim.samplesheet), **cfg})
     ingest_samples(read_samplesheet(sim.samplesheet), workdir=run.workdir, client=client)
     for stage in ("qc", "preprocess", "integrate", "graph", "annotate"):
-        getattr(runner, f"run_{stage}")(run, client)
+        run_stage(stage, run, client)
     return run
 
 

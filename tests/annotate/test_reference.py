@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from distributed import Client
 
-from pipeline import runner
 from pipeline.cohort import open_cohort
 from pipeline.config import RunConfig, parse_config
 from pipeline.errors import ImmunoprofileError
+from pipeline.stages import is_current, run_stage
 
 from .conftest import read_truth
 
@@ -51,8 +51,8 @@ def test_transferred_labels_agree_with_markers_and_truth(
             "annotate": {"reference": {"path": str(reference)}},
         }
     )
-    assert not runner.is_current(cfg, "annotate")  # the reference is part of the inputs
-    runner.run_annotate(cfg, client)
+    assert not is_current(cfg, "annotate")  # the reference is part of the inputs
+    run_stage("annotate", cfg, client)
     cohort = ad.read_zarr(work / "cohort.zarr")
     record = cohort.uns["annotate"]["reference"]
     print({k: v["fraction_equal"] for k, v in record.items() if isinstance(v, dict)})
@@ -77,4 +77,4 @@ def test_reference_without_the_label_column_is_named(
         }
     )
     with pytest.raises(ImmunoprofileError, match=r"obs has no column \['celltype'\]"):
-        runner.run_annotate(cfg, client)
+        run_stage("annotate", cfg, client)

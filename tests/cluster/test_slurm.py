@@ -152,8 +152,8 @@ def test_pipeline_with_slurm_workers_equals_the_local_run(
     QC and PCA from the same inputs and config, then annotation of the local run's graph,
     equal the LocalCluster run's results bit for bit (`strong_batch_run`; Harmony, the
     graph and UMAP run in the driver on these per-cell results)."""
-    from pipeline import runner
     from pipeline.ingest import ingest_samples, read_samplesheet
+    from pipeline.stages import run_stage
 
     assert strong_batch_run.samplesheet is not None
     cluster = ClusterConfig(
@@ -169,13 +169,13 @@ def test_pipeline_with_slurm_workers_equals_the_local_run(
         assert len(_squeue("%i")) == 2
         ingest_samples(read_samplesheet(cfg.samplesheet), workdir=cfg.workdir, client=slurm_client)
         for stage in ("qc", "preprocess"):
-            getattr(runner, f"run_{stage}")(cfg, slurm_client)
+            run_stage(stage, cfg, slurm_client)
         annotated = {}
         for name in ("slurm", "local"):
             workdir = tmp_path / f"annotate_{name}"
             shutil.copytree(strong_batch_run.workdir, workdir)
             annotate_cfg = strong_batch_run.model_copy(update={"workdir": workdir})
-            runner.run_annotate(annotate_cfg, slurm_client if name == "slurm" else client)
+            run_stage("annotate", annotate_cfg, slurm_client if name == "slurm" else client)
             annotated[name] = ad.read_zarr(workdir / "cohort.zarr").obs
     labels = ["lineage", "lineage_confidence", "b_subset", "b_subset_confidence"]
     pd.testing.assert_frame_equal(annotated["slurm"][labels], annotated["local"][labels])
@@ -232,12 +232,12 @@ def test_cancelled_worker_job_mid_stage_the_run_completes(
 ) -> None:
     """`scancel` of one worker job while QC tasks run: the stage completes on the other
     worker (adaptive scaling starts a new job), with the local run's results."""
-    from pipeline import runner
+    from pipeline.stages import run_stage
 
     local, remote = tmp_path / "local", tmp_path / "slurm"
     shutil.copytree(ingested, local)
     shutil.copytree(ingested, remote)
-    runner.run_qc(parse_config({"workdir": str(local)}), client)
+    run_stage("qc", parse_config({"workdir": str(local)}), client)
     cluster = ClusterConfig(
         profile="slurm",
         jobqueue=JobqueueConfig(queue="debug", cores=1, memory="2GiB", processes=1,
@@ -250,7 +250,7 @@ def test_cancelled_worker_job_mid_stage_the_run_completes(
         canceller = threading.Thread(target=_cancel_one_job_when_busy,
                                      args=(slurm_client, done, cancelled))  # fmt: skip
         canceller.start()
-        runner.run_qc(parse_config({"workdir": str(remote)}), slurm_client)
+        run_stage("qc", parse_config({"workdir": str(remote)}), slurm_client)
         done.set()
         canceller.join()
         assert cancelled, "no job was cancelled while QC ran"

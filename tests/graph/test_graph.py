@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from distributed import Client
 from sklearn.metrics import adjusted_rand_score
 
+from pipeline.config import GraphConfig
 from pipeline.graph import Neighbors, build_graph, knn_graphs, nearest_neighbors
 
 
@@ -63,8 +64,8 @@ def test_leiden_finds_the_lineages(kept: ad.AnnData, strong_batch_truth: pd.Data
 def test_approximate_neighbours_agree_with_exact(kept: ad.AnnData) -> None:
     x = kept.obsm["X_pca_harmony"]
     exact = nearest_neighbors(x, 15)
-    approx = nearest_neighbors(x, 15, exact_below=0, seed=0)
-    again = nearest_neighbors(x, 15, exact_below=0, seed=0)
+    approx = nearest_neighbors(x, 15, exact_knn_below=0, seed=0)
+    again = nearest_neighbors(x, 15, exact_knn_below=0, seed=0)
     assert exact.exact and not approx.exact
     np.testing.assert_array_equal(approx.indices, again.indices)
     assert (approx.indices[:, 0] == np.arange(x.shape[0])).all()
@@ -84,9 +85,10 @@ def test_umap_on_a_subsample_places_the_other_cells(
     x = kept.obsm["X_pca_harmony"]
     keep = np.ones(kept.n_obs, dtype=bool)
     args = (x, keep, kept.obs["sample_id"].astype(str).to_numpy())
-    res = build_graph(*args, resolutions=(0.5, 1.0), umap_max_cells=2000, seed=0)
+    params = GraphConfig(resolutions=[0.5, 1.0], umap_max_cells=2000)
+    res = build_graph(*args, params=params)
     on_worker = build_graph(
-        *args, resolutions=(0.5, 1.0), umap_max_cells=2000, seed=0,
+        *args, params=params,
         submit=lambda f, *a: client.submit(f, *a, pure=False),
     )  # fmt: skip
     for r in (0.5, 1.0):
@@ -99,7 +101,7 @@ def test_umap_on_a_subsample_places_the_other_cells(
     lineage = strong_batch_truth.loc[kept.obs_names, "lineage"].to_numpy()
     fitted = np.zeros(kept.n_obs, dtype=bool)
     # the fitted cells are those the stratified draw picked: recompute as the stage does
-    from pipeline.integrate import stratified_sample
+    from pipeline.sampling import stratified_sample
 
     fitted[stratified_sample(kept.obs["sample_id"].astype(str).to_numpy(), 2000, 0)] = True
     d = ((res.umap[~fitted][:, None, :] - res.umap[fitted][None, :, :]) ** 2).sum(-1)
@@ -123,7 +125,7 @@ def test_connectivities_equal_umap_learn(kept: ad.AnnData) -> None:
     """Our leaner fuzzy union gives umap-learn's `fuzzy_simplicial_set` exactly."""
     from umap.umap_ import fuzzy_simplicial_set
 
-    nn = nearest_neighbors(kept.obsm["X_pca_harmony"], 15, exact_below=0)
+    nn = nearest_neighbors(kept.obsm["X_pca_harmony"], 15, exact_knn_below=0)
     _, conn = knn_graphs(nn)
     ref, _, _ = fuzzy_simplicial_set(
         sp.coo_matrix((conn.shape[0], 1)),
@@ -149,7 +151,8 @@ def test_leiden_on_a_subsample_labels_every_cell(
     x = kept.obsm["X_pca_harmony"]
     args = (x, np.ones(kept.n_obs, dtype=bool), kept.obs["sample_id"].astype(str).to_numpy())
     sketch = build_graph(
-        *args, resolutions=(0.5,), leiden_max_cells=2000, umap_max_cells=1000, seed=0
+        *args,
+        params=GraphConfig(resolutions=[0.5], leiden_max_cells=2000, umap_max_cells=1000),
     )
     labels = sketch.clusters[0.5]
     assert (labels >= 0).all()

@@ -19,7 +19,8 @@ from distributed import Client
 
 from pipeline.cohort import open_cohort, open_counts
 from pipeline.errors import InputError
-from pipeline.ingest import ingest_samples, read_samplesheet, sample_store_path
+from pipeline.ingest import ingest_samples, read_samplesheet
+from pipeline.workdir import Workdir
 from tests.ingest.helpers import (
     FORMATS,
     barcodes,
@@ -52,7 +53,7 @@ def test_round_trip_keeps_every_count(tmp_path: Path, client: Client, fmt: str) 
     result = _ingest(sheet, tmp_path / "w", client)
     assert result.n_written == 1 and result.n_cells == 60
 
-    store = sample_store_path(tmp_path / "w", "S1")
+    store = Workdir(tmp_path / "w").sample_store("S1")
     adata = ad.read_zarr(store)
     assert zarr.open_group(str(store), mode="r").metadata.zarr_format == 3
     assert isinstance(adata.X, sp.csr_matrix) and adata.X.dtype == np.int32
@@ -92,7 +93,7 @@ def test_gzipped_v2_and_plain_v3_mtx(tmp_path: Path, client: Client) -> None:
     )
     _ingest(sheet, tmp_path / "w", client)
     for sid in ("S1", "S2"):
-        adata = ad.read_zarr(sample_store_path(tmp_path / "w", sid))
+        adata = ad.read_zarr(Workdir(tmp_path / "w").sample_store(sid))
         assert (adata.X != counts).nnz == 0
         assert list(adata.var_names) == list(ids) and list(adata.var["gene_symbols"]) == list(
             symbols
@@ -128,7 +129,7 @@ def test_rerun_leaves_complete_samples_untouched_and_rebuilds_changed_ones(
     (tmp_path / "in" / "a.h5").write_bytes((tmp_path / "in2" / "a.h5").read_bytes())
     third = _ingest(two_samples, workdir, client)
     assert (third.n_written, third.n_unchanged) == (1, 1)
-    assert (ad.read_zarr(sample_store_path(workdir, "A")).X != new_counts).nnz == 0
+    assert (ad.read_zarr(Workdir(workdir).sample_store("A")).X != new_counts).nnz == 0
     b_files = {k: v for k, v in before.items() if "/B.zarr/" in k}
     assert {k: v for k, v in _store_mtimes(workdir).items() if "/B.zarr/" in k} == b_files
 
@@ -143,7 +144,7 @@ def test_changed_metadata_rebuilds_the_store(
     frame.to_csv(two_samples, index=False)
     result = _ingest(two_samples, workdir, client)
     assert (result.n_written, result.n_unchanged) == (1, 1)
-    assert (ad.read_zarr(sample_store_path(workdir, "A")).obs["batch"] == "b9").all()
+    assert (ad.read_zarr(Workdir(workdir).sample_store("A")).obs["batch"] == "b9").all()
 
 
 def test_manifest_records_inputs_and_totals(
@@ -151,9 +152,9 @@ def test_manifest_records_inputs_and_totals(
 ) -> None:
     workdir = tmp_path / "w"
     _ingest(two_samples, workdir, client)
-    meta = json.loads((sample_store_path(workdir, "A") / "zarr.json").read_text())
+    meta = json.loads((Workdir(workdir).sample_store("A") / "zarr.json").read_text())
     manifest = meta["attributes"]["immunoprofile_manifest"]
-    counts = ad.read_zarr(sample_store_path(workdir, "A")).X
+    counts = ad.read_zarr(Workdir(workdir).sample_store("A")).X
     assert manifest["n_obs"] == 60 and manifest["n_vars"] == 40
     assert manifest["nnz"] == counts.nnz and manifest["count_sum"] == int(counts.sum())
     assert set(manifest["inputs"]["sha256"]) == {"a.h5"}
@@ -225,7 +226,7 @@ def test_bad_counts_name_the_sample_and_file(tmp_path: Path, client: Client, cas
         _ingest(sheet, tmp_path / "w", client)
     assert expected in str(err.value)
     samples = tmp_path / "w" / "samples"
-    assert not sample_store_path(tmp_path / "w", "BAD").exists()
+    assert not Workdir(tmp_path / "w").sample_store("BAD").exists()
     assert [p.name for p in samples.iterdir()] == ["GOOD.zarr"]  # complete, nothing staged
     assert not (tmp_path / "w" / "ingest.json").exists()
 
@@ -315,7 +316,7 @@ def test_gene_sets_that_differ(tmp_path: Path, client: Client) -> None:
     assert (x[:60] != random_counts(11)[:, 2:]).nnz == 0
     assert (x[60:120] != random_counts(12, n_genes=38)).nnz == 0
     # the stores keep every input gene; only the cohort view intersects
-    assert ad.read_zarr(sample_store_path(tmp_path / "w", "A")).n_vars == 40
+    assert ad.read_zarr(Workdir(tmp_path / "w").sample_store("A")).n_vars == 40
 
 
 def test_same_genes_in_another_order_are_aligned(tmp_path: Path, client: Client) -> None:

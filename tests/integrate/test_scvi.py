@@ -12,8 +12,8 @@ import scipy.sparse as sp
 from distributed import Client
 
 from pipeline.cohort import open_cohort
-from pipeline.config import RunConfig
-from pipeline.integrate import ScviResult, encode_scvi, integration_metrics, scvi_cohort
+from pipeline.config import IntegrateConfig, RunConfig
+from pipeline.integrate import ScviResult, encode_scvi, integration_metrics, scvi_cohort, train_scvi
 
 
 def _train(run: RunConfig, cohort: ad.AnnData, client: Client, folder: Path,
@@ -25,10 +25,9 @@ def _train(run: RunConfig, cohort: ad.AnnData, client: Client, folder: Path,
         batch=cohort.obs["batch"].astype(str).to_numpy(),
         hvg=np.flatnonzero(cohort.var["highly_variable"].to_numpy()),
         model_dir=folder / "scvi",
-        max_cells=4000,
-        max_epochs=epochs,
-        batch_size=64,
-        seed=0,
+        params=IntegrateConfig(
+            method="scvi", scvi_max_cells=4000, scvi_max_epochs=epochs, scvi_batch_size=64
+        ),
     )
 
 
@@ -102,8 +101,8 @@ def test_run_with_both_methods_writes_both_and_the_graph_can_use_scvi(
 ) -> None:
     import shutil
 
-    from pipeline import runner
     from pipeline.errors import ImmunoprofileError
+    from pipeline.stages import run_stage
 
     work = tmp_path / "work"
     shutil.copytree(strong_batch_run.workdir, work)
@@ -116,9 +115,9 @@ def test_run_with_both_methods_writes_both_and_the_graph_can_use_scvi(
             "graph": {"use_rep": "X_scvi", "resolutions": [0.5]},
         }
     )
-    message = runner.run_integrate(cfg, client)
+    message = run_stage("integrate", cfg, client)
     assert "X_scvi" in message and "X_pca_harmony" in message
-    runner.run_graph(cfg, client)
+    run_stage("graph", cfg, client)
     cohort = ad.read_zarr(work / "cohort.zarr")
     assert cohort.obsm["X_scvi"].shape == (cohort.n_obs, 10)
     assert "X_pca_harmony" in cohort.obsm
@@ -130,6 +129,17 @@ def test_run_with_both_methods_writes_both_and_the_graph_can_use_scvi(
     harmony_only = RunConfig.model_validate(
         {**base, "workdir": str(work), "graph": {"use_rep": "X_scvi"}}
     )
-    runner.run_integrate(harmony_only, client)
+    run_stage("integrate", harmony_only, client)
     with pytest.raises(ImmunoprofileError, match=r"graph\.use_rep is X_scvi"):
-        runner.run_graph(harmony_only, client)
+        run_stage("graph", harmony_only, client)
+
+
+def test_scvi_encodes_cells_of_a_batch_it_was_not_trained_on(tmp_path: Path) -> None:
+    """The encoder does not take the batch: a new batch's cells get the latent means
+    they would get under any trained label (the decoder alone knows batches)."""
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix(rng.poisson(1.0, (300, 40)).astype(np.float32))
+    train_scvi(x, np.repeat(["a", "b"], 150), tmp_path / "m", max_epochs=2)
+    new = encode_scvi(x[:30], np.full(30, "new_batch"), tmp_path / "m")
+    old = encode_scvi(x[:30], np.full(30, "b"), tmp_path / "m")
+    assert new.shape == (30, 10) and np.array_equal(new, old)

@@ -13,17 +13,18 @@ from distributed import Client, LocalCluster
 from scipy.linalg import subspace_angles
 
 from pipeline.cohort import open_cohort
-from pipeline.ingest import sample_store_path
+from pipeline.config import PreprocessConfig, QCConfig
 from pipeline.preprocess import PreprocessResult, preprocess_cohort
-from pipeline.qc import QCResult, QCRules, compute_qc
+from pipeline.qc import QCResult, compute_qc
+from pipeline.workdir import Workdir
 
 
 @pytest.fixture(scope="module")
 def qc(ingested: Path, client: Client) -> QCResult:
     cohort = open_cohort(ingested)
-    stores = {s: sample_store_path(ingested, s) for s in cohort.obs["sample_id"].cat.categories}
+    stores = {s: Workdir(ingested).sample_store(s) for s in cohort.obs["sample_id"].cat.categories}
     return compute_qc(
-        cohort.obs, cohort.var, client=client, stores=stores, rules=QCRules(), doublets=False
+        cohort.obs, cohort.var, client=client, stores=stores, params=QCConfig(doublets=False)
     )
 
 
@@ -35,7 +36,7 @@ def keep(qc: QCResult) -> tuple[np.ndarray, np.ndarray]:
 def _run(ingested: Path, client: Client, keep, chunk_cells: int) -> PreprocessResult:
     return preprocess_cohort(
         open_cohort(ingested, chunk_cells=chunk_cells), client=client, keep=keep[0],
-        total_counts=keep[1], n_top_genes=1000, n_comps=30,
+        total_counts=keep[1], params=PreprocessConfig(n_top_genes=1000, n_comps=30),
     )  # fmt: skip
 
 
@@ -117,8 +118,8 @@ def test_qc_stage_moments_replace_the_first_pass(
         b = int(sample_batch.loc[[sid]].iloc[0])
         moments[b] = moments[b] + m if b in moments else m
     fused = preprocess_cohort(
-        cohort, client=client, keep=keep[0], total_counts=keep[1], n_top_genes=1000,
-        n_comps=30, moments=moments,
+        cohort, client=client, keep=keep[0], total_counts=keep[1],
+        params=PreprocessConfig(n_top_genes=1000, n_comps=30), moments=moments,
     )  # fmt: skip
     pd.testing.assert_frame_equal(fused.var, ours.var, rtol=1e-9)
     np.testing.assert_allclose(fused.pca, ours.pca, rtol=1e-4, atol=1e-4)

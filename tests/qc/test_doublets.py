@@ -16,6 +16,9 @@ from pipeline.qc import scrublet_scores
 from pipeline.simulate import SimulationResult, simulate_cohort
 from tests.conftest import small_config
 
+# scanpy's expected rate, no centring, every simulated doublet scored
+ALL_SCORED = {"expected_rate": 0.05, "mean_center": False, "sim_scored_fraction": 1.0}
+
 
 @pytest.fixture(scope="module")
 def counts(tmp_path_factory: pytest.TempPathFactory, client: Client) -> sp.csr_matrix:
@@ -39,7 +42,9 @@ def test_scores_and_calls_equal_scanpy(counts: sp.csr_matrix, mean_center: bool)
         ref, expected_doublet_rate=0.06, random_state=0, use_approx_neighbors=False,
         mean_center=mean_center,
     )  # fmt: skip
-    ours = scrublet_scores(counts, expected_rate=0.06, seed=0, mean_center=mean_center)
+    ours = scrublet_scores(
+        counts, expected_rate=0.06, seed=0, mean_center=mean_center, sim_scored_fraction=1.0
+    )
     theirs = ref.obs["doublet_score"].to_numpy()
     # the same simulated pairs, PCs (up to sign) and exact neighbours: scores equal except
     # where float rounding reorders a tie at the k-th neighbour
@@ -56,16 +61,20 @@ def test_too_few_genes_give_nan_and_seeds_reproduce(counts: sp.csr_matrix) -> No
     x = counts.tolil()
     x[0, :] = 0
     x[0, 0] = 1
-    a = scrublet_scores(x.tocsr(), seed=1)
-    b = scrublet_scores(x.tocsr(), seed=1)
+    a = scrublet_scores(x.tocsr(), seed=1, **ALL_SCORED)
+    b = scrublet_scores(x.tocsr(), seed=1, **ALL_SCORED)
     assert np.isnan(a.score[0]) and not a.called[0]
     np.testing.assert_array_equal(a.score, b.score)
     assert np.isfinite(a.score[1:]).all()
 
 
 def test_scoring_a_share_of_the_simulated_doublets_keeps_the_calls(counts: sp.csr_matrix) -> None:
-    full = scrublet_scores(counts, expected_rate=0.06, seed=0)
-    part = scrublet_scores(counts, expected_rate=0.06, seed=0, sim_scored_fraction=0.3)
+    full = scrublet_scores(
+        counts, expected_rate=0.06, seed=0, mean_center=False, sim_scored_fraction=1.0
+    )
+    part = scrublet_scores(
+        counts, expected_rate=0.06, seed=0, mean_center=False, sim_scored_fraction=0.3
+    )
     np.testing.assert_array_equal(part.score, full.score)  # observed cells: the same search
     assert (part.called == full.called).mean() >= 0.99
     assert abs(part.threshold - full.threshold) < 0.05
@@ -73,8 +82,8 @@ def test_scoring_a_share_of_the_simulated_doublets_keeps_the_calls(counts: sp.cs
 
 def test_scoring_selected_rows_equals_scoring_their_submatrix(counts: sp.csr_matrix) -> None:
     rows = np.flatnonzero(np.random.default_rng(3).random(counts.shape[0]) < 0.8)
-    on_rows = scrublet_scores(counts, rows, seed=2)
-    on_copy = scrublet_scores(counts[rows], seed=2)
+    on_rows = scrublet_scores(counts, rows, seed=2, **ALL_SCORED)
+    on_copy = scrublet_scores(counts[rows], seed=2, **ALL_SCORED)
     np.testing.assert_array_equal(on_rows.score, on_copy.score)
     np.testing.assert_array_equal(on_rows.called, on_copy.called)
     assert on_rows.threshold == on_copy.threshold

@@ -13,17 +13,18 @@ from distributed import Client
 from scipy.stats import median_abs_deviation
 
 from pipeline.cohort import open_cohort
-from pipeline.ingest import sample_store_path
-from pipeline.qc import METRICS, QCResult, QCRules, compute_qc
+from pipeline.config import QCConfig
+from pipeline.qc import METRICS, QCResult, compute_qc
 from pipeline.qc._kernels import IMMUNOGLOBULIN
 from pipeline.simulate import SimulationResult
+from pipeline.workdir import Workdir
 
 
 @pytest.fixture(scope="module")
 def qc(ingested: Path, client: Client) -> QCResult:
     cohort = open_cohort(ingested, chunk_cells=150)
-    stores = {s: sample_store_path(ingested, s) for s in cohort.obs["sample_id"].cat.categories}
-    return compute_qc(cohort.obs, cohort.var, client=client, stores=stores, rules=QCRules(), seed=0)
+    stores = {s: Workdir(ingested).sample_store(s) for s in cohort.obs["sample_id"].cat.categories}
+    return compute_qc(cohort.obs, cohort.var, client=client, stores=stores, params=QCConfig())
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +142,14 @@ def test_one_or_two_workers_give_the_same_result(ingested: Path, qc: QCResult) -
     from distributed import LocalCluster
 
     cohort = open_cohort(ingested, chunk_cells=10_000)
-    stores = {s: sample_store_path(ingested, s) for s in cohort.obs["sample_id"].cat.categories}
+    stores = {s: Workdir(ingested).sample_store(s) for s in cohort.obs["sample_id"].cat.categories}
     with (
         LocalCluster(
             n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cl,
         Client(cl) as one,
     ):
-        other = compute_qc(
-            cohort.obs, cohort.var, client=one, stores=stores, rules=QCRules(), seed=0
-        )
+        other = compute_qc(cohort.obs, cohort.var, client=one, stores=stores, params=QCConfig())
     pd.testing.assert_frame_equal(other.obs, qc.obs)
     pd.testing.assert_frame_equal(other.summary, qc.summary)
     for sid, m in qc.moments.items():

@@ -1,0 +1,219 @@
+"""``immunoprofile add-batch``: map new samples into an analysed cohort without
+recomputing it, then re-fit the abundance models and say what changed.
+
+Nothing of the cohort is rewritten: its sample stores and ``cohort.zarr`` keep their
+bytes. The new samples get their own stores (``samples/<sample_id>.zarr``, as ingest
+writes them) and the batch its folder ``batches/<name>/`` (`pipeline.workdir.BatchFiles`):
+
+- ``samplesheet.csv``: the batch's rows (absolute paths), to map it again when the
+  cohort is re-analysed;
+- ``cells.zarr``: the new cells' per-cell results, written atomically with its manifest
+  (`_layer`); its digest makes a re-run a no-op;
+- ``tests_before.csv``: the cohort's tests before the batch (for the change report);
+- ``changes.json`` and ``changes.md``: what changed (`_changes`).
+
+Steps: ingest (same validation; the cohort's genes) -> the qc stage's rules per sample
+-> PCs with the cohort's centre and loadings -> Harmony by Symphony-style mapping onto
+the cohort's clusters -> nearest cohort cells (exact) for graph edges, Leiden clusters
+and UMAP positions -> the annotate stage's fitted models -> abundance over all cells.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from distributed import Client
+
+from ..config import RunConfig
+from ..errors import ImmunoprofileError, InputError
+from ..ingest import SampleRow, ingest_samples, read_samplesheet, store_is_current
+from ..stages import is_current, run_stage, stage_digests, stages_until
+from ..store import write_text_atomic
+from ..workdir import BatchFiles, Workdir
+from ._changes import write_changes
+from ._layer import map_batch, write_rows
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _batch_name(samplesheet: Path, name: str | None) -> str:
+    name = name or samplesheet.stem
+    if not _NAME.match(name):
+        msg = f"batch name {name!r}: use letters, digits, '_', '-' and '.' only (--name)"
+        raise ImmunoprofileError(msg)
+    return name
+
+
+def _owners(workdir: Workdir, name: str) -> dict[str, str]:
+    """Sample id -> where it already is (the cohort, or another batch)."""
+    owner = dict.fromkeys(workdir.ingest_record().samples, "the cohort")
+    for other, layer in workdir.batch_layers().items():
+        if other != name:
+            owner.update(dict.fromkeys(layer.samples, f"batch '{other}'"))
+    return owner
+
+
+def split_rows(
+    workdir: Workdir, rows: list[SampleRow], name: str
+) -> tuple[list[SampleRow], list[str]]:
+    """(new rows, ids already present with identical input); a present id with another
+    input or metadata is an `InputError` naming it."""
+    owner = _owners(workdir, name)
+    new, same, problems = [], [], []
+    for row in rows:
+        where = owner.get(row.sample_id)
+        if where is None:
+            new.append(row)
+        elif store_is_current(row, workdir.sample_store(row.sample_id)):
+            same.append(row.sample_id)
+        else:
+            problems.append(
+                f"sample '{row.sample_id}' is already in {where} with another input or other "
+                f"metadata than {row.path}; give the new sample another sample_id"
+            )
+    if problems:
+        raise InputError("; ".join(problems) + "; nothing was written", problems=problems)
+    return new, same
+
+
+def check_analysed(cfg: RunConfig) -> None:
+    """Every stage whose outputs the mapping reads is current."""
+    analysed = [s.name for s in stages_until("annotate") if not s.always_run]
+    missing = [s for s in analysed if not is_current(cfg, s)]
+    if missing:
+        msg = (
+            f"{cfg.workdir} is not analysed with this config (stage(s) {', '.join(missing)} "
+            "not done or done with other parameters): add-batch maps new samples into an "
+            "analysed cohort; run `immunoprofile run CONFIG` first"
+        )
+        raise ImmunoprofileError(msg)
+
+
+def _keep_tests_before(workdir: Workdir, files: BatchFiles) -> None:
+    """The cohort's tests before this batch, saved once (a re-run must not take the
+    tests the interrupted run already re-fitted for 'before')."""
+    if files.tests_before.exists() or files.tests_before_none.exists():
+        return
+    tests = workdir.abundance.tests
+    if tests.exists():
+        staging = files.root / ".tests_before.tmp"
+        shutil.copyfile(tests, staging)
+        staging.replace(files.tests_before)
+    else:
+        write_text_atomic(
+            files.tests_before_none, "the cohort had no abundance results before this batch\n"
+        )
+
+
+def add_batch(cfg: RunConfig, samplesheet: Path, client: Client, *, name: str | None = None) -> str:
+    """``immunoprofile add-batch``: the lines it prints."""
+    workdir = Workdir(cfg.workdir)
+    check_analysed(cfg)
+    rows = read_samplesheet(samplesheet)
+    name = _batch_name(Path(samplesheet), name)
+    new, same = split_rows(workdir, rows, name)
+    lines = []
+    if same:
+        lines.append(
+            f"add-batch: {len(same)} sample(s) already in the cohort with identical "
+            f"inputs, left as they are: {', '.join(same)}"
+        )
+    if not new:
+        lines.append("add-batch: no new samples; nothing to do")
+        return "\n".join(lines)
+    existing = workdir.batch_layers().get(name)
+    if existing is not None and set(existing.samples) != {r.sample_id for r in new}:
+        msg = (
+            f"batch '{name}' already exists with samples {existing.samples}; give this "
+            "batch another name (--name)"
+        )
+        raise ImmunoprofileError(msg)
+    ingest = ingest_samples(
+        new,
+        workdir=workdir,
+        client=client,
+        gene_policy=cfg.ingest.gene_policy,
+        reference_genes=workdir.ingest_record().genes,
+    )
+    lines.append(
+        f"add-batch: ingest: {ingest.n_samples} samples ({ingest.n_written} written, "
+        f"{ingest.n_unchanged} unchanged), {ingest.n_cells:,} cells"
+    )
+    files = workdir.batch(name)
+    files.root.mkdir(parents=True, exist_ok=True)
+    _keep_tests_before(workdir, files)
+    lines.append(map_batch(cfg, client, name, new))
+    lines.extend(refit_and_report(cfg, name))
+    return "\n".join(lines)
+
+
+def refit_and_report(cfg: RunConfig, name: str) -> list[str]:
+    """Abundance over the cohort and every batch (unless current), then the change report
+    and, when the workdir had one, the HTML report."""
+    lines = []
+    if not is_current(cfg, "abundance"):
+        lines.append(run_stage("abundance", cfg))
+    else:
+        lines.append("abundance: unchanged inputs and parameters, skipped")
+    lines.append(write_changes(cfg, name))
+    if Workdir(cfg.workdir).report.root.exists() and not is_current(cfg, "report"):
+        lines.append(run_stage("report", cfg))
+    return lines
+
+
+def remap_stale_batches(cfg: RunConfig, client: Client) -> list[str]:
+    """Map again every batch mapped onto an earlier analysis of the cohort (`run` calls
+    this before a stage that reads the batch layers). A batch whose samples have all
+    become part of the cohort (`add-batch --refit`, or a samplesheet that lists them)
+    loses its cells store: its cells are in cohort.zarr now."""
+    workdir = Workdir(cfg.workdir)
+    current = stage_digests(cfg)["annotate"]
+    cohort = set(workdir.ingest_record().samples)
+    lines = []
+    for name, layer in workdir.batch_layers().items():
+        samples = set(layer.samples)
+        if samples <= cohort:
+            shutil.rmtree(layer.files.cells)
+            lines.append(
+                f"batch {name}: its samples are part of the cohort now; {layer.files.cells} removed"
+            )
+        elif samples & cohort:
+            msg = (
+                f"samples {sorted(samples & cohort)} of batch '{name}' are in the cohort's "
+                "samplesheet but the batch's others are not: list all of the batch's "
+                f"samples ({layer.files.samplesheet}) or none"
+            )
+            raise ImmunoprofileError(msg)
+        elif layer.reference != current:
+            rows = read_samplesheet(layer.files.samplesheet)
+            lines.append(map_batch(cfg, client, name, rows))
+    return lines
+
+
+def refit_samplesheet(cfg: RunConfig, samplesheet: Path) -> Path:
+    """``add-batch --refit``: WORKDIR/samplesheet_refit.csv with the cohort's samples
+    (the config's samplesheet), every batch's and the new ones."""
+    workdir = Workdir(cfg.workdir)
+    if cfg.samplesheet is None:
+        msg = "add-batch --refit needs the cohort's samplesheet: set 'samplesheet' in the config"
+        raise ImmunoprofileError(msg)
+    rows = read_samplesheet(cfg.samplesheet)
+    if (
+        workdir.has_ingest_record()
+        and [r.sample_id for r in rows] != workdir.ingest_record().samples
+    ):
+        msg = (
+            f"{cfg.samplesheet} does not list the samples {workdir.root} was analysed with; "
+            "--refit starts from the config's samplesheet"
+        )
+        raise ImmunoprofileError(msg)
+    for layer in workdir.batch_layers().values():
+        rows += read_samplesheet(layer.files.samplesheet)
+    new, _ = split_rows(workdir, read_samplesheet(samplesheet), name="")
+    rows += new
+    target = workdir.refit_samplesheet
+    write_rows(target, rows)
+    read_samplesheet(target)  # the combined sheet is valid (one response per patient, ...)
+    return target

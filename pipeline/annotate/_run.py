@@ -1,0 +1,179 @@
+"""The annotate stage in a workdir: the counts and the kNN graph in; labels, their
+confidence, the fitted models and the dot plots out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ..config import RunConfig
+from ..labels import B_SUBSETS, LINEAGES, UNASSIGNED
+from ..results import leiden_columns
+from ..runtime import release_memory
+from ..store import atomic_path, write_text_atomic
+from ..workdir import Workdir
+from ._markers import load_markers
+from ._plots import marker_dotplot
+from ._reference import (
+    agreement,
+    read_reference,
+    reference_symbols,
+    train_classifier,
+    transfer_labels,
+)
+from ._stage import annotate_cohort
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from ..stages import StageContext
+
+VOCABULARY = {"lineage": LINEAGES, "b_subset": B_SUBSETS}
+
+
+def annotate_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, Any]:
+    """What the stage's results depend on besides its parameters: the marker file's
+    content and the reference file's size and modification time."""
+    a = cfg.annotate
+    reference = None
+    if a.reference is not None:
+        path = Path(a.reference.path)
+        stat = path.stat() if path.exists() else None
+        reference = [str(path), stat.st_size, stat.st_mtime_ns] if stat else [str(path)]
+    return {
+        "params": a.model_dump(mode="json"),
+        "markers_sha256": load_markers(a.markers).sha256,
+        "reference": reference,
+    }
+
+
+def _info_record(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: ",".join(v) if isinstance(v, list) else v for k, v in info.items()}
+
+
+def run_annotate(ctx: StageContext) -> str:
+    """Only the inputs (two obs columns, the kNN graph) while the cells are annotated; the
+    Leiden columns are read afterwards, once the workers' memory is trimmed."""
+    a = ctx.cfg.annotate
+    obs = ctx.read_obs(["qc_pass", "total_counts"])
+    connectivities = ctx.read_elem("obsp/connectivities")
+    markers = load_markers(a.markers)
+    cohort = ctx.open_counts()
+    keep = obs["qc_pass"].to_numpy(dtype=bool)
+    totals = obs["total_counts"].to_numpy(dtype=np.float64)
+    del obs
+    client = ctx.cluster
+    result = annotate_cohort(
+        cohort,
+        client=client,
+        keep=keep,
+        total_counts=totals,
+        markers=markers,
+        connectivities=connectivities,
+        params=a,
+    )
+    del connectivities
+    release_memory()
+    client.run(release_memory)
+    leiden = leiden_columns(ctx.obs_columns())
+    out = ctx.read_obs(leiden)
+    record: dict[str, Any] = {
+        "params": a.model_dump(mode="json"),
+        "markers": {"name": markers.name, "version": markers.version, "sha256": markers.sha256},
+        "seconds": result.seconds,
+    }
+    files = ctx.workdir.annotate
+    files.root.mkdir(exist_ok=True)
+    for level, call in result.levels.items():
+        out[level] = pd.Categorical(call.labels, categories=[*VOCABULARY[level], UNASSIGNED])
+        out[f"{level}_confidence"] = call.confidence
+        record[level] = {
+            **_info_record(call.info),
+            "model": call.model.to_record(),
+            "dotplot": call.dotplot,
+        }
+        if len(call.dotplot):
+            call.dotplot.to_csv(files.dotplot_csv(level), index=False)
+            fig = marker_dotplot(
+                call.dotplot, title=f"Marker features by {level.replace('_', ' ')}"
+            )
+            with atomic_path(files.dotplot_png(level)) as tmp:
+                fig.savefig(tmp, dpi=110, format="png")
+    write_text_atomic(files.markers_used, markers.text)
+    record["clusters"] = cluster_summary(out)
+    if a.reference is not None:
+        record["reference"] = _transfer(ctx.cfg, client, cohort, out, keep, totals)
+    lineage = out["lineage"].value_counts()
+    b = out["b_subset"].value_counts()
+    labels = out.drop(columns=leiden)
+    del out
+    ctx.update_cohort(obs=labels, elems={"uns/annotate": record})
+    n_b = int(lineage.get("B", 0))
+    dn2 = int(b.get("DN2", 0))
+    return (
+        f"annotate: {int(keep.sum()):,} cells, {int(lineage.get(UNASSIGNED, 0)):,} unassigned; "
+        f"{n_b:,} B cells ({n_b / max(keep.sum(), 1):.1%}), DN2 {dn2 / max(n_b, 1):.1%} of B "
+        f"in {sum(result.seconds.values()):.1f} s"
+    )
+
+
+def cluster_summary(obs: pd.DataFrame) -> pd.DataFrame:
+    """Per Leiden cluster (finest resolution): cells, majority lineage and its share."""
+    columns = leiden_columns(obs.columns)
+    if not columns:
+        return pd.DataFrame()
+    finest = columns[-1]
+    table = pd.crosstab(obs[finest], obs["lineage"].astype(str))
+    return pd.DataFrame(
+        {
+            "cluster": table.index.astype(str),
+            "resolution": finest.removeprefix("leiden_"),
+            "n_cells": table.sum(axis=1).to_numpy(),
+            "majority_lineage": table.idxmax(axis=1).to_numpy(),
+            "purity": (table.max(axis=1) / table.sum(axis=1)).to_numpy(),
+        }
+    )
+
+
+def _transfer(
+    cfg: RunConfig,
+    client: Client,
+    cohort: ad.AnnData,
+    out: pd.DataFrame,
+    keep: np.ndarray,
+    totals: np.ndarray,
+) -> dict[str, Any]:
+    """Reference labels by a classifier trained on the configured reference, and their
+    agreement with the marker-based labels."""
+    r = cfg.annotate.reference
+    assert r is not None
+    keys = [k for k in (r.lineage_key, r.b_subset_key) if k]
+    ref = read_reference(r.path, layer=r.layer, keys=keys)
+    symbols = reference_symbols(ref)
+    allowed = set(cohort.var["gene_symbols"].astype(str))
+    record: dict[str, Any] = {"path": str(r.path)}
+    b_cells = out["lineage"].to_numpy() == "B"
+    for level, key in (("lineage", r.lineage_key), ("b_subset", r.b_subset_key)):
+        if not key:
+            continue
+        rows = np.ones(ref.n_obs, dtype=bool)
+        if level == "b_subset" and r.lineage_key:
+            rows = ref.obs[r.lineage_key].astype(str).to_numpy() == "B"
+        clf = train_classifier(
+            ref.X[rows], symbols, ref.obs[key].to_numpy()[rows], key=key, allowed=allowed,
+            n_genes_per_label=r.n_genes_per_label, max_cells=r.max_cells, seed=cfg.annotate.seed,
+        )  # fmt: skip
+        cells = keep if level == "lineage" else keep & b_cells
+        labels, prob = transfer_labels(
+            cohort, client=client, cells=cells, total_counts=totals, classifier=clf
+        )
+        out[f"{level}_reference"] = pd.Categorical(labels)
+        out[f"{level}_reference_confidence"] = prob
+        agree = agreement(out[level].to_numpy(dtype=object), labels)
+        agree["confusion"] = pd.DataFrame(agree.get("confusion", {})).fillna(0).astype(int)
+        record[level] = {"key": key, "n_trained": clf.n_trained, "n_genes": len(clf.genes), **agree}
+    return record

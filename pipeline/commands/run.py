@@ -1,0 +1,69 @@
+"""``immunoprofile run``: the registered stages in order, each skipped when current.
+
+For every stage: before a stage that reads add-batch's layers, layers mapped onto an
+earlier analysis are mapped again; a stage whose digest and files are current is
+skipped; otherwise it runs. Each stage is logged (`stagelog`), the heaps of the driver
+and the workers are trimmed after it, and an unexpected failure of a stage that reads
+sample stores is checked against their manifests, so that a damaged store is named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from distributed import Client
+
+from ..add_batch import remap_stale_batches
+from ..config import RunConfig
+from ..errors import ImmunoprofileError
+from ..runtime import release_memory
+from ..stages import get_stage, is_current, run_stage
+from .stagelog import stage_log
+from .validate import sample_store_problems
+
+
+def run_or_skip(name: str, cfg: RunConfig, client: Client) -> str:
+    """Run stage ``name`` unless it is current; the lines it prints."""
+    stage = get_stage(name)
+    lines = remap_stale_batches(cfg, client) if stage.reads.batches else []
+    if not stage.always_run and is_current(cfg, name):
+        lines.append(f"{name}: unchanged inputs and parameters, skipped")
+    else:
+        lines.append(run_stage(name, cfg, client))
+    return "\n".join(lines)
+
+
+def _name_corrupt_samples(cfg: RunConfig, name: str, exc: Exception) -> None:
+    """After an unexpected failure of a stage that reads sample stores, check them against
+    their manifests and, when some are damaged, fail with their names instead."""
+    if not get_stage(name).reads.samples:
+        return
+    damaged = sample_store_problems(cfg.workdir)
+    if damaged:
+        names = ", ".join(damaged)
+        detail = "; ".join(p for problems in damaged.values() for p in problems[:2])
+        msg = (
+            f"stage {name} failed ({type(exc).__name__}) and the store of sample(s) {names} "
+            f"is damaged: {detail}. Delete those stores (or run ingest again with their "
+            "inputs) and re-run; the other samples and completed stages are kept."
+        )
+        raise ImmunoprofileError(msg) from exc
+
+
+def run_stages(cfg: RunConfig, client: Client, stages: list[str]) -> None:
+    """Run ``stages`` in order (each skipped when current), printing one line each."""
+    for name in stages:
+        try:
+            with stage_log(Path(cfg.workdir), name, client) as record:
+                record["message"] = run_or_skip(name, cfg, client)
+        except ImmunoprofileError:
+            raise
+        except Exception as exc:  # e.g. a decoding error or KilledWorker
+            _name_corrupt_samples(cfg, name, exc)
+            raise
+        finally:  # the next stage starts from a trimmed heap, not this one's peak
+            release_memory()
+            with contextlib.suppress(Exception):
+                client.run(release_memory)
+        print(record["message"], flush=True)

@@ -1,0 +1,72 @@
+"""The graph stage in a workdir: the integrated embedding in; the kNN graph, the Leiden
+clusters and the UMAP out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ImmunoprofileError
+from ..results import leiden_key
+from ..runtime import release_memory
+from ._stage import build_graph
+
+if TYPE_CHECKING:
+    from ..stages import StageContext
+
+
+def run_graph(ctx: StageContext) -> str:
+    """In the driver; Leiden on a worker (its graph scattered, not sent inside the task).
+    Reads only the kept cells' embedding and two obs columns; writes only its results."""
+    g = ctx.cfg.graph
+    element = f"obsm/{g.use_rep}"
+    if not ctx.has(element):
+        msg = (
+            f"graph.use_rep is {g.use_rep}, which the integrate stage did not compute "
+            f"(integrate.method is {ctx.cfg.integrate.method})"
+        )
+        raise ImmunoprofileError(msg)
+    obs = ctx.read_obs(["qc_pass", "sample_id"])
+    client = ctx.cluster
+    result = build_graph(
+        ctx.array(element),
+        obs["qc_pass"].to_numpy(dtype=bool),
+        obs["sample_id"].astype(str).to_numpy(),
+        params=g,
+        submit=lambda f, graph, *a: client.submit(f, client.scatter(graph), *a, pure=False),
+    )
+    del obs
+    release_memory()
+    clusters = {}
+    for r, labels in result.clusters.items():
+        names = [str(i) for i in range(int(labels.max()) + 1)]
+        clusters[leiden_key(r)] = pd.Categorical.from_codes(labels, categories=names)
+    neighbors = {
+        "connectivities_key": "connectivities",
+        "distances_key": "distances",
+        "params": {
+            "n_neighbors": g.n_neighbors,
+            "method": "umap",
+            "metric": "euclidean",
+            "use_rep": g.use_rep,
+        },
+    }
+    record = {"params": g.model_dump(mode="json"), "seconds": result.seconds, **result.info}
+    ctx.update_cohort(
+        obs=pd.DataFrame(clusters),
+        elems={
+            "obsp/distances": result.distances,
+            "obsp/connectivities": result.connectivities,
+            "obsm/X_umap": result.umap,
+            "uns/neighbors": neighbors,
+            "uns/graph": record,
+        },
+    )
+    counts = ", ".join(
+        f"{len(np.unique(v[v >= 0]))} clusters at {r:g}" for r, v in result.clusters.items()
+    )
+    sec = result.seconds
+    steps = sec["neighbors"] + sec["umap"] + sec.get("leiden_wait", sec["leiden"])
+    return f"graph: {g.n_neighbors}-NN graph on {g.use_rep}, {counts}, in {steps:.1f} s"

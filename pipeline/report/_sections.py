@@ -1,0 +1,221 @@
+"""The report's sections: each a function from the workdir's results to HTML.
+
+The data the sections share (every cell's obs columns and UMAP position, cohort and
+batches together) is read once by `run_report`; the rest each section reads from the
+workdir's files through `pipeline.workdir.Workdir`.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .. import __version__
+from ..config import RunConfig
+from ..workdir import Workdir
+from . import _figures as figs
+from ._html import esc, figure, png_file, table
+
+PACKAGES = (
+    "dask",
+    "distributed",
+    "zarr",
+    "anndata",
+    "scanpy",
+    "scvi-tools",
+    "harmonypy",
+    "numpy",
+    "pandas",
+    "scipy",
+    "statsmodels",
+    "umap-learn",
+    "pynndescent",
+    "igraph",
+    "faiss-cpu",
+    "torch",
+    "xarray",
+)
+
+
+def _versions() -> pd.DataFrame:
+    rows = [("immunoprofile", __version__)]
+    for name in PACKAGES:
+        try:
+            rows.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            rows.append((name, "not installed"))
+    return pd.DataFrame(rows, columns=["package", "version"])
+
+
+def _inputs(workdir: Workdir, samples: list[str]) -> pd.DataFrame:
+    from ..store import read_manifest
+
+    rows = []
+    for sid in samples:
+        manifest = read_manifest(workdir.sample_store(sid)) or {}
+        inputs = manifest.get("inputs", {})
+        digests = inputs.get("sha256", {})
+        rows.append(
+            {
+                "sample_id": sid,
+                "input": inputs.get("path", ""),
+                "sha256": "; ".join(f"{k}: {v[:16]}" for k, v in digests.items()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _stage_table(workdir: Workdir) -> pd.DataFrame:
+    path = workdir.stage_log
+    if not path.exists():
+        return pd.DataFrame()
+    last: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        last[entry["stage"]] = entry
+    return pd.DataFrame(
+        [
+            {
+                "stage": s,
+                "status": e.get("status"),
+                "started": e.get("started"),
+                "seconds": e.get("seconds"),
+                "driver peak GiB": e.get("driver_peak_rss_gib"),
+                "workers peak GiB (sum)": e.get("peak_workers_total_gib"),
+            }
+            for s, e in last.items()
+        ]
+    )
+
+
+def _qc_flags(summary: pd.DataFrame) -> pd.Series:
+    """Samples whose kept fraction is below half or > 3 MADs below the median."""
+    kept = summary["fraction_kept"].astype(float)
+    mad = 1.4826 * (kept - kept.median()).abs().median()
+    return (kept < 0.5) | (kept < kept.median() - 3 * max(mad, 0.01))
+
+
+def run_section(cfg: RunConfig, workdir: Workdir, samples: list[str]) -> str:
+    stages = _stage_table(workdir)
+    parts = [
+        "<h3>Stages: duration and peak memory</h3>",
+        table(stages) if len(stages) else "<p>No stage log.</p>",
+        "<h3>Cluster</h3>",
+        f"<pre>{esc(yaml.safe_dump(cfg.cluster.model_dump(mode='json'), sort_keys=False))}</pre>",
+        "<h3>Package versions</h3>",
+        table(_versions()),
+        "<h3>Inputs (SHA-256, first 16 hex digits)</h3>",
+        table(_inputs(workdir, samples), scroll=True, left=3),
+        "<h3>Configuration</h3>",
+        f"<pre>{esc(yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False))}</pre>",
+    ]
+    return "".join(parts)
+
+
+def qc_section(workdir: Workdir, obs: pd.DataFrame) -> str:
+    frames = [pd.read_csv(workdir.qc_summary)]
+    frames += [pd.read_csv(layer.files.qc_summary) for layer in workdir.batch_layers().values()]
+    summary = pd.concat(frames, ignore_index=True)
+    flagged = summary.loc[_qc_flags(summary), "sample_id"].tolist()
+    note = (
+        f'<p class="flag">Flagged (share of cells kept far below the others): '
+        f"{esc(', '.join(flagged))}</p>"
+        if flagged
+        else "<p>No sample flagged (share of cells kept below half or more than 3 MADs below "
+        "the median).</p>"
+    )
+    kept = int(obs["qc_pass"].sum())
+    return (
+        f"<p>{kept:,} of {len(obs):,} cells pass QC ({kept / len(obs):.1%}).</p>{note}"
+        + table(summary, scroll=True)
+        + figure(figs.qc_distributions(obs), "Per sample: kept (blue) and removed (red) cells")
+    )
+
+
+def integration_section(
+    method: object, metrics: pd.DataFrame, obs: pd.DataFrame, umap: np.ndarray
+) -> str:
+    leiden = [c for c in obs if c.startswith("leiden_")]
+    keys = ["batch", "patient_id", "timepoint_months", "response", *leiden[-1:]]
+    return (
+        f"<p>Method: {esc(method)}. Batch mixing (iLISI: 0 unmixed, 1 fully "
+        "mixed; batch silhouette: 1 mixed) and conservation of the lineages the annotate "
+        "stage called (cLISI: 1 each cell's neighbours share its lineage; lineage "
+        "silhouette: higher is better separated), before (X_pca) and after integration, "
+        "on one subsample of the cohort's cells:</p>"
+        + table(metrics)
+        + figure(
+            figs.umap_panels(umap, obs, keys),
+            "UMAP by batch, patient, timepoint, response and Leiden cluster",
+        )
+    )
+
+
+def annotation_section(workdir: Workdir, obs: pd.DataFrame, umap: np.ndarray) -> str:
+    kept = obs["qc_pass"].to_numpy(dtype=bool)
+    counts = obs.loc[kept, "lineage"].astype(str).value_counts().rename_axis("lineage")
+    b = obs.loc[kept & (obs["lineage"].astype(str) == "B").to_numpy(), "b_subset"]
+    subsets = b.astype(str).value_counts().rename_axis("B subset")
+    parts = [
+        figure(
+            figs.umap_panels(umap, obs, ["lineage", "b_subset"], ncols=2),
+            "UMAP by lineage and B-cell subset",
+        ),
+        "<div style='display:flex;gap:32px'>",
+        table(counts.reset_index(name="cells")),
+        table(subsets.reset_index(name="cells")),
+        "</div>",
+        figure(figs.confidence_histograms(obs), "Label confidence by label"),
+    ]
+    for level in ("lineage", "b_subset"):
+        path = workdir.annotate.dotplot_png(level)
+        if path.exists():
+            parts.append(png_file(path, f"Marker features by {level.replace('_', ' ')}"))
+    return "".join(parts)
+
+
+def abundance_section(workdir: Workdir) -> str:
+    files = workdir.abundance
+    summary = json.loads(files.summary.read_text())
+    findings = summary.get("findings", [])
+    parts = ["<h3>Baseline (predictive) finding</h3>"]
+    parts += [f'<p class="finding">{esc(f)}</p>' for f in findings] or [
+        "<p>No cell type differs between non-responders and responders at baseline "
+        f"at q < {summary.get('alpha')} (GLMM).</p>"
+    ]
+    for name in summary.get("plots", []):
+        parts.append(png_file(files.root / name, name.removesuffix(".png").replace("_", " ")))
+    tests = pd.read_csv(files.tests).sort_values(["method", "qvalue"])
+    parts += ["<h3>All contrasts (tests.csv)</h3>", table(tests, scroll=True, left=4)]
+    return "".join(parts)
+
+
+def changes_section(workdir: Workdir) -> str:
+    parts = []
+    for name, layer in workdir.batch_layers().items():
+        path = layer.files.changes_json
+        if not path.exists():
+            continue
+        report = json.loads(path.read_text())
+        samples = pd.DataFrame(report["samples"])
+        moved = pd.DataFrame(report["moved"])
+        flagged = report.get("flagged", [])
+        parts += [
+            f"<h3>Batch {esc(name)}</h3>",
+            f"<p>{len(samples)} new samples, {int(samples['n_kept'].sum()):,} cells kept. "
+            + (
+                f'<span class="flag">Mapping poorly: {esc(", ".join(flagged))}</span>'
+                if flagged
+                else "Every sample maps well."
+            )
+            + "</p>",
+            table(samples, scroll=True),
+            "<p>Contrasts whose conclusion moved:</p>",
+            table(moved, scroll=True, left=4) if len(moved) else "<p>None.</p>",
+        ]
+    return "".join(parts)
