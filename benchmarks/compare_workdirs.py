@@ -17,8 +17,8 @@ What is compared, and how:
   time it was written and the stage durations: not compared.
 
 Prints one line per difference and a summary; exits 1 when anything differs. It reads
-the workdirs with zarr, pandas and json only, so it runs against workdirs written by any
-version of the pipeline.
+the workdirs with zarr, pandas and json (nothing of the pipeline's readers), so it
+compares workdirs written by any two versions of the pipeline.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
+
+from pipeline.store import arrays_of
 
 TIMING_KEYS = {"seconds"}
 NOT_COMPARED = {"report/index.html", "logs/stages.jsonl"}
@@ -47,17 +49,6 @@ def _stores(root: Path) -> list[Path]:
             if store.name.endswith(".zarr") and not any(s in store.parents for s in found):
                 found.append(store)
     return sorted({s for s in found if not any(p in found for p in s.parents)})
-
-
-def _arrays(group: zarr.Group, prefix: str = "") -> dict[str, zarr.Array]:
-    out: dict[str, zarr.Array] = {}
-    for name, item in group.members():
-        key = f"{prefix}{name}"
-        if isinstance(item, zarr.Array):
-            out[key] = item
-        else:
-            out.update(_arrays(item, key + "/"))
-    return out
 
 
 def _groups(group: zarr.Group, prefix: str = "") -> dict[str, dict[str, Any]]:
@@ -96,7 +87,7 @@ def compare_store(a: Path, b: Path, rtol: float) -> tuple[list[str], int]:
     """Differences between two zarr stores; and the number of arrays compared."""
     ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
     problems = []
-    arrays_a, arrays_b = _arrays(ga), _arrays(gb)
+    arrays_a, arrays_b = arrays_of(ga), arrays_of(gb)
     for key in sorted(set(arrays_a) ^ set(arrays_b)):
         side = "before" if key in arrays_a else "after"
         problems.append(f"{key}: only {side}")

@@ -17,6 +17,8 @@ import yaml
 
 from .. import __version__
 from ..config import RunConfig
+from ..results import leiden_columns
+from ..store import read_manifest
 from ..workdir import Workdir
 from . import _figures as figs
 from ._html import esc, figure, png_file, table
@@ -53,8 +55,6 @@ def _versions() -> pd.DataFrame:
 
 
 def _inputs(workdir: Workdir, samples: list[str]) -> pd.DataFrame:
-    from ..store import read_manifest
-
     rows = []
     for sid in samples:
         manifest = read_manifest(workdir.sample_store(sid)) or {}
@@ -140,7 +140,7 @@ def qc_section(workdir: Workdir, obs: pd.DataFrame) -> str:
 def integration_section(
     method: object, metrics: pd.DataFrame, obs: pd.DataFrame, umap: np.ndarray
 ) -> str:
-    leiden = [c for c in obs if c.startswith("leiden_")]
+    leiden = leiden_columns(obs.columns)
     keys = ["batch", "patient_id", "timepoint_months", "response", *leiden[-1:]]
     return (
         f"<p>Method: {esc(method)}. Batch mixing (iLISI: 0 unmixed, 1 fully "

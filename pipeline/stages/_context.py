@@ -100,7 +100,8 @@ class StageContext:
         return element in self._group()
 
     def read_obs(self, columns: Sequence[str], *, batches: bool = False) -> pd.DataFrame:
-        """Obs columns of cohort.zarr (with ``batches``: then of every batch layer)."""
+        """Obs columns of cohort.zarr (with ``batches``: then of every batch layer), in
+        the stores' order, numbered 0, 1, ... (the cell names are not read)."""
         for c in columns:
             self._declared(f"obs/{c}")
         stores = self._stores(batches)
@@ -108,7 +109,7 @@ class StageContext:
         if missing:
             msg = f"{self.workdir.cohort} obs lacks {missing}: {needs(f'obs/{missing[0]}')}"
             raise ImmunoprofileError(msg)
-        return read_obs(stores, columns)
+        return read_obs(stores, columns, index=False)
 
     def read_obsm(self, key: str, *, batches: bool = False) -> np.ndarray:
         """An obsm array of cohort.zarr (with ``batches``: stacked with every layer's)."""

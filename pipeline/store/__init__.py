@@ -4,6 +4,7 @@ from ._anndata import write_anndata_store
 from ._atomic import atomic_path, remove_staging_leftovers, write_text_atomic
 from ._manifest import (
     MANIFEST,
+    arrays_of,
     describe_arrays,
     json_sha256,
     read_manifest,
@@ -14,6 +15,7 @@ from ._update import obs_columns, update_anndata_store
 
 __all__ = [
     "MANIFEST",
+    "arrays_of",
     "atomic_path",
     "describe_arrays",
     "json_sha256",

@@ -35,14 +35,15 @@ def _digest(values: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _arrays(group: zarr.Group, prefix: str = "") -> dict[str, zarr.Array]:
+def arrays_of(group: zarr.Group, prefix: str = "") -> dict[str, zarr.Array]:
+    """Every array below ``group``, by its path ("obsm/X_pca", "X/data")."""
     found: dict[str, zarr.Array] = {}
     for name, node in group.members():
         key = f"{prefix}{name}"
         if isinstance(node, zarr.Array):
             found[key] = node
         else:
-            found.update(_arrays(node, key + "/"))
+            found.update(arrays_of(node, key + "/"))
     return found
 
 
@@ -58,7 +59,7 @@ def describe_arrays(root: Path, *, skip: Collection[str] = ()) -> dict[str, dict
     (but those whose keys are in ``skip``)."""
     group = zarr.open_group(str(root), mode="r")
     out = {}
-    for key, arr in sorted(_arrays(group).items()):
+    for key, arr in sorted(arrays_of(group).items()):
         if key in skip:
             continue
         values = np.asarray(arr[...])
@@ -101,7 +102,7 @@ def validate_store(root: Path) -> list[str]:
     problems: list[str] = []
     try:
         group = zarr.open_group(str(root), mode="r")
-        present = _arrays(group)
+        present = arrays_of(group)
     except Exception as exc:
         return [f"{root}: cannot be opened as a zarr group ({type(exc).__name__}: {exc})"]
     for key, expected in manifest["arrays"].items():
