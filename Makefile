@@ -1,6 +1,7 @@
 # Everything a user or CI needs, from a machine with only Python >= 3.11 and pip.
 #   make demo        create .venv if missing, install, simulate the demo cohort, run it
-#   make test        same venv; lint, type check and the default test suite
+#   make test        same venv; lint, type check and every test (slow ones included), as CI
+#   make test-quick  lint, type check and the tests not marked slow (the inner loop)
 #   make test-slow   the tests marked slow
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 SRC := pipeline cluster tests benchmarks
 
-.PHONY: install demo test test-slow lint typecheck schema bench-simulate bench-scaling clean
+.PHONY: install demo test test-quick test-slow lint typecheck schema bench-simulate bench-scaling clean
 
 install: $(STAMP)
 
@@ -37,6 +38,9 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest
+
+test-quick: lint typecheck
+	$(BIN)/pytest -m "not slow"
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow

@@ -104,7 +104,15 @@ def umap_layout(
     n_epochs: int | None = None,
 ) -> np.ndarray:
     """umap-learn's layout of a fuzzy simplicial set (what scanpy's `tl.umap` runs), with
-    its defaults (min_dist 0.5, spread 1, spectral initialisation), on one thread."""
+    its defaults (min_dist 0.5, spread 1, spectral initialisation), on one thread.
+
+    BLAS runs on one thread too: the spectral initialisation's eigensolver sums in an
+    order that depends on BLAS's thread count, and the layout's optimisation turns those
+    last-digit differences into another picture, so a driver started with
+    ``OMP_NUM_THREADS=1`` (a SLURM job, or a process started beside a LocalCluster) drew
+    another UMAP of the same graph. With one BLAS thread the layout depends on the inputs
+    and the seed only."""
+    from threadpoolctl import threadpool_limits
     from umap.umap_ import find_ab_params, simplicial_set_embedding
 
     from ._numba_cache import cache_umap_functions
@@ -112,24 +120,25 @@ def umap_layout(
     cache_umap_functions()
     a, b = find_ab_params(1.0, 0.5)
     graph = connectivities.tocoo()
-    layout, _ = simplicial_set_embedding(
-        init_points,
-        graph,
-        n_components=2,
-        initial_alpha=1.0,
-        a=a,
-        b=b,
-        gamma=1.0,
-        negative_sample_rate=5,
-        n_epochs=n_epochs or (500 if graph.shape[0] <= 10_000 else 200),
-        init="spectral",
-        random_state=np.random.RandomState(seed),
-        metric="euclidean",
-        metric_kwds={},
-        densmap=False,
-        densmap_kwds={},
-        output_dens=False,
-    )
+    with threadpool_limits(limits=1, user_api="blas"):
+        layout, _ = simplicial_set_embedding(
+            init_points,
+            graph,
+            n_components=2,
+            initial_alpha=1.0,
+            a=a,
+            b=b,
+            gamma=1.0,
+            negative_sample_rate=5,
+            n_epochs=n_epochs or (500 if graph.shape[0] <= 10_000 else 200),
+            init="spectral",
+            random_state=np.random.RandomState(seed),
+            metric="euclidean",
+            metric_kwds={},
+            densmap=False,
+            densmap_kwds={},
+            output_dens=False,
+        )
     return np.asarray(layout, dtype=np.float32)
 
 

@@ -194,3 +194,21 @@ def test_umap_learn_functions_are_compiled_once_and_cached(kept: ad.AnnData) -> 
         assert isinstance(f._cache, FunctionCache)
     cached = umap.umap_.smooth_knn_dist._cache
     assert list(Path(cached._cache_path).glob("*smooth_knn_dist*.nbi"))
+
+
+def test_the_umap_does_not_depend_on_blas_threads(kept: ad.AnnData) -> None:
+    """The same graph gives the same layout in a process with one BLAS thread (a SLURM
+    job, or one started beside a LocalCluster, both with OMP_NUM_THREADS=1) as in one
+    with two: without fixing BLAS's threads inside `umap_layout`, the spectral
+    initialisation's last digits moved with the thread count and the layout with them."""
+    from threadpoolctl import threadpool_limits
+
+    from pipeline.graph import umap_layout
+
+    x = np.ascontiguousarray(kept.obsm["X_pca_harmony"], dtype=np.float32)
+    conn = kept.obsp["connectivities"]
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = umap_layout(conn, x, seed=0, n_epochs=30)
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = umap_layout(conn, x, seed=0, n_epochs=30)
+    np.testing.assert_array_equal(one, two)
