@@ -53,6 +53,8 @@ def _name_corrupt_samples(cfg: RunConfig, name: str, exc: Exception) -> None:
 
 def run_stages(cfg: RunConfig, client: Client, stages: list[str]) -> None:
     """Run ``stages`` in order (each skipped when current), printing one line each."""
+    for name in stages:  # import every stage first: a broken install fails before any work,
+        get_stage(name).run_function()  # and no stage's time holds another's imports
     for name in stages:
         try:
             with stage_log(Path(cfg.workdir), name, client) as record:
