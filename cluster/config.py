@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        """Strings reach job scripts and command lines: a newline would start a new shell
+        line in a generated script. (A config, like a job script, is trusted code; this
+        keeps a pasted value from becoming code by accident.)"""
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and _CONTROL.search(item):
+                found = _CONTROL.search(item)
+                assert found is not None
+                msg = (
+                    f"{item!r} contains the control character {found.group()!r}; values "
+                    "here are written into job scripts, one line each"
+                )
+                raise ValueError(msg)
+        return value
 
 
 class JobqueueConfig(_Frozen):
@@ -30,11 +50,40 @@ class JobqueueConfig(_Frozen):
     interface: str | None = None
     min_jobs: int = Field(1, ge=0)
     max_jobs: int = Field(4, ge=1)
+    tls: bool = Field(
+        True,
+        description="TLS between scheduler, workers and client: without it anyone who can "
+        "reach the scheduler's port can run code as you; turn off only on a trusted network",
+    )
+    tls_ca_file: str | None = Field(None, description="site CA certificate (PEM)")
+    tls_cert: str | None = Field(None, description="site certificate (PEM) for all roles")
+    tls_key: str | None = Field(None, description="its private key (PEM)")
+    shared_temp_directory: str = Field(
+        "~/.immunoprofile/tls",
+        description="folder on a file system the compute nodes share, where the temporary "
+        "certificates are written for the worker jobs (private to you)",
+    )
+    pending_report_after: float = Field(
+        120, gt=0, description="seconds: worker jobs still pending then are reported"
+    )
+    pending_timeout: float = Field(
+        1800, gt=0, description="seconds: no worker by then fails the command with the reason"
+    )
 
     @model_validator(mode="after")
     def _jobs_ordered(self) -> JobqueueConfig:
         if self.min_jobs > self.max_jobs:
             msg = f"min_jobs ({self.min_jobs}) must not exceed max_jobs ({self.max_jobs})"
+            raise ValueError(msg)
+        site = [self.tls_ca_file, self.tls_cert, self.tls_key]
+        if any(site) and not all(site):
+            msg = "tls_ca_file, tls_cert and tls_key are given together (the site's TLS files)"
+            raise ValueError(msg)
+        if any(site) and not self.tls:
+            msg = "tls_ca_file, tls_cert and tls_key are set but tls is false"
+            raise ValueError(msg)
+        if self.pending_report_after > self.pending_timeout:
+            msg = "pending_report_after must not exceed pending_timeout"
             raise ValueError(msg)
         return self
 
@@ -46,7 +95,8 @@ class ClusterConfig(_Frozen):
     ``threads_per_worker`` or ``memory_limit`` say otherwise; ``address`` connects to a
     running scheduler; ``slurm``, ``pbs``, ``sge`` and ``lsf`` start workers as batch jobs
     (``jobqueue``; the scheduler then listens on ``jobqueue.interface`` or all interfaces so
-    that the jobs reach it, while the dashboard stays on ``dashboard_address``).
+    that the jobs reach it, over TLS unless ``jobqueue.tls`` is false, while the dashboard
+    stays on ``dashboard_address``).
     """
 
     profile: Literal["local", "address", "slurm", "pbs", "sge", "lsf"] = "local"

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psutil
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
-from .config import ClusterConfig
+from .config import ClusterConfig, JobqueueConfig
+from .errors import ClusterError
 
 
 def local_cluster_size(cfg: ClusterConfig) -> dict[str, Any]:
@@ -33,10 +38,44 @@ JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECl
                      "lsf": "LSFCluster"}  # fmt: skip
 
 
+TLS_OFF_WARNING = (
+    "warning: cluster.jobqueue.tls is false: the scheduler accepts unencrypted, "
+    "unauthenticated connections, and anyone who can reach its port can run code as you"
+)
+
+
+def jobqueue_security(jq: JobqueueConfig) -> Security | None:
+    """TLS for scheduler, workers and client: the site's files, or a temporary CA and
+    certificate made for this run (dask-jobqueue writes the workers' copy, readable by
+    the user only, to ``shared_temp_directory``); None when ``tls`` is false."""
+    if not jq.tls:
+        return None
+    if jq.tls_ca_file:
+        files = {"ca_file": jq.tls_ca_file, "cert": jq.tls_cert, "key": jq.tls_key}
+        for key, value in files.items():
+            path = Path(os.path.expanduser(str(value)))
+            if not path.is_file():
+                msg = f"cluster.jobqueue.tls_{key} {value}: no such file"
+                raise ClusterError(msg)
+            files[key] = str(path)
+        roles = {
+            f"tls_{role}_{part}": files[part]
+            for role in ("scheduler", "worker", "client")
+            for part in ("cert", "key")
+        }
+        return Security(tls_ca_file=files["ca_file"], require_encryption=True, **roles)
+    try:
+        return Security.temporary()
+    except ImportError as exc:  # pragma: no cover - cryptography is a dependency
+        msg = f"TLS needs the 'cryptography' package ({exc})"
+        raise ClusterError(msg) from exc
+
+
 def jobqueue_cluster(cfg: ClusterConfig, *, scale: bool = True) -> Any:
     """The dask-jobqueue cluster of a ``slurm``/``pbs``/``sge``/``lsf`` profile, with
     adaptive scaling between ``min_jobs`` and ``max_jobs`` (``scale=False``: none, e.g. to
-    look at ``job_script()``)."""
+    look at ``job_script()``). TLS unless ``jobqueue.tls`` is false (then with a warning);
+    the scheduler listens on ``jobqueue.interface`` when set."""
     import dask_jobqueue
 
     jq = cfg.jobqueue
@@ -56,6 +95,14 @@ def jobqueue_cluster(cfg: ClusterConfig, *, scale: bool = True) -> Any:
             kwargs[key] = value
     if jq.account is not None:
         kwargs["account" if cfg.profile in ("slurm", "pbs") else "project"] = jq.account
+    security = jobqueue_security(jq)
+    if security is not None:
+        shared = Path(os.path.expanduser(os.path.expandvars(jq.shared_temp_directory)))
+        shared.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kwargs["security"] = security
+        kwargs["shared_temp_directory"] = str(shared)
+    else:
+        print(TLS_OFF_WARNING, file=sys.stderr, flush=True)
     cluster = cls(**kwargs)
     if scale:
         cluster.adapt(minimum_jobs=jq.min_jobs, maximum_jobs=jq.max_jobs)
@@ -89,6 +136,13 @@ def start_client(cfg: ClusterConfig, *, quiet: bool = False) -> Iterator[Client]
     else:
         cluster = jobqueue_cluster(cfg)
         client = Client(cluster)
+        if cfg.jobqueue.min_jobs:
+            try:
+                wait_for_worker_jobs(client, cluster, cfg)
+            except BaseException:
+                client.close()
+                cluster.close()
+                raise
     if not quiet:
         print(
             f"Dask cluster ({cfg.profile}): dashboard at {dashboard_link(client, cfg)}",
@@ -100,3 +154,66 @@ def start_client(cfg: ClusterConfig, *, quiet: bool = False) -> Iterator[Client]
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _command_output(args: list[str]) -> str:
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"({' '.join(args)} failed: {exc})"
+    return (proc.stdout.strip() or proc.stderr.strip()) or "(no output)"
+
+
+def pending_report(cluster: Any, cfg: ClusterConfig) -> str:
+    """Why the worker jobs are not running: the request, the batch system's reason for
+    each job and (SLURM) the partition's limits."""
+    jq = cfg.jobqueue
+    jobs = [str(j) for j in (getattr(w, "job_id", None) for w in cluster.workers.values()) if j]
+    request = (
+        f"each job asks for {jq.cores} cores, {jq.memory} and {jq.walltime} on queue "
+        f"{jq.queue or '(default)'}"
+    )
+    if not jobs:
+        return (
+            f"no worker job was submitted ({request}); the submission failed: see the "
+            "messages above from dask-jobqueue"
+        )
+    if cfg.profile == "slurm":
+        reasons = _command_output(["squeue", "-h", "-j", ",".join(jobs), "-o", "%i %T %R"])
+        partition = ["-p", jq.queue] if jq.queue else []
+        limits = _command_output(
+            ["sinfo", "-h", *partition, "-o", "%P CPUs/node=%c memory/node=%mMB time=%l nodes=%D"]
+        )
+        return (
+            f"worker job(s) {', '.join(jobs)}: squeue says (job, state, reason): {reasons}; "
+            f"{request}; the partition offers: {limits}"
+        )
+    status = {"pbs": "qstat -f", "sge": "qstat -j", "lsf": "bjobs -l"}[cfg.profile]
+    return f"worker job(s) {', '.join(jobs)} are not running ({request}); `{status} <job>` says why"
+
+
+def wait_for_worker_jobs(client: Client, cluster: Any, cfg: ClusterConfig) -> None:
+    """Wait until a worker has connected. Jobs still pending after
+    ``pending_report_after`` seconds are reported; after ``pending_timeout`` seconds
+    the command fails with the batch system's reason."""
+    jq = cfg.jobqueue
+    start = time.monotonic()
+    reported = False
+    while not client.scheduler_info(n_workers=-1)["workers"]:
+        waited = time.monotonic() - start
+        if waited >= jq.pending_timeout:
+            msg = (
+                f"no Dask worker started within {jq.pending_timeout:g} s "
+                f"(cluster.jobqueue.pending_timeout): {pending_report(cluster, cfg)}. Ask "
+                "for what the partition offers (cluster.jobqueue.cores, memory, walltime, "
+                "queue), or wait longer"
+            )
+            raise ClusterError(msg)
+        if not reported and waited >= jq.pending_report_after:
+            print(
+                f"waiting for the worker jobs ({waited:.0f} s): {pending_report(cluster, cfg)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            reported = True
+        time.sleep(1.0)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
+
+from cluster.errors import ClusterError
 
 from . import __version__
 from .config import RunConfig, load_config
@@ -75,22 +79,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ImmunoprofileError(msg)
     wanted = [s.name for s in stages_until(args.until or STAGE_NAMES[-1])]
     read_samplesheet(cfg.samplesheet)  # checked before any cluster starts: bad input fails fast
-    with start_client(cfg.cluster) as client, _performance_report(args) as _:
+    with _writer(cfg, args), start_client(cfg.cluster) as client, _performance_report(args) as _:
         run_stages(cfg, client, wanted)
     return 0
 
 
-def _cmd_add_batch(args: argparse.Namespace) -> int:
-    from cluster.launch import start_client
+@contextlib.contextmanager
+def _writer(cfg: RunConfig, args: argparse.Namespace) -> Iterator[None]:
+    """The workdir's writer lock, held by this command (before a cluster starts)."""
+    from .workdir import Workdir
 
-    from .add_batch import add_batch, check_analysed, refit_samplesheet
-    from .commands import run_stages
+    command = shlex.join(["immunoprofile", *args.argv])
+    with Workdir(cfg.workdir).lock(command) as said:
+        for line in said:
+            print(line, file=sys.stderr, flush=True)
+        yield
+
+
+def _cmd_add_batch(args: argparse.Namespace) -> int:
+    from .add_batch import check_analysed
     from .ingest import read_samplesheet
 
     cfg = load_config(args.config)
     if args.workdir is not None:
         cfg = cfg.model_copy(update={"workdir": Path(args.workdir)})
     read_samplesheet(args.samplesheet)  # bad input fails before any cluster starts
+    if not args.refit:
+        check_analysed(cfg)  # before a cluster starts (and checked again under the lock)
+    with _writer(cfg, args):
+        return _add_batch_locked(args, cfg)
+
+
+def _add_batch_locked(args: argparse.Namespace, cfg: RunConfig) -> int:
+    from cluster.launch import start_client
+
+    from .add_batch import add_batch, refit_samplesheet
+    from .commands import run_stages
+
     if args.refit:
         sheet = refit_samplesheet(cfg, Path(args.samplesheet))
         cfg = cfg.model_copy(update={"samplesheet": sheet})
@@ -102,7 +127,6 @@ def _cmd_add_batch(args: argparse.Namespace) -> int:
         with start_client(cfg.cluster) as client:
             run_stages(cfg, client, list(STAGE_NAMES))
         return 0
-    check_analysed(cfg)  # before a cluster starts
     with start_client(cfg.cluster) as client:
         print(add_batch(cfg, Path(args.samplesheet), client, name=args.name), flush=True)
     return 0
@@ -247,9 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
-    except ImmunoprofileError as exc:
+    except (ImmunoprofileError, ClusterError) as exc:
         print(f"immunoprofile {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -213,6 +213,12 @@ class PreprocessConfig(_Frozen):
     n_top_genes: int = Field(2000, ge=10)
     hvg_batch_key: Literal["batch", "sample_id", "patient_id"] = "batch"
     hvg_span: float = Field(0.3, gt=0, le=1)
+    hvg_min_batch_cells: int = Field(
+        50,
+        ge=2,
+        description="batches with fewer kept cells do not rank genes (their per-batch "
+        "loess cannot be fitted); all batches as one when none has this many",
+    )
     n_comps: int = Field(50, ge=2)
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ImmunoprofileError
-from .store import read_manifest, write_text_atomic
+from .store import read_manifest, write_text_atomic, writer_lock
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,19 @@ class Workdir:
     def refit_samplesheet(self) -> Path:
         """``add-batch --refit``: the cohort's, every batch's and the new samples."""
         return self.root / "samplesheet_refit.csv"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held by the one command writing to the workdir (`lock`)."""
+        return self.root / "lock.json"
+
+    @contextmanager
+    def lock(self, command: str | None = None) -> Iterator[list[str]]:
+        """Hold the workdir's writer lock (``run`` and ``add-batch`` take it): a second
+        writer is refused with the holder's command, pid, host and start; a lock left by
+        a killed process on this host is taken over. Yields the lines said about that."""
+        with writer_lock(self.lock_file, command=command, what=f"workdir {self.root}") as said:
+            yield said
 
     # ---- records --------------------------------------------------------------------
 

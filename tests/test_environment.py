@@ -26,5 +26,8 @@ def test_torch_is_a_cpu_build_here() -> None:
 
     import torch
 
-    if shutil.which("nvidia-smi") is None:
-        assert torch.version.cuda is None, f"torch {torch.__version__} is a CUDA build"
+    if torch.version.cuda is not None:  # a CUDA build only where a GPU is, and working
+        assert shutil.which("nvidia-smi"), f"torch {torch.__version__} is a CUDA build"
+        assert torch.cuda.is_available(), f"torch {torch.__version__} cannot use the GPU"
+    else:
+        assert not torch.cuda.is_available()

@@ -143,9 +143,13 @@ def test_driver_killed_mid_run_then_rerun_redoes_only_the_interrupted_stage(
     proc.wait()
     manifest = read_manifest(tmp_path / "work" / "cohort.zarr")
     assert manifest is not None and set(manifest["stages"]) == {"ingest", "qc", "preprocess"}
+    lock = Workdir(tmp_path / "work").lock_file
+    assert lock.exists()  # the killed run could not release its lock: the re-run takes it
 
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stderr
+    assert f"cleared a stale lock left by `immunoprofile {' '.join(command[3:])}`" in rerun.stderr
+    assert not lock.exists()
     assert "qc: unchanged inputs and parameters, skipped" in rerun.stdout
     assert "preprocess: unchanged inputs and parameters, skipped" in rerun.stdout
     assert "integrate: harmony on" in rerun.stdout and "graph: " in rerun.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -10,10 +11,31 @@ from distributed import Client
 from pipeline.runtime import release_memory
 
 
+def _resident_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _freed_mib_handed_back() -> tuple[float, float, bool]:
+    """(MiB still resident after freeing ~100 MiB of malloc'd blocks, MiB handed back by
+    `release_memory`, its return value). A block allocated last keeps the top of the heap
+    in use, so free() alone cannot shrink it: what a stage leaves behind."""
+    blocks = [bytes(1024) for _ in range(100_000)]  # > 512 bytes: glibc malloc, not pymalloc
+    pin = bytes(1024)
+    start = _resident_mib()
+    del blocks
+    freed = _resident_mib()
+    returned = release_memory()
+    trimmed = _resident_mib()
+    del pin
+    return start - freed, freed - trimmed, returned
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_release_memory_in_the_driver_and_on_every_worker(client: Client) -> None:
-    block = bytearray(b"x" * (64 * 2**20))  # freed below: something to hand back
-    del block
-    assert release_memory() is True
+    kept, handed_back, returned = _freed_mib_handed_back()
+    assert returned is True
+    assert kept < 20 and handed_back > 80, (kept, handed_back)  # ~100 MiB of blocks
     # as `run` calls it between stages: a plain function through Client.run
-    assert list(client.run(release_memory).values()) == [True, True]
+    for kept, handed_back, returned in client.run(_freed_mib_handed_back).values():
+        assert returned is True and handed_back > 80, (kept, handed_back)

@@ -2,7 +2,13 @@
 response and time (binomial GLMM and propeller), their contrasts, calibration and power,
 and the plots of the report."""
 
-from ._design import AbundanceDesignError, ModelDesign, model_design
+from ._design import (
+    AbundanceDesignError,
+    ModelDesign,
+    contrast_names,
+    estimable_design,
+    model_design,
+)
 from ._glmm import GlmmFit, fit_binomial_glmm
 from ._models import (
     AbundanceResult,
@@ -33,8 +39,10 @@ __all__ = [
     "bh_qvalues",
     "composition_plot",
     "concordance",
+    "contrast_names",
     "contrast_table",
     "counts_dataset",
+    "estimable_design",
     "fit_abundance_models",
     "fit_binomial_glmm",
     "fit_propeller",

@@ -11,7 +11,7 @@ non-responders only (DESIGN.md's names: ``response@month{t}``, ``time{t}@respond
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -37,6 +37,9 @@ class ModelDesign:
     time: TimeCoding
     n_patients: dict[str, int]
     df: pd.Series  # per contrast: denominator degrees of freedom (between-within)
+    # DESIGN.md's contrasts of these timepoints that cannot be estimated, and why (they
+    # are not in ``contrasts``, or are there with no degrees of freedom left)
+    not_estimable: dict[str, str] = field(default_factory=dict)
 
     def cell_weights(self) -> pd.DataFrame | None:
         """Contrast x design cell (response, month): each contrast as a combination of cell
@@ -56,7 +59,7 @@ class ModelDesign:
         return self.n_patients.get("unknown", 0)
 
 
-def _check(samples: pd.DataFrame) -> None:
+def _check_values(samples: pd.DataFrame) -> None:
     bad = sorted(set(samples["response"]) - set(RESPONSES))
     if bad:
         msg = f"column 'response' has values {bad}; expected one of {list(RESPONSES)}"
@@ -66,11 +69,21 @@ def _check(samples: pd.DataFrame) -> None:
     if mixed:
         msg = f"patients {mixed[:5]} have more than one 'response' value; expected one each"
         raise AbundanceDesignError(msg)
+
+
+def _one_patient(samples: pd.DataFrame) -> str | None:
     patients = samples["patient_id"].unique()
     if patients.size < 2:
-        msg = (f"the abundance models need samples of at least 2 patients; got "
-               f"{patients.size} ({', '.join(map(str, patients))})")  # fmt: skip
-        raise AbundanceDesignError(msg)
+        return (f"the abundance models need samples of at least 2 patients; got "
+                f"{patients.size} ({', '.join(map(str, patients))})")  # fmt: skip
+    return None
+
+
+def _check(samples: pd.DataFrame) -> None:
+    _check_values(samples)
+    one = _one_patient(samples)
+    if one is not None:
+        raise AbundanceDesignError(one)
     for group in RESPONSES[:2]:
         if not (samples["response"] == group).any():
             msg = (f"no patient has response '{group}': responders and non-responders are "
@@ -126,7 +139,8 @@ def model_design(samples: pd.DataFrame, *, time: TimeCoding = "factor") -> Model
         raise AbundanceDesignError(msg)
     patient_codes, _ = pd.factorize(samples["patient_id"])
     n_patients = samples.drop_duplicates("patient_id")["response"].value_counts()
-    contrasts = _contrasts(names, [int(t) if t.is_integer() else t for t in timepoints], time)
+    contrasts = _contrasts(names, _months(timepoints), time)
+    df = _between_within_df(x, names, patient_codes, contrasts)
     return ModelDesign(
         samples=samples,
         x=x,
@@ -135,8 +149,153 @@ def model_design(samples: pd.DataFrame, *, time: TimeCoding = "factor") -> Model
         contrasts=contrasts,
         time=time,
         n_patients={str(k): int(v) for k, v in n_patients.items()},
-        df=_between_within_df(x, names, patient_codes, contrasts),
+        df=df.clip(lower=1),
+        not_estimable=_no_degrees_of_freedom(df, n_patients),
     )
+
+
+def _months(timepoints: list[float]) -> list:
+    return [int(t) if float(t).is_integer() else t for t in timepoints]
+
+
+def _no_degrees_of_freedom(df: pd.Series, n_patients: pd.Series) -> dict[str, str]:
+    """Contrasts whose test has no degrees of freedom left (a pilot: one patient per
+    response group), with the reason; their estimates would be numbers without meaning."""
+    counts = ", ".join(f"{n_patients[g]} {g}" for g in RESPONSES if g in n_patients)
+    out = {}
+    for contrast, value in df.items():
+        if value > 0:
+            continue
+        if contrast.startswith("response@"):
+            out[str(contrast)] = (
+                f"patients per response group ({counts}) leave no degrees of freedom: "
+                "the groups' difference cannot be told from patient-to-patient variation"
+            )
+        else:
+            out[str(contrast)] = (
+                "no samples beyond one per patient and design cell: change over time "
+                "cannot be told from sample-to-sample variation"
+            )
+    return out
+
+
+def contrast_names(timepoints: list[float]) -> list[str]:
+    """DESIGN.md's contrasts for these timepoints (months), in the tests' order."""
+    return _contrast_order(_months(sorted(timepoints)))
+
+
+def _contrast_order(timepoints: list) -> list[str]:
+    rows = [f"response@month{t:g}" for t in timepoints]
+    for t in timepoints[1:]:
+        rows += [f"time{t:g}@responder", f"time{t:g}@non_responder", f"response:time{t:g}"]
+    return sorted(rows, key=lambda c: (not c.startswith("response@"), c.startswith("response:")))
+
+
+def _cells_of(contrast: str, baseline: float) -> list[tuple[str, float]]:
+    """The (response, month) design cells a contrast compares."""
+    r, nr = RESPONSES[0], RESPONSES[1]
+    if contrast.startswith("response@month"):
+        t = float(contrast.removeprefix("response@month"))
+        return [(nr, t), (r, t)]
+    if contrast.startswith("response:time"):
+        t = float(contrast.removeprefix("response:time"))
+        return [(nr, t), (nr, baseline), (r, t), (r, baseline)]
+    month, group = contrast.removeprefix("time").split("@")
+    return [(group, float(month)), (group, baseline)]
+
+
+def estimable_design(
+    samples: pd.DataFrame, *, time: TimeCoding = "factor"
+) -> tuple[ModelDesign | None, dict[str, str]]:
+    """The design to fit, and every DESIGN.md contrast of the samples' timepoints that
+    cannot be estimated with the reason (small and degenerate cohorts: a pilot, one
+    group, one timepoint, ``unknown`` responses only).
+
+    A complete design (both groups at every timepoint, at least 2 patients) is
+    `model_design`'s. Otherwise, with time as a factor, the models are fitted on cell
+    means (one column per observed response x month) and a contrast is estimated when
+    the cells it compares were observed; with continuous time, or when nothing can be
+    estimated, the design is None. Values that are not a design (a response outside
+    the vocabulary, a patient with two responses) raise `AbundanceDesignError`.
+    """
+    samples = samples.reset_index(drop=True).astype(
+        {"sample_id": str, "patient_id": str, "response": str}
+    )
+    _check_values(samples)
+    timepoints = sorted({float(t) for t in samples["timepoint_months"]})
+    names = contrast_names(timepoints)
+    design: ModelDesign | None
+    try:
+        design = model_design(samples, time=time)
+    except AbundanceDesignError as err:
+        reason = _one_patient(samples)
+        if reason is not None or time != "factor":
+            return None, dict.fromkeys(names, reason or str(err))
+        design = _cell_means_design(samples, timepoints, names)
+    if design is None:
+        known = "no patient has response 'responder' or 'non_responder'"
+        return None, dict.fromkeys(names, known)
+    return design, {c: design.not_estimable[c] for c in names if c in design.not_estimable}
+
+
+def _cell_means_design(
+    samples: pd.DataFrame, timepoints: list[float], names: list[str]
+) -> ModelDesign | None:
+    response = samples["response"].to_numpy()
+    months = samples["timepoint_months"].to_numpy(dtype=float)
+    cells = sorted({(g, t) for g, t in zip(response, months, strict=True)},
+                   key=lambda c: (RESPONSES.index(c[0]), c[1]))  # fmt: skip
+    if not any(g in RESPONSES[:2] for g, _ in cells):
+        return None
+    columns = tuple(f"{g}@month{t:g}" for g, t in cells)
+    x = np.column_stack([((response == g) & (months == t)).astype(float) for g, t in cells])
+    baseline = 0.0
+    groups = set(response)
+    rows: dict[str, np.ndarray] = {}
+    missing: dict[str, str] = {}
+    for contrast in names:
+        need = _cells_of(contrast, baseline)
+        absent = [c for c in need if c not in cells]
+        if absent:
+            why = sorted({f"no patient has response '{g}'" if g not in groups
+                          else f"no {g} samples at month {t:g}" for g, t in absent})  # fmt: skip
+            missing[contrast] = "; ".join(why)
+            continue
+        v = np.zeros(len(cells))
+        sign = [1.0, -1.0, -1.0, 1.0] if contrast.startswith("response:") else [1.0, -1.0]
+        for cell, w in zip(need, sign, strict=True):
+            v[cells.index(cell)] += w
+        rows[contrast] = v
+    contrasts = pd.DataFrame(list(rows.values()), index=list(rows), columns=list(columns))
+    patient_codes, _ = pd.factorize(samples["patient_id"])
+    n_patients = samples.drop_duplicates("patient_id")["response"].value_counts()
+    df = _cell_means_df(x, patient_codes, samples, contrasts)
+    return ModelDesign(
+        samples=samples,
+        x=x,
+        columns=columns,
+        patient=patient_codes.astype(np.int64),
+        contrasts=contrasts,
+        time="factor",
+        n_patients={str(k): int(v) for k, v in n_patients.items()},
+        df=df.clip(lower=1),
+        not_estimable={**missing, **_no_degrees_of_freedom(df, n_patients)},
+    )
+
+
+def _cell_means_df(
+    x: np.ndarray, patient: np.ndarray, samples: pd.DataFrame, contrasts: pd.DataFrame
+) -> pd.Series:
+    """The between-within rule for cell-means columns: the patient-level space is that of
+    the response groups (each patient is in one), so comparisons of groups at a month
+    get patients - groups, changes within groups observations - patients - the rest."""
+    n_patients = int(patient.max()) + 1
+    n_groups = samples.drop_duplicates("patient_id")["response"].nunique()
+    df_between = n_patients - n_groups
+    df_within = x.shape[0] - n_patients - (x.shape[1] - n_groups)
+    between = [c.startswith("response@") for c in contrasts.index]
+    return pd.Series(np.where(between, df_between, df_within), index=contrasts.index,
+                     dtype=float)  # fmt: skip
 
 
 def _between_within_df(x, names, patient, contrasts: pd.DataFrame) -> pd.Series:
@@ -150,8 +309,8 @@ def _between_within_df(x, names, patient, contrasts: pd.DataFrame) -> pd.Series:
                          * np.bincount(patient, minlength=n_patients)
                          == np.bincount(patient, weights=x[:, j], minlength=n_patients) ** 2)]  # fmt: skip
     rank_between = np.linalg.matrix_rank(x[:, between])
-    df_between = max(n_patients - rank_between, 1)
-    df_within = max(x.shape[0] - n_patients - (x.shape[1] - rank_between), 1)
+    df_between = n_patients - rank_between
+    df_within = x.shape[0] - n_patients - (x.shape[1] - rank_between)
     uses_between = np.abs(contrasts.to_numpy()[:, between]).sum(axis=1) > 0
     return pd.Series(np.where(uses_between, df_between, df_within), index=contrasts.index,
                      dtype=float)  # fmt: skip
@@ -181,5 +340,5 @@ def _contrasts(names: tuple[str, ...], timepoints: list, time: TimeCoding) -> pd
         rows[f"time{t:g}@responder"] = vec(**{col: w})
         rows[f"time{t:g}@non_responder"] = vec(**{col: w, f"{nr}:{col}": w})
         rows[f"response:time{t:g}"] = vec(**{f"{nr}:{col}": w})
-    order = sorted(rows, key=lambda c: (not c.startswith("response@"), c.startswith("response:")))
+    order = [c for c in _contrast_order(timepoints) if c in rows]
     return pd.DataFrame([rows[c] for c in order], index=order, columns=list(names))

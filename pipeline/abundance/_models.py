@@ -18,7 +18,7 @@ from scipy.stats import norm
 from scipy.stats import t as t_dist
 
 from ..labels import DESIGN_COLUMNS, UNASSIGNED
-from ._design import AbundanceDesignError, ModelDesign, TimeCoding, model_design
+from ._design import ModelDesign, TimeCoding, contrast_names, estimable_design
 from ._glmm import fit_binomial_glmm
 from ._propeller import Transform, fit_propeller
 
@@ -121,6 +121,26 @@ def _fit_one(method: str, count, total, design: ModelDesign, transform: Transfor
     return p.beta, p.vcov, info, p.warnings
 
 
+def _not_estimable_rows(
+    names: list[str],
+    design: ModelDesign | None,
+    cell_type: str,
+    denominator: str,
+    methods: tuple[str, ...],
+) -> pd.DataFrame:
+    """NaN rows for the contrasts the design cannot estimate (tests.csv lists every
+    contrast; summary.json and the report say why)."""
+    fitted = set() if design is None else set(design.contrasts.index) - set(design.not_estimable)
+    blank = [c for c in names if c not in fitted]
+    if not blank:
+        return pd.DataFrame(columns=TEST_COLUMNS)
+    return pd.DataFrame([
+        {"cell_type": cell_type, "denominator": denominator, "contrast": c, "method": m,
+         "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "pvalue": np.nan}
+        for m in methods for c in blank
+    ])  # fmt: skip
+
+
 def fit_abundance_models(
     counts: pd.DataFrame,
     *,
@@ -131,36 +151,47 @@ def fit_abundance_models(
 ) -> AbundanceResult:
     """Fit every cell type's models and test DESIGN.md's contrasts.
 
-    ``counts`` is the tidy table of `abundance_counts`. Raises `AbundanceDesignError`
-    when the design cannot be fitted at all; cell types that cannot be (zero counts in
-    every sample) are left out with a warning, and models that did not converge are
-    reported with the fallback used. ``only = (cell_type, denominator)`` fits one model.
+    ``counts`` is the tidy table of `abundance_counts`. Every contrast of the design's
+    timepoints gets a row per cell type, denominator and method; one the design cannot
+    estimate (a pilot, one response group, one timepoint, `unknown` only:
+    `estimable_design`) is NaN, and ``summary['not_estimable']`` and the warnings say
+    why. Cell types with zero counts in every sample are left out with a warning, and
+    models that did not converge are reported with the fallback used. Raises
+    `AbundanceDesignError` only for values that are no design (a response outside the
+    vocabulary, a patient with two). ``only = (cell_type, denominator)`` fits one model.
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         msg = f"unknown abundance methods {unknown}; expected some of {list(METHODS)}"
         raise ValueError(msg)
     samples = sample_design(counts)
-    full = model_design(samples, time=time)
+    full, not_estimable = estimable_design(samples, time=time)
+    names = contrast_names(sorted({float(t) for t in samples["timepoint_months"]}))
     rows, fits, notes = [], [], []
+    for contrast, reason in not_estimable.items():
+        notes.append(f"{contrast}: not estimable, {reason}")
     for (level, denominator), wide in model_tables(counts).items():
         if only is not None:
             if denominator != only[1] or only[0] not in wide.columns:
                 continue
             wide = wide[[only[0], "_total"]]
         kept = samples[samples["sample_id"].map(wide["_total"]).fillna(0).to_numpy() > 0]
-        try:
-            design = full if len(kept) == len(samples) else model_design(kept, time=time)
-        except AbundanceDesignError as err:
-            notes.append(f"{level} within {denominator}: not fitted, {err}")
-            continue
-        total = wide["_total"].reindex(design.samples["sample_id"]).to_numpy(dtype=float)
+        design, lost = (full, not_estimable) if len(kept) == len(samples) else (
+            estimable_design(kept, time=time))  # fmt: skip
+        for contrast in sorted(set(lost) - set(not_estimable)):
+            notes.append(f"{contrast} within {denominator}: not estimable, {lost[contrast]}")
         for cell_type in wide.columns.drop("_total"):
-            count = wide[cell_type].reindex(design.samples["sample_id"]).to_numpy(dtype=float)
-            if count.sum() == 0:
+            if wide[cell_type].sum() == 0:
                 notes.append(f"{cell_type} within {denominator}: not fitted, zero cells in "
                              "every sample")  # fmt: skip
                 continue
+            blank = _not_estimable_rows(names, design, cell_type, denominator, methods)
+            if not blank.empty:
+                rows.append(blank)
+            if design is None or set(design.contrasts.index) <= set(design.not_estimable):
+                continue
+            total = wide["_total"].reindex(design.samples["sample_id"]).to_numpy(dtype=float)
+            count = wide[cell_type].reindex(design.samples["sample_id"]).to_numpy(dtype=float)
             for method in methods:
                 beta, vcov, info, fit_notes = _fit_one(method, count, total, design, transform)
                 if not info["converged"]:
@@ -170,6 +201,7 @@ def fit_abundance_models(
                              "method": method, "n_samples": len(total), **info,
                              "notes": "; ".join(fit_notes)})  # fmt: skip
                 table = contrast_table(beta, vcov, design.contrasts, design.df)
+                table = table[~table["contrast"].isin(list(design.not_estimable))]
                 empty = _inestimable(design, count, total) if method == "glmm" else None
                 if empty:  # propeller's pseudo-count keeps its estimates finite
                     cols = ["estimate", "ci_low", "ci_high", "pvalue"]
@@ -182,20 +214,23 @@ def fit_abundance_models(
     tests["qvalue"] = np.nan
     for _, idx in tests.groupby(["denominator", "contrast", "method"]).groups.items():
         tests.loc[idx, "qvalue"] = bh_qvalues(tests.loc[idx, "pvalue"].to_numpy())
+    patients = samples.drop_duplicates("patient_id")["response"].value_counts()
+    n_unknown = int(patients.get("unknown", 0))
     summary = {
         "time": time,
         "methods": list(methods),
         "transform": transform,
-        "patients": full.n_patients,
+        "patients": {str(k): int(v) for k, v in patients.items()},
         "samples": len(samples),
         "excluded_from_response_contrasts": {
-            "patients": full.n_unknown_patients,
+            "patients": n_unknown,
             "samples": int((samples["response"] == "unknown").sum()),
         },
-        "contrasts": list(full.contrasts.index),
+        "contrasts": names,
+        "not_estimable": not_estimable,
     }
-    if full.n_unknown_patients:
-        notes.insert(0, f"{full.n_unknown_patients} patients with response 'unknown' "
+    if n_unknown:
+        notes.insert(0, f"{n_unknown} patients with response 'unknown' "
                         "enter the models but not the response contrasts")  # fmt: skip
     return AbundanceResult(
         tests=tests[list(TEST_COLUMNS)],
@@ -211,9 +246,13 @@ def concordance(tests: pd.DataFrame, *, alpha: float = 0.05) -> pd.DataFrame:
     out = []
     for denominator, part in tests.groupby("denominator"):
         wide = part.pivot_table(index=["cell_type", "contrast"], columns="method",
-                                values=["estimate", "qvalue"])  # fmt: skip
-        if ("estimate", "propeller") not in wide or ("estimate", "glmm") not in wide:
+                                values=["estimate", "qvalue"], dropna=False)  # fmt: skip
+        wide = wide.reindex(columns=pd.MultiIndex.from_product(
+            [["estimate", "qvalue"], ["glmm", "propeller"]]))  # fmt: skip
+        both = wide["estimate"].notna().all(axis=1)
+        if both.sum() < 2:  # nothing to compare (a pilot design: no contrast estimable)
             continue
+        wide = wide[both]
         a, b = wide["estimate"]["glmm"], wide["estimate"]["propeller"]
         sig_a, sig_b = wide["qvalue"]["glmm"] < alpha, wide["qvalue"]["propeller"] < alpha
         out.append({"denominator": denominator, "n": len(wide),

@@ -106,6 +106,9 @@ def run_abundance(ctx: StageContext) -> str:
         f"the response contrasts; outputs in {ctx.workdir.abundance.root}",
         *[f"  {f}" for f in findings],
     ]
-    if not findings:
+    baseline = result.summary["not_estimable"].get("response@month0")
+    if baseline:
+        lines.append(f"  the baseline contrast is not estimable: {baseline}")
+    elif not findings:
         lines.append(f"  no cell type differs at baseline at q < {a.alpha} (GLMM)")
     return "\n".join(lines)

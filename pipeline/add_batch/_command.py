@@ -20,7 +20,6 @@ and UMAP positions -> the annotate stage's fitted models -> abundance over all c
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
@@ -29,21 +28,24 @@ from distributed import Client
 from ..config import RunConfig
 from ..errors import ImmunoprofileError, InputError
 from ..ingest import SampleRow, ingest_samples, read_samplesheet, store_is_current
+from ..labels import name_problem
 from ..stages import is_current, run_stage, stage_digests, stages_until
 from ..store import write_text_atomic
 from ..workdir import BatchFiles, Workdir
 from ._changes import write_changes
 from ._layer import map_batch, write_rows
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
 
 def _batch_name(samplesheet: Path, name: str | None) -> str:
-    name = name or samplesheet.stem
-    if not _NAME.match(name):
-        msg = f"batch name {name!r}: use letters, digits, '_', '-' and '.' only (--name)"
+    """``--name``, or the samplesheet's file name without its suffix; checked like a
+    sample id (it names the folder batches/<name>/)."""
+    chosen = samplesheet.stem if name is None else name
+    problem = name_problem(chosen)
+    if problem:
+        where = "--name" if name is not None else f"taken from the samplesheet {samplesheet.name}"
+        msg = f"batch name {chosen!r} ({where}) {problem}; give another name with --name"
         raise ImmunoprofileError(msg)
-    return name
+    return chosen
 
 
 def _owners(workdir: Workdir, name: str) -> dict[str, str]:
@@ -57,17 +59,20 @@ def _owners(workdir: Workdir, name: str) -> dict[str, str]:
 
 def split_rows(
     workdir: Workdir, rows: list[SampleRow], name: str
-) -> tuple[list[SampleRow], list[str]]:
-    """(new rows, ids already present with identical input); a present id with another
-    input or metadata is an `InputError` naming it."""
+) -> tuple[list[SampleRow], dict[str, str]]:
+    """(rows not yet in the workdir or in batch ``name``, {id: where} of those already in
+    the cohort or another batch with identical input); a present id with another input or
+    metadata is an `InputError` naming it."""
     owner = _owners(workdir, name)
-    new, same, problems = [], [], []
+    new: list[SampleRow] = []
+    same: dict[str, str] = {}
+    problems = []
     for row in rows:
         where = owner.get(row.sample_id)
         if where is None:
             new.append(row)
         elif store_is_current(row, workdir.sample_store(row.sample_id)):
-            same.append(row.sample_id)
+            same[row.sample_id] = where
         else:
             problems.append(
                 f"sample '{row.sample_id}' is already in {where} with another input or other "
@@ -76,6 +81,13 @@ def split_rows(
     if problems:
         raise InputError("; ".join(problems) + "; nothing was written", problems=problems)
     return new, same
+
+
+def _group_by_place(owner: dict[str, str]) -> dict[str, list[str]]:
+    places: dict[str, list[str]] = {}
+    for sample_id, place in owner.items():
+        places.setdefault(place, []).append(sample_id)
+    return places
 
 
 def check_analysed(cfg: RunConfig) -> None:
@@ -114,15 +126,17 @@ def add_batch(cfg: RunConfig, samplesheet: Path, client: Client, *, name: str | 
     rows = read_samplesheet(samplesheet)
     name = _batch_name(Path(samplesheet), name)
     new, same = split_rows(workdir, rows, name)
-    lines = []
     if same:
-        lines.append(
-            f"add-batch: {len(same)} sample(s) already in the cohort with identical "
-            f"inputs, left as they are: {', '.join(same)}"
+        where = "; ".join(
+            f"{', '.join(ids)} in {place}" for place, ids in _group_by_place(same).items()
         )
-    if not new:
-        lines.append("add-batch: no new samples; nothing to do")
-        return "\n".join(lines)
+        msg = (
+            f"{samplesheet}: {len(same)} sample(s) are already present: {where}; a batch is "
+            "added once (re-adding it under its own name is a no-op): leave them out of "
+            "this samplesheet; nothing was written"
+        )
+        raise InputError(msg, problems=[msg])
+    lines: list[str] = []
     existing = workdir.batch_layers().get(name)
     if existing is not None and set(existing.samples) != {r.sample_id for r in new}:
         msg = (

@@ -28,7 +28,7 @@ from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..graph import knn_graphs, nearest_neighbors, place_query, query_neighbors, vote_clusters
 from ..ingest import SampleRow
-from ..integrate import HarmonyReference, encode_cells, map_to_reference
+from ..integrate import HarmonyReference, SavedModel, encode_cells, map_to_reference
 from ..labels import B_SUBSETS, LINEAGES, UNASSIGNED
 from ..preprocess import PcaLoadings, project_cells
 from ..qc import qc_cells
@@ -51,6 +51,7 @@ class Reference:
     kept: np.ndarray  # cohort rows of the kept cells
     umap: np.ndarray  # kept cells
     annotate: dict[str, Any]
+    scvi_sha256: dict[str, str] | None  # the scVI model's files as integrate wrote them
 
 
 def read_reference(cfg: RunConfig) -> Reference:
@@ -69,7 +70,8 @@ def read_reference(cfg: RunConfig) -> Reference:
     columns = ["sample_id", "patient_id", "response", "qc_pass", *leiden_columns(obs_group)]
     obs = pd.DataFrame({c: read(f"obs/{c}") for c in columns})
     kept = np.flatnonzero(obs["qc_pass"].to_numpy(dtype=bool))
-    harmony = read("uns/integrate").get("harmony")
+    integrated = read("uns/integrate")
+    harmony = integrated.get("harmony")
     return Reference(
         obs=obs,
         pca=PcaLoadings.from_record(var, read("varm/PCs")),
@@ -78,6 +80,7 @@ def read_reference(cfg: RunConfig) -> Reference:
         kept=kept,
         umap=np.asarray(read("obsm/X_umap"))[kept],
         annotate=read("uns/annotate"),
+        scvi_sha256=integrated.get("scvi", {}).get("model_sha256"),
     )
 
 
@@ -124,7 +127,8 @@ def map_cells(
         obsm["X_scvi"] = encode_cells(
             cells, client=client, keep=keep,
             batch=obs[cfg.integrate.batch_key].astype(str).to_numpy(), hvg=ref.pca.hvg,
-            model_dir=model_dir, n_latent=cfg.integrate.scvi_n_latent,
+            model=SavedModel.from_record(model_dir, ref.scvi_sha256),
+            n_latent=cfg.integrate.scvi_n_latent,
         )  # fmt: skip
     seconds["project"] = time.perf_counter() - t
 

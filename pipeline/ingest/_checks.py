@@ -7,6 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+# Counts are stored as int32 (half the bytes of int64 at a million cells); a larger count
+# is not a UMI count and would wrap to a negative number.
+MAX_COUNT = int(np.iinfo(np.int32).max)
+
 
 def _examples(values: Sequence[object], n: int = 3) -> str:
     shown = ", ".join(repr(v) for v in list(values)[:n])
@@ -28,13 +32,20 @@ def count_problems(x: sp.csr_matrix) -> list[str]:
             problems.append(f"{inf} infinite count(s)")
         if frac.size:
             problems.append(f"{frac.size} non-integer count(s) (e.g. {_examples(frac.tolist())})")
-        negative = int((finite < 0).sum())
+        values = finite
     elif data.dtype.kind in "iu":
-        negative = int((data < 0).sum())
+        values = data
     else:
         return [f"counts have dtype {data.dtype}, expected integers"]
+    negative = int((values < 0).sum())
     if negative:
         problems.append(f"{negative} negative count(s)")
+    too_large = values[values.astype(np.float64) > MAX_COUNT]  # float32 rounds 2**31 - 1 up
+    if too_large.size:
+        problems.append(
+            f"{too_large.size} count(s) above {MAX_COUNT:,}, the largest count stored (e.g. "
+            f"{_examples(sorted(too_large.tolist(), reverse=True))})"
+        )
     return problems
 
 

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..labels import DESIGN_COLUMNS, RESPONSES
+from ..labels import DESIGN_COLUMNS, RESPONSES, name_problem
 
 REQUIRED_COLUMNS: tuple[str, ...] = (*DESIGN_COLUMNS, "path")
-SAFE_ID = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -57,16 +56,15 @@ def _problems_of_rows(frame: pd.DataFrame, base: Path) -> list[str]:
             problems.append(f"sample_id '{sid}' appears {len(rows)} times (lines {lines})")
     for i in frame.index:
         sid = ids[i]
-        if sid and not SAFE_ID.fullmatch(sid):
-            problems.append(
-                f"line {line[i]}: sample_id '{sid}' may contain only letters, digits, "
-                "'_', '-' and '.'"
-            )
+        problem = name_problem(sid) if sid else None
+        if problem:
+            shown = sid if len(sid) <= 40 else sid[:40] + "..."
+            problems.append(f"line {line[i]}: sample_id '{shown}' {problem}")
 
     months = pd.to_numeric(frame["timepoint_months"], errors="coerce")
     for i in frame.index:
         raw = frame.at[i, "timepoint_months"]
-        if raw.strip() and (pd.isna(months[i]) or months[i] < 0):
+        if raw.strip() and not (np.isfinite(months[i]) and months[i] >= 0):
             problems.append(
                 f"sample '{ids[i]}' (line {line[i]}): timepoint_months '{raw}' is not a "
                 "number >= 0 (months since the first dose; 0 is baseline)"
@@ -116,6 +114,12 @@ def read_samplesheet(path: str | Path) -> list[SampleRow]:
     except FileNotFoundError:
         msg = f"samplesheet {path} does not exist"
         raise InputError(msg) from None
+    except pd.errors.EmptyDataError:
+        msg = (
+            f"samplesheet {path} is empty; expected a header line with columns "
+            f"{', '.join(REQUIRED_COLUMNS)} and one line per sample"
+        )
+        raise InputError(msg) from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         msg = f"samplesheet {path} cannot be read as CSV: {exc}"
         raise InputError(msg) from None
@@ -141,7 +145,7 @@ def read_samplesheet(path: str | Path) -> list[SampleRow]:
             continue
         numbers = pd.to_numeric(typed[col], errors="coerce")
         if numbers.notna().all():  # a numeric column (timepoints, age, sledai, ...)
-            whole = bool((numbers == numbers.round()).all())
+            whole = bool(np.isfinite(numbers).all() and (numbers == numbers.round()).all())
             typed[col] = numbers.astype("int64") if whole else numbers.astype("float64")
     rows = []
     for record, meta in zip(

@@ -5,7 +5,7 @@ from ._harmony import HarmonyReference, HarmonyResult, harmony_embedding
 from ._mapping import map_to_reference
 from ._metrics import integration_metrics
 from ._run import run_integrate
-from ._scvi import ScviTraining, encode_scvi, train_scvi
+from ._scvi import ModelFileError, SavedModel, ScviTraining, encode_scvi, train_scvi
 from ._scvi_stage import ScviResult, encode_cells, scvi_cohort
 from ._stage import IntegrationResult, integrate_cohort
 
@@ -13,6 +13,8 @@ __all__ = [
     "HarmonyReference",
     "HarmonyResult",
     "IntegrationResult",
+    "ModelFileError",
+    "SavedModel",
     "ScviResult",
     "ScviTraining",
     "encode_cells",

@@ -35,6 +35,7 @@ def run_integrate(ctx: StageContext) -> str:
         other["X_scvi"] = result_scvi.latent
         scvi_info = {
             "model_dir": str(model_dir.relative_to(ctx.workdir.root)),
+            "model_sha256": result_scvi.model.to_record(),
             "n_cells_trained": result_scvi.training.n_cells,
             "n_epochs": result_scvi.training.n_epochs,
             "history": {k: np.asarray(v) for k, v in result_scvi.training.history.items()},

@@ -8,6 +8,7 @@ full matrix is never in one process.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..errors import ImmunoprofileError
+
 BATCH = "_scvi_batch"
 _MODELS: dict[tuple[str, float], Any] = {}  # per worker process: model dir, mtime -> model
 
@@ -29,6 +32,65 @@ class ScviTraining:
     n_cells: int
     n_epochs: int
     history: dict[str, list[float]]  # per epoch: training ELBO (and validation if any)
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """A saved scVI model folder and the SHA-256 of each of its files when the integrate
+    stage wrote it. scvi-tools loads a model with ``torch.load(weights_only=False)``: a
+    file put in its place could run code. `check` refuses anything else before loading."""
+
+    path: Path
+    sha256: dict[str, str]
+
+    @classmethod
+    def of(cls, path: Path) -> SavedModel:
+        """The model at ``path`` as it is now (call right after saving it)."""
+        return cls(path, _hashes(path))
+
+    def to_record(self) -> dict[str, str]:
+        return dict(self.sha256)
+
+    @classmethod
+    def from_record(cls, path: Path, record: dict[str, str] | None) -> SavedModel:
+        if not record:
+            msg = (
+                f"the scVI model at {path} has no recorded file hashes (written by an "
+                "earlier version, or the record is lost): it is not loaded, since loading "
+                "a model runs the code in it; re-run the integrate stage to train it again"
+            )
+            raise ModelFileError(msg)
+        return cls(path, {str(k): str(v) for k, v in record.items()})
+
+    def check(self) -> None:
+        """Raise `ModelFileError` unless the folder holds exactly the recorded files."""
+        found = _hashes(self.path) if self.path.is_dir() else {}
+        if found != self.sha256:
+            changed = sorted(
+                f for f in set(found) | set(self.sha256) if found.get(f) != self.sha256.get(f)
+            )
+            msg = (
+                f"the scVI model at {self.path} is not the one the integrate stage wrote "
+                f"(file(s) {', '.join(changed)} differ from the SHA-256 recorded in "
+                "cohort.zarr's uns/integrate): it is not loaded, since loading a model runs "
+                "the code in it; re-run the integrate stage to train it again"
+            )
+            raise ModelFileError(msg)
+
+
+class ModelFileError(ImmunoprofileError):
+    """A saved model's files are not those recorded when it was written."""
+
+
+def _hashes(path: Path) -> dict[str, str]:
+    out = {}
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with f.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        out[f.relative_to(path).as_posix()] = digest.hexdigest()
+    return out
 
 
 def _quiet() -> None:
@@ -109,8 +171,9 @@ def _load(model_dir: Path, template: ad.AnnData) -> Any:
     return _MODELS[key]
 
 
-def encode_scvi(counts: sp.csr_matrix, batch: np.ndarray, model_dir: Path) -> np.ndarray:
-    """The latent means (cells x n_latent, float32) of raw HVG counts under the saved model.
+def encode_scvi(counts: sp.csr_matrix, batch: np.ndarray, saved: SavedModel) -> np.ndarray:
+    """The latent means (cells x n_latent, float32) of raw HVG counts under the saved model
+    (its files checked against their recorded hashes before anything of it is loaded).
 
     Cells of a batch the model was not trained on (add-batch) are encoded as they are:
     the encoder does not take the batch as input (scvi-tools' ``encode_covariates``
@@ -119,6 +182,8 @@ def encode_scvi(counts: sp.csr_matrix, batch: np.ndarray, model_dir: Path) -> np
     """
     import scvi
 
+    saved.check()
+    model_dir = saved.path
     _quiet()
     registry = scvi.model.SCVI.load_registry(str(model_dir))
     categories = list(

@@ -17,13 +17,14 @@ from distributed import Client
 from ..cohort import cell_chunks
 from ..config import IntegrateConfig
 from ..sampling import stratified_sample
-from ._scvi import ScviTraining, encode_scvi, train_scvi
+from ._scvi import SavedModel, ScviTraining, encode_scvi, train_scvi
 
 
 @dataclass(frozen=True)
 class ScviResult:
     latent: np.ndarray  # cells x n_latent float32; NaN for cells not kept
     training: ScviTraining
+    model: SavedModel
     seconds: dict[str, float]
 
 
@@ -32,11 +33,11 @@ def _rows_cols(block: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> sp.csr
 
 
 def _encode_block(
-    block: sp.spmatrix, keep: np.ndarray, batch: np.ndarray, cols: np.ndarray, model_dir: Path
+    block: sp.spmatrix, keep: np.ndarray, batch: np.ndarray, cols: np.ndarray, model: SavedModel
 ) -> np.ndarray:
     out = np.full((keep.size, 0), np.nan, dtype=np.float32)
     if keep.any():
-        latent = encode_scvi(sp.csr_matrix(block)[keep][:, cols], batch[keep], model_dir)
+        latent = encode_scvi(sp.csr_matrix(block)[keep][:, cols], batch[keep], model)
         out = np.full((keep.size, latent.shape[1]), np.nan, dtype=np.float32)
         out[keep] = latent
     return out
@@ -49,16 +50,18 @@ def encode_cells(
     keep: np.ndarray,
     batch: np.ndarray,
     hvg: np.ndarray,
-    model_dir: Path,
+    model: SavedModel,
     n_latent: int,
 ) -> np.ndarray:
     """The latent means (cells x ``n_latent``, float32; NaN for cells not in ``keep``) of
-    a lazy view's cells under the scVI model saved in ``model_dir``, one task per chunk
-    (each worker loads the model once)."""
-    model = client.scatter(model_dir, broadcast=True)
+    a lazy view's cells under the saved scVI ``model``, one task per chunk (each worker
+    loads it once; its files are checked against their recorded hashes first, here and
+    in every task)."""
+    model.check()
+    shared = client.scatter(model, broadcast=True)
     chunks = cell_chunks(cells.X)
     parts = [
-        dask.delayed(_encode_block)(c.block, keep[c.rows], batch[c.rows], hvg, model)
+        dask.delayed(_encode_block)(c.block, keep[c.rows], batch[c.rows], hvg, shared)
         for c in chunks
     ]
     latent = np.full((keep.size, n_latent), np.nan, dtype=np.float32)
@@ -107,16 +110,18 @@ def scvi_cohort(
     )  # fmt: skip
     shutil.rmtree(model_dir, ignore_errors=True)
     tmp.rename(model_dir)
+    model = SavedModel.of(model_dir)
     seconds["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
     latent = encode_cells(
-        cohort, client=client, keep=keep, batch=batch, hvg=hvg, model_dir=model_dir,
+        cohort, client=client, keep=keep, batch=batch, hvg=hvg, model=model,
         n_latent=params.scvi_n_latent,
     )  # fmt: skip
     seconds["encode"] = time.perf_counter() - t
     return ScviResult(
         latent=latent,
         training=ScviTraining(model_dir, training.n_cells, training.n_epochs, training.history),
+        model=model,
         seconds=seconds,
     )

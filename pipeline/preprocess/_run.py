@@ -72,13 +72,21 @@ def run_preprocess(ctx: StageContext) -> str:
         "variance_ratio": result.variance_ratio,
         "params": p.model_dump(mode="json"),
         "seconds": result.seconds,
+        "hvg_batches_left_out": list(result.hvg_batches_left_out),
     }
     del obs, moments
     ctx.update_cohort(
         elems={"var": var, "obsm/X_pca": result.pca, "varm/PCs": loadings, "uns/pca": pca},
     )
     ratio = float(np.sum(result.variance_ratio))
+    small = result.hvg_batches_left_out
+    note = (
+        f"; batch(es) {', '.join(small)} have fewer than {p.hvg_min_batch_cells} kept cells "
+        "and do not rank genes (preprocess.hvg_min_batch_cells)"
+        if small
+        else ""
+    )
     return (
         f"preprocess: {int(var['highly_variable'].sum())} HVGs, {result.pca.shape[1]} PCs "
-        f"({ratio:.1%} of variance) in {sum(result.seconds.values()):.1f} s"
+        f"({ratio:.1%} of variance) in {sum(result.seconds.values()):.1f} s{note}"
     )

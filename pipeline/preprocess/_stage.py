@@ -35,6 +35,7 @@ class PreprocessResult:
     variance: np.ndarray
     variance_ratio: np.ndarray
     seconds: dict[str, float]
+    hvg_batches_left_out: tuple[str, ...] = ()  # batches too small to rank genes
 
     @property
     def components(self) -> np.ndarray:  # HVGs x n_comps
@@ -104,6 +105,13 @@ def preprocess_cohort(
     if moments is None:
         parts = [dask.delayed(batch_moments)(c.block, batch[c.rows], keep[c.rows]) for c in chunks]
         moments = client.compute(_tree_sum(parts, add_moments), sync=True)
+    small = sorted(b for b, m in moments.items() if m[0, 0] < params.hvg_min_batch_cells)
+    left_out = tuple(str(batch_cat.categories[b]) for b in small)
+    if len(small) == len(moments):  # no batch is large enough: the cells as one batch
+        batch = np.zeros_like(batch)
+        moments, n_batches, left_out = {0: _tree_sum(list(moments.values()), np.add)}, 1, ()
+    else:
+        moments = {b: m for b, m in moments.items() if b not in small}
     reg_std, clip = clip_values(moments, n_batches, params.hvg_span)
     clip_f = client.scatter(clip, broadcast=True)
     parts = [
@@ -136,4 +144,5 @@ def preprocess_cohort(
         variance=variance,
         variance_ratio=ratio,
         seconds=seconds,
+        hvg_batches_left_out=left_out,
     )

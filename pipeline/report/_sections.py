@@ -184,10 +184,23 @@ def abundance_section(workdir: Workdir) -> str:
     summary = json.loads(files.summary.read_text())
     findings = summary.get("findings", [])
     parts = ["<h3>Baseline (predictive) finding</h3>"]
-    parts += [f'<p class="finding">{esc(f)}</p>' for f in findings] or [
-        "<p>No cell type differs between non-responders and responders at baseline "
-        f"at q < {summary.get('alpha')} (GLMM).</p>"
-    ]
+    lost = summary.get("not_estimable", {})
+    if "response@month0" in lost:
+        parts.append(
+            f"<p>The baseline contrast is not estimable: {esc(lost['response@month0'])}.</p>"
+        )
+    else:
+        parts += [f'<p class="finding">{esc(f)}</p>' for f in findings] or [
+            "<p>No cell type differs between non-responders and responders at baseline "
+            f"at q < {summary.get('alpha')} (GLMM).</p>"
+        ]
+    if lost:
+        parts += [
+            "<h3>Contrasts this design cannot estimate</h3>",
+            "<p>These are NaN in tests.csv for every cell type; more samples or patients "
+            "would make them estimable.</p>",
+            table(pd.DataFrame({"contrast": list(lost), "why": list(lost.values())}), left=2),
+        ]
     for name in summary.get("plots", []):
         parts.append(png_file(files.root / name, name.removesuffix(".png").replace("_", " ")))
     tests = pd.read_csv(files.tests).sort_values(["method", "qvalue"])

@@ -2,6 +2,7 @@
 
 from ._anndata import write_anndata_store
 from ._atomic import atomic_path, remove_staging_leftovers, write_text_atomic
+from ._lock import LockedError, read_holder, writer_lock
 from ._manifest import (
     MANIFEST,
     arrays_of,
@@ -15,11 +16,13 @@ from ._update import obs_columns, update_anndata_store
 
 __all__ = [
     "MANIFEST",
+    "LockedError",
     "arrays_of",
     "atomic_path",
     "describe_arrays",
     "json_sha256",
     "obs_columns",
+    "read_holder",
     "read_manifest",
     "remove_staging_leftovers",
     "update_anndata_store",
@@ -27,4 +30,5 @@ __all__ = [
     "write_anndata_store",
     "write_manifest",
     "write_text_atomic",
+    "writer_lock",
 ]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.abundance import AbundanceDesignError, model_design
+from pipeline.abundance import AbundanceDesignError, contrast_names, estimable_design, model_design
 
 
 def _samples(groups: dict[str, str], months=(0, 3, 6)) -> pd.DataFrame:
@@ -85,3 +85,76 @@ def test_unknown_response_enters_the_model_not_the_contrasts() -> None:
 def test_designs_that_cannot_be_fitted(samples: pd.DataFrame, message: str) -> None:
     with pytest.raises(AbundanceDesignError, match=re.escape(message)):
         model_design(samples)
+
+
+# ---- small and degenerate designs: what can be estimated, and why the rest cannot ------
+
+
+def test_a_complete_design_is_model_designs_with_nothing_lost() -> None:
+    design, lost = estimable_design(_samples(GROUPS))
+    assert design is not None and lost == {}
+    assert design.columns == model_design(_samples(GROUPS)).columns
+
+
+def test_one_patient_per_group_leaves_no_degrees_of_freedom() -> None:
+    """The pilot: 1 responder and 1 non-responder, 3 timepoints: 6 samples for 6 fixed
+    effects; any number printed for a contrast would mean nothing."""
+    pilot = {"P1": "responder", "P3": "non_responder"}
+    design, lost = estimable_design(_samples(pilot))
+    assert design is not None and set(lost) == set(contrast_names([0, 3, 6]))
+    assert "(1 responder, 1 non_responder) leave no degrees of freedom" in lost["response@month0"]
+    assert lost["time3@responder"].startswith("no samples beyond one per patient")
+    # a third patient: 1 df between patients, 9 - 3 - 4 = 2 within
+    design, lost = estimable_design(_samples({**pilot, "P2": "responder"}))
+    assert design is not None and lost == {}
+    assert design.df["response@month0"] == 1 and design.df["time3@responder"] == 2
+
+
+@pytest.mark.parametrize(
+    ("samples", "estimable", "why"),
+    [
+        (_samples({"P1": "non_responder", "P2": "non_responder"}),
+         {"time3@non_responder", "time6@non_responder"}, "no patient has response 'responder'"),
+        (_samples({"P1": "responder", "P2": "responder", "P3": "unknown"}),
+         {"time3@responder", "time6@responder"}, "no patient has response 'non_responder'"),
+        (_samples(GROUPS).query("not (response == 'responder' and timepoint_months == 6)"),
+         {"response@month0", "response@month3", "time3@responder", "time3@non_responder",
+          "time6@non_responder", "response:time3"}, "no responder samples at month 6"),
+        (_samples(GROUPS, months=(3, 6)), {"response@month3", "response@month6"},
+         "samples at month 0"),
+        (_samples({"P1": "unknown", "P2": "unknown"}), set(),
+         "no patient has response 'responder' or 'non_responder'"),
+        (_samples({"P1": "responder"}), set(), "at least 2 patients; got 1 (P1)"),
+    ],
+)  # fmt: skip
+def test_degenerate_designs_estimate_what_their_cells_allow(
+    samples: pd.DataFrame, estimable: set[str], why: str
+) -> None:
+    design, lost = estimable_design(samples)
+    months = sorted(set(samples["timepoint_months"]))
+    assert set(lost) == set(contrast_names(months)) - estimable
+    assert all(why in reason for reason in lost.values() if "degrees" not in reason), lost
+    if estimable:
+        assert design is not None
+        assert estimable <= set(design.contrasts.index) - set(design.not_estimable)
+
+
+def test_cell_means_give_the_treatment_coded_contrasts() -> None:
+    """The cell-means design degenerate cohorts are fitted with spans the same space as
+    the full design: on a complete cohort the same GLMM gives the same contrasts."""
+    from pipeline.abundance import contrast_table, fit_binomial_glmm
+    from pipeline.abundance._design import _cell_means_design
+
+    samples = _samples({**GROUPS, "P5": "responder", "P6": "non_responder"})
+    rng = np.random.default_rng(3)
+    total = rng.integers(300, 600, len(samples)).astype(float)
+    count = rng.binomial(total.astype(int), 0.1 + 0.05 * (samples["response"] == "responder"))
+    full = model_design(samples)
+    cells = _cell_means_design(samples, [0.0, 3.0, 6.0], list(full.contrasts.index))
+    assert cells is not None and cells.not_estimable == {}
+    pd.testing.assert_series_equal(cells.df, full.df)
+    got = {}
+    for name, d in (("full", full), ("cells", cells)):
+        fit = fit_binomial_glmm(count.astype(float), total, d.x, d.patient)
+        got[name] = contrast_table(fit.beta, fit.vcov, d.contrasts, d.df).set_index("contrast")
+    pd.testing.assert_frame_equal(got["cells"], got["full"], rtol=1e-3, atol=1e-4)

@@ -117,12 +117,34 @@ def test_unknown_response_is_counted_in_the_report(tmp_path: Path, counts: pd.Da
     assert summary["excluded_from_response_contrasts"] == {"patients": 2, "samples": 6}
 
 
-def test_unfittable_design_fails_clearly_and_writes_nothing(
+def test_one_response_group_gives_its_changes_and_says_why_the_rest_cannot_be(
     tmp_path: Path, counts: pd.DataFrame
 ) -> None:
+    """Non-responders only (e.g. the first patients of a study): the changes within the
+    group are estimated; every contrast that needs responders is NaN, with the reason in
+    summary.json (the report shows it)."""
     only_nr = counts.assign(response="non_responder")
     cfg = _workdir(tmp_path, only_nr)
-    with pytest.raises(ImmunoprofileError, match="no patient has response 'responder'"):
+    message = run_stage("abundance", cfg)
+    assert "the baseline contrast is not estimable: no patient has response 'responder'" in (
+        message
+    )
+    files = Workdir(cfg.workdir).abundance
+    summary = json.loads(files.summary.read_text())
+    tests = pd.read_csv(files.tests)
+    lost = summary["not_estimable"]
+    assert set(lost) == set(tests["contrast"]) - {"time3@non_responder", "time6@non_responder"}
+    assert set(lost.values()) == {"no patient has response 'responder'"}
+    assert tests[tests["contrast"].isin(list(lost))]["estimate"].isna().all()
+    within = tests[~tests["contrast"].isin(list(lost))]
+    assert len(within) > 0 and np.isfinite(within["estimate"]).all()
+
+
+def test_response_values_outside_the_vocabulary_fail_clearly_and_write_nothing(
+    tmp_path: Path, counts: pd.DataFrame
+) -> None:
+    cfg = _workdir(tmp_path, counts.assign(response="partial"))
+    with pytest.raises(ImmunoprofileError, match=r"column 'response' has values \['partial'\]"):
         run_stage("abundance", cfg)
     assert not Workdir(cfg.workdir).abundance.root.exists()
     assert not any(p.name.startswith(".abundance") for p in Path(cfg.workdir).iterdir())

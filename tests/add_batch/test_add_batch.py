@@ -29,6 +29,7 @@ from pipeline.commands import validate_workdir
 from pipeline.config import RunConfig, parse_config
 from pipeline.errors import ImmunoprofileError, InputError
 from pipeline.ingest import ingest_samples, read_samplesheet
+from pipeline.integrate import ModelFileError
 from pipeline.results import open_results
 from pipeline.simulate import SimulationResult
 from pipeline.stages import run_stage
@@ -163,10 +164,17 @@ def test_adding_it_again_is_a_no_op_and_run_skips_everything(
     out = add_batch(cfg, small_cohort.late_samplesheet, client)
     assert "mapped before with the same inputs, skipped" in out
     assert "abundance: unchanged inputs and parameters, skipped" in out
-    # the same samples under another batch name are already in the cohort
-    out = add_batch(cfg, small_cohort.late_samplesheet, client, name="again")
-    assert "6 sample(s) already in the cohort with identical inputs" in out
-    assert "no new samples" in out
+    # the same samples under another batch name would count their cells twice: refused
+    late = pd.read_csv(small_cohort.late_samplesheet)["sample_id"].tolist()
+    with pytest.raises(InputError) as err:
+        add_batch(cfg, small_cohort.late_samplesheet, client, name="again")
+    assert f"6 sample(s) are already present: {', '.join(late)} in batch 'samplesheet_late'" in str(
+        err.value
+    )
+    assert not (workdir / "batches" / "again").exists()
+    # and so are the cohort's own samples
+    with pytest.raises(InputError, match=r"1 sample\(s\) are already present: \S+ in the cohort"):
+        add_batch(cfg, _sheet(workdir.parent / "own.csv", [_first_row(small_cohort)]), client)
     # `run` finds every stage current, the batch's mapping and the abundance included
     cfg_file = workdir.parent / "c.yaml"
     cfg_file.write_text(json.dumps(CONFIG))
@@ -198,6 +206,12 @@ def _write_h5ad(
     ad.AnnData(X=counts, obs=pd.DataFrame(index=barcodes), var=var).write_h5ad(path)
 
 
+def _first_row(cohort: SimulationResult) -> dict[str, object]:
+    """The cohort's first samplesheet row, its path absolute."""
+    first = pd.read_csv(cohort.samplesheet).iloc[0].to_dict()
+    return {**first, "path": str((cohort.samplesheet.parent / str(first["path"])).resolve())}
+
+
 def _sheet(path: Path, rows: list[dict[str, object]]) -> Path:
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -220,8 +234,14 @@ def test_bad_batches_fail_clearly_and_write_nothing(
     _write_h5ad(tmp_path / "new.h5ad", source, np.arange(n_genes - 40))
     with pytest.raises(InputError, match=r"'NEW_1'.*lack 40 of the cohort's 6000 genes.*--refit"):
         add_batch(cfg, _sheet(tmp_path / "b1.csv", [row]), client)
+    # batch names that are not folder names, given or taken from the samplesheet's name
+    for name in ("..", ".", ".hidden", "a/b", "x" * 101):
+        with pytest.raises(ImmunoprofileError, match=r"batch name .* \(--name\)"):
+            add_batch(cfg, _sheet(tmp_path / "b0.csv", [row]), client, name=name)
+    with pytest.raises(ImmunoprofileError, match=r"'\.\.' \(taken from the samplesheet"):
+        add_batch(cfg, _sheet(tmp_path / "...csv", [row]), client)
     # an existing sample id with another input
-    first = pd.read_csv(small_cohort.samplesheet).iloc[0].to_dict()
+    first = _first_row(small_cohort)
     clash = {**first, "path": str(source)}
     with pytest.raises(
         InputError, match=rf"sample '{first['sample_id']}' is already in the cohort"
@@ -345,6 +365,12 @@ def test_a_cohort_integrated_with_scvi_takes_a_batch_too(
     ratios = pd.DataFrame(report["samples"]).set_index("sample_id")["mapping_ratio"]
     assert ratios.between(0.8, 2.0).all(), ratios
     assert set(report["flagged"]) == set(ratios.index[ratios > 1.5])
+
+    # a model.pt other than the one integrate wrote (and recorded) is never loaded
+    shutil.rmtree(workdir / "batches" / BATCH)
+    (workdir / "models" / "scvi" / "model.pt").write_bytes(b"not the trained model")
+    with pytest.raises(ModelFileError, match=r"models/scvi is not the one the integrate stage"):
+        add_batch(cfg, small_cohort.late_samplesheet, client)
 
 
 def test_validate_checks_the_batches_too(

@@ -8,6 +8,7 @@ slurm-wlm and munge with apt-get if needed; needs root) and stops it with
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from distributed import Client
+from distributed.security import Security
 
 from cluster.config import ClusterConfig, JobqueueConfig
+from cluster.errors import ClusterError
 from cluster.launch import start_client
 from pipeline.config import RunConfig, parse_config
 from pipeline.simulate import SimulationResult
@@ -107,6 +110,7 @@ def test_dask_workers_run_as_slurm_jobs(slurm: None, tmp_path: Path) -> None:
             max_jobs=2,
             local_directory=str(tmp_path / "worker-space"),
             log_directory=str(logs),
+            shared_temp_directory=str(tmp_path / "tls"),
         ),
     )
     start = time.perf_counter()
@@ -134,11 +138,51 @@ def test_dask_workers_run_as_slurm_jobs(slurm: None, tmp_path: Path) -> None:
         x = da.arange(1_000_000, chunks=100_000)
         assert int(client.compute(x.sum()).result()) == 499_999_500_000
 
+        # TLS by default: the workers connected over tls://, and a client without the
+        # run's certificate (another CA's, or none over plain TCP) is refused
+        address = client.scheduler_info()["address"]
+        assert address.startswith("tls://")
+        assert all(w.startswith("tls://") for w in client.scheduler_info()["workers"])
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address, security=Security.temporary(), timeout=5)
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address.replace("tls://", "tcp://"), timeout=5)
+
     # Closing the client cancels the worker jobs.
     deadline = time.monotonic() + 60
     while _squeue("%i") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _squeue("%i", "%j", "%T") == []
+
+
+def test_worker_jobs_the_node_cannot_run_are_reported_then_fail(
+    slurm: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """configs/slurm.yaml's request (8 cores, 32 GiB per job) on this 2-CPU node: the jobs
+    stay pending; the user is told why (squeue's reason next to the partition's limits)
+    and the command fails after the timeout instead of waiting forever."""
+    cfg = ClusterConfig(
+        profile="slurm",
+        jobqueue=JobqueueConfig(queue="debug", cores=8, memory="32GiB", processes=4,
+                                walltime="00:10:00", min_jobs=1, max_jobs=1,
+                                log_directory=str(tmp_path / "logs"),
+                                shared_temp_directory=str(tmp_path / "tls"),
+                                pending_report_after=3, pending_timeout=12),
+    )  # fmt: skip
+    start = time.perf_counter()
+    with pytest.raises(ClusterError) as err, start_client(cfg, quiet=True):
+        pass
+    assert time.perf_counter() - start < 60
+    message = str(err.value)
+    assert message.startswith("no Dask worker started within 12 s")
+    assert re.search(r"squeue says \(job, state, reason\): \d+ PENDING \(?\w+", message), message
+    assert "each job asks for 8 cores, 32GiB and 00:10:00 on queue debug" in message
+    assert re.search(r"the partition offers: debug\*? CPUs/node=\d+ memory/node=\d+MB", message)
+    assert "waiting for the worker jobs" in capsys.readouterr().err
+    deadline = time.monotonic() + 60  # the pending job was cancelled on the way out
+    while _squeue("%i") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _squeue("%i", "%T", "%R") == []
 
 
 def test_pipeline_with_slurm_workers_equals_the_local_run(

@@ -56,15 +56,29 @@ def test_duplicate_sample_id(inputs: Path) -> None:
     assert "sample_id 'S1' appears 2 times (lines 2, 3)" in _problems(sheet)
 
 
-def test_unsafe_sample_id(inputs: Path) -> None:
-    sheet = write_sheet(inputs / "s.csv", [sheet_row("S 1/x", "data/a.h5")])
+@pytest.mark.parametrize("sample_id", ["S 1/x", ".x.tmp-1", "..", "-S1"])
+def test_unsafe_sample_id(inputs: Path, sample_id: str) -> None:
+    """A sample id names the folder samples/<id>.zarr: no path separators, no hidden names
+    (a leading '.' marks staging folders, which every run clears)."""
+    sheet = write_sheet(inputs / "s.csv", [sheet_row(sample_id, "data/a.h5")])
     assert (
-        "line 2: sample_id 'S 1/x' may contain only letters, digits, '_', '-' and '.'"
-        in _problems(sheet)
+        f"line 2: sample_id '{sample_id}' may contain only letters, digits, '_', '-' and '.', "
+        "and must start with a letter, digit or '_'" in _problems(sheet)
     )
 
 
-@pytest.mark.parametrize("value", ["three", "-3", "nan"])
+def test_sample_id_too_long_for_a_file_name(inputs: Path) -> None:
+    long_id = "S" * 300
+    sheet = write_sheet(inputs / "s.csv", [sheet_row(long_id, "data/a.h5")])
+    assert (
+        f"line 2: sample_id '{'S' * 40}...' is 300 characters long; at most 100 are allowed"
+        in _problems(sheet)
+    )
+    ok = write_sheet(inputs / "ok.csv", [sheet_row("S" * 100, "data/a.h5")])
+    assert read_samplesheet(ok)[0].sample_id == "S" * 100
+
+
+@pytest.mark.parametrize("value", ["three", "-3", "nan", "inf", "-inf", "1e400"])
 def test_bad_timepoint(inputs: Path, value: str) -> None:
     sheet = write_sheet(inputs / "s.csv", [sheet_row("S1", "data/a.h5", timepoint_months=value)])
     assert f"sample 'S1' (line 2): timepoint_months '{value}' is not a number >= 0" in _problems(
@@ -130,3 +144,20 @@ def test_all_problems_are_reported_together(inputs: Path) -> None:
 def test_missing_samplesheet_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         read_samplesheet(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize("content", ["", "\n", "   \n\n"])
+def test_empty_samplesheet_file(tmp_path: Path, content: str) -> None:
+    sheet = tmp_path / "s.csv"
+    sheet.write_text(content)
+    message = _problems(sheet)
+    assert f"samplesheet {sheet} is empty; expected a header line with columns" in message
+
+
+def test_an_extra_numeric_column_with_infinity_stays_a_number(inputs: Path) -> None:
+    sheet = write_sheet(
+        inputs / "s.csv",
+        [sheet_row("S1", "data/a.h5", dose=1), sheet_row("S2", "data/b.h5", dose="inf")],
+    )
+    rows = read_samplesheet(sheet)
+    assert rows[0].metadata["dose"] == 1.0 and rows[1].metadata["dose"] == float("inf")

@@ -203,6 +203,13 @@ def _bad_matrix_case(tmp_path: Path, case: str) -> tuple[Path, str]:
     elif case == "nan":
         counts.data[:1] = np.nan
         expected = "1 NaN count(s)"
+    elif case == "above_int32":  # int64 counts: stored as int32 they would wrap negative
+        counts = random_counts(8).astype(np.int64)
+        counts.data[:2] = [2**31, 3_000_000_000]
+        expected = "2 count(s) above 2,147,483,647, the largest count stored (e.g. 3000000000, "
+    elif case == "above_int32_float":
+        counts.data[:1] = 2.0**31
+        expected = "1 count(s) above 2,147,483,647"
     elif case == "duplicate_barcodes":
         cells = cells.copy()
         cells[1] = cells[0]
@@ -219,7 +226,10 @@ def _bad_matrix_case(tmp_path: Path, case: str) -> tuple[Path, str]:
     return sheet, f"sample 'BAD': {path.resolve()}: {expected}"
 
 
-@pytest.mark.parametrize("case", ["non_integer", "negative", "nan", "duplicate_barcodes"])
+@pytest.mark.parametrize(
+    "case",
+    ["non_integer", "negative", "nan", "above_int32", "above_int32_float", "duplicate_barcodes"],
+)
 def test_bad_counts_name_the_sample_and_file(tmp_path: Path, client: Client, case: str) -> None:
     sheet, expected = _bad_matrix_case(tmp_path, case)
     with pytest.raises(InputError) as err:

@@ -13,7 +13,15 @@ from distributed import Client
 
 from pipeline.cohort import open_cohort
 from pipeline.config import IntegrateConfig, RunConfig
-from pipeline.integrate import ScviResult, encode_scvi, integration_metrics, scvi_cohort, train_scvi
+from pipeline.integrate import (
+    ModelFileError,
+    SavedModel,
+    ScviResult,
+    encode_scvi,
+    integration_metrics,
+    scvi_cohort,
+    train_scvi,
+)
 
 
 def _train(run: RunConfig, cohort: ad.AnnData, client: Client, folder: Path,
@@ -67,9 +75,7 @@ def test_chunked_encoding_equals_encoding_all_cells_at_once(
     keep = c.obs["qc_pass"].to_numpy(dtype=bool)
     hvg = np.flatnonzero(c.var["highly_variable"].to_numpy())
     counts = sp.csr_matrix(open_cohort(strong_batch_run.workdir).X.compute())[keep][:, hvg]
-    whole = encode_scvi(
-        counts, c.obs["batch"].astype(str).to_numpy()[keep], scvi_result.training.model_dir
-    )
+    whole = encode_scvi(counts, c.obs["batch"].astype(str).to_numpy()[keep], scvi_result.model)
     np.testing.assert_allclose(scvi_result.latent[keep], whole, rtol=1e-4, atol=1e-5)
 
 
@@ -140,6 +146,46 @@ def test_scvi_encodes_cells_of_a_batch_it_was_not_trained_on(tmp_path: Path) -> 
     rng = np.random.default_rng(0)
     x = sp.csr_matrix(rng.poisson(1.0, (300, 40)).astype(np.float32))
     train_scvi(x, np.repeat(["a", "b"], 150), tmp_path / "m", max_epochs=2)
-    new = encode_scvi(x[:30], np.full(30, "new_batch"), tmp_path / "m")
-    old = encode_scvi(x[:30], np.full(30, "b"), tmp_path / "m")
+    model = SavedModel.of(tmp_path / "m")
+    new = encode_scvi(x[:30], np.full(30, "new_batch"), model)
+    old = encode_scvi(x[:30], np.full(30, "b"), model)
     assert new.shape == (30, 10) and np.array_equal(new, old)
+
+
+class _RunsCode:
+    """Unpickling this runs code: what a hostile model.pt would hold."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, ("touch ran-code",)
+
+
+def test_a_model_file_other_than_the_one_written_is_never_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scvi-tools loads model.pt with torch.load(weights_only=False): a model.pt put in
+    the workdir could run code. The hashes recorded when the model was written must match
+    before anything of it is read; a model without recorded hashes is not loaded either."""
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix(rng.poisson(1.0, (200, 30)).astype(np.float32))
+    train_scvi(x, np.repeat(["a", "b"], 100), tmp_path / "m", max_epochs=1)
+    model = SavedModel.of(tmp_path / "m")
+    assert set(model.sha256) == {"model.pt"}
+    assert SavedModel.from_record(model.path, model.to_record()) == model
+    before = encode_scvi(x[:5], np.full(5, "a"), model)
+
+    (tmp_path / "m" / "model.pt").write_bytes(pickle.dumps(_RunsCode()))
+    with pytest.raises(ModelFileError, match=r"m is not the one the integrate stage wrote \(file"
+                       r"\(s\) model\.pt differ"):  # fmt: skip
+        encode_scvi(x[:5], np.full(5, "a"), model)
+    (tmp_path / "m" / "extra.pkl").write_bytes(b"")
+    with pytest.raises(ModelFileError, match=r"extra\.pkl, model\.pt differ"):
+        model.check()
+    assert not (tmp_path / "ran-code").exists()
+    with pytest.raises(ModelFileError, match="has no recorded file hashes"):
+        SavedModel.from_record(model.path, None)
+    assert before.shape == (5, 10)

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import parse_config
-from pipeline.stages import is_current
+from pipeline.stages import is_current, stage_digests
 
 from ..conftest import CommandRun
 
@@ -83,5 +83,6 @@ def test_the_report_renders_offline_with_every_image(
     samplesheet = analysed_small.args[analysed_small.args.index("--samplesheet") + 1]
     cfg = parse_config({**yaml.safe_load(analysed_small.config.read_text()),
                         "workdir": str(workdir), "samplesheet": samplesheet})  # fmt: skip
-    assert json.loads((workdir / "report" / "manifest.json").read_text())["digest"]
+    manifest = json.loads((workdir / "report" / "manifest.json").read_text())
+    assert manifest["digest"] == stage_digests(cfg)["report"]
     assert is_current(cfg, "report")
