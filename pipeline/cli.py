@@ -133,6 +133,8 @@ def _add_batch_locked(args: argparse.Namespace, cfg: RunConfig) -> int:
 
 
 def _cmd_power(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from cluster.launch import start_client
 
     from .commands import run_power_command
@@ -144,7 +146,13 @@ def _cmd_power(args: argparse.Namespace) -> int:
         updates["n_cohorts"] = args.n_cohorts
     if args.power_cohorts is not None:
         updates["power_cohorts"] = args.power_cohorts
-    power = cfg.power.model_copy(update=updates) if updates else cfg.power
+    try:  # the overrides are checked like the config's own values
+        power = type(cfg.power).model_validate({**cfg.power.model_dump(), **updates})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
+        raise ImmunoprofileError(problems) from None
     out = Path(args.out) if args.out else Workdir(cfg.workdir).power
     with start_client(cfg.cluster) as client:
         print(run_power_command(cfg.simulate, power, out=out, client=client))

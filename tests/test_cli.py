@@ -255,3 +255,21 @@ def test_simulate_end_to_end_on_a_local_cluster(tmp_path: Path) -> None:
     sheet = pd.read_csv(tmp_path / "out" / "samplesheet.csv")
     assert len(sheet) == 4
     assert pd.read_csv(tmp_path / "out" / "truth" / "effects.csv").empty  # --null
+
+
+def test_power_through_the_command_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"workdir: {tmp_path / 'w'}\ncluster: {{n_workers: 2, threads_per_worker: 1}}\n"
+        "power: {patients: [8, 12], methods: [glmm]}\n"
+    )
+    proc = _run(IMMUNOPROFILE, "power", str(cfg), "--n-cohorts", "10", "--power-cohorts", "10")
+    assert proc.returncode == 0, proc.stderr
+    assert "type-I error at alpha 0.05" in proc.stdout
+    out = tmp_path / "w" / "power"  # the default: WORKDIR/power
+    assert {p.name for p in out.iterdir()} >= {"type1.csv", "power.csv", "summary.json"}
+    power = pd.read_csv(out / "power.csv")
+    assert sorted(set(power["n_patients"])) == [8, 12]
+    bad = _run(IMMUNOPROFILE, "power", str(cfg), "--n-cohorts", "0")
+    assert bad.returncode == 1
+    assert "--n-cohorts: Input should be greater than or equal to 10" in bad.stderr

@@ -32,14 +32,19 @@ def _first_per_group(s: pd.DataFrame) -> pd.DataFrame:
 
 def _tiny_batch(s: pd.DataFrame, folder: Path) -> pd.DataFrame:
     """Every sample, and 8 cells of the first one as a sample of a processing batch of
-    its own (the per-batch HVG loess cannot be fitted on so few)."""
+    its own (the per-batch HVG loess cannot be fitted on so few), with hostile names."""
     first = s.iloc[0]
     tiny = sc.read_10x_h5(first["path"])[:8].copy()
     tiny.var_names_make_unique()
-    tiny.write_h5ad(folder / "tiny.h5ad")
+    tiny.write_h5ad(folder / HOSTILE_FILE)
     row = {**first.to_dict(), "sample_id": "TINY_m0", "patient_id": "TINY",
-           "batch": "tinybatch", "path": str(folder / "tiny.h5ad")}  # fmt: skip
+           "batch": HOSTILE, "path": str(folder / HOSTILE_FILE)}  # fmt: skip
     return pd.concat([s, pd.DataFrame([row])], ignore_index=True)
+
+
+# samplesheet values are free text: shown in the messages and the report, never run
+HOSTILE = '<script>alert("tiny")</script>'  # the tiny sample's batch
+HOSTILE_FILE = '<img src=x onerror="alert(1)">.h5ad'  # and its input file (in the report)
 
 
 DESIGNS: dict[str, Callable[[pd.DataFrame, Path], pd.DataFrame]] = {
@@ -126,7 +131,12 @@ def test_every_stage_finishes_and_says_what_is_not_estimable(
         assert "the baseline contrast is not estimable: " in printed
         assert "The baseline contrast is not estimable" in html
     if design == "tiny_batch":
-        assert "batch(es) tinybatch have fewer than 50 kept cells and do not rank genes" in printed
+        assert f"batch(es) {HOSTILE} have fewer than 50 kept cells and do not rank genes" in (
+            printed
+        )
+        # samplesheet values are escaped in the report (the input path is listed there)
+        assert "<img src=x" not in html and "<script>alert(" not in html
+        assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;.h5ad" in html
     if design == "baseline_only":  # cell types absent from every sample of one group
         counts = pd.read_csv(work / "abundance" / "counts.csv")
         counts = counts[(counts["level"] == "b_subset") & (counts["cell_type"] != "unassigned")]

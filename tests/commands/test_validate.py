@@ -14,6 +14,7 @@ from pipeline.commands import validate_workdir
 from pipeline.errors import StoreError
 from pipeline.ingest import ingest_samples, read_samplesheet
 from pipeline.workdir import Workdir
+from tests.conftest import CommandRun
 from tests.ingest.helpers import barcodes, genes, random_counts, sheet_row, write_input, write_sheet
 
 
@@ -85,3 +86,18 @@ def test_missing_store_listed_in_the_stage_record(workdir: Path) -> None:
 
 def test_validate_an_empty_folder(tmp_path: Path) -> None:
     assert main(["validate", str(tmp_path)]) == 1
+
+
+def test_a_corrupt_chunk_of_cohort_zarr_is_named(
+    tmp_path: Path, analysed_small: CommandRun
+) -> None:
+    """The per-cell results, not only the sample stores: a chunk of the UMAP overwritten."""
+    work = tmp_path / "work"
+    shutil.copytree(analysed_small.workdir, work)
+    umap = Workdir(work).cohort / "obsm" / "X_umap"
+    chunk = next(p for p in sorted(umap.rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"\0" * chunk.stat().st_size)
+    with pytest.raises(StoreError) as err:
+        validate_workdir(work)
+    assert f"{Workdir(work).cohort}: array 'obsm/X_umap'" in str(err.value)
+    assert "samples" not in str(err.value)
