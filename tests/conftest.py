@@ -32,7 +32,7 @@ def client() -> Iterator[Client]:
     with (
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address=":0", memory_limit="4GiB",
+            dashboard_address="127.0.0.1:0", memory_limit="4GiB",
         ) as cluster,
         Client(cluster) as c,
     ):  # fmt: skip

@@ -116,21 +116,23 @@ def test_local_profile_listens_on_localhost_only() -> None:
     the printed link, which is built from the config string)."""
     cfg = ClusterConfig(n_workers=2, threads_per_worker=1, memory_limit="1GiB")
     with start_client(cfg, quiet=True) as client:
-        pids = {os.getpid(), *client.run(os.getpid).values()}
-        pids |= {psutil.Process(p).ppid() for p in client.run(os.getpid).values()}  # nannies
-        listening = [
-            (pid, c.laddr)
-            for pid in pids
-            for c in psutil.Process(pid).net_connections(kind="inet")
-            if c.status == psutil.CONN_LISTEN
-        ]
-        ports = {addr.port for _, addr in listening}
+        workers = set(client.run(os.getpid).values())
+        pids = (workers | {psutil.Process(p).ppid() for p in workers}) - {os.getpid()}
+
+        def listening(pid: int) -> list[tuple[str, int]]:
+            return [(c.laddr.ip, c.laddr.port)
+                    for c in psutil.Process(pid).net_connections(kind="inet")
+                    if c.status == psutil.CONN_LISTEN]  # fmt: skip
+
         scheduler_port = int(client.scheduler_info()["address"].rsplit(":", 1)[1])
         dashboard_port = client.scheduler_info()["services"]["dashboard"]
+        # this process holds other clusters' sockets too (the session's): only ours
+        ours = [a for a in listening(os.getpid()) if a[1] in (scheduler_port, dashboard_port)]
+        ours += [a for pid in pids for a in listening(pid)]  # the workers and their nannies
         worker_ports = {int(a.rsplit(":", 1)[1]) for a in client.scheduler_info()["workers"]}
-        assert {scheduler_port, dashboard_port, *worker_ports} <= ports
-        assert len(listening) >= 2 + 2 * 2  # scheduler, dashboard; 2 workers and nannies
-        assert {addr.ip for _, addr in listening} == {"127.0.0.1"}, listening
+        assert {scheduler_port, dashboard_port, *worker_ports} <= {port for _, port in ours}
+        assert len(ours) >= 2 + 2 * 2  # scheduler, dashboard; 2 workers and their nannies
+        assert {ip for ip, _ in ours} == {"127.0.0.1"}, ours
 
 
 def test_local_dashboard_link_is_on_localhost(capsys: pytest.CaptureFixture[str]) -> None:
