@@ -138,19 +138,33 @@ def model_design(samples: pd.DataFrame, *, time: TimeCoding = "factor") -> Model
         msg = f"the design {list(names)} is rank deficient; check the samplesheet's design"
         raise AbundanceDesignError(msg)
     patient_codes, _ = pd.factorize(samples["patient_id"])
-    n_patients = samples.drop_duplicates("patient_id")["response"].value_counts()
     contrasts = _contrasts(names, _months(timepoints), time)
     df = _between_within_df(x, names, patient_codes, contrasts)
+    return _assemble(samples, x, names, contrasts, time, df)
+
+
+def _assemble(
+    samples: pd.DataFrame,
+    x: np.ndarray,
+    columns: tuple[str, ...],
+    contrasts: pd.DataFrame,
+    time: TimeCoding,
+    df: pd.Series,
+    missing: dict[str, str] | None = None,
+) -> ModelDesign:
+    """The design record; contrasts without degrees of freedom join ``missing``."""
+    patient_codes, _ = pd.factorize(samples["patient_id"])
+    n_patients = samples.drop_duplicates("patient_id")["response"].value_counts()
     return ModelDesign(
         samples=samples,
         x=x,
-        columns=names,
+        columns=columns,
         patient=patient_codes.astype(np.int64),
         contrasts=contrasts,
         time=time,
         n_patients={str(k): int(v) for k, v in n_patients.items()},
         df=df.clip(lower=1),
-        not_estimable=_no_degrees_of_freedom(df, n_patients),
+        not_estimable={**(missing or {}), **_no_degrees_of_freedom(df, n_patients)},
     )
 
 
@@ -268,19 +282,8 @@ def _cell_means_design(
         rows[contrast] = v
     contrasts = pd.DataFrame(list(rows.values()), index=list(rows), columns=list(columns))
     patient_codes, _ = pd.factorize(samples["patient_id"])
-    n_patients = samples.drop_duplicates("patient_id")["response"].value_counts()
     df = _cell_means_df(x, patient_codes, samples, contrasts)
-    return ModelDesign(
-        samples=samples,
-        x=x,
-        columns=columns,
-        patient=patient_codes.astype(np.int64),
-        contrasts=contrasts,
-        time="factor",
-        n_patients={str(k): int(v) for k, v in n_patients.items()},
-        df=df.clip(lower=1),
-        not_estimable={**missing, **_no_degrees_of_freedom(df, n_patients)},
-    )
+    return _assemble(samples, x, columns, contrasts, "factor", df, missing)
 
 
 def _cell_means_df(
