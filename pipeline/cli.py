@@ -30,8 +30,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     updates: dict[str, object] = {}
     if args.seed is not None:
         updates["seed"] = args.seed
-    if args.null:
+    if args.null:  # no abundance and no expression differences; patients still vary
         updates["effects"] = []
+        updates["expression_effects"] = []
     if updates:
         sim = sim.model_copy(update=updates)
     with start_client(cfg.cluster) as client:
@@ -194,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML run config (its 'simulate' section is used)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, help="override simulate.seed")
-    p.add_argument("--null", action="store_true", help="plant no effects (calibration)")
+    p.add_argument(
+        "--null", action="store_true", help="plant no abundance or expression effects (calibration)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-matching --out")
     p.set_defaults(func=_cmd_simulate)
 

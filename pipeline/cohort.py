@@ -99,18 +99,24 @@ def _cohort_var(record: IngestRecord) -> pd.DataFrame:
     )
 
 
-def open_counts(workdir: str | Path | Workdir, *, chunk_cells: int = CHUNK_CELLS) -> ad.AnnData:
+def open_counts(
+    workdir: str | Path | Workdir,
+    *,
+    chunk_cells: int = CHUNK_CELLS,
+    samples: list[str] | None = None,
+) -> ad.AnnData:
     """`open_cohort` without the cells' metadata: X and var as there, obs only the
     ``sample_id`` (categorical) of each cell, indexed by position ("0", "1", ...).
 
     For stages that need the counts but not the cell names and barcodes, which at the
     study's size are ~0.25 GiB of Python strings in the process that opens the cohort.
+    ``samples`` (a batch's) opens those stores instead, over the cohort's genes.
     """
     workdir = Workdir(workdir)
     record = workdir.ingest_record()
     var = _cohort_var(record)
-    per_sample = None if record.uniform_genes else pd.Index(var.index)
-    samples = list(record.samples)
+    per_sample = None if record.uniform_genes and samples is None else pd.Index(var.index)
+    samples = list(record.samples) if samples is None else list(samples)
     parts = [
         _lazy_sample(workdir.sample_store(s), per_sample, chunk_cells, with_obs=False)[0]
         for s in samples

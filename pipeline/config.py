@@ -19,6 +19,7 @@ from .config_analysis import (
     AbundanceConfig,
     AddBatchConfig,
     AnnotateConfig,
+    ExpressionConfig,
     PowerConfig,
 )
 from .config_analysis import FrozenModel as _Frozen
@@ -73,6 +74,45 @@ class PlantedEffect(_Frozen):
         return "b_subset" if self.cell_type in B_SUBSETS else "lineage"
 
 
+class PlantedExpression(_Frozen):
+    """A change of some genes' expression within one leaf cell type (log2 fold change).
+
+    ``log2_fold`` maps a timepoint (months) to the genes' log2 fold change in the group at
+    that timepoint; timepoints not listed get 0. ``genes`` names gene symbols; without
+    them, ``n_genes`` genes expressed in the type are drawn (seeded by the cohort's seed).
+    """
+
+    cell_type: str
+    group: Literal["responder", "non_responder", "all"]
+    log2_fold: dict[int, float]
+    genes: list[str] = Field(default_factory=list)
+    n_genes: int = Field(20, ge=1, description="genes drawn when `genes` is empty")
+
+    @field_validator("cell_type")
+    @classmethod
+    def _leaf_type(cls, value: str) -> str:
+        allowed = [x for x in LINEAGES if x != "B"] + list(B_SUBSETS)
+        if value not in allowed:
+            msg = f"unknown leaf cell type {value!r}; expected one of {allowed}"
+            raise ValueError(msg)
+        return value
+
+    @property
+    def level(self) -> str:
+        return "b_subset" if self.cell_type in B_SUBSETS else "lineage"
+
+
+def _default_expression_effects() -> list[PlantedExpression]:
+    # A baseline difference within DN2 (the subset the study found expanded in
+    # non-responders) and a treatment effect within naive B cells of responders.
+    return [
+        PlantedExpression(cell_type="DN2", group="non_responder",
+                          log2_fold={0: 1.0, 3: 1.0, 6: 1.0}, n_genes=25),
+        PlantedExpression(cell_type="naive", group="responder",
+                          log2_fold={3: -1.0, 6: -1.0}, n_genes=25),
+    ]  # fmt: skip
+
+
 def _default_effects() -> list[PlantedEffect]:
     # Jenks 2018 / PubMed 39975549: DN2 higher in non-responders; Immunol Lett 2024: T-bet+
     # B fall early only in responders; Jacobi 2010: naive and transitional fall in both.
@@ -115,6 +155,10 @@ class SimulationConfig(_Frozen):
         default_factory=lambda: dict(DEFAULT_B_SUBSET_PROPORTIONS)
     )
     effects: list[PlantedEffect] = Field(default_factory=_default_effects)
+    expression_patient_sd: float = Field(
+        0.2, ge=0, description="sd of per-patient log gene factors (per cell type)"
+    )
+    expression_effects: list[PlantedExpression] = Field(default_factory=_default_expression_effects)
 
     @field_validator("timepoints_months")
     @classmethod
@@ -148,15 +192,24 @@ class SimulationConfig(_Frozen):
                 e.model_copy(update={"log_ratio": {t: v for t, v in e.log_ratio.items() if t in times}})
                 for e in _default_effects()
             ]}  # fmt: skip
+        if (isinstance(data, dict) and "expression_effects" not in data
+                and isinstance(data.get("timepoints_months"), list)):  # fmt: skip
+            times = set(data["timepoints_months"])
+            data = {**data, "expression_effects": [
+                e.model_copy(update={"log2_fold": {t: v for t, v in e.log2_fold.items() if t in times}})
+                for e in _default_expression_effects()
+            ]}  # fmt: skip
         return data
 
     @model_validator(mode="after")
     def _effects_on_known_timepoints(self) -> SimulationConfig:
-        for effect in self.effects:
-            unknown = set(effect.log_ratio) - set(self.timepoints_months)
+        planted = [(e.cell_type, set(e.log_ratio)) for e in self.effects]
+        planted += [(e.cell_type, set(e.log2_fold)) for e in self.expression_effects]
+        for cell_type, times in planted:
+            unknown = times - set(self.timepoints_months)
             if unknown:
                 msg = (
-                    f"effect on {effect.cell_type!r} names timepoints {sorted(unknown)} that "
+                    f"effect on {cell_type!r} names timepoints {sorted(unknown)} that "
                     f"are not in timepoints_months {self.timepoints_months}"
                 )
                 raise ValueError(msg)
@@ -308,6 +361,7 @@ class RunConfig(_Frozen):
     graph: GraphConfig = Field(default_factory=GraphConfig)
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     abundance: AbundanceConfig = Field(default_factory=AbundanceConfig)
+    expression: ExpressionConfig = Field(default_factory=ExpressionConfig)
     power: PowerConfig = Field(default_factory=PowerConfig)
     add_batch: AddBatchConfig = Field(default_factory=AddBatchConfig)
 

@@ -98,6 +98,37 @@ class AbundanceConfig(FrozenModel):
         return list(dict.fromkeys(value))
 
 
+class ExpressionConfig(FrozenModel):
+    """The expression stage: pseudobulk per sample x cell type and NB GLM contrasts."""
+
+    cell_types: list[str] = Field(
+        default_factory=list,
+        description="lineages and B subsets to test (e.g. [B, DN2, naive]); empty: all",
+    )
+    min_cells: int = Field(
+        10, ge=1, description="fewest cells of a sample x cell type kept in the models"
+    )
+    min_samples_per_group: int = Field(
+        2, ge=1, description="fewest kept samples of responders and of non-responders per cell type"
+    )
+    min_count: float = Field(10, ge=0, description="edgeR filterByExpr's min.count")
+    min_total_count: float = Field(15, ge=0, description="edgeR filterByExpr's min.total.count")
+    batch_covariate: bool = Field(
+        True, description="processing batch as a covariate where the design allows it"
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="q-value threshold in the summary")
+
+    @field_validator("cell_types")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        allowed = [*LINEAGES, *B_SUBSETS]
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            msg = f"unknown cell types {unknown}; expected names from {allowed}"
+            raise ValueError(msg)
+        return list(dict.fromkeys(value))
+
+
 class PowerConfig(FrozenModel):
     """``immunoprofile power``: type-I error under the simulator's null and power for a
     planted difference, from count tables simulated with the config's ``simulate``."""

@@ -137,6 +137,14 @@ STAGES: tuple[Stage, ...] = (
         cluster=False,
     ),
     Stage(
+        "expression", 1, "pseudobulk per sample x cell type, NB GLM contrasts (PyDESeq2)",
+        run="pipeline.expression:run_expression", config="expression",
+        inputs="pipeline.expression:expression_digest_inputs",
+        reads=Elements(cohort=(*_DESIGN, "obs/qc_pass", "obs/lineage", "obs/b_subset"),
+                       samples=True, batches=True),
+        writes=Elements(folder="expression"),
+    ),
+    Stage(
         "report", 1, "self-contained HTML: results, QC, integration, annotation, provenance",
         run="pipeline.report:run_report", config=None,
         reads=Elements(

@@ -80,6 +80,25 @@ class AbundanceFiles(StageFolder):
 
 
 @dataclass(frozen=True)
+class ExpressionFiles(StageFolder):
+    @property
+    def pseudobulk(self) -> Path:
+        return self.root / "pseudobulk.zarr"
+
+    @property
+    def de(self) -> Path:
+        return self.root / "de.csv"
+
+    @property
+    def not_estimable(self) -> Path:
+        return self.root / "not_estimable.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+
+@dataclass(frozen=True)
 class ReportFiles(StageFolder):
     @property
     def index(self) -> Path:
@@ -228,6 +247,10 @@ class Workdir:
     @property
     def abundance(self) -> AbundanceFiles:
         return AbundanceFiles(self.root / "abundance")
+
+    @property
+    def expression(self) -> ExpressionFiles:
+        return ExpressionFiles(self.root / "expression")
 
     @property
     def report(self) -> ReportFiles:

@@ -23,15 +23,17 @@ from .stagelog import stage_log
 from .validate import sample_store_problems
 
 
-def run_or_skip(name: str, cfg: RunConfig, client: Client) -> str:
-    """Run stage ``name`` unless it is current; the lines it prints."""
+def run_or_skip(name: str, cfg: RunConfig, client: Client) -> tuple[str, bool]:
+    """Run stage ``name`` unless it is current; the lines it prints, and whether it was
+    skipped."""
     stage = get_stage(name)
     lines = remap_stale_batches(cfg, client) if stage.reads.batches else []
-    if not stage.always_run and is_current(cfg, name):
+    skip = not stage.always_run and is_current(cfg, name)
+    if skip:
         lines.append(f"{name}: unchanged inputs and parameters, skipped")
     else:
         lines.append(run_stage(name, cfg, client))
-    return "\n".join(lines)
+    return "\n".join(lines), skip
 
 
 def _name_corrupt_samples(cfg: RunConfig, name: str, exc: Exception) -> None:
@@ -58,7 +60,9 @@ def run_stages(cfg: RunConfig, client: Client, stages: list[str]) -> None:
     for name in stages:
         try:
             with stage_log(Path(cfg.workdir), name, client) as record:
-                record["message"] = run_or_skip(name, cfg, client)
+                record["message"], skipped = run_or_skip(name, cfg, client)
+                if skipped:
+                    record["status"] = "skipped"
         except ImmunoprofileError:
             raise
         except Exception as exc:  # e.g. a decoding error or KilledWorker

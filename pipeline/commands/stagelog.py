@@ -97,9 +97,6 @@ def stage_log(
         if stream is not None:
             stream.write("\r" + " " * 78 + "\r")
             stream.flush()
-        message = str(record.get("message", ""))
-        if record["status"] == "done" and "skipped" in message:
-            record["status"] = "skipped"
         files = Workdir(workdir)
         manifest = files.cohort_manifest()
         record.update(

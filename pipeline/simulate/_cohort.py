@@ -25,7 +25,14 @@ from ..store import atomic_path
 from . import _programs as prog
 from ._counts import plan_cells, simulate_counts
 from ._design import CohortDesign, SampleSpec, design_cohort
-from ._expression import ExpressionModel, apply_batch_effect, build_expression_model
+from ._expression import (
+    ExpressionModel,
+    ExpressionShifts,
+    apply_batch_effect,
+    apply_log_shift,
+    build_expression_model,
+    draw_planted_genes,
+)
 from ._writers import write_10x_h5, write_10x_mtx, write_csv_atomic
 
 PARAMS_FILE = ".simulation-params.json"
@@ -89,6 +96,7 @@ def simulate_sample(
     spec: SampleSpec,
     model: ExpressionModel,
     batch_log_factor: np.ndarray,
+    shifts: ExpressionShifts,
     *,
     cfg: SimulationConfig,
     out: Path,
@@ -110,6 +118,10 @@ def simulate_sample(
     )
     barcodes = _barcodes(rng, spec.n_cells)
     profiles = apply_batch_effect(model.profiles, batch_log_factor)
+    profiles = apply_log_shift(profiles, shifts.log_shift(
+        *profiles.shape, patient_index=spec.patient_index, group=spec.response,
+        month=spec.timepoint_months,
+    ))  # fmt: skip
     counts = simulate_counts(
         np.random.SeedSequence(cfg.seed, spawn_key=(101, spec.index)), model, profiles, plan
     )
@@ -207,6 +219,12 @@ def simulate_cohort(
     _prepare_out(out, cfg, overwrite)
     design = design_cohort(cfg)
     model = build_expression_model(cfg.n_genes, cfg.seed)
+    try:
+        shifts, planted = draw_planted_genes(
+            model, cfg.expression_effects, seed=cfg.seed, patient_sd=cfg.expression_patient_sd
+        )
+    except ValueError as err:
+        raise ImmunoprofileError(str(err)) from None
     n_batches = max(s.batch_index for s in design.samples) + 1
     factors = [
         np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(2, b))).normal(
@@ -219,6 +237,7 @@ def simulate_cohort(
     if todo:
         model_f = client.scatter(model, broadcast=True)
         factor_f = [client.scatter(f, broadcast=True) for f in factors]
+        shifts_f = client.scatter(shifts, broadcast=True)
         run = uuid.uuid4().hex[:8]  # fresh keys: never reuse an earlier call's result
         futures = [
             client.submit(
@@ -226,6 +245,7 @@ def simulate_cohort(
                 s,
                 model_f,
                 factor_f[s.batch_index],
+                shifts_f,
                 cfg=cfg,
                 out=out,
                 key=f"simulate-{s.sample_id}-{run}",
@@ -240,6 +260,7 @@ def simulate_cohort(
             bar.update()
         bar.close()
     _write_truth(out, cfg, design, model, results)
+    _write_expression_truth(out, cfg, model, planted)
     main = [s for s in design.samples if not s.late]
     late = [s for s in design.samples if s.late]
     sheet = out / "samplesheet.csv"
@@ -320,3 +341,40 @@ def _write_truth(
     }
     with atomic_path(truth / "simulation.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
+def _write_expression_truth(
+    out: Path, cfg: SimulationConfig, model: ExpressionModel, planted: list
+) -> None:
+    """``truth/expression_effects.csv`` (one row per planted gene and month) and
+    ``truth/expression_contrasts.csv`` (the planted log2 fold change of every DESIGN.md
+    contrast, per cell type and gene; genes not listed have none)."""
+    times = cfg.timepoints_months
+    rows, contrasts = [], []
+    for k, cell_type, genes in planted:
+        effect = cfg.expression_effects[k]
+        level = effect.level
+        for g in genes:
+            ident = (level, cell_type, model.genes.symbols[g], model.genes.ids[g])
+            for t in times:
+                rows.append((*ident, effect.group, t, effect.log2_fold.get(t, 0.0)))
+            fold = {(grp, t): effect.log2_fold.get(t, 0.0) if effect.group in (grp, "all")
+                    else 0.0 for grp in ("responder", "non_responder") for t in times}  # fmt: skip
+            for t in times:
+                contrasts.append((*ident, f"response@month{t}",
+                                  fold["non_responder", t] - fold["responder", t]))  # fmt: skip
+            for t in times[1:]:
+                d_r = fold["responder", t] - fold["responder", 0]
+                d_n = fold["non_responder", t] - fold["non_responder", 0]
+                contrasts.append((*ident, f"time{t}@responder", d_r))
+                contrasts.append((*ident, f"time{t}@non_responder", d_n))
+                contrasts.append((*ident, f"response:time{t}", d_n - d_r))
+    ident_cols = ["level", "cell_type", "gene", "gene_id"]
+    effects = pd.DataFrame(rows, columns=[*ident_cols, "group", "timepoint_months", "log2_fold"])
+    table = pd.DataFrame(contrasts, columns=[*ident_cols, "contrast", "true_log2fc"])
+    # a gene planted by two effects in one type: their folds add up
+    table = table.groupby([*ident_cols, "contrast"], as_index=False, sort=False)[
+        "true_log2fc"
+    ].sum()
+    write_csv_atomic(out / "truth" / "expression_effects.csv", effects)
+    write_csv_atomic(out / "truth" / "expression_contrasts.csv", table)

@@ -22,6 +22,7 @@ class SampleSpec:
     index: int
     sample_id: str
     patient_id: str
+    patient_index: int
     timepoint_months: int
     response: str
     batch: str
@@ -146,6 +147,7 @@ def design_cohort(cfg: SimulationConfig) -> CohortDesign:
                     index=len(samples),
                     sample_id=f"{pid}_m{t}",
                     patient_id=pid,
+                    patient_index=p,
                     timepoint_months=t,
                     response=group,
                     batch=f"batch{b + 1}",

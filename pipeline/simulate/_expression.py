@@ -208,3 +208,80 @@ def apply_batch_effect(profiles: np.ndarray, log_factor: np.ndarray) -> np.ndarr
     """Multiply every gene by its batch factor, keeping each type's total expression."""
     scaled = profiles * np.exp(log_factor)[None, :]
     return scaled * (profiles.sum(axis=1) / scaled.sum(axis=1))[:, None]
+
+
+# Genes drawn for a planted expression effect are filler genes whose expected count per
+# cell of the type (at the reference library) is at least this: ~6 UMI in the pseudobulk
+# of 60 cells, so the effect is there to be found.
+PLANTED_MIN_EXPECTED = 0.1
+
+
+@dataclass(frozen=True)
+class ExpressionShifts:
+    """What a worker needs to shift one sample's profiles (a small, picklable record):
+    per-patient gene variation and the planted differential expression."""
+
+    seed: int
+    patient_sd: float
+    # per planted effect: (type index, gene indices, group, {month: log2 fold})
+    effects: tuple[tuple[int, np.ndarray, str, dict[int, float]], ...]
+
+    def log_shift(self, n_types: int, n_genes: int, *, patient_index: int, group: str,
+                  month: int) -> np.ndarray:  # fmt: skip
+        """Natural-log factors (types x genes) of one sample's expected expression."""
+        shift = np.zeros((n_types, n_genes))
+        if self.patient_sd > 0:
+            rng = np.random.default_rng(
+                np.random.SeedSequence(self.seed, spawn_key=(4, patient_index))
+            )
+            shift += rng.normal(0.0, self.patient_sd, (n_types, n_genes))
+        for t, genes, effect_group, fold in self.effects:
+            if effect_group in (group, "all") and fold.get(month, 0.0):
+                shift[t, genes] += np.log(2.0) * fold[month]
+        return shift
+
+
+def draw_planted_genes(
+    model: ExpressionModel, effects: list, *, seed: int, patient_sd: float
+) -> tuple[ExpressionShifts, list[tuple[int, str, np.ndarray]]]:
+    """Genes of every planted expression effect (named, or drawn among the type's
+    expressed filler genes with a seeded generator); returns the shifts' effect records
+    and (effect index, cell type, gene indices) for the truth."""
+    named = set(named_genes())
+    lookup = {s: i for i, s in enumerate(model.genes.symbols)}
+    records, chosen = [], []
+    for k, effect in enumerate(effects):
+        t = model.cell_types.index(effect.cell_type)
+        if effect.genes:
+            unknown = [g for g in effect.genes if g not in lookup]
+            if unknown:
+                msg = (f"expression effect on {effect.cell_type!r} names genes {unknown[:5]} "
+                       "that the simulated gene universe does not have")  # fmt: skip
+                raise ValueError(msg)
+            genes = np.array([lookup[g] for g in effect.genes], dtype=np.int64)
+        else:
+            expected = model.profiles[t] * model.library_factor[t] * REFERENCE_LIBRARY
+            pool = np.array(
+                [
+                    i
+                    for i in np.flatnonzero(expected >= PLANTED_MIN_EXPECTED)
+                    if model.genes.symbols[i] not in named
+                ]
+            )
+            if pool.size < effect.n_genes:
+                msg = (f"expression effect on {effect.cell_type!r} asks for {effect.n_genes} "
+                       f"genes; only {pool.size} filler genes are expressed enough there")  # fmt: skip
+                raise ValueError(msg)
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3, k)))
+            genes = np.sort(rng.choice(pool, size=effect.n_genes, replace=False))
+        records.append((t, genes, effect.group, dict(effect.log2_fold)))
+        chosen.append((k, effect.cell_type, genes))
+    return ExpressionShifts(seed=seed, patient_sd=patient_sd, effects=tuple(records)), chosen
+
+
+def apply_log_shift(profiles: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Multiply each type's genes by ``exp(shift)``, keeping each type's total expression."""
+    scaled = profiles * np.exp(shift)
+    total = scaled.sum(axis=1)
+    keep = np.divide(profiles.sum(axis=1), total, out=np.ones_like(total), where=total > 0)
+    return scaled * keep[:, None]

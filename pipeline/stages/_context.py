@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
+import dask.array as da
 import numpy as np
 import pandas as pd
 import zarr
@@ -155,10 +156,27 @@ class StageContext:
         self._check_samples()
         return open_cohort(self.workdir, chunk_cells=self.cfg.ingest.chunk_cells)
 
-    def open_counts(self) -> ad.AnnData:
-        """The counts without the cells' metadata (`pipeline.cohort.open_counts`)."""
+    def open_counts(self, *, batches: bool = False) -> ad.AnnData:
+        """The counts without the cells' metadata (`pipeline.cohort.open_counts`); with
+        ``batches``, every batch layer's samples after the cohort's, in `read_obs`'s order."""
         self._check_samples()
-        return open_counts(self.workdir, chunk_cells=self.cfg.ingest.chunk_cells)
+        counts = open_counts(self.workdir, chunk_cells=self.cfg.ingest.chunk_cells)
+        if not batches:
+            return counts
+        self._stores(batches)  # the stage declares that it reads the batch layers
+        parts = [counts] + [
+            open_counts(
+                self.workdir, chunk_cells=self.cfg.ingest.chunk_cells, samples=layer.samples
+            )
+            for layer in self.workdir.batch_layers().values()
+        ]
+        if len(parts) == 1:
+            return counts
+        sample = pd.concat([p.obs["sample_id"].astype(str) for p in parts], ignore_index=True)
+        obs = pd.DataFrame({"sample_id": pd.Categorical(sample, categories=sample.unique())})
+        obs.index = obs.index.astype(str)
+        return ad.AnnData(X=da.concatenate([p.X for p in parts], axis=0), obs=obs,
+                          var=counts.var, uns=dict(counts.uns))  # fmt: skip
 
     # ---- writes ---------------------------------------------------------------------
 

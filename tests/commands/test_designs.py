@@ -23,6 +23,7 @@ TINY = {"seed": 5, "n_patients": 4, "cells_per_sample": 150, "n_genes": 2000, "n
 CONFIG = {
     "preprocess": {"n_top_genes": 500, "n_comps": 10},
     "graph": {"resolutions": [0.5]},
+    "expression": {"cell_types": ["T_CD4"]},  # ~55 cells per sample: tested where it can be
 }
 
 
@@ -125,6 +126,17 @@ def test_every_stage_finishes_and_says_what_is_not_estimable(
     if design in ("one_group", "baseline_only", "tiny_batch"):
         b_cells = estimable[(estimable["cell_type"] == "B") & (estimable["method"] == "glmm")]
         assert len(b_cells) > 0 and np.isfinite(b_cells["estimate"]).all(), b_cells
+
+    expression = json.loads((work / "expression" / "summary.json").read_text())
+    if design in ("one_patient", "one_group", "unknown_only"):
+        assert not expression["cell_types_tested"], expression
+        assert "expected at least 2 of each" in expression["cell_types_skipped"][0]["reason"]
+    else:
+        assert expression["cell_types_tested"] == ["lineage/T_CD4"], expression
+    if design == "one_patient_per_group":
+        reasons = {r["contrast"]: r["reason"] for r in expression["not_estimable"]}
+        assert DF in reasons["response@month0"]
+        assert "no residual degrees of freedom" in reasons["time3@responder"]
 
     html = (work / "report" / "index.html").read_text()
     if expected:

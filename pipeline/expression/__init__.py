@@ -1,0 +1,23 @@
+"""Differential expression within cell types: pseudobulk per sample x cell type on the
+cluster, negative-binomial GLMs (PyDESeq2) with the study's contrasts."""
+
+from ._kernels import filter_by_expr, group_sums, hat_values
+from ._models import CellTypeDesigns, FitDesign, cell_type_designs, fit_deseq2
+from ._pseudobulk import pseudobulk_counts, pseudobulk_groups
+from ._run import expression_digest_inputs, gene_names, pseudobulk_anndata, run_expression
+
+__all__ = [
+    "CellTypeDesigns",
+    "FitDesign",
+    "cell_type_designs",
+    "expression_digest_inputs",
+    "filter_by_expr",
+    "fit_deseq2",
+    "gene_names",
+    "group_sums",
+    "hat_values",
+    "pseudobulk_anndata",
+    "pseudobulk_counts",
+    "pseudobulk_groups",
+    "run_expression",
+]

@@ -1,0 +1,66 @@
+"""Pseudobulk on the cluster: summed raw counts per sample x cell type, chunk by chunk
+from the sample stores (each worker sums its chunk's cells per group; the driver adds
+the small per-chunk tables as they arrive, so the counts are never whole in memory)."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+from distributed import Client, as_completed
+
+from ..cohort import cell_chunks
+from ..labels import B_SUBSETS, LINEAGES
+from ._kernels import group_sums
+
+LEVEL_TYPES: dict[str, tuple[str, ...]] = {"lineage": LINEAGES, "b_subset": B_SUBSETS}
+
+
+def pseudobulk_groups(cells: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every sample x level x cell type with QC-passed cells (``cells``: `sample_id`,
+    `qc_pass`, `lineage`, `b_subset`, one row per cell in the counts' order): the groups
+    (`sample_id, level, cell_type, n_cells`) and each cell's group codes (cells x 2:
+    its lineage's and, for B cells, its subset's; -1 for none)."""
+    keep = cells["qc_pass"].to_numpy(dtype=bool)
+    sample = cells["sample_id"].astype(str).to_numpy()
+    samples = list(dict.fromkeys(sample))
+    frames, codes = [], np.full((len(cells), 2), -1, dtype=np.int64)
+    offset = 0
+    for k, (level, types) in enumerate(LEVEL_TYPES.items()):
+        label = cells[level].astype(str).to_numpy()
+        known = keep & np.isin(label, types)
+        s_code = pd.Categorical(sample, categories=samples).codes.astype(np.int64)
+        t_code = pd.Categorical(label, categories=list(types)).codes.astype(np.int64)
+        flat = s_code * len(types) + t_code
+        n_cells = np.bincount(flat[known], minlength=len(samples) * len(types))
+        present = np.flatnonzero(n_cells)
+        index = np.full(len(samples) * len(types), -1, dtype=np.int64)
+        index[present] = offset + np.arange(present.size)
+        codes[known, k] = index[flat[known]]
+        frames.append(pd.DataFrame({
+            "sample_id": np.array(samples, dtype=object)[present // len(types)],
+            "level": level,
+            "cell_type": np.array(types, dtype=object)[present % len(types)],
+            "n_cells": n_cells[present].astype(np.int64),
+        }))  # fmt: skip
+        offset += present.size
+    return pd.concat(frames, ignore_index=True), codes
+
+
+def pseudobulk_counts(
+    x: da.Array, codes: np.ndarray, n_groups: int, *, client: Client
+) -> np.ndarray:
+    """Summed counts (groups x genes, int64) of the lazy cells x genes counts ``x``
+    (chunked along cells only) by the cells' group ``codes`` (from `pseudobulk_groups`)."""
+    out = np.zeros((n_groups, x.shape[1]), dtype=np.int64)
+    parts = [
+        dask.delayed(group_sums)(chunk.block, codes[chunk.rows])
+        for chunk in cell_chunks(x)
+        if (codes[chunk.rows] >= 0).any()
+    ]
+    for future in as_completed(client.compute(parts)):
+        groups, sums = future.result()
+        out[groups] += sums
+        future.release()
+    return out

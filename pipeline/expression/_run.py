@@ -1,0 +1,188 @@
+"""The expression stage in a workdir: per-cell labels and the counts of every sample
+(cohort and batch layers) in; ``WORKDIR/expression/`` out (built under a temporary name
+with its manifest): the pseudobulk as AnnData, the DE table, the contrasts that could
+not be estimated and why, and a summary.
+
+Per cell type: sample x cell type groups below ``min_cells`` cells are left out of the
+models (kept in the pseudobulk, flagged); a cell type with fewer than
+``min_samples_per_group`` kept samples of responders or of non-responders is not tested;
+genes pass edgeR's ``filterByExpr`` on the across-patients design; the fits (two per cell
+type, `pipeline.expression._models`) run in parallel on the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from distributed import as_completed
+
+from ..config import RunConfig
+from ..labels import DESIGN_COLUMNS
+from ..workdir import Workdir
+from ._kernels import filter_by_expr
+from ._models import DE_COLUMNS, cell_type_designs, fit_deseq2
+from ._pseudobulk import pseudobulk_counts, pseudobulk_groups
+
+if TYPE_CHECKING:
+    from ..config_analysis import ExpressionConfig
+    from ..stages import StageContext
+
+OBS_COLUMNS = (*DESIGN_COLUMNS, "qc_pass", "lineage", "b_subset")
+DE_TABLE_COLUMNS = ["level", "cell_type", *DE_COLUMNS[:-1], "n_samples", "method"]
+
+
+def expression_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, Any]:
+    """Besides its parameters, the results depend on every batch layer."""
+    return {
+        "params": cfg.expression.model_dump(mode="json"),
+        "batches": {name: layer.digest for name, layer in workdir.batch_layers().items()},
+    }
+
+
+def gene_names(var: pd.DataFrame) -> list[str]:
+    """Gene symbols where they name one gene each, else the gene ID."""
+    if "gene_symbols" not in var:
+        return [str(g) for g in var.index]
+    symbols = var["gene_symbols"].astype(str)
+    clash = symbols.duplicated(keep=False) | symbols.isin(["", "nan"])
+    return [str(i) if c else str(s) for i, s, c in zip(var.index, symbols, clash, strict=True)]
+
+
+def pseudobulk_anndata(
+    groups: pd.DataFrame, sums: np.ndarray, design: pd.DataFrame, var: pd.DataFrame
+) -> ad.AnnData:
+    """obs: one row per sample x cell type (`sample_id, level, cell_type, n_cells` and
+    the samplesheet's design columns); X: the summed raw counts; var: the genes."""
+    obs = groups.merge(design, on="sample_id", how="left")
+    obs.index = (obs["sample_id"] + ":" + obs["level"] + ":" + obs["cell_type"]).to_numpy()
+    return ad.AnnData(X=sums, obs=obs, var=var.copy())
+
+
+def plan_tests(
+    obs: pd.DataFrame, params: ExpressionConfig
+) -> tuple[list[tuple[str, str, pd.DataFrame]], list[dict[str, str]]]:
+    """Cell types to test with their kept groups (rows of ``obs``), and the skipped ones
+    with the reason."""
+    todo, skipped = [], []
+    for (level, cell_type), rows in obs.groupby(["level", "cell_type"], sort=False):
+        if params.cell_types and cell_type not in params.cell_types:
+            continue
+        kept = rows[rows["n_cells"] >= params.min_cells]
+        per_group = kept.drop_duplicates("sample_id")["response"].value_counts()
+        short = [g for g in ("responder", "non_responder")
+                 if per_group.get(g, 0) < params.min_samples_per_group]  # fmt: skip
+        if short:
+            have = ", ".join(f"{per_group.get(g, 0)} {g}" for g in ("responder", "non_responder"))
+            skipped.append({
+                "level": str(level), "cell_type": str(cell_type),
+                "reason": (f"{have} samples with at least {params.min_cells} cells; "
+                           f"expected at least {params.min_samples_per_group} of each"),
+            })  # fmt: skip
+            continue
+        todo.append((str(level), str(cell_type), kept))
+    return todo, skipped
+
+
+def run_expression(ctx: StageContext) -> str:
+    """Pseudobulk, filter, fit, write ``WORKDIR/expression/``; one summary line."""
+    params = ctx.cfg.expression
+    client = ctx.cluster
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    cells = ctx.read_obs(OBS_COLUMNS, batches=True)
+    counts = ctx.open_counts(batches=True)
+    if not np.array_equal(counts.obs["sample_id"].astype(str).to_numpy(),
+                          cells["sample_id"].astype(str).to_numpy()):  # fmt: skip
+        msg = ("the cells of cohort.zarr and the batch layers are not in the order of the "
+               "sample stores; run the stages again (immunoprofile run)")  # fmt: skip
+        raise RuntimeError(msg)
+    text = {c: str for c in DESIGN_COLUMNS if c != "timepoint_months"}
+    design = cells[list(DESIGN_COLUMNS)].astype(text).drop_duplicates("sample_id")
+    groups, codes = pseudobulk_groups(cells)
+    del cells
+    sums = pseudobulk_counts(counts.X, codes, len(groups), client=client)
+    del codes
+    seconds["pseudobulk"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pb = pseudobulk_anndata(groups, sums, design, counts.var)
+    pb.obs["in_models"] = pb.obs["n_cells"] >= params.min_cells
+    genes = np.array(gene_names(counts.var), dtype=object)
+    todo, skipped = plan_tests(pb.obs.reset_index(drop=True), params)
+    futures, meta = [], {}
+    n_genes: dict[str, int] = {}
+    not_estimable: list[dict[str, str]] = []
+    notes: list[str] = []
+    for level, cell_type, kept in todo:
+        key = f"{level}/{cell_type}"
+        plans = cell_type_designs(kept[list(DESIGN_COLUMNS)], batch=params.batch_covariate)
+        not_estimable += [{"level": level, "cell_type": cell_type, "contrast": c, "reason": r}
+                          for c, r in plans.not_estimable.items()]  # fmt: skip
+        if not plans.fits:
+            continue
+        rows = kept.index.to_numpy()
+        x = sums[rows]
+        keep_genes = filter_by_expr(x, plans.fits[0].x.to_numpy(), min_count=params.min_count,
+                                    min_total_count=params.min_total_count)  # fmt: skip
+        n_genes[key] = int(keep_genes.sum())
+        if not keep_genes.any():
+            notes.append(f"{key}: no gene passes filterByExpr; not tested")
+            continue
+        by_sample = pd.Series(np.arange(len(kept)), index=kept["sample_id"].to_numpy())
+        for fit in plans.fits:
+            notes += [f"{key}: {n}" for n in fit.notes]
+            sub = x[by_sample.loc[fit.x.index].to_numpy()][:, keep_genes]
+            future = client.submit(fit_deseq2, sub, list(genes[keep_genes]), fit, pure=False)
+            futures.append(future)
+            meta[future.key] = (level, cell_type, fit.name)
+    tables = []
+    for future in as_completed(futures):
+        level, cell_type, name = meta[future.key]
+        table, fit_notes = future.result()
+        future.release()
+        table.insert(0, "cell_type", cell_type)
+        table.insert(0, "level", level)
+        table["method"] = f"deseq2_{name}"
+        tables.append(table)
+        notes += [f"{level}/{cell_type}: {n}" for n in fit_notes]
+    de = (pd.concat(tables, ignore_index=True) if tables
+          else pd.DataFrame(columns=DE_TABLE_COLUMNS))  # fmt: skip
+    order = {f"{lv}/{ct}": i for i, (lv, ct, _) in enumerate(todo)}
+    de = de.assign(_o=(de["level"] + "/" + de["cell_type"]).map(order)).sort_values(
+        ["_o", "contrast", "pvalue"], kind="stable"
+    )[DE_TABLE_COLUMNS]
+    seconds["models"] = time.perf_counter() - t
+
+    calls = (de[de["qvalue"] < params.alpha].groupby(["level", "cell_type", "contrast"])
+             .size().rename("n").reset_index())  # fmt: skip
+    summary = {
+        "n_groups": len(groups),
+        "n_in_models": int(pb.obs["in_models"].sum()),
+        "cell_types_tested": [f"{lv}/{ct}" for lv, ct, _ in todo],
+        "cell_types_skipped": skipped,
+        "genes_tested": n_genes,
+        "not_estimable": not_estimable,
+        "calls_at_alpha": calls.to_dict(orient="records"),
+        "alpha": params.alpha,
+        "notes": list(dict.fromkeys(notes)),
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+    }
+    with ctx.stage_folder() as (out, manifest):
+        pb.write_zarr(out.pseudobulk)
+        de.to_csv(out.de, index=False)
+        pd.DataFrame(not_estimable, columns=["level", "cell_type", "contrast", "reason"]).to_csv(
+            out.not_estimable, index=False
+        )
+        out.summary.write_text(json.dumps(summary, indent=2, default=str))
+        manifest.update(n_groups=len(groups), n_tests=len(de))
+    n_calls = int((de["qvalue"] < params.alpha).sum())
+    return (
+        f"expression: {len(groups):,} sample x cell-type pseudobulks, {len(todo)} cell types "
+        f"tested ({len(skipped)} skipped), {len(de):,} tests, {n_calls:,} at q < "
+        f"{params.alpha}; outputs in {ctx.workdir.expression.root}"
+    )
