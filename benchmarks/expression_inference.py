@@ -1,11 +1,12 @@
 """Benchmark: PyDESeq2's per-gene solvers against the batched ones (`BatchedInference`)
 on a study-sized pseudobulk of one cell type.
 
-44 patients (22 responders, 22 non-responders) x months 0, 3, 6 in 4 processing batches
-(132 samples), negative-binomial counts with patient-to-patient variation, both of the
-stage's fits (across patients: 8 columns with batch; patients blocked: 44 patients + 4
-group x month + 3 batch columns). Reports each repeat's wall time per solver and fit in
-one process, their medians and ratio, and how far the two solvers' answers are apart.
+`simulate_pseudobulk` (the cell simulator's cohort design: 44 patients x months 0, 3, 6
+in 4 processing batches, 132 samples; patient-to-patient expression variation), both of
+the stage's fits (across patients: `response * timepoint` + batch; patients blocked: one
+column per patient + group x month + batch). Reports each repeat's wall time per solver
+and fit in one process, their medians and ratio, and how far the two solvers' answers are
+apart.
 
     python benchmarks/expression_inference.py --genes 2000 --repeats 3 \
         --json benchmarks/results/expression_inference.jsonl
@@ -21,24 +22,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from pipeline.config import SimulationConfig
 from pipeline.expression import cell_type_designs, fit_deseq2
-
-
-def pseudobulk(n_patients: int, n_genes: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    rows = [(f"P{p:02d}_m{t}", f"P{p:02d}", t, "non_responder" if p % 2 else "responder",
-             f"batch{(p + i) % 4 + 1}") for p in range(n_patients) for i, t in enumerate((0, 3, 6))]  # fmt: skip
-    samples = pd.DataFrame(
-        rows, columns=["sample_id", "patient_id", "timepoint_months", "response", "batch"]
-    )
-    base = np.exp(rng.normal(4.0, 1.8, n_genes))
-    patient = rng.normal(0.0, 0.25, (n_patients, n_genes))
-    disp = np.exp(rng.normal(np.log(0.05), 0.5, n_genes))
-    p_index = np.repeat(np.arange(n_patients), 3)
-    mu = base * rng.uniform(0.5, 2.0, len(samples))[:, None] * np.exp(patient[p_index])
-    return samples, rng.poisson(rng.gamma(1.0 / disp, disp * mu))
+from pipeline.simulate import simulate_pseudobulk
 
 
 def main() -> None:
@@ -49,7 +36,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append the result as one JSON line")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    samples, counts = pseudobulk(args.patients, args.genes, seed=2026)
+    cfg = SimulationConfig(seed=2026, n_patients=args.patients, n_genes=args.genes, n_batches=4)
+    samples, counts = simulate_pseudobulk(cfg, cells=200)
     genes = [f"g{i}" for i in range(args.genes)]
     index = samples.set_index("sample_id").index
     record: dict[str, object] = {"label": "expression-inference", "genes": args.genes,

@@ -159,20 +159,25 @@ def add_batch(cfg: RunConfig, samplesheet: Path, client: Client, *, name: str | 
     files.root.mkdir(parents=True, exist_ok=True)
     _keep_tests_before(workdir, files)
     lines.append(map_batch(cfg, client, name, new))
-    lines.extend(refit_and_report(cfg, name))
+    lines.extend(refit_and_report(cfg, name, client))
     return "\n".join(lines)
 
 
-def refit_and_report(cfg: RunConfig, name: str) -> list[str]:
-    """Abundance over the cohort and every batch (unless current), then the change report
-    and, when the workdir had one, the HTML report."""
+def refit_and_report(cfg: RunConfig, name: str, client: Client) -> list[str]:
+    """Abundance over the cohort and every batch (unless current), then the change report;
+    the expression models (pseudobulk of every sample, the batch's included) and the HTML
+    report when the workdir had them."""
     lines = []
     if not is_current(cfg, "abundance"):
         lines.append(run_stage("abundance", cfg))
     else:
         lines.append("abundance: unchanged inputs and parameters, skipped")
     lines.append(write_changes(cfg, name))
-    if Workdir(cfg.workdir).report.root.exists() and not is_current(cfg, "report"):
+    workdir = Workdir(cfg.workdir)
+    had_expression = workdir.expression.root.exists()
+    if had_expression and not is_current(cfg, "expression"):
+        lines.append(run_stage("expression", cfg, client))
+    if workdir.report.root.exists() and not is_current(cfg, "report"):
         lines.append(run_stage("report", cfg))
     return lines
 

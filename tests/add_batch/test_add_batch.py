@@ -181,7 +181,7 @@ def test_adding_it_again_is_a_no_op_and_run_skips_everything(
     assert main(["run", str(cfg_file), "--workdir", str(workdir), "--samplesheet",
                  str(small_cohort.samplesheet)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert printed.count("unchanged inputs and parameters, skipped") == 7, printed
+    assert printed.count("unchanged inputs and parameters, skipped") == 8, printed
     assert "batch " not in printed
     everything.pop("logs/stages.jsonl", None)
     assert {
@@ -371,6 +371,19 @@ def test_a_cohort_integrated_with_scvi_takes_a_batch_too(
     (workdir / "models" / "scvi" / "model.pt").write_bytes(b"not the trained model")
     with pytest.raises(ModelFileError, match=r"models/scvi is not the one the integrate stage"):
         add_batch(cfg, small_cohort.late_samplesheet, client)
+
+
+def test_the_expression_models_are_refitted_with_the_batchs_samples(
+    added: tuple[Path, dict[str, str], str], small_cohort: SimulationResult
+) -> None:
+    workdir, _, printed = added
+    assert "expression: " in printed
+    pseudobulk = ad.read_zarr(workdir / "expression" / "pseudobulk.zarr")
+    assert small_cohort.late_samplesheet is not None
+    late = set(pd.read_csv(small_cohort.late_samplesheet)["sample_id"])
+    assert late <= set(pseudobulk.obs["sample_id"])
+    de = pd.read_csv(workdir / "expression" / "de.csv")
+    assert de["n_samples"].max() > 18  # the cohort's 18 samples and the batch's
 
 
 def test_validate_checks_the_batches_too(
