@@ -96,7 +96,8 @@ class Gram:
                 self.d = w.T @ gram.z + ridge  # (G, P)
                 self.b = np.stack([(w * gram.a[:, [j]]).T @ gram.z for j in range(k)], axis=2)
                 c = (w.T @ gram.outer).reshape(-1, k, k) + ridge * np.eye(k)
-                self.s = c - np.einsum("gjl,gj,gjm->glm", self.b, 1.0 / self.d, self.b)
+                scaled = self.b / self.d[:, :, None]
+                self.s = c - np.matmul(scaled.transpose(0, 2, 1), self.b)
             else:
                 p = gram.x.shape[1]
                 self.m = (w.T @ gram.outer).reshape(-1, p, p) + ridge * np.eye(p)
@@ -122,14 +123,14 @@ class Gram:
             """``x_i' M^-1 x_i`` (samples x genes)."""
             if not self.g.blocked:
                 m_inv = np.linalg.inv(self.m)
-                return np.einsum("ij,gjk,ik->ig", self.g.x, m_inv, self.g.x)
+                return (np.matmul(self.g.x, m_inv) * self.g.x).sum(axis=2).T
             s_inv = np.linalg.inv(self.s)
             grp = self.g.group
             has = grp >= 0
             u = np.broadcast_to(self.g.a, (self.d.shape[0], *self.g.a.shape)).copy()
             gi = np.maximum(grp, 0)
             u[:, has] -= self.b[:, gi[has], :] / self.d[:, gi[has], None]
-            q = np.einsum("gnk,gkl,gnl->ng", u, s_inv, u)
+            q = (np.matmul(u, s_inv) * u).sum(axis=2).T
             q[has] += 1.0 / self.d[:, gi[has]].T
             return q
 
