@@ -341,7 +341,7 @@ def test_a_cohort_integrated_with_scvi_takes_a_batch_too(
     workdir = tmp_path / "work"
     cfg = parse_config({**CONFIG, "workdir": str(workdir),
                         "samplesheet": str(small_cohort.samplesheet),
-                        "integrate": {"method": "both", "scvi_max_epochs": 60},
+                        "integrate": {"method": "both", "scvi_max_epochs": 60, "scvi_max_cells": 3000},
                         "graph": {"use_rep": "X_scvi"}})  # fmt: skip
     ingest_samples(read_samplesheet(small_cohort.samplesheet), workdir=workdir, client=client,
                    samplesheet=small_cohort.samplesheet)  # fmt: skip
