@@ -145,14 +145,15 @@ STAGES: tuple[Stage, ...] = (
         writes=Elements(folder="expression"),
     ),
     Stage(
-        "report", 1, "self-contained HTML: results, QC, integration, annotation, provenance",
+        "report", 2, "self-contained HTML: results, QC, integration, annotation, expression, provenance",
         run="pipeline.report:run_report", config=None,
         reads=Elements(
             cohort=(*_DESIGN, "obs/qc_pass", "obs/total_counts", "obs/n_genes_by_counts",
                     "obs/pct_counts_mt", "obs/lineage*", "obs/b_subset*", "obs/leiden_*",
                     "obsm/X_umap", "obsm/X_pca", "obsm/X_pca_harmony", "obsm/X_scvi",
                     "uns/integrate"),
-            files=("qc_summary", "annotate.root", "stage_log"),
+            files=("qc_summary", "annotate.root", "stage_log", "expression.de",
+                   "expression.summary", "expression.not_estimable"),
             folder="abundance",
             samples=True,
             batches=True,

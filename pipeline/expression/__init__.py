@@ -3,6 +3,7 @@ cluster, negative-binomial GLMs (PyDESeq2) with the study's contrasts."""
 
 from ._kernels import filter_by_expr, group_sums, hat_values
 from ._models import CellTypeDesigns, FitDesign, cell_type_designs, fit_deseq2
+from ._plots import volcano_grid
 from ._pseudobulk import pseudobulk_counts, pseudobulk_groups
 from ._run import expression_digest_inputs, gene_names, pseudobulk_anndata, run_expression
 
@@ -20,4 +21,5 @@ __all__ = [
     "pseudobulk_counts",
     "pseudobulk_groups",
     "run_expression",
+    "volcano_grid",
 ]

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from distributed import as_completed
 
+from ..abundance import contrast_names
 from ..config import RunConfig
 from ..labels import DESIGN_COLUMNS
 from ..workdir import Workdir
@@ -153,9 +154,11 @@ def run_expression(ctx: StageContext) -> str:
     de = (pd.concat(tables, ignore_index=True) if tables
           else pd.DataFrame(columns=DE_TABLE_COLUMNS))  # fmt: skip
     order = {f"{lv}/{ct}": i for i, (lv, ct, _) in enumerate(todo)}
-    de = de.assign(_o=(de["level"] + "/" + de["cell_type"]).map(order)).sort_values(
-        ["_o", "contrast", "pvalue"], kind="stable"
-    )[DE_TABLE_COLUMNS]
+    months = sorted({float(t) for t in design["timepoint_months"]})
+    rank = {c: i for i, c in enumerate(contrast_names(months))}  # DESIGN.md's order
+    de = de.assign(_o=(de["level"] + "/" + de["cell_type"]).map(order),
+                   _c=de["contrast"].map(rank))  # fmt: skip
+    de = de.sort_values(["_o", "_c", "pvalue"], kind="stable")[DE_TABLE_COLUMNS]
     seconds["models"] = time.perf_counter() - t
 
     calls = (de[de["qvalue"] < params.alpha].groupby(["level", "cell_type", "contrast"])

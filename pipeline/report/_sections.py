@@ -208,6 +208,58 @@ def abundance_section(workdir: Workdir) -> str:
     return "".join(parts)
 
 
+def expression_section(workdir: Workdir) -> str:
+    """Differential expression: calls per cell type and contrast, the baseline genes,
+    volcano plots, and what could not be tested or estimated."""
+    from ..expression import volcano_grid
+
+    files = workdir.expression
+    if not files.summary.exists():
+        return "<p>The expression stage has not run on this workdir.</p>"
+    summary = json.loads(files.summary.read_text())
+    alpha = float(summary.get("alpha", 0.05))
+    de = pd.read_csv(files.de)
+    tested = summary.get("cell_types_tested", [])
+    parts = [
+        f"<p>{len(tested)} cell types tested, {len(de):,} tests (DESeq2's negative-binomial "
+        "GLM through PyDESeq2, pseudobulk per sample and cell type; q-values within each "
+        "cell type and contrast). Fold changes are non-responders over responders for "
+        "<code>response@month{t}</code>, month t over baseline for <code>time{t}@...</code>.</p>"
+    ]
+    if len(de):
+        calls = (de.assign(hit=de["qvalue"] < alpha)
+                 .pivot_table(index="cell_type", columns="contrast", values="hit",
+                              aggfunc="sum", fill_value=0, sort=False)
+                 .reindex(columns=list(dict.fromkeys(de["contrast"]))))  # fmt: skip
+        parts += [f"<h3>Genes at q &lt; {alpha:g} per cell type and contrast</h3>",
+                  table(calls.reset_index())]  # fmt: skip
+        base = de[(de["contrast"] == "response@month0") & (de["qvalue"] < alpha)]
+        parts.append("<h3>Before treatment: genes that differ between non-responders and "
+                     "responders</h3>")  # fmt: skip
+        if len(base):
+            cols = ["cell_type", "gene", "log2fc", "lfc_se", "pvalue", "qvalue", "base_mean"]
+            parts.append(table(base.nsmallest(30, "qvalue")[cols], left=2))
+        else:
+            parts.append(f"<p>No gene at q &lt; {alpha:g} in any tested cell type.</p>")
+        contrasts = list(dict.fromkeys(de["contrast"]))
+        later = [c for c in contrasts if c.startswith("time") and c.endswith("@responder")]
+        for contrast in ["response@month0", *later[-1:]]:
+            if contrast in contrasts:
+                parts.append(figure(
+                    volcano_grid(de, contrast=contrast, alpha=alpha),
+                    f"{contrast}: each point a gene; orange at q < {alpha:g}. Look for "
+                    "cell types with many coloured genes and for the named ones.",
+                ))  # fmt: skip
+    skipped = pd.DataFrame(summary.get("cell_types_skipped", []))
+    if len(skipped):
+        parts += ["<h3>Cell types not tested</h3>", table(skipped, left=3)]
+    lost = pd.read_csv(files.not_estimable) if files.not_estimable.exists() else pd.DataFrame()
+    if len(lost):
+        parts += ["<h3>Contrasts a cell type's design cannot estimate</h3>",
+                  table(lost, left=4)]  # fmt: skip
+    return "".join(parts)
+
+
 def changes_section(workdir: Workdir) -> str:
     parts = []
     for name, layer in workdir.batch_layers().items():

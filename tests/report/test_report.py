@@ -16,7 +16,8 @@ from pipeline.stages import is_current, stage_digests
 
 from ..conftest import CommandRun
 
-SECTIONS = ["The run", "Quality control", "Integration", "Annotation", "Abundance"]
+SECTIONS = ["The run", "Quality control", "Integration", "Annotation", "Abundance",
+            "Differential expression"]  # fmt: skip
 
 
 def _chromium() -> str:
@@ -76,6 +77,8 @@ def test_the_report_renders_offline_with_every_image(
         "Per sample: kept",
         "forest B",
         "All contrasts (tests.csv)",
+        "Genes at q &lt; 0.05 per cell type and contrast",
+        "response@month0: each point a gene",
         "Package versions",
         "Inputs (SHA-256",
     ):
