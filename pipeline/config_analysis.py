@@ -117,6 +117,9 @@ class ExpressionConfig(FrozenModel):
         True, description="processing batch as a covariate where the design allows it"
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="q-value threshold in the summary")
+    programs: Path | None = Field(
+        None, description="gene program YAML (default: the package's programs.yaml)"
+    )
 
     @field_validator("cell_types")
     @classmethod

@@ -137,7 +137,7 @@ STAGES: tuple[Stage, ...] = (
         cluster=False,
     ),
     Stage(
-        "expression", 1, "pseudobulk per sample x cell type, NB GLM contrasts (PyDESeq2)",
+        "expression", 1, "pseudobulk per sample x cell type, NB GLM contrasts (PyDESeq2), gene programs",
         run="pipeline.expression:run_expression", config="expression",
         inputs="pipeline.expression:expression_digest_inputs",
         reads=Elements(cohort=(*_DESIGN, "obs/qc_pass", "obs/lineage", "obs/b_subset"),
@@ -153,7 +153,8 @@ STAGES: tuple[Stage, ...] = (
                     "obsm/X_umap", "obsm/X_pca", "obsm/X_pca_harmony", "obsm/X_scvi",
                     "uns/integrate"),
             files=("qc_summary", "annotate.root", "stage_log", "expression.de",
-                   "expression.summary", "expression.not_estimable"),
+                   "expression.summary", "expression.not_estimable",
+                   "expression.program_tests"),
             folder="abundance",
             samples=True,
             batches=True,

@@ -94,6 +94,14 @@ class ExpressionFiles(StageFolder):
         return self.root / "not_estimable.csv"
 
     @property
+    def program_tests(self) -> Path:
+        return self.root / "program_tests.csv"
+
+    @property
+    def program_scores(self) -> Path:
+        return self.root / "program_scores.csv"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 

@@ -20,7 +20,7 @@ from ._models import (
 )
 from ._plots import composition_plot, forest_grid, forest_plot, trajectory_plot
 from ._power import TYPE1_TARGET, PowerResult, power_plot, run_power
-from ._propeller import PropellerFit, fit_propeller, transformed_proportions
+from ._propeller import PropellerFit, fit_lmm, fit_propeller, transformed_proportions
 from ._run import abundance_digest_inputs, baseline_findings, run_abundance
 from ._table import LEVEL_TYPES, abundance_counts, counts_dataset
 
@@ -45,6 +45,7 @@ __all__ = [
     "estimable_design",
     "fit_abundance_models",
     "fit_binomial_glmm",
+    "fit_lmm",
     "fit_propeller",
     "forest_grid",
     "forest_plot",

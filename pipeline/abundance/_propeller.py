@@ -52,10 +52,17 @@ def fit_propeller(
     transform: Transform = "logit",
 ) -> PropellerFit:
     """``transform(count / total) ~ design + (1 | patient)`` by REML (statsmodels)."""
+    return fit_lmm(transformed_proportions(count, total, transform), design, patient)
+
+
+def fit_lmm(y: np.ndarray, design: np.ndarray, patient: np.ndarray) -> PropellerFit:
+    """``y ~ design + (1 | patient)`` by REML (statsmodels ``MixedLM``; L-BFGS, Powell
+    when it fails or does not converge): any per-sample outcome (transformed proportions,
+    expression program scores)."""
     from statsmodels.regression.mixed_linear_model import MixedLM
     from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-    y = transformed_proportions(count, total, transform)
+    y = np.asarray(y, dtype=float)
     notes: list[str] = []
     model = MixedLM(y, design, groups=np.asarray(patient))
     with warnings.catch_warnings(record=True) as caught:

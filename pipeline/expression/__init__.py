@@ -4,19 +4,24 @@ cluster, negative-binomial GLMs (PyDESeq2) with the study's contrasts."""
 from ._kernels import filter_by_expr, group_sums, hat_values
 from ._models import CellTypeDesigns, FitDesign, cell_type_designs, fit_deseq2
 from ._plots import volcano_grid
+from ._programs import Programs, fit_program_models, load_programs, program_scores
 from ._pseudobulk import pseudobulk_counts, pseudobulk_groups
 from ._run import expression_digest_inputs, gene_names, pseudobulk_anndata, run_expression
 
 __all__ = [
     "CellTypeDesigns",
     "FitDesign",
+    "Programs",
     "cell_type_designs",
     "expression_digest_inputs",
     "filter_by_expr",
     "fit_deseq2",
+    "fit_program_models",
     "gene_names",
     "group_sums",
     "hat_values",
+    "load_programs",
+    "program_scores",
     "pseudobulk_anndata",
     "pseudobulk_counts",
     "pseudobulk_groups",

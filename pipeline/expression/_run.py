@@ -23,10 +23,19 @@ from distributed import as_completed
 
 from ..abundance import contrast_names
 from ..config import RunConfig
+from ..errors import ImmunoprofileError
 from ..labels import DESIGN_COLUMNS
 from ..workdir import Workdir
 from ._kernels import filter_by_expr
 from ._models import DE_COLUMNS, cell_type_designs, fit_deseq2
+from ._programs import (
+    PROGRAM_TEST_COLUMNS,
+    ProgramFileError,
+    fit_program_models,
+    load_programs,
+    program_scores,
+    with_qvalues,
+)
 from ._pseudobulk import pseudobulk_counts, pseudobulk_groups
 
 if TYPE_CHECKING:
@@ -38,9 +47,11 @@ DE_TABLE_COLUMNS = ["level", "cell_type", *DE_COLUMNS[:-1], "n_samples", "method
 
 
 def expression_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, Any]:
-    """Besides its parameters, the results depend on every batch layer."""
+    """Besides its parameters, the results depend on every batch layer and on the program
+    file's contents."""
     return {
         "params": cfg.expression.model_dump(mode="json"),
+        "programs_sha256": load_programs(cfg.expression.programs).sha256,
         "batches": {name: layer.digest for name, layer in workdir.batch_layers().items()},
     }
 
@@ -141,6 +152,7 @@ def run_expression(ctx: StageContext) -> str:
             future = client.submit(fit_deseq2, sub, list(genes[keep_genes]), fit, pure=False)
             futures.append(future)
             meta[future.key] = (level, cell_type, fit.name)
+    program_tables, score_tables, found = _programs(ctx, todo, sums, counts.var)
     tables = []
     for future in as_completed(futures):
         level, cell_type, name = meta[future.key]
@@ -173,6 +185,7 @@ def run_expression(ctx: StageContext) -> str:
         "calls_at_alpha": calls.to_dict(orient="records"),
         "alpha": params.alpha,
         "notes": list(dict.fromkeys(notes)),
+        "programs": found,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
     with ctx.stage_folder() as (out, manifest):
@@ -181,6 +194,8 @@ def run_expression(ctx: StageContext) -> str:
         pd.DataFrame(not_estimable, columns=["level", "cell_type", "contrast", "reason"]).to_csv(
             out.not_estimable, index=False
         )
+        program_tables.to_csv(out.program_tests, index=False)
+        score_tables.to_csv(out.program_scores, index=False)
         out.summary.write_text(json.dumps(summary, indent=2, default=str))
         manifest.update(n_groups=len(groups), n_tests=len(de))
     n_calls = int((de["qvalue"] < params.alpha).sum())
@@ -189,3 +204,37 @@ def run_expression(ctx: StageContext) -> str:
         f"tested ({len(skipped)} skipped), {len(de):,} tests, {n_calls:,} at q < "
         f"{params.alpha}; outputs in {ctx.workdir.expression.root}"
     )
+
+
+def _programs(
+    ctx: StageContext, todo: list, sums: np.ndarray, var: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Program scores and their tests for every tested cell type (in the driver: one
+    small mixed model per cell type and program)."""
+    try:
+        programs = load_programs(ctx.cfg.expression.programs)
+    except (OSError, ProgramFileError) as err:
+        raise ImmunoprofileError(f"expression.programs: {err}") from None
+    symbols = [str(s) for s in var.get("gene_symbols", pd.Series(var.index, index=var.index))]
+    tests, scores = [], []
+    for level, cell_type, kept in todo:
+        score, _ = program_scores(sums[kept.index.to_numpy()], symbols, programs)
+        if score.empty:
+            continue
+        samples = kept[list(DESIGN_COLUMNS)].reset_index(drop=True)
+        table, _ = fit_program_models(score, samples)
+        tests.append(table.assign(level=level, cell_type=cell_type, method="lmm"))
+        long = score.assign(sample_id=samples["sample_id"]).melt(
+            id_vars="sample_id", var_name="program", value_name="score"
+        )
+        scores.append(long.assign(level=level, cell_type=cell_type))
+    program_tests = (with_qvalues(pd.concat(tests, ignore_index=True))[PROGRAM_TEST_COLUMNS]
+                     if tests else pd.DataFrame(columns=PROGRAM_TEST_COLUMNS))  # fmt: skip
+    score_columns = ["sample_id", "level", "cell_type", "program", "score"]
+    program_scores_long = (pd.concat(scores, ignore_index=True)[score_columns] if scores
+                           else pd.DataFrame(columns=score_columns))  # fmt: skip
+    present = set(symbols)
+    found = {"file": programs.path, "version": programs.version, "sha256": programs.sha256,
+             "genes_found": {p: f"{sum(g in present for g in set(genes))} of {len(set(genes))}"
+                             for p, genes in programs.genes.items()}}  # fmt: skip
+    return program_tests, program_scores_long, found

@@ -250,6 +250,19 @@ def expression_section(workdir: Workdir) -> str:
                     f"{contrast}: each point a gene; orange at q < {alpha:g}. Look for "
                     "cell types with many coloured genes and for the named ones.",
                 ))  # fmt: skip
+    if files.program_tests.exists():
+        programs = pd.read_csv(files.program_tests)
+        found = summary.get("programs", {}).get("genes_found", {})
+        parts += [
+            "<h3>Gene programs</h3>",
+            "<p>Per sample and cell type, a program's score is decoupler's ulm t-value of "
+            "its genes' standardized log CPM; scores are tested with the abundance mixed "
+            "model (patient random intercept). Genes found per program: "
+            + esc(", ".join(f"{k} {v}" for k, v in found.items()))
+            + " (programs with fewer than 5 genes found are not scored).</p>",
+        ]
+        if len(programs):
+            parts.append(table(programs.sort_values("pvalue"), scroll=True, left=4))
     skipped = pd.DataFrame(summary.get("cell_types_skipped", []))
     if len(skipped):
         parts += ["<h3>Cell types not tested</h3>", table(skipped, left=3)]

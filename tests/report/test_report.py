@@ -79,6 +79,7 @@ def test_the_report_renders_offline_with_every_image(
         "All contrasts (tests.csv)",
         "Genes at q &lt; 0.05 per cell type and contrast",
         "response@month0: each point a gene",
+        "Gene programs",
         "Package versions",
         "Inputs (SHA-256",
     ):
