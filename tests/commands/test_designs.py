@@ -19,7 +19,10 @@ from pipeline.registry import STAGE_NAMES
 from pipeline.simulate import simulate_cohort
 
 # 4 patients (2 responders, 2 non-responders) x 3 timepoints x ~150 cells
-TINY = {"seed": 5, "n_patients": 4, "cells_per_sample": 150, "n_genes": 2000, "n_batches": 2}
+# (no expression variation between patients: the cohort whose baseline-only design has
+# B subsets absent from one group, which the test needs)
+TINY = {"seed": 5, "n_patients": 4, "cells_per_sample": 150, "n_genes": 2000, "n_batches": 2,
+        "expression_patient_sd": 0.0, "expression_effects": []}  # fmt: skip
 CONFIG = {
     "preprocess": {"n_top_genes": 500, "n_comps": 10},
     "graph": {"resolutions": [0.5]},

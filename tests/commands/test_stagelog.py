@@ -38,6 +38,9 @@ def test_a_stage_writes_one_log_line_and_draws_progress(tmp_path: Path, client: 
 def test_skipped_and_failed_stages_are_logged(tmp_path: Path, client: Client) -> None:
     with stage_log(tmp_path, "graph", client, progress=False) as record:
         record["message"] = "graph: unchanged inputs and parameters, skipped"
+        record["status"] = "skipped"  # the caller knows (`run_or_skip`), not the message
+    with stage_log(tmp_path, "expression", client, progress=False) as record:
+        record["message"] = "expression: 4 cell types tested (12 skipped)"
     with (
         pytest.raises(ValueError, match="bad input"),
         stage_log(tmp_path, "annotate", client, progress=False),
@@ -46,6 +49,7 @@ def test_skipped_and_failed_stages_are_logged(tmp_path: Path, client: Client) ->
     entries = [json.loads(x) for x in Workdir(tmp_path).stage_log.read_text().splitlines()]
     assert [(e["stage"], e["status"]) for e in entries] == [
         ("graph", "skipped"),
+        ("expression", "done"),
         ("annotate", "failed"),
     ]
-    assert entries[1]["error"] == "ValueError: bad input"
+    assert entries[2]["error"] == "ValueError: bad input"
