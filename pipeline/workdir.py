@@ -145,6 +145,15 @@ class BatchFiles:
         return self.root / "tests_before.none"
 
     @property
+    def de_before(self) -> Path:
+        """The cohort's expression/de.csv before this batch (when it had one)."""
+        return self.root / "de_before.csv"
+
+    @property
+    def expression_changes(self) -> Path:
+        return self.root / "expression_changes.csv"
+
+    @property
     def changes_json(self) -> Path:
         return self.root / "changes.json"
 

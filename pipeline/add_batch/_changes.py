@@ -6,6 +6,8 @@ unassigned share against the cohort's; samples above ``add_batch.poor_mapping_ra
 are flagged. For the abundance tests: every contrast whose conclusion moved (significant
 at ``abundance.alpha`` before and not after or the reverse, a sign change of a
 significant estimate) and the contrasts that are new (e.g. a timepoint the cohort lacked).
+For the expression models (when the workdir has them): the genes whose call moved,
+``batches/<name>/expression_changes.csv``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..store import write_text_atomic
 from ..workdir import Workdir
 
 KEYS = ["cell_type", "denominator", "contrast", "method"]
+GENE_KEYS = ["level", "cell_type", "gene", "contrast", "method"]
 _COLUMNS = [*DESIGN_COLUMNS, "qc_pass", "mapping_ratio", "lineage", "lineage_confidence"]
 
 
@@ -70,24 +73,59 @@ def moved_contrasts(before: pd.DataFrame | None, after: pd.DataFrame, alpha: flo
     """The tests whose conclusion differs between ``before`` and ``after``: significant
     at q < ``alpha`` in one only, a significant estimate changing sign, or an estimate
     that is new (a contrast the cohort had no data for, or one it could not estimate)."""
-    columns = [*KEYS, "estimate", "qvalue"]
+    return _moved(before, after, alpha, KEYS, "estimate")
+
+
+def moved_gene_calls(
+    before: pd.DataFrame | None, after: pd.DataFrame, alpha: float
+) -> pd.DataFrame:
+    """The expression tests (`expression/de.csv` rows) whose call differs: significant at
+    q < ``alpha`` in one only, or a significant log2 fold change changing sign; a gene
+    tested now but not before (newly past the filter, a new contrast) only when it is
+    significant now."""
+    moved = _moved(before, after, alpha, GENE_KEYS, "log2fc")
+    new = moved["change"].isin(["new contrast", "now estimable"])
+    moved.loc[new, "change"] = "newly tested, significant"
+    return moved[~new | (moved["qvalue_after"] < alpha)].reset_index(drop=True)
+
+
+def _moved(before: pd.DataFrame | None, after: pd.DataFrame, alpha: float, keys: list[str],
+           estimate: str) -> pd.DataFrame:  # fmt: skip
+    columns = [*keys, estimate, "qvalue"]
     if before is None:
         before = pd.DataFrame({c: pd.Series(dtype=after[c].dtype) for c in columns})
     both = after[columns].merge(
-        before[columns], on=KEYS, how="left", suffixes=("_after", "_before"), indicator=True
+        before[columns], on=keys, how="left", suffixes=("_after", "_before"), indicator=True
     )
+    was, now = both[f"{estimate}_before"], both[f"{estimate}_after"]
     sig_before = both["qvalue_before"] < alpha
     sig_after = both["qvalue_after"] < alpha
-    known = both["estimate_before"].notna()
+    known = was.notna()
     change = pd.Series("", index=both.index, dtype=object)
-    change[(both["_merge"] == "left_only") & both["estimate_after"].notna()] = "new contrast"
-    change[(both["_merge"] == "both") & ~known & both["estimate_after"].notna()] = "now estimable"
+    change[(both["_merge"] == "left_only") & now.notna()] = "new contrast"
+    change[(both["_merge"] == "both") & ~known & now.notna()] = "now estimable"
     change[known & sig_after & ~sig_before] = "now significant"
     change[known & sig_before & ~sig_after] = "no longer significant"
-    flipped = np.sign(both["estimate_before"]) != np.sign(both["estimate_after"])
+    flipped = np.sign(was) != np.sign(now)
     change[known & flipped & (sig_before | sig_after)] = "changed sign"
-    order = [*KEYS, "estimate_before", "estimate_after", "qvalue_before", "qvalue_after"]
+    order = [*keys, f"{estimate}_before", f"{estimate}_after", "qvalue_before", "qvalue_after"]
     return both.assign(change=change)[change != ""][[*order, "change"]].reset_index(drop=True)
+
+
+def write_expression_changes(cfg: RunConfig, name: str) -> str:
+    """``batches/<name>/expression_changes.csv``: the genes whose call the batch moved
+    (`moved_gene_calls`, q < ``expression.alpha``); the line add-batch prints."""
+    workdir = Workdir(cfg.workdir)
+    files = workdir.batch(name)
+    before = pd.read_csv(files.de_before) if files.de_before.exists() else None
+    moved = moved_gene_calls(before, pd.read_csv(workdir.expression.de), cfg.expression.alpha)
+    write_text_atomic(files.expression_changes, moved.to_csv(index=False))
+    counts = moved["change"].value_counts().to_dict()
+    where = "" if before is not None else " (the cohort had no expression results before)"
+    return (
+        f"expression changes: {len(moved):,} gene calls moved at q < {cfg.expression.alpha}"
+        f"{where}: {counts or 'none'}; see {files.expression_changes}"
+    )
 
 
 def _table(frame: pd.DataFrame) -> str:

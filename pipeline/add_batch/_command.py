@@ -32,7 +32,7 @@ from ..labels import name_problem
 from ..stages import is_current, run_stage, stage_digests, stages_until
 from ..store import write_text_atomic
 from ..workdir import BatchFiles, Workdir
-from ._changes import write_changes
+from ._changes import write_changes, write_expression_changes
 from ._layer import map_batch, write_rows
 
 
@@ -104,10 +104,14 @@ def check_analysed(cfg: RunConfig) -> None:
 
 
 def _keep_tests_before(workdir: Workdir, files: BatchFiles) -> None:
-    """The cohort's tests before this batch, saved once (a re-run must not take the
+    """The cohort's tests (and expression/de.csv) before this batch, saved once (a re-run must not take the
     tests the interrupted run already re-fitted for 'before')."""
     if files.tests_before.exists() or files.tests_before_none.exists():
         return
+    if workdir.expression.de.exists():
+        staging = files.root / ".de_before.tmp"
+        shutil.copyfile(workdir.expression.de, staging)
+        staging.replace(files.de_before)
     tests = workdir.abundance.tests
     if tests.exists():
         staging = files.root / ".tests_before.tmp"
@@ -177,6 +181,8 @@ def refit_and_report(cfg: RunConfig, name: str, client: Client) -> list[str]:
     had_expression = workdir.expression.root.exists()
     if had_expression and not is_current(cfg, "expression"):
         lines.append(run_stage("expression", cfg, client))
+    if had_expression:
+        lines.append(write_expression_changes(cfg, name))
     if workdir.report.root.exists() and not is_current(cfg, "report"):
         lines.append(run_stage("report", cfg))
     return lines

@@ -3,10 +3,10 @@ cluster, negative-binomial GLMs (PyDESeq2) with the study's contrasts."""
 
 from ._kernels import filter_by_expr, group_sums, hat_values
 from ._models import CellTypeDesigns, FitDesign, cell_type_designs, fit_deseq2
-from ._plots import volcano_grid
+from ._plots import program_trajectories, sample_order, top_genes_heatmap, volcano_grid
 from ._programs import Programs, fit_program_models, load_programs, program_scores
-from ._pseudobulk import pseudobulk_counts, pseudobulk_groups
-from ._run import expression_digest_inputs, gene_names, pseudobulk_anndata, run_expression
+from ._pseudobulk import gene_names, pseudobulk_counts, pseudobulk_groups
+from ._run import expression_digest_inputs, pseudobulk_anndata, run_expression
 
 __all__ = [
     "CellTypeDesigns",
@@ -22,9 +22,12 @@ __all__ = [
     "hat_values",
     "load_programs",
     "program_scores",
+    "program_trajectories",
     "pseudobulk_anndata",
     "pseudobulk_counts",
     "pseudobulk_groups",
     "run_expression",
+    "sample_order",
+    "top_genes_heatmap",
     "volcano_grid",
 ]

@@ -4,6 +4,8 @@ the small per-chunk tables as they arrive, so the counts are never whole in memo
 
 from __future__ import annotations
 
+import hashlib
+
 import dask
 import dask.array as da
 import numpy as np
@@ -15,6 +17,15 @@ from ..labels import B_SUBSETS, LINEAGES
 from ._kernels import group_sums
 
 LEVEL_TYPES: dict[str, tuple[str, ...]] = {"lineage": LINEAGES, "b_subset": B_SUBSETS}
+
+
+def gene_names(var: pd.DataFrame) -> list[str]:
+    """Gene symbols where they name one gene each, else the gene ID."""
+    if "gene_symbols" not in var:
+        return [str(g) for g in var.index]
+    symbols = var["gene_symbols"].astype(str)
+    clash = symbols.duplicated(keep=False) | symbols.isin(["", "nan"])
+    return [str(i) if c else str(s) for i, s, c in zip(var.index, symbols, clash, strict=True)]
 
 
 def pseudobulk_groups(cells: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
@@ -64,3 +75,22 @@ def pseudobulk_counts(
         out[groups] += sums
         future.release()
     return out
+
+
+def sample_keys(cells: pd.DataFrame, stores: dict[str, str], genes: str) -> dict[str, str]:
+    """Per sample, what its pseudobulk rows are computed from: the sample store's identity
+    (``stores``: sample -> digest of its manifest), the genes (``genes``: a digest of the
+    var names) and its cells' `qc_pass`, `lineage` and `b_subset` in the counts' order. A
+    pseudobulk row whose sample has the same key need not be computed again."""
+    sample = cells["sample_id"].astype(str).to_numpy()
+    labels = np.stack([
+        cells["qc_pass"].to_numpy(dtype=bool).astype(np.int16),
+        *(pd.Categorical(cells[level].astype(str), categories=list(types)).codes.astype(np.int16)
+          for level, types in LEVEL_TYPES.items()),
+    ], axis=1)  # fmt: skip
+    keys = {}
+    for sid, rows in pd.Series(np.arange(len(sample))).groupby(sample, sort=False):
+        h = hashlib.sha256(f"{stores[str(sid)]}|{genes}|".encode())
+        h.update(np.ascontiguousarray(labels[rows.to_numpy()]).tobytes())
+        keys[str(sid)] = h.hexdigest()
+    return keys

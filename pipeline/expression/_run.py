@@ -19,13 +19,16 @@ from typing import TYPE_CHECKING, Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import zarr
+from anndata.io import read_elem
 from distributed import as_completed
 
 from ..abundance import contrast_names
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..labels import DESIGN_COLUMNS
-from ..workdir import Workdir
+from ..store import json_sha256, read_manifest
+from ..workdir import ExpressionFiles, Workdir
 from ._kernels import filter_by_expr
 from ._models import DE_COLUMNS, cell_type_designs, fit_deseq2
 from ._programs import (
@@ -36,7 +39,7 @@ from ._programs import (
     program_scores,
     with_qvalues,
 )
-from ._pseudobulk import pseudobulk_counts, pseudobulk_groups
+from ._pseudobulk import gene_names, pseudobulk_counts, pseudobulk_groups, sample_keys
 
 if TYPE_CHECKING:
     from ..config_analysis import ExpressionConfig
@@ -56,15 +59,6 @@ def expression_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, Any]
     }
 
 
-def gene_names(var: pd.DataFrame) -> list[str]:
-    """Gene symbols where they name one gene each, else the gene ID."""
-    if "gene_symbols" not in var:
-        return [str(g) for g in var.index]
-    symbols = var["gene_symbols"].astype(str)
-    clash = symbols.duplicated(keep=False) | symbols.isin(["", "nan"])
-    return [str(i) if c else str(s) for i, s, c in zip(var.index, symbols, clash, strict=True)]
-
-
 def pseudobulk_anndata(
     groups: pd.DataFrame, sums: np.ndarray, design: pd.DataFrame, var: pd.DataFrame
 ) -> ad.AnnData:
@@ -73,6 +67,34 @@ def pseudobulk_anndata(
     obs = groups.merge(design, on="sample_id", how="left")
     obs.index = (obs["sample_id"] + ":" + obs["level"] + ":" + obs["cell_type"]).to_numpy()
     return ad.AnnData(X=sums, obs=obs, var=var.copy())
+
+
+def previous_pseudobulk(files: ExpressionFiles, keys: dict[str, str]) -> set[str]:
+    """The samples whose pseudobulk rows an earlier, complete run of the stage computed
+    from what they would be computed from now (`sample_keys`): add-batch computes only
+    the new samples'."""
+    if not files.manifest.exists() or not files.pseudobulk.exists():
+        return set()
+    try:
+        group = zarr.open_group(str(files.pseudobulk), mode="r")
+        old = read_elem(group["uns"]) if "uns" in group else {}
+    except (KeyError, OSError, ValueError):
+        return set()
+    old_keys = old.get("sample_keys", {})
+    return {s for s, k in keys.items() if old_keys.get(s) == k}
+
+
+def reuse_rows(files: ExpressionFiles, groups: pd.DataFrame) -> np.ndarray:
+    """The earlier run's summed counts of ``groups`` (sample x cell type rows)."""
+    before = ad.read_zarr(files.pseudobulk)
+    names = groups["sample_id"] + ":" + groups["level"] + ":" + groups["cell_type"]
+    rows = before.obs_names.get_indexer(names)
+    if (rows < 0).any() or not np.array_equal(
+        before.obs["n_cells"].to_numpy()[rows], groups["n_cells"].to_numpy()
+    ):
+        msg = f"{files.pseudobulk} does not hold the groups its sample keys promise"
+        raise RuntimeError(msg)
+    return np.asarray(before.X[rows], dtype=np.int64)
 
 
 def plan_tests(
@@ -115,14 +137,23 @@ def run_expression(ctx: StageContext) -> str:
         raise RuntimeError(msg)
     text = {c: str for c in DESIGN_COLUMNS if c != "timepoint_months"}
     design = cells[list(DESIGN_COLUMNS)].astype(text).drop_duplicates("sample_id")
+    stores = {sid: json_sha256(read_manifest(ctx.workdir.sample_store(sid)))
+              for sid in design["sample_id"]}  # fmt: skip
+    keys = sample_keys(cells, stores, json_sha256([str(g) for g in counts.var_names]))
     groups, codes = pseudobulk_groups(cells)
+    previous = previous_pseudobulk(ctx.workdir.expression, keys)
+    reused = np.isin(groups["sample_id"], list(previous))
+    codes[np.isin(cells["sample_id"].astype(str), list(previous))] = -1
     del cells
     sums = pseudobulk_counts(counts.X, codes, len(groups), client=client)
     del codes
+    if reused.any():
+        sums[reused] = reuse_rows(ctx.workdir.expression, groups[reused])
     seconds["pseudobulk"] = time.perf_counter() - t
 
     t = time.perf_counter()
     pb = pseudobulk_anndata(groups, sums, design, counts.var)
+    pb.uns["sample_keys"] = keys
     pb.obs["in_models"] = pb.obs["n_cells"] >= params.min_cells
     genes = np.array(gene_names(counts.var), dtype=object)
     todo, skipped = plan_tests(pb.obs.reset_index(drop=True), params)
@@ -178,6 +209,8 @@ def run_expression(ctx: StageContext) -> str:
     summary = {
         "n_groups": len(groups),
         "n_in_models": int(pb.obs["in_models"].sum()),
+        "samples_summed": len(keys) - len(previous),
+        "samples_reused": sorted(previous),
         "cell_types_tested": [f"{lv}/{ct}" for lv, ct, _ in todo],
         "cell_types_skipped": skipped,
         "genes_tested": n_genes,
@@ -200,7 +233,8 @@ def run_expression(ctx: StageContext) -> str:
         manifest.update(n_groups=len(groups), n_tests=len(de))
     n_calls = int((de["qvalue"] < params.alpha).sum())
     return (
-        f"expression: {len(groups):,} sample x cell-type pseudobulks, {len(todo)} cell types "
+        f"expression: {len(groups):,} sample x cell-type pseudobulks ({len(keys) - len(previous)} "
+        f"samples summed, {len(previous)} unchanged), {len(todo)} cell types "
         f"tested ({len(skipped)} skipped), {len(de):,} tests, {n_calls:,} at q < "
         f"{params.alpha}; outputs in {ctx.workdir.expression.root}"
     )

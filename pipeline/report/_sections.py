@@ -11,6 +11,7 @@ import json
 from importlib import metadata
 from typing import Any
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import yaml
@@ -19,7 +20,7 @@ from .. import __version__
 from ..config import RunConfig
 from ..results import leiden_columns
 from ..store import read_manifest
-from ..workdir import Workdir
+from ..workdir import ExpressionFiles, Workdir
 from . import _figures as figs
 from ._html import esc, figure, png_file, table
 
@@ -250,6 +251,7 @@ def expression_section(workdir: Workdir) -> str:
                     f"{contrast}: each point a gene; orange at q < {alpha:g}. Look for "
                     "cell types with many coloured genes and for the named ones.",
                 ))  # fmt: skip
+        parts.append(_top_genes_figure(files, de, alpha))
     if files.program_tests.exists():
         programs = pd.read_csv(files.program_tests)
         found = summary.get("programs", {}).get("genes_found", {})
@@ -263,6 +265,7 @@ def expression_section(workdir: Workdir) -> str:
         ]
         if len(programs):
             parts.append(table(programs.sort_values("pvalue"), scroll=True, left=4))
+            parts.append(_trajectories_figure(files, programs))
     skipped = pd.DataFrame(summary.get("cell_types_skipped", []))
     if len(skipped):
         parts += ["<h3>Cell types not tested</h3>", table(skipped, left=3)]
@@ -271,6 +274,43 @@ def expression_section(workdir: Workdir) -> str:
         parts += ["<h3>Contrasts a cell type's design cannot estimate</h3>",
                   table(lost, left=4)]  # fmt: skip
     return "".join(parts)
+
+
+def _top_genes_figure(files: ExpressionFiles, de: pd.DataFrame, alpha: float) -> str:
+    """The heatmap of the baseline contrast's top genes in the cell type with the most
+    calls for it (the smallest p-value when none is called)."""
+    from ..expression import top_genes_heatmap
+
+    base = de[(de["contrast"] == "response@month0") & de["pvalue"].notna()]
+    if base.empty:
+        return ""
+    calls = base.assign(hit=base["qvalue"] < alpha).groupby("cell_type", sort=False)["hit"].sum()
+    cell_type = (str(calls.idxmax()) if calls.max() > 0
+                 else str(base.loc[base["pvalue"].idxmin(), "cell_type"]))  # fmt: skip
+    pseudobulk = ad.read_zarr(files.pseudobulk)
+    return figure(
+        top_genes_heatmap(pseudobulk, de, cell_type=cell_type, contrast="response@month0"),
+        f"The 30 genes with the smallest q-values before treatment in {esc(cell_type)} "
+        f"({int(calls.max())} at q < {alpha:g}), one column per sample, responders first: "
+        "look for blocks of colour that follow the group and whether they persist by month.",
+    )
+
+
+def _trajectories_figure(files: ExpressionFiles, programs: pd.DataFrame) -> str:
+    """Per-patient program scores over time in the cell type of the smallest program p."""
+    from ..expression import program_trajectories
+
+    if not files.program_scores.exists() or programs["pvalue"].isna().all():
+        return ""
+    cell_type = str(programs.loc[programs["pvalue"].idxmin(), "cell_type"])
+    scores = pd.read_csv(files.program_scores)
+    samples = ad.read_zarr(files.pseudobulk).obs
+    return figure(
+        program_trajectories(scores, samples, cell_type=cell_type),
+        f"Program scores in {esc(cell_type)} (the cell type of the smallest program p-value) "
+        "per patient over the months, thin lines, with each group's mean: look for groups "
+        "apart at month 0 and for lines that move together under treatment.",
+    )
 
 
 def changes_section(workdir: Workdir) -> str:
@@ -296,4 +336,12 @@ def changes_section(workdir: Workdir) -> str:
             "<p>Contrasts whose conclusion moved:</p>",
             table(moved, scroll=True, left=4) if len(moved) else "<p>None.</p>",
         ]
+        if layer.files.expression_changes.exists():
+            genes = pd.read_csv(layer.files.expression_changes)
+            counts = ", ".join(f"{n} {k}" for k, n in genes["change"].value_counts().items())
+            parts.append(f"<p>Expression: {len(genes):,} gene calls moved"
+                         f"{' (' + esc(counts) + ')' if counts else ''}.</p>")  # fmt: skip
+            if len(genes):
+                shown = genes.sort_values("qvalue_after").head(30)
+                parts.append(table(shown, scroll=True, left=5))
     return "".join(parts)

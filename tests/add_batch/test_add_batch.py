@@ -374,7 +374,7 @@ def test_a_cohort_integrated_with_scvi_takes_a_batch_too(
 
 
 def test_the_expression_models_are_refitted_with_the_batchs_samples(
-    added: tuple[Path, dict[str, str], str], small_cohort: SimulationResult
+    added: tuple[Path, dict[str, str], str], small_cohort: SimulationResult, analysed: Path
 ) -> None:
     workdir, _, printed = added
     assert "expression: " in printed
@@ -384,6 +384,26 @@ def test_the_expression_models_are_refitted_with_the_batchs_samples(
     assert late <= set(pseudobulk.obs["sample_id"])
     de = pd.read_csv(workdir / "expression" / "de.csv")
     assert de["n_samples"].max() > 18  # the cohort's 18 samples and the batch's
+    # only the batch's samples were summed; the cohort's rows are the earlier run's
+    assert "(6 samples summed, 18 unchanged)" in printed
+    earlier = ad.read_zarr(analysed / "expression" / "pseudobulk.zarr")
+    kept = pseudobulk[earlier.obs_names]
+    np.testing.assert_array_equal(np.asarray(kept.X), np.asarray(earlier.X))
+    summary = json.loads((workdir / "expression" / "summary.json").read_text())
+    assert summary["samples_summed"] == 6 and len(summary["samples_reused"]) == 18
+
+    # the genes whose call moved, checked against the two DE tables
+    before = pd.read_csv(workdir / "batches" / BATCH / "de_before.csv")
+    assert before.equals(pd.read_csv(analysed / "expression" / "de.csv"))
+    changes = pd.read_csv(workdir / "batches" / BATCH / "expression_changes.csv")
+    keys = ["level", "cell_type", "gene", "contrast", "method"]
+    both = de.merge(before, on=keys, suffixes=("", "_before"))
+    sig, sig_before = both["qvalue"] < 0.05, both["qvalue_before"] < 0.05
+    sign = np.sign(both["log2fc"]) != np.sign(both["log2fc_before"])
+    flipped = both[(sig != sig_before) | (sig & sig_before & sign)]
+    listed = changes[changes["change"] != "newly tested, significant"]
+    assert set(map(tuple, flipped[keys].to_numpy())) == set(map(tuple, listed[keys].to_numpy()))
+    assert f"expression changes: {len(changes):,} gene calls moved" in printed
 
 
 def test_validate_checks_the_batches_too(

@@ -80,6 +80,8 @@ def test_the_report_renders_offline_with_every_image(
         "Genes at q &lt; 0.05 per cell type and contrast",
         "response@month0: each point a gene",
         "Gene programs",
+        "genes with the smallest q-values before treatment",
+        "per patient over the months",
         "Package versions",
         "Inputs (SHA-256",
     ):
