@@ -306,6 +306,13 @@ class IntegrateConfig(_Frozen):
         "only after several thousand gradient steps: epochs x cells / batch size)",
     )
     scvi_batch_size: int = Field(128, ge=16)
+    scvi_learning_rate: float = Field(
+        1e-3,
+        gt=0,
+        le=0.1,
+        description="Adam's learning rate (scvi-tools' default 1e-3; a larger one mixes in "
+        "fewer steps on CPU, watch the ELBO history in the stage's record)",
+    )
     seed: int = 0
 
 

@@ -33,7 +33,7 @@ from scipy.special import gammaln, polygamma
 from scipy.stats import norm
 
 RIDGE = 1e-6  # PyDESeq2's ridge on the IRLS normal equations
-GRID = 16  # points of the bracketing grid in log dispersion
+GRID = 10  # points of the bracketing grid in log dispersion
 NEWTON_STEPS = 40
 
 
@@ -81,6 +81,8 @@ class Gram:
             self.group = np.where(zx.any(axis=1), zx.argmax(axis=1), -1)
             self.a = self.x[:, rest]
             self.outer = _outer_rows(self.a)
+            # rows' a_l * z_j, flattened (samples x k*P): ``w.T @ this`` is every gene's B
+            self.az = (self.a[:, :, None] * zx[:, None, :]).reshape(self.x.shape[0], -1)
         else:
             self.outer = _outer_rows(self.x)
 
@@ -94,7 +96,7 @@ class Gram:
             if gram.blocked:
                 k = gram.a.shape[1]
                 self.d = w.T @ gram.z + ridge  # (G, P)
-                self.b = np.stack([(w * gram.a[:, [j]]).T @ gram.z for j in range(k)], axis=2)
+                self.b = (w.T @ gram.az).reshape(-1, k, gram.z.shape[1]).transpose(0, 2, 1)
                 c = (w.T @ gram.outer).reshape(-1, k, k) + ridge * np.eye(k)
                 scaled = self.b / self.d[:, :, None]
                 self.s = c - np.matmul(scaled.transpose(0, 2, 1), self.b)
@@ -119,6 +121,25 @@ class Gram:
             out[:, self.g.z_cols], out[:, self.g.a_cols] = beta_z, beta_a
             return out
 
+        def trace_inv(self, dw: np.ndarray) -> np.ndarray:
+            """``tr(M^-1 X' diag(dw) X)`` per gene (``dw``: samples x genes): the
+            derivative of ``log det M`` along a change ``dw`` of the weights."""
+            g = self.g
+            if not g.blocked:
+                p = g.x.shape[1]
+                dm = (dw.T @ g.outer).reshape(-1, p, p)
+                return (np.linalg.inv(self.m) * dm).sum(axis=(1, 2))
+            k = g.a.shape[1]
+            s_inv = np.linalg.inv(self.s)
+            dd = dw.T @ g.z  # (G, P)
+            db = (dw.T @ g.az).reshape(-1, k, g.z.shape[1]).transpose(0, 2, 1)  # (G, P, k)
+            dc = (dw.T @ g.outer).reshape(-1, k, k)
+            bd = self.b / self.d[:, :, None]  # D^-1 B
+            t = np.matmul(bd, s_inv)  # D^-1 B S^-1 (minus M^-1's off-diagonal block)
+            diag = 1.0 / self.d + (t * bd).sum(axis=2)  # diagonal of M^-1's Z block
+            return ((diag * dd).sum(axis=1) - 2.0 * (t * db).sum(axis=(1, 2))
+                    + (s_inv * dc).sum(axis=(1, 2)))  # fmt: skip
+
         def quad(self) -> np.ndarray:
             """``x_i' M^-1 x_i`` (samples x genes)."""
             if not self.g.blocked:
@@ -135,10 +156,20 @@ class Gram:
             return q
 
 
-def nb_nll(counts: np.ndarray, mu: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Negative NB log-likelihood per gene (columns), PyDESeq2's parametrization."""
+def nb_nll(
+    counts: np.ndarray,
+    mu: np.ndarray,
+    alpha: np.ndarray,
+    *,
+    log_factorial: np.ndarray | float | None = None,
+) -> np.ndarray:
+    """Negative NB log-likelihood per gene (columns), PyDESeq2's parametrization;
+    ``log_factorial``: ``gammaln(counts + 1)`` when the caller has it (0 where only
+    differences in ``alpha`` matter)."""
     r = 1.0 / alpha
-    logbinom = gammaln(counts + r) - gammaln(counts + 1) - gammaln(r)
+    if log_factorial is None:
+        log_factorial = gammaln(counts + 1)
+    logbinom = gammaln(counts + r) - log_factorial - gammaln(r)
     n = counts.shape[0]
     terms = -logbinom + (counts + r) * np.log(r + mu) - counts * np.log(mu)
     return n * r * np.log(alpha) + terms.sum(axis=0)
@@ -253,7 +284,7 @@ class BatchedInference(DefaultInference):
 
         def loss(la: np.ndarray, g: np.ndarray) -> np.ndarray:
             alpha = np.exp(la)
-            value = nb_nll(y[:, g], mu[:, g], alpha)
+            value = nb_nll(y[:, g], mu[:, g], alpha, log_factorial=0.0)
             if cr_reg:
                 w = mu[:, g] / (1 + mu[:, g] * alpha)
                 value = value + 0.5 * gram.factor(w).logdet()
@@ -266,9 +297,8 @@ class BatchedInference(DefaultInference):
             value = alpha * _dnb_nll(y[:, g], mu[:, g], alpha)
             if cr_reg:
                 w = mu[:, g] / (1 + mu[:, g] * alpha)
-                # d/dalpha log det(X'WX) = sum_i (dw_i/dalpha) x_i' M^-1 x_i, dw = -w^2
-                q = gram.factor(w).quad()
-                value = value - 0.5 * (w**2 * q).sum(axis=0) * alpha
+                # d/dalpha log det(X'WX) = tr(M^-1 X' (dW/dalpha) X), dw_i/dalpha = -w_i^2
+                value = value - 0.5 * gram.factor(w).trace_inv(w**2) * alpha
             if prior_reg:
                 value = value + (la - log_hat[g]) / prior_disp_var
             return value

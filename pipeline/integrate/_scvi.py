@@ -123,6 +123,7 @@ def train_scvi(
     batch_size: int = 128,
     seed: int = 0,
     n_threads: int = 0,
+    learning_rate: float = 1e-3,
 ) -> ScviTraining:
     """Train scVI on raw HVG counts (cells x HVGs) with ``batch`` as the batch covariate;
     save it to ``model_dir`` (replaced atomically by the caller's directory rename)."""
@@ -140,6 +141,7 @@ def train_scvi(
     model.train(
         max_epochs=max_epochs,
         batch_size=batch_size,
+        plan_kwargs={"lr": learning_rate},
         accelerator="cpu",
         devices=1,
         train_size=1.0,

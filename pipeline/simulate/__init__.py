@@ -4,7 +4,7 @@ from ._cohort import SimulationResult, simulate_cohort, simulate_sample
 from ._design import CohortDesign, SampleSpec, design_cohort, true_contrasts
 from ._expression import ExpressionModel, GeneUniverse, build_expression_model, build_gene_universe
 from ._programs import B_SUBSETS, CELL_TYPES, LINEAGES
-from ._pseudobulk import simulate_pseudobulk
+from ._pseudobulk import simulate_planted_pseudobulk, simulate_pseudobulk
 from ._tables import simulate_count_table
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "design_cohort",
     "simulate_cohort",
     "simulate_count_table",
+    "simulate_planted_pseudobulk",
     "simulate_pseudobulk",
     "simulate_sample",
     "true_contrasts",

@@ -71,3 +71,20 @@ def test_wald_tests_and_linear_means_are_the_same(problem) -> None:
         np.testing.assert_allclose(a, b, rtol=1e-9)
     np.testing.assert_allclose(BatchedInference().lin_reg_mu(y, s, x, 0.5),
                                DefaultInference(n_cpus=1).lin_reg_mu(y, s, x, 0.5), rtol=1e-8)  # fmt: skip
+
+
+def test_the_log_determinants_derivative_is_the_explicit_trace(problem) -> None:
+    """``Gram.Factor.trace_inv`` (the Cox-Reid gradient; block form for the patients-blocked
+    design) equals tr(M^-1 X' diag(dw) X) computed from the full matrices."""
+    from pipeline.expression._inference import Gram
+
+    x, *_ = problem
+    rng = np.random.default_rng(1)
+    w = rng.uniform(0.5, 20, (x.shape[0], 6))
+    dw = rng.normal(0, 1, w.shape)
+    got = Gram(x).factor(w, 1e-6).trace_inv(dw)
+    for g in range(w.shape[1]):
+        m = x.T @ (w[:, [g]] * x) + 1e-6 * np.eye(x.shape[1])
+        expected = np.trace(np.linalg.solve(m, x.T @ (dw[:, [g]] * x)))
+        np.testing.assert_allclose(got[g], expected, rtol=1e-7)
+    assert Gram(x).blocked == (x.shape[1] > 20)

@@ -25,7 +25,7 @@ from pipeline.integrate import (
 
 
 def _train(run: RunConfig, cohort: ad.AnnData, client: Client, folder: Path,
-           epochs: int) -> ScviResult:  # fmt: skip
+           epochs: int, learning_rate: float = 1e-3) -> ScviResult:  # fmt: skip
     return scvi_cohort(
         open_cohort(run.workdir, chunk_cells=1000),
         client=client,
@@ -34,7 +34,8 @@ def _train(run: RunConfig, cohort: ad.AnnData, client: Client, folder: Path,
         hvg=np.flatnonzero(cohort.var["highly_variable"].to_numpy()),
         model_dir=folder / "scvi",
         params=IntegrateConfig(
-            method="scvi", scvi_max_cells=4000, scvi_max_epochs=epochs, scvi_batch_size=64
+            method="scvi", scvi_max_cells=4000, scvi_max_epochs=epochs, scvi_batch_size=64,
+            scvi_learning_rate=learning_rate,
         ),
     )
 
