@@ -34,7 +34,10 @@ def _train(run: RunConfig, cohort: ad.AnnData, client: Client, folder: Path,
         hvg=np.flatnonzero(cohort.var["highly_variable"].to_numpy()),
         model_dir=folder / "scvi",
         params=IntegrateConfig(
-            method="scvi", scvi_max_cells=4000, scvi_max_epochs=epochs, scvi_batch_size=64,
+            method="scvi",
+            scvi_max_cells=4000,
+            scvi_max_epochs=epochs,
+            scvi_batch_size=64,
             scvi_learning_rate=learning_rate,
         ),
     )
