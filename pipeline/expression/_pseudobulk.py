@@ -1,18 +1,17 @@
-"""Pseudobulk on the cluster: summed raw counts per sample x cell type, chunk by chunk
-from the sample stores (each worker sums its chunk's cells per group; the driver adds
-the small per-chunk tables as they arrive, so the counts are never whole in memory)."""
+"""Pseudobulk on the cluster: summed raw counts per sample x cell type, sample by sample
+from the sample stores (each worker sums one sample's cells per group; the driver adds
+the small per-sample tables as they arrive, so the counts are never whole in memory)."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-import dask
-import dask.array as da
 import numpy as np
 import pandas as pd
 from distributed import Client, as_completed
 
-from ..cohort import cell_chunks
+from ..cohort import read_sample_counts
 from ..labels import B_SUBSETS, LINEAGES
 from ._kernels import group_sums
 
@@ -60,21 +59,41 @@ def pseudobulk_groups(cells: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def pseudobulk_counts(
-    x: da.Array, codes: np.ndarray, n_groups: int, *, client: Client
+    stores: dict[str, Path],
+    sample: np.ndarray,
+    codes: np.ndarray,
+    n_groups: int,
+    genes: pd.Index,
+    *,
+    client: Client,
 ) -> np.ndarray:
-    """Summed counts (groups x genes, int64) of the lazy cells x genes counts ``x``
-    (chunked along cells only) by the cells' group ``codes`` (from `pseudobulk_groups`)."""
-    out = np.zeros((n_groups, x.shape[1]), dtype=np.int64)
-    parts = [
-        dask.delayed(group_sums)(chunk.block, codes[chunk.rows])
-        for chunk in cell_chunks(x)
-        if (codes[chunk.rows] >= 0).any()
-    ]
-    for future in as_completed(client.compute(parts)):
+    """Summed counts (groups x ``genes``, int64) by the cells' group ``codes`` (from
+    `pseudobulk_groups`; cells in the sample stores' order, ``sample`` each cell's sample
+    id, ``stores`` each sample's store). One task per sample reads its store (as the qc
+    stage's tasks do: a whole store is ~3x faster to read than the same cells through the
+    lazy array) and sums its cells per group; the driver adds the small tables as they
+    arrive. A sample none of whose cells has a group is not read."""
+    out = np.zeros((n_groups, len(genes)), dtype=np.int64)
+    rows = pd.Series(np.arange(len(sample))).groupby(np.asarray(sample), sort=False).indices
+    wanted = {sid: r for sid, r in rows.items() if (codes[r] >= 0).any()}
+    if not wanted:
+        return out
+    shared = client.scatter(pd.Index(genes), broadcast=True)
+    futures = [client.submit(_sample_sums, stores[str(sid)], shared, codes[r], pure=False)
+               for sid, r in wanted.items()]  # fmt: skip
+    for future in as_completed(futures):
         groups, sums = future.result()
         out[groups] += sums
         future.release()
     return out
+
+
+def _sample_sums(store: Path, genes: pd.Index, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = read_sample_counts(store, genes)
+    if x.shape[0] != codes.shape[0]:
+        msg = f"{store} holds {x.shape[0]} cells; the cohort's results list {codes.shape[0]}"
+        raise RuntimeError(msg)
+    return group_sums(x, codes)
 
 
 def sample_keys(cells: pd.DataFrame, stores: dict[str, str], genes: str) -> dict[str, str]:

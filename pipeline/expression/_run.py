@@ -137,15 +137,18 @@ def run_expression(ctx: StageContext) -> str:
         raise RuntimeError(msg)
     text = {c: str for c in DESIGN_COLUMNS if c != "timepoint_months"}
     design = cells[list(DESIGN_COLUMNS)].astype(text).drop_duplicates("sample_id")
-    stores = {sid: json_sha256(read_manifest(ctx.workdir.sample_store(sid)))
-              for sid in design["sample_id"]}  # fmt: skip
-    keys = sample_keys(cells, stores, json_sha256([str(g) for g in counts.var_names]))
+    identity = {sid: json_sha256(read_manifest(ctx.workdir.sample_store(sid)))
+                for sid in design["sample_id"]}  # fmt: skip
+    keys = sample_keys(cells, identity, json_sha256([str(g) for g in counts.var_names]))
     groups, codes = pseudobulk_groups(cells)
     previous = previous_pseudobulk(ctx.workdir.expression, keys)
     reused = np.isin(groups["sample_id"], list(previous))
     codes[np.isin(cells["sample_id"].astype(str), list(previous))] = -1
+    sample = cells["sample_id"].astype(str).to_numpy()
     del cells
-    sums = pseudobulk_counts(counts.X, codes, len(groups), client=client)
+    stores = {sid: ctx.workdir.sample_store(sid) for sid in design["sample_id"]}
+    sums = pseudobulk_counts(stores, sample, codes, len(groups), counts.var_names, client=client)
+    del sample
     del codes
     if reused.any():
         sums[reused] = reuse_rows(ctx.workdir.expression, groups[reused])
