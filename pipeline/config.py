@@ -306,12 +306,11 @@ class IntegrateConfig(_Frozen):
         "only after several thousand gradient steps: epochs x cells / batch size)",
     )
     scvi_batch_size: int = Field(128, ge=16)
-    scvi_learning_rate: float = Field(
-        1e-3,
-        gt=0,
-        le=0.1,
-        description="Adam's learning rate (scvi-tools' default 1e-3; a larger one mixes in "
-        "fewer steps on CPU, watch the ELBO history in the stage's record)",
+    scvi_kl_warmup_epochs: int = Field(
+        400,
+        ge=0,
+        description="epochs over which the KL term's weight rises to 1 (scvi-tools' "
+        "default 400: with fewer training epochs the weight never reaches 1)",
     )
     seed: int = 0
 

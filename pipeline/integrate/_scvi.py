@@ -123,7 +123,7 @@ def train_scvi(
     batch_size: int = 128,
     seed: int = 0,
     n_threads: int = 0,
-    learning_rate: float = 1e-3,
+    kl_warmup_epochs: int = 400,
 ) -> ScviTraining:
     """Train scVI on raw HVG counts (cells x HVGs) with ``batch`` as the batch covariate;
     save it to ``model_dir`` (replaced atomically by the caller's directory rename)."""
@@ -141,7 +141,7 @@ def train_scvi(
     model.train(
         max_epochs=max_epochs,
         batch_size=batch_size,
-        plan_kwargs={"lr": learning_rate},
+        plan_kwargs={"n_epochs_kl_warmup": kl_warmup_epochs},
         accelerator="cpu",
         devices=1,
         train_size=1.0,

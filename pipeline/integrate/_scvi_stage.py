@@ -107,7 +107,7 @@ def scvi_cohort(
     training = train_scvi(
         counts, batch[train], tmp, n_latent=params.scvi_n_latent,
         max_epochs=params.scvi_max_epochs, batch_size=params.scvi_batch_size, seed=params.seed,
-        learning_rate=params.scvi_learning_rate,
+        kl_warmup_epochs=params.scvi_kl_warmup_epochs,
     )  # fmt: skip
     shutil.rmtree(model_dir, ignore_errors=True)
     tmp.rename(model_dir)
