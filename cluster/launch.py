@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dask
 import psutil
 from distributed import Client, LocalCluster
 from distributed.security import Security
@@ -32,6 +33,20 @@ def local_cluster_size(cfg: ClusterConfig) -> dict[str, Any]:
     workers = cfg.n_workers or max(1, cores // threads)
     memory = cfg.memory_limit or int(psutil.virtual_memory().total * 0.9 / workers)
     return {"n_workers": workers, "threads_per_worker": threads, "memory_limit": memory}
+
+
+# distributed starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand memory back);
+# setting that switches off glibc's adaptive mmap threshold, so every array above 128 KiB
+# is a fresh mmap with its pages faulted in again: the expression stage's NB fits ran
+# 2.5x slower in a worker than in a plain process (22.5 s against 9.2 s, T_CD4 at 1M
+# cells, docs/benchmarks.md). A fixed threshold at glibc's adaptive maximum (32 MiB)
+# lets temporaries reuse the heap; the stages still hand memory back (runtime.release_memory).
+WORKER_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+
+
+def worker_environ() -> dict[str, Any]:
+    """distributed's environment for worker processes with `WORKER_ENVIRON` added."""
+    return {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRON}
 
 
 JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
@@ -85,7 +100,10 @@ def jobqueue_cluster(cfg: ClusterConfig, *, scale: bool = True) -> Any:
         "memory": jq.memory,
         "processes": jq.processes,
         "walltime": jq.walltime,
-        "job_script_prologue": list(jq.job_script_prologue),
+        "job_script_prologue": [
+            *(f"export {k}={v}" for k, v in WORKER_ENVIRON.items()),
+            *jq.job_script_prologue,
+        ],
         "job_extra_directives": list(jq.job_extra_directives),
         "scheduler_options": {"dashboard_address": cfg.dashboard_address},
     }
@@ -126,12 +144,13 @@ def start_client(cfg: ClusterConfig, *, quiet: bool = False) -> Iterator[Client]
     if cfg.profile == "address":
         client = Client(cfg.address)
     elif cfg.profile == "local":
-        cluster = LocalCluster(
-            host="127.0.0.1",
-            dashboard_address=cfg.dashboard_address,
-            processes=True,
-            **local_cluster_size(cfg),
-        )
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+            cluster = LocalCluster(
+                host="127.0.0.1",
+                dashboard_address=cfg.dashboard_address,
+                processes=True,
+                **local_cluster_size(cfg),
+            )
         client = Client(cluster)
     else:
         cluster = jobqueue_cluster(cfg)

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
+import dask
 import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 
+from cluster.launch import worker_environ
 from pipeline.config import RunConfig, SimulationConfig, parse_config
 from pipeline.simulate import SimulationResult, simulate_cohort
 
@@ -28,8 +30,10 @@ SMALL = {
 
 @pytest.fixture(scope="session")
 def client() -> Iterator[Client]:
-    """Two single-threaded worker processes on localhost, like a 2-core laptop."""
+    """Two single-threaded worker processes on localhost, like a 2-core laptop, with the
+    worker environment `immunoprofile run` gives its workers."""
     with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}),
         LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
             dashboard_address="127.0.0.1:0", memory_limit="4GiB",

@@ -160,7 +160,7 @@ def run_expression(ctx: StageContext) -> str:
     pb.obs["in_models"] = pb.obs["n_cells"] >= params.min_cells
     genes = np.array(gene_names(counts.var), dtype=object)
     todo, skipped = plan_tests(pb.obs.reset_index(drop=True), params)
-    futures, meta = [], {}
+    jobs: list[tuple[float, str, str, Any, np.ndarray, list[str]]] = []
     n_genes: dict[str, int] = {}
     not_estimable: list[dict[str, str]] = []
     notes: list[str] = []
@@ -183,9 +183,16 @@ def run_expression(ctx: StageContext) -> str:
         for fit in plans.fits:
             notes += [f"{key}: {n}" for n in fit.notes]
             sub = x[by_sample.loc[fit.x.index].to_numpy()][:, keep_genes]
-            future = client.submit(fit_deseq2, sub, list(genes[keep_genes]), fit, pure=False)
-            futures.append(future)
-            meta[future.key] = (level, cell_type, fit.name)
+            cost = sub.size * (1.5 if fit.name == "patients_blocked" else 1.0)  # measured
+            jobs.append((cost, level, cell_type, fit, sub, list(genes[keep_genes])))
+    # the costliest fits first (the scheduler runs tasks in the order submitted), so the
+    # last to finish are short; the counts go to the cluster as data, not in the graph
+    futures, meta = [], {}
+    for _, level, cell_type, fit, sub, names in sorted(jobs, key=lambda j: -j[0]):
+        future = client.submit(fit_deseq2, client.scatter(sub), names, fit, pure=False)
+        futures.append(future)
+        meta[future.key] = (level, cell_type, fit.name)
+    del jobs
     program_tables, score_tables, found = _programs(ctx, todo, sums, counts.var)
     tables = []
     for future in as_completed(futures):
