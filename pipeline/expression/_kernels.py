@@ -13,19 +13,27 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+SLICE_CELLS = 4096
+
 
 def group_sums(block: sp.csr_matrix, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The groups present among the chunk's cells and their summed counts (groups x
     genes, int64). ``codes``: the group of each cell (-1 for none), or cells x k with up
     to k groups per cell (a B cell counts towards lineage B and towards its subset)."""
     codes = np.asarray(codes).reshape(block.shape[0], -1)
+    block = sp.csr_matrix(block)
     cell, slot = np.nonzero(codes >= 0)
     groups, which = np.unique(codes[cell, slot], return_inverse=True)
-    indicator = sp.csr_matrix(
-        (np.ones(cell.size, dtype=np.int64), (which, cell)), shape=(groups.size, codes.shape[0])
-    )
-    sums = indicator @ sp.csr_matrix(block).astype(np.int64)
-    return groups.astype(np.int64), np.asarray(sums.toarray(), dtype=np.int64)
+    sums = np.zeros((groups.size, block.shape[1]), dtype=np.int64)
+    for start in range(0, block.shape[0], SLICE_CELLS):  # int64 copies of a slice at a time
+        stop = min(start + SLICE_CELLS, block.shape[0])
+        inside = (cell >= start) & (cell < stop)
+        indicator = sp.csr_matrix(
+            (np.ones(int(inside.sum()), dtype=np.int64), (which[inside], cell[inside] - start)),
+            shape=(groups.size, stop - start),
+        )
+        sums += (indicator @ block[start:stop].astype(np.int64)).toarray()
+    return groups.astype(np.int64), sums
 
 
 def hat_values(x: np.ndarray) -> np.ndarray:

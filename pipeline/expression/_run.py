@@ -85,16 +85,20 @@ def previous_pseudobulk(files: ExpressionFiles, keys: dict[str, str]) -> set[str
 
 
 def reuse_rows(files: ExpressionFiles, groups: pd.DataFrame) -> np.ndarray:
-    """The earlier run's summed counts of ``groups`` (sample x cell type rows)."""
-    before = ad.read_zarr(files.pseudobulk)
+    """The earlier run's summed counts of ``groups`` (sample x cell type rows; only those
+    rows are read)."""
+    store = zarr.open_group(str(files.pseudobulk), mode="r")
+    obs = read_elem(store["obs"])
     names = groups["sample_id"] + ":" + groups["level"] + ":" + groups["cell_type"]
-    rows = before.obs_names.get_indexer(names)
+    rows = pd.Index(obs.index).get_indexer(names)
     if (rows < 0).any() or not np.array_equal(
-        before.obs["n_cells"].to_numpy()[rows], groups["n_cells"].to_numpy()
+        obs["n_cells"].to_numpy()[rows], groups["n_cells"].to_numpy()
     ):
         msg = f"{files.pseudobulk} does not hold the groups its sample keys promise"
         raise RuntimeError(msg)
-    return np.asarray(before.X[rows], dtype=np.int64)
+    x = store["X"]
+    assert isinstance(x, zarr.Array)
+    return np.asarray(x.get_orthogonal_selection((rows, slice(None))), dtype=np.int64)
 
 
 def plan_tests(
@@ -160,7 +164,7 @@ def run_expression(ctx: StageContext) -> str:
     pb.obs["in_models"] = pb.obs["n_cells"] >= params.min_cells
     genes = np.array(gene_names(counts.var), dtype=object)
     todo, skipped = plan_tests(pb.obs.reset_index(drop=True), params)
-    jobs: list[tuple[float, str, str, Any, np.ndarray, list[str]]] = []
+    jobs: list[tuple[float, str, str, Any, np.ndarray, np.ndarray]] = []
     n_genes: dict[str, int] = {}
     not_estimable: list[dict[str, str]] = []
     notes: list[str] = []
@@ -172,49 +176,62 @@ def run_expression(ctx: StageContext) -> str:
         if not plans.fits:
             continue
         rows = kept.index.to_numpy()
-        x = sums[rows]
-        keep_genes = filter_by_expr(x, plans.fits[0].x.to_numpy(), min_count=params.min_count,
+        keep_genes = filter_by_expr(sums[rows], plans.fits[0].x.to_numpy(),
+                                    min_count=params.min_count,
                                     min_total_count=params.min_total_count)  # fmt: skip
         n_genes[key] = int(keep_genes.sum())
         if not keep_genes.any():
             notes.append(f"{key}: no gene passes filterByExpr; not tested")
             continue
-        by_sample = pd.Series(np.arange(len(kept)), index=kept["sample_id"].to_numpy())
+        by_sample = pd.Series(rows, index=kept["sample_id"].to_numpy())
         for fit in plans.fits:
             notes += [f"{key}: {n}" for n in fit.notes]
-            sub = x[by_sample.loc[fit.x.index].to_numpy()][:, keep_genes]
-            cost = sub.size * (1.5 if fit.name == "patients_blocked" else 1.0)  # measured
-            jobs.append((cost, level, cell_type, fit, sub, list(genes[keep_genes])))
-    # the costliest fits first (the scheduler runs tasks in the order submitted), so the
-    # last to finish are short; the counts go to the cluster as data, not in the graph
-    futures, meta = [], {}
-    for _, level, cell_type, fit, sub, names in sorted(jobs, key=lambda j: -j[0]):
-        future = client.submit(fit_deseq2, client.scatter(sub), names, fit, pure=False)
-        futures.append(future)
+            fit_rows = by_sample.loc[fit.x.index].to_numpy()
+            cost = len(fit_rows) * n_genes[key] * (1.5 if fit.name == "patients_blocked" else 1.0)
+            jobs.append((cost, level, cell_type, fit, fit_rows, keep_genes))
+    # the costliest fits first, so the last to finish are short; a few in flight at a
+    # time, each one's counts cut from the sums when it is submitted (not all at once)
+    jobs.sort(key=lambda j: -j[0])
+    meta: dict[Any, tuple[str, str, str]] = {}
+
+    def submit(job: tuple[float, str, str, Any, np.ndarray, np.ndarray]) -> Any:
+        _, level, cell_type, fit, fit_rows, keep_genes = job
+        data = client.scatter(sums[np.ix_(fit_rows, np.flatnonzero(keep_genes))])
+        future = client.submit(fit_deseq2, data, list(genes[keep_genes]), fit, pure=False)
         meta[future.key] = (level, cell_type, fit.name)
-    del jobs
+        return future
+
+    in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {})))
+    running = as_completed([submit(job) for job in jobs[:in_flight]])
+    waiting = jobs[in_flight:]
     program_tables, score_tables, found = _programs(ctx, todo, sums, counts.var)
+    order = {(lv, ct): i for i, (lv, ct, _) in enumerate(todo)}
+    months = sorted({float(t) for t in design["timepoint_months"]})
+    rank = {c: i for i, c in enumerate(contrast_names(months))}  # DESIGN.md's order
     tables = []
-    for future in as_completed(futures):
+    for future in running:
+        if waiting:
+            running.add(submit(waiting.pop(0)))
         level, cell_type, name = meta[future.key]
         table, fit_notes = future.result()
         future.release()
         table.insert(0, "cell_type", cell_type)
         table.insert(0, "level", level)
         table["method"] = f"deseq2_{name}"
+        table["_o"] = order[level, cell_type]
+        table["_c"] = table["contrast"].map(rank)
         tables.append(table)
         notes += [f"{level}/{cell_type}: {n}" for n in fit_notes]
+    del jobs
     de = (pd.concat(tables, ignore_index=True) if tables
-          else pd.DataFrame(columns=DE_TABLE_COLUMNS))  # fmt: skip
-    order = {f"{lv}/{ct}": i for i, (lv, ct, _) in enumerate(todo)}
-    months = sorted({float(t) for t in design["timepoint_months"]})
-    rank = {c: i for i, c in enumerate(contrast_names(months))}  # DESIGN.md's order
-    de = de.assign(_o=(de["level"] + "/" + de["cell_type"]).map(order),
-                   _c=de["contrast"].map(rank))  # fmt: skip
+          else pd.DataFrame(columns=[*DE_TABLE_COLUMNS, "_o", "_c"]))  # fmt: skip
+    del tables
+    de = de.astype({c: "category" for c in ("level", "cell_type", "contrast", "method")})
     de = de.sort_values(["_o", "_c", "pvalue"], kind="stable")[DE_TABLE_COLUMNS]
     seconds["models"] = time.perf_counter() - t
 
-    calls = (de[de["qvalue"] < params.alpha].groupby(["level", "cell_type", "contrast"])
+    calls = (de[de["qvalue"] < params.alpha]
+             .groupby(["level", "cell_type", "contrast"], observed=True, sort=False)
              .size().rename("n").reset_index())  # fmt: skip
     summary = {
         "n_groups": len(groups),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.sparse as sp
 
 from pipeline.expression import cell_type_designs, group_sums, hat_values, pseudobulk_groups
@@ -59,11 +60,12 @@ def test_batch_is_left_out_when_confounded_and_too_few_samples_say_so() -> None:
     assert "no residual degrees of freedom" in pilot.not_estimable["time6@responder"]
 
 
-def test_group_sums_adds_each_cell_to_each_of_its_groups() -> None:
+@pytest.mark.parametrize("n_cells", [50, 9_000])  # 9,000: across the kernel's cell slices
+def test_group_sums_adds_each_cell_to_each_of_its_groups(n_cells: int) -> None:
     rng = np.random.default_rng(0)
-    x = sp.random(50, 30, density=0.3, format="csr", random_state=1, dtype=np.float64)
+    x = sp.random(n_cells, 30, density=0.3, format="csr", random_state=1, dtype=np.float64)
     x.data = np.ceil(x.data * 10)
-    codes = np.column_stack([rng.integers(-1, 4, 50), rng.integers(-1, 7, 50)])
+    codes = np.column_stack([rng.integers(-1, 4, n_cells), rng.integers(-1, 7, n_cells)])
     codes[:, 1] = np.where(codes[:, 1] >= 0, codes[:, 1] + 4, -1)  # a second level: 4..10
     groups, sums = group_sums(x, codes)
     dense = x.toarray()
