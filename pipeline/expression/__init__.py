@@ -6,7 +6,7 @@ from ._models import CellTypeDesigns, FitDesign, cell_type_designs, fit_deseq2
 from ._plots import program_trajectories, sample_order, top_genes_heatmap, volcano_grid
 from ._power import POWER_COLUMNS, TARGETS, planted_changes, power_cohort
 from ._programs import Programs, fit_program_models, load_programs, program_scores
-from ._pseudobulk import gene_names, pseudobulk_counts, pseudobulk_groups
+from ._pseudobulk import gene_names, pseudobulk_counts, pseudobulk_groups, sample_rows
 from ._run import expression_digest_inputs, pseudobulk_anndata, run_expression
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "pseudobulk_groups",
     "run_expression",
     "sample_order",
+    "sample_rows",
     "top_genes_heatmap",
     "volcano_grid",
 ]

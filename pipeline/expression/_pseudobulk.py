@@ -27,21 +27,34 @@ def gene_names(var: pd.DataFrame) -> list[str]:
     return [str(i) if c else str(s) for i, s, c in zip(var.index, symbols, clash, strict=True)]
 
 
-def pseudobulk_groups(cells: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Every sample x level x cell type with QC-passed cells (``cells``: `sample_id`,
-    `qc_pass`, `lineage`, `b_subset`, one row per cell in the counts' order): the groups
-    (`sample_id, level, cell_type, n_cells`) and each cell's group codes (cells x 2:
-    its lineage's and, for B cells, its subset's; -1 for none)."""
+def sample_rows(sample: pd.Series) -> dict[str, np.ndarray]:
+    """Each sample's row positions, samples in order of first appearance (from the
+    categorical codes: no string per cell)."""
+    cat = sample.astype("category")
+    codes = cat.cat.codes.to_numpy()
+    where = pd.Series(np.arange(len(codes))).groupby(codes, sort=False).indices
+    names = cat.cat.categories
+    return {str(names[c]): where[c] for c in pd.unique(codes) if c >= 0}
+
+
+def pseudobulk_groups(
+    cells: pd.DataFrame, rows: dict[str, np.ndarray]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every sample x level x cell type with QC-passed cells (``cells``: `qc_pass`,
+    `lineage`, `b_subset`, one row per cell in the counts' order; ``rows``: each sample's
+    rows, `sample_rows`): the groups (`sample_id, level, cell_type, n_cells`) and each
+    cell's group codes (cells x 2: its lineage's and, for B cells, its subset's; -1 for
+    none)."""
     keep = cells["qc_pass"].to_numpy(dtype=bool)
-    sample = cells["sample_id"].astype(str).to_numpy()
-    samples = list(dict.fromkeys(sample))
+    samples = list(rows)
+    s_code = np.full(len(cells), -1, dtype=np.int64)
+    for i, r in enumerate(rows.values()):
+        s_code[r] = i
     frames, codes = [], np.full((len(cells), 2), -1, dtype=np.int64)
     offset = 0
     for k, (level, types) in enumerate(LEVEL_TYPES.items()):
-        label = cells[level].astype(str).to_numpy()
-        known = keep & np.isin(label, types)
-        s_code = pd.Categorical(sample, categories=samples).codes.astype(np.int64)
-        t_code = pd.Categorical(label, categories=list(types)).codes.astype(np.int64)
+        t_code = pd.Categorical(cells[level], categories=list(types)).codes.astype(np.int64)
+        known = keep & (t_code >= 0) & (s_code >= 0)
         flat = s_code * len(types) + t_code
         n_cells = np.bincount(flat[known], minlength=len(samples) * len(types))
         present = np.flatnonzero(n_cells)
@@ -60,7 +73,7 @@ def pseudobulk_groups(cells: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
 
 def pseudobulk_counts(
     stores: dict[str, Path],
-    sample: np.ndarray,
+    rows: dict[str, np.ndarray],
     codes: np.ndarray,
     n_groups: int,
     genes: pd.Index,
@@ -68,13 +81,12 @@ def pseudobulk_counts(
     client: Client,
 ) -> np.ndarray:
     """Summed counts (groups x ``genes``, int64) by the cells' group ``codes`` (from
-    `pseudobulk_groups`; cells in the sample stores' order, ``sample`` each cell's sample
-    id, ``stores`` each sample's store). One task per sample reads its store (as the qc
+    `pseudobulk_groups`; cells in the sample stores' order, ``rows`` each sample's rows,
+    ``stores`` each sample's store). One task per sample reads its store (as the qc
     stage's tasks do: a whole store is ~3x faster to read than the same cells through the
     lazy array) and sums its cells per group; the driver adds the small tables as they
     arrive. A sample none of whose cells has a group is not read."""
     out = np.zeros((n_groups, len(genes)), dtype=np.int64)
-    rows = pd.Series(np.arange(len(sample))).groupby(np.asarray(sample), sort=False).indices
     wanted = {sid: r for sid, r in rows.items() if (codes[r] >= 0).any()}
     if not wanted:
         return out
@@ -96,20 +108,22 @@ def _sample_sums(store: Path, genes: pd.Index, codes: np.ndarray) -> tuple[np.nd
     return group_sums(x, codes)
 
 
-def sample_keys(cells: pd.DataFrame, stores: dict[str, str], genes: str) -> dict[str, str]:
+def sample_keys(
+    cells: pd.DataFrame, rows: dict[str, np.ndarray], stores: dict[str, str], genes: str
+) -> dict[str, str]:
     """Per sample, what its pseudobulk rows are computed from: the sample store's identity
     (``stores``: sample -> digest of its manifest), the genes (``genes``: a digest of the
-    var names) and its cells' `qc_pass`, `lineage` and `b_subset` in the counts' order. A
-    pseudobulk row whose sample has the same key need not be computed again."""
-    sample = cells["sample_id"].astype(str).to_numpy()
+    var names) and its cells' (``rows``) `qc_pass`, `lineage` and `b_subset` in the
+    counts' order. A pseudobulk row whose sample has the same key need not be computed
+    again."""
     labels = np.stack([
         cells["qc_pass"].to_numpy(dtype=bool).astype(np.int16),
-        *(pd.Categorical(cells[level].astype(str), categories=list(types)).codes.astype(np.int16)
+        *(pd.Categorical(cells[level], categories=list(types)).codes.astype(np.int16)
           for level, types in LEVEL_TYPES.items()),
     ], axis=1)  # fmt: skip
     keys = {}
-    for sid, rows in pd.Series(np.arange(len(sample))).groupby(sample, sort=False):
-        h = hashlib.sha256(f"{stores[str(sid)]}|{genes}|".encode())
-        h.update(np.ascontiguousarray(labels[rows.to_numpy()]).tobytes())
-        keys[str(sid)] = h.hexdigest()
+    for sid, r in rows.items():
+        h = hashlib.sha256(f"{stores[sid]}|{genes}|".encode())
+        h.update(np.ascontiguousarray(labels[r]).tobytes())
+        keys[sid] = h.hexdigest()
     return keys

@@ -39,7 +39,13 @@ from ._programs import (
     program_scores,
     with_qvalues,
 )
-from ._pseudobulk import gene_names, pseudobulk_counts, pseudobulk_groups, sample_keys
+from ._pseudobulk import (
+    gene_names,
+    pseudobulk_counts,
+    pseudobulk_groups,
+    sample_keys,
+    sample_rows,
+)
 
 if TYPE_CHECKING:
     from ..config_analysis import ExpressionConfig
@@ -134,25 +140,27 @@ def run_expression(ctx: StageContext) -> str:
     t = time.perf_counter()
     cells = ctx.read_obs(OBS_COLUMNS, batches=True)
     counts = ctx.open_counts(batches=True)
-    if not np.array_equal(counts.obs["sample_id"].astype(str).to_numpy(),
-                          cells["sample_id"].astype(str).to_numpy()):  # fmt: skip
+    rows = sample_rows(cells["sample_id"])
+    stored = sample_rows(counts.obs["sample_id"])
+    if [(s, r[0], len(r)) for s, r in rows.items()] != [
+        (s, r[0], len(r)) for s, r in stored.items()
+    ]:
         msg = ("the cells of cohort.zarr and the batch layers are not in the order of the "
                "sample stores; run the stages again (immunoprofile run)")  # fmt: skip
         raise RuntimeError(msg)
     text = {c: str for c in DESIGN_COLUMNS if c != "timepoint_months"}
-    design = cells[list(DESIGN_COLUMNS)].astype(text).drop_duplicates("sample_id")
-    identity = {sid: json_sha256(read_manifest(ctx.workdir.sample_store(sid)))
-                for sid in design["sample_id"]}  # fmt: skip
-    keys = sample_keys(cells, identity, json_sha256([str(g) for g in counts.var_names]))
-    groups, codes = pseudobulk_groups(cells)
-    previous = previous_pseudobulk(ctx.workdir.expression, keys)
-    reused = np.isin(groups["sample_id"], list(previous))
-    codes[np.isin(cells["sample_id"].astype(str), list(previous))] = -1
-    sample = cells["sample_id"].astype(str).to_numpy()
+    first = [r[0] for r in rows.values()]
+    design = cells[list(DESIGN_COLUMNS)].iloc[first].astype(text).reset_index(drop=True)
+    identity = {sid: json_sha256(read_manifest(ctx.workdir.sample_store(sid))) for sid in rows}
+    keys = sample_keys(cells, rows, identity, json_sha256([str(g) for g in counts.var_names]))
+    groups, codes = pseudobulk_groups(cells, rows)
     del cells
-    stores = {sid: ctx.workdir.sample_store(sid) for sid in design["sample_id"]}
-    sums = pseudobulk_counts(stores, sample, codes, len(groups), counts.var_names, client=client)
-    del sample
+    previous = previous_pseudobulk(ctx.workdir.expression, keys)
+    reused = groups["sample_id"].isin(previous).to_numpy()
+    for sid in previous:
+        codes[rows[sid]] = -1
+    stores = {sid: ctx.workdir.sample_store(sid) for sid in rows}
+    sums = pseudobulk_counts(stores, rows, codes, len(groups), counts.var_names, client=client)
     del codes
     if reused.any():
         sums[reused] = reuse_rows(ctx.workdir.expression, groups[reused])

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pipeline.expression import cell_type_designs, group_sums, hat_values, pseudobulk_groups
+from pipeline.expression import (
+    cell_type_designs,
+    group_sums,
+    hat_values,
+    pseudobulk_groups,
+    sample_rows,
+)
 
 
 def _samples(n_patients: int = 6, months=(0, 3, 6), batches: int = 2) -> pd.DataFrame:
@@ -82,7 +88,16 @@ def test_groups_cover_qc_passed_labelled_cells_at_both_levels() -> None:
         "lineage": ["B", "T_CD4", "B", "B", "unassigned"],
         "b_subset": ["DN2", "", "naive", "unassigned", ""],
     })  # fmt: skip
-    groups, codes = pseudobulk_groups(cells)
+    rows = sample_rows(cells["sample_id"])
+    assert {k: v.tolist() for k, v in rows.items()} == {"s1": [0, 1, 2], "s2": [3, 4]}
+    # the same from categorical labels (as read from cohort.zarr), categories in any order
+    as_read = cells.astype({"sample_id": pd.CategoricalDtype(["s2", "s1"]), "lineage": "category",
+                            "b_subset": "category"})  # fmt: skip
+    assert list(sample_rows(as_read["sample_id"])) == ["s1", "s2"]
+    assert (
+        pseudobulk_groups(as_read, rows)[1].tolist() == pseudobulk_groups(cells, rows)[1].tolist()
+    )
+    groups, codes = pseudobulk_groups(cells, rows)
     names = (groups["sample_id"] + ":" + groups["level"] + ":" + groups["cell_type"]).tolist()
     assert names == ["s1:lineage:T_CD4", "s1:lineage:B", "s2:lineage:B", "s1:b_subset:DN2"]
     assert groups["n_cells"].tolist() == [1, 1, 1, 1]
