@@ -350,8 +350,8 @@ def test_a_cohort_integrated_with_scvi_takes_a_batch_too(
     shutil.rmtree(workdir / "report")
     cfg = parse_config({**CONFIG, "workdir": str(workdir),
                         "samplesheet": str(small_cohort.samplesheet),
-                        "integrate": {"method": "both", "scvi_max_epochs": 20, "scvi_max_cells": 3000,
-                                      "scvi_kl_warmup_epochs": 5},
+                        "integrate": {"method": "both", "scvi_max_epochs": 60,
+                                      "scvi_max_cells": 3000},
                         "graph": {"use_rep": "X_scvi"}})  # fmt: skip
     for stage in STAGES[2:]:  # integrate onwards
         run_stage(stage, cfg, client)
@@ -367,7 +367,8 @@ def test_a_cohort_integrated_with_scvi_takes_a_batch_too(
     agree = (layer.obs.loc[kept, "lineage"].astype(str) == full["lineage"].astype(str)).mean()
     assert agree >= 0.95
     # the encoder never saw the new processing batch: its cells sit further from their
-    # nearest cohort cells than Harmony-mapped ones (ratio ~1.0), measured 1.1-1.6 here;
+    # nearest cohort cells than Harmony-mapped ones (ratio ~1.0), measured 1.1-1.6 here
+    # (20 epochs with a 5-epoch KL warm-up gave up to 2.2: this checks the mapping, 60);
     # above add_batch.poor_mapping_ratio (1.5) they are flagged, which --refit resolves
     report = json.loads((workdir / "batches" / BATCH / "changes.json").read_text())
     ratios = pd.DataFrame(report["samples"]).set_index("sample_id")["mapping_ratio"]
