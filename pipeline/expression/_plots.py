@@ -20,12 +20,24 @@ if TYPE_CHECKING:
 DE_COLUMNS = ("cell_type", "gene", "contrast", "log2fc", "pvalue", "qvalue")
 
 
+def _panels(n: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A figure of ``n`` panels, three to a row, each ``size`` inches; unused ones hidden."""
+    from ..runtime import pyplot
+
+    cols = min(3, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = pyplot().subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows),
+                                  squeeze=False)  # fmt: skip
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def volcano_grid(de: pd.DataFrame, *, contrast: str, alpha: float = 0.05, label: int = 5,
                  max_panels: int = 6) -> Figure:  # fmt: skip
     """One volcano plot per cell type for ``contrast``: log2 fold change against -log10 p,
     genes at q < ``alpha`` in colour and the ``label`` smallest q-values named; the cell
     types with the most such genes first (at most ``max_panels``)."""
-    from ..runtime import pyplot
 
     missing = [c for c in DE_COLUMNS if c not in de.columns]
     if missing:
@@ -35,10 +47,7 @@ def volcano_grid(de: pd.DataFrame, *, contrast: str, alpha: float = 0.05, label:
         raise ValueError(f"DE table has no tested genes for contrast {contrast!r}")
     calls = part.assign(hit=part["qvalue"] < alpha).groupby("cell_type", sort=False)["hit"].sum()
     types = calls.sort_values(ascending=False, kind="stable").index[:max_panels].tolist()
-    plt = pyplot()
-    cols = min(3, len(types))
-    rows = int(np.ceil(len(types) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = _panels(len(types), (4.2, 3.6))
     for ax, cell_type in zip(axes.ravel(), types, strict=False):
         t = part[part["cell_type"] == cell_type]
         y = -np.log10(np.maximum(t["pvalue"].to_numpy(dtype=float), 1e-300))
@@ -53,8 +62,6 @@ def volcano_grid(de: pd.DataFrame, *, contrast: str, alpha: float = 0.05, label:
         ax.set_title(f"{cell_type}: {int(hit.sum())} genes at q < {alpha:g}", fontsize=9)
         ax.set_xlabel("log2 fold change")
         ax.set_ylabel("-log10 p")
-    for ax in axes.ravel()[len(types) :]:
-        ax.set_visible(False)
     fig.suptitle(contrast, fontsize=10)
     fig.tight_layout()
     return fig
@@ -129,7 +136,6 @@ def program_trajectories(scores: pd.DataFrame, samples: pd.DataFrame, *, cell_ty
     lines, coloured by response group) and each group's mean (thick). ``scores`` is
     `expression/program_scores.csv`, ``samples`` has one row per sample (`sample_id,
     patient_id, timepoint_months, response`)."""
-    from ..runtime import pyplot
 
     part = scores[scores["cell_type"].astype(str) == cell_type]
     if part.empty:
@@ -138,10 +144,7 @@ def program_trajectories(scores: pd.DataFrame, samples: pd.DataFrame, *, cell_ty
     part = part.merge(design.drop_duplicates("sample_id"), on="sample_id", how="inner")
     names = programs or list(dict.fromkeys(part["program"]))
     colours = {"responder": "#1b9e77", "non_responder": "#d95f02"}
-    plt = pyplot()
-    cols = min(3, len(names))
-    rows = int(np.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = _panels(len(names), (3.6, 3.0))
     for ax, program in zip(axes.ravel(), names, strict=False):
         p = part[part["program"] == program]
         for (_patient, response), t in p.groupby(
@@ -158,8 +161,6 @@ def program_trajectories(scores: pd.DataFrame, samples: pd.DataFrame, *, cell_ty
         ax.set_xlabel("month")
         ax.set_ylabel("score")
     axes.ravel()[0].legend(fontsize=7)
-    for ax in axes.ravel()[len(names) :]:
-        ax.set_visible(False)
     fig.suptitle(f"Program scores per patient in {cell_type}", fontsize=10)
     fig.tight_layout()
     return fig
