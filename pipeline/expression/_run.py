@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
@@ -24,6 +25,7 @@ from anndata.io import read_elem
 from distributed import as_completed
 
 from ..abundance import contrast_names
+from ..cohort import sample_metadata
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..labels import DESIGN_COLUMNS
@@ -73,6 +75,19 @@ def pseudobulk_anndata(
     obs = groups.merge(design, on="sample_id", how="left")
     obs.index = (obs["sample_id"] + ":" + obs["level"] + ":" + obs["cell_type"]).to_numpy()
     return ad.AnnData(X=sums, obs=obs, var=var.copy())
+
+
+def with_samplesheet_columns(design: pd.DataFrame, stores: dict[str, Path]) -> pd.DataFrame:
+    """``design`` (one row per sample) with the samplesheet's further columns (sex, age,
+    sledai, ...) from the sample stores; text columns categorical (missing where a
+    later batch's samplesheet lacks a column)."""
+    meta = pd.DataFrame([{**sample_metadata(store), "sample_id": sid}
+                         for sid, store in stores.items()])  # fmt: skip
+    extra = [c for c in meta.columns if c not in design.columns]
+    for c in extra:
+        if not pd.api.types.is_numeric_dtype(meta[c]):
+            meta[c] = meta[c].astype("category")
+    return design.merge(meta[["sample_id", *extra]], on="sample_id", how="left")
 
 
 def previous_pseudobulk(files: ExpressionFiles, keys: dict[str, str]) -> set[str]:
@@ -151,7 +166,9 @@ def run_expression(ctx: StageContext) -> str:
     text = {c: str for c in DESIGN_COLUMNS if c != "timepoint_months"}
     first = [r[0] for r in rows.values()]
     design = cells[list(DESIGN_COLUMNS)].iloc[first].astype(text).reset_index(drop=True)
-    identity = {sid: json_sha256(read_manifest(ctx.workdir.sample_store(sid))) for sid in rows}
+    stores = {sid: ctx.workdir.sample_store(sid) for sid in rows}
+    design = with_samplesheet_columns(design, stores)
+    identity = {sid: json_sha256(read_manifest(store)) for sid, store in stores.items()}
     keys = sample_keys(cells, rows, identity, json_sha256([str(g) for g in counts.var_names]))
     groups, codes = pseudobulk_groups(cells, rows)
     del cells
@@ -159,7 +176,6 @@ def run_expression(ctx: StageContext) -> str:
     reused = groups["sample_id"].isin(previous).to_numpy()
     for sid in previous:
         codes[rows[sid]] = -1
-    stores = {sid: ctx.workdir.sample_store(sid) for sid in rows}
     sums = pseudobulk_counts(stores, rows, codes, len(groups), counts.var_names, client=client)
     del codes
     if reused.any():

@@ -32,7 +32,7 @@ def de(analysed_small: CommandRun) -> pd.DataFrame:
 
 
 def test_pseudobulk_is_the_sum_of_each_groups_raw_counts(
-    analysed_small: CommandRun, pseudobulk: ad.AnnData
+    analysed_small: CommandRun, small_cohort: SimulationResult, pseudobulk: ad.AnnData
 ) -> None:
     workdir = analysed_small.workdir
     obs = ad.read_zarr(workdir / "cohort.zarr").obs
@@ -62,6 +62,15 @@ def test_pseudobulk_is_the_sum_of_each_groups_raw_counts(
             "response", "batch", "in_models"}  # fmt: skip
     assert cols <= set(pseudobulk.obs.columns)
     assert pseudobulk.obs["in_models"].equals(pseudobulk.obs["n_cells"] >= 10)
+    # the samplesheet's further columns, each sample's own values
+    sheet = pd.read_csv(small_cohort.samplesheet).set_index("sample_id")
+    extra = ["sex", "age", "sledai"]
+    assert set(extra) <= set(sheet.columns)
+    got = pseudobulk.obs.set_index(pseudobulk.obs["sample_id"].astype(str))[extra]
+    for column in extra:
+        assert got[column].astype(sheet[column].dtype).equals(
+            sheet.loc[got.index, column]
+        ), column
 
 
 def test_de_table_follows_the_contract(de: pd.DataFrame, analysed_small: CommandRun) -> None:
