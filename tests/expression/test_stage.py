@@ -68,9 +68,7 @@ def test_pseudobulk_is_the_sum_of_each_groups_raw_counts(
     assert set(extra) <= set(sheet.columns)
     got = pseudobulk.obs.set_index(pseudobulk.obs["sample_id"].astype(str))[extra]
     for column in extra:
-        assert got[column].astype(sheet[column].dtype).equals(
-            sheet.loc[got.index, column]
-        ), column
+        assert got[column].astype(sheet[column].dtype).equals(sheet.loc[got.index, column]), column
 
 
 def test_de_table_follows_the_contract(de: pd.DataFrame, analysed_small: CommandRun) -> None:
