@@ -48,6 +48,9 @@ SIZES: dict[str, dict[str, Any]] = {
     "50k": {"simulate": {"n_patients": 4, "cells_per_sample": 4200}},
     "250k": {"simulate": {"n_patients": 11, "cells_per_sample": 7500}},
     "1M": {"simulate": {"n_patients": 44, "cells_per_sample": 7500}},
+    # the study's 132 samples with a quarter of the cells each: against 1M, only the
+    # number of cells differs (memory flat in cells, issue #23)
+    "250k_132": {"simulate": {"n_patients": 44, "cells_per_sample": 1900}},
 }  # fmt: skip
 
 

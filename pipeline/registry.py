@@ -137,7 +137,7 @@ STAGES: tuple[Stage, ...] = (
         cluster=False,
     ),
     Stage(
-        "expression", 1, "pseudobulk per sample x cell type, NB GLM contrasts (PyDESeq2), gene programs",
+        "expression", 2, "pseudobulk per sample x cell type, NB GLM contrasts (PyDESeq2), gene programs",
         run="pipeline.expression:run_expression", config="expression",
         inputs="pipeline.expression:expression_digest_inputs",
         reads=Elements(cohort=(*_DESIGN, "obs/qc_pass", "obs/lineage", "obs/b_subset"),

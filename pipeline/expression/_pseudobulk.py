@@ -79,14 +79,15 @@ def pseudobulk_counts(
     genes: pd.Index,
     *,
     client: Client,
+    dtype: np.dtype | type = np.int64,
 ) -> np.ndarray:
-    """Summed counts (groups x ``genes``, int64) by the cells' group ``codes`` (from
+    """Summed counts (groups x ``genes``, ``dtype``: see `sums_dtype`) by the cells' group ``codes`` (from
     `pseudobulk_groups`; cells in the sample stores' order, ``rows`` each sample's rows,
     ``stores`` each sample's store). One task per sample reads its store (as the qc
     stage's tasks do: a whole store is ~3x faster to read than the same cells through the
     lazy array) and sums its cells per group; the driver adds the small tables as they
     arrive. A sample none of whose cells has a group is not read."""
-    out = np.zeros((n_groups, len(genes)), dtype=np.int64)
+    out = np.zeros((n_groups, len(genes)), dtype=dtype)
     wanted = {sid: r for sid, r in rows.items() if (codes[r] >= 0).any()}
     if not wanted:
         return out
@@ -95,9 +96,20 @@ def pseudobulk_counts(
                for sid, r in wanted.items()]  # fmt: skip
     for future in as_completed(futures):
         groups, sums = future.result()
-        out[groups] += sums
+        out[groups] += sums.astype(out.dtype, copy=False)
         future.release()
     return out
+
+
+def sums_dtype(count_sums: list[int | None]) -> type:
+    """int32 when every sample's total count (its store manifest's ``count_sum``) fits in
+    it: a sample x cell type sum is at most its sample's total, so the pseudobulk then
+    takes half the memory of int64 (0.17 GB at the study's 2,100 groups x 20,000 genes);
+    int64 otherwise, or when a total is unknown."""
+    limit = np.iinfo(np.int32).max
+    if count_sums and all(c is not None and 0 <= int(c) <= limit for c in count_sums):
+        return np.int32
+    return np.int64
 
 
 def _sample_sums(store: Path, genes: pd.Index, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -47,6 +47,7 @@ from ._pseudobulk import (
     pseudobulk_groups,
     sample_keys,
     sample_rows,
+    sums_dtype,
 )
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def previous_pseudobulk(files: ExpressionFiles, keys: dict[str, str]) -> set[str
 
 def reuse_rows(files: ExpressionFiles, groups: pd.DataFrame) -> np.ndarray:
     """The earlier run's summed counts of ``groups`` (sample x cell type rows; only those
-    rows are read)."""
+    rows are read), in the stored dtype."""
     store = zarr.open_group(str(files.pseudobulk), mode="r")
     obs = read_elem(store["obs"])
     names = groups["sample_id"] + ":" + groups["level"] + ":" + groups["cell_type"]
@@ -119,7 +120,7 @@ def reuse_rows(files: ExpressionFiles, groups: pd.DataFrame) -> np.ndarray:
         raise RuntimeError(msg)
     x = store["X"]
     assert isinstance(x, zarr.Array)
-    return np.asarray(x.get_orthogonal_selection((rows, slice(None))), dtype=np.int64)
+    return np.asarray(x.get_orthogonal_selection((rows, slice(None))))
 
 
 def plan_tests(
@@ -168,7 +169,8 @@ def run_expression(ctx: StageContext) -> str:
     design = cells[list(DESIGN_COLUMNS)].iloc[first].astype(text).reset_index(drop=True)
     stores = {sid: ctx.workdir.sample_store(sid) for sid in rows}
     design = with_samplesheet_columns(design, stores)
-    identity = {sid: json_sha256(read_manifest(store)) for sid, store in stores.items()}
+    manifests = {sid: read_manifest(store) or {} for sid, store in stores.items()}
+    identity = {sid: json_sha256(m) for sid, m in manifests.items()}
     keys = sample_keys(cells, rows, identity, json_sha256([str(g) for g in counts.var_names]))
     groups, codes = pseudobulk_groups(cells, rows)
     del cells
@@ -176,7 +178,9 @@ def run_expression(ctx: StageContext) -> str:
     reused = groups["sample_id"].isin(previous).to_numpy()
     for sid in previous:
         codes[rows[sid]] = -1
-    sums = pseudobulk_counts(stores, rows, codes, len(groups), counts.var_names, client=client)
+    dtype = sums_dtype([m.get("count_sum") for m in manifests.values()])
+    sums = pseudobulk_counts(stores, rows, codes, len(groups), counts.var_names, client=client,
+                             dtype=dtype)  # fmt: skip
     del codes
     if reused.any():
         sums[reused] = reuse_rows(ctx.workdir.expression, groups[reused])
@@ -187,6 +191,7 @@ def run_expression(ctx: StageContext) -> str:
     pb.uns["sample_keys"] = keys
     pb.obs["in_models"] = pb.obs["n_cells"] >= params.min_cells
     genes = np.array(gene_names(counts.var), dtype=object)
+    gene_type = pd.CategoricalDtype(pd.unique(genes))  # one gene column type for every fit
     todo, skipped = plan_tests(pb.obs.reset_index(drop=True), params)
     jobs: list[tuple[float, str, str, Any, np.ndarray, np.ndarray]] = []
     n_genes: dict[str, int] = {}
@@ -238,6 +243,7 @@ def run_expression(ctx: StageContext) -> str:
             running.add(submit(waiting.pop(0)))
         level, cell_type, name = meta[future.key]
         table, fit_notes = future.result()
+        table["gene"] = table["gene"].astype(gene_type)
         future.release()
         table.insert(0, "cell_type", cell_type)
         table.insert(0, "level", level)

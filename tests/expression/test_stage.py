@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from pipeline.abundance import bh_qvalues, contrast_names
 from pipeline.cohort import open_cohort
+from pipeline.expression._pseudobulk import sums_dtype
 from pipeline.simulate import SimulationResult
 
 from ..conftest import CommandRun
@@ -58,6 +59,7 @@ def test_pseudobulk_is_the_sum_of_each_groups_raw_counts(
         assert pseudobulk.obs.loc[name, "n_cells"] == n
         np.testing.assert_array_equal(np.asarray(pseudobulk[name].X).ravel(), total)
     assert list(pseudobulk.var_names) == list(open_cohort(workdir).var_names)
+    assert pseudobulk.X.dtype == np.int32  # every sample's total count fits
     cols = {"sample_id", "level", "cell_type", "n_cells", "patient_id", "timepoint_months",
             "response", "batch", "in_models"}  # fmt: skip
     assert cols <= set(pseudobulk.obs.columns)
@@ -98,3 +100,12 @@ def test_planted_changes_in_naive_b_cells_are_found(
     assert len(hit) >= 15
     assert -2.0 < hit["log2fc"].median() < -0.5
     assert (hit["pvalue"] < 0.05).mean() > 5 * (rest["pvalue"] < 0.05).mean()
+
+
+def test_pseudobulk_dtype_holds_every_sum() -> None:
+    """int32 only when no sample's total count (the bound of its groups' sums) overflows it."""
+    limit = int(np.iinfo(np.int32).max)
+    assert sums_dtype([5_000_000, limit]) is np.int32
+    assert sums_dtype([5_000_000, limit + 1]) is np.int64
+    assert sums_dtype([5_000_000, None]) is np.int64  # a store without a recorded total
+    assert sums_dtype([]) is np.int64
