@@ -77,23 +77,6 @@ def read_sample_counts(path: Path, genes: pd.Index | None) -> sp.csr_matrix:
     return x if cols is None else x[:, cols]
 
 
-def sample_metadata(path: Path) -> dict[str, Any]:
-    """One sample's samplesheet values (every obs column of its store but ``barcode``:
-    ingest writes each column with one value per sample), read from the store's first
-    cell; empty for a store without cells."""
-    obs = zarr.open_group(str(path), mode="r")["obs"]
-    assert isinstance(obs, zarr.Group)
-    out: dict[str, Any] = {}
-    for name in cast(list[str], obs.attrs.get("column-order", [])):
-        if name == "barcode":
-            continue
-        values = ad.io.read_elem(obs[name])
-        if len(values):
-            value = values[0]
-            out[name] = value.item() if isinstance(value, np.generic) else value
-    return out
-
-
 def _lazy_sample(
     path: Path, genes: pd.Index | None, chunk_cells: int, *, with_obs: bool = True
 ) -> tuple[da.Array, pd.DataFrame | None]:

@@ -25,7 +25,6 @@ from anndata.io import read_elem
 from distributed import as_completed
 
 from ..abundance import contrast_names
-from ..cohort import sample_metadata
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..labels import DESIGN_COLUMNS
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
 
 OBS_COLUMNS = (*DESIGN_COLUMNS, "qc_pass", "lineage", "b_subset")
 DE_TABLE_COLUMNS = ["level", "cell_type", *DE_COLUMNS[:-1], "n_samples", "method"]
+METHODS = ("deseq2_across_patients", "deseq2_patients_blocked")
 
 
 def expression_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, Any]:
@@ -78,12 +78,15 @@ def pseudobulk_anndata(
     return ad.AnnData(X=sums, obs=obs, var=var.copy())
 
 
-def with_samplesheet_columns(design: pd.DataFrame, stores: dict[str, Path]) -> pd.DataFrame:
+def with_samplesheet_columns(
+    design: pd.DataFrame, manifests: dict[str, dict[str, Any]]
+) -> pd.DataFrame:
     """``design`` (one row per sample) with the samplesheet's further columns (sex, age,
-    sledai, ...) from the sample stores; text columns categorical (missing where a
-    later batch's samplesheet lacks a column)."""
-    meta = pd.DataFrame([{**sample_metadata(store), "sample_id": sid}
-                         for sid, store in stores.items()])  # fmt: skip
+    sledai, ...), from the sample stores' manifests (ingest records each sample's
+    samplesheet row); text columns categorical, missing where a later batch's samplesheet
+    lacks a column."""
+    meta = pd.DataFrame([{**m.get("parameters", {}).get("metadata", {}), "sample_id": sid}
+                         for sid, m in manifests.items()])  # fmt: skip
     extra = [c for c in meta.columns if c not in design.columns]
     for c in extra:
         if not pd.api.types.is_numeric_dtype(meta[c]):
@@ -121,6 +124,52 @@ def reuse_rows(files: ExpressionFiles, groups: pd.DataFrame) -> np.ndarray:
     x = store["X"]
     assert isinstance(x, zarr.Array)
     return np.asarray(x.get_orthogonal_selection((rows, slice(None))))
+
+
+class DETable:
+    """The DE table as it arrives, one piece per cell type x contrast in compact dtypes
+    (categorical text, genes as codes), written in DESIGN.md's order (cell types as
+    tested, contrasts as `contrast_names`, p-values ascending) without ever holding the
+    whole table twice: at the study's size it has a million rows."""
+
+    def __init__(self, todo: list, contrasts: list[str], genes: np.ndarray) -> None:
+        self.order = {(lv, ct): i for i, (lv, ct, _) in enumerate(todo)}
+        self.rank = {c: i for i, c in enumerate(contrasts)}
+        self.dtypes: dict[str, Any] = {
+            "level": pd.CategoricalDtype(list(dict.fromkeys(lv for lv, _, _ in todo))),
+            "cell_type": pd.CategoricalDtype(list(dict.fromkeys(ct for _, ct, _ in todo))),
+            "gene": pd.CategoricalDtype(pd.unique(genes)),
+            "contrast": pd.CategoricalDtype(contrasts),
+            "method": pd.CategoricalDtype(list(METHODS)),
+            "n_samples": np.int32,
+        }
+        self.pieces: dict[tuple[int, int], pd.DataFrame] = {}
+
+    def add(self, level: str, cell_type: str, method: str, table: pd.DataFrame) -> None:
+        """One fit's table (`fit_deseq2`: `DE_COLUMNS`, genes x contrasts)."""
+        table = table.assign(level=level, cell_type=cell_type, method=method)
+        table = table.astype(self.dtypes)[DE_TABLE_COLUMNS]
+        for contrast, piece in table.groupby("contrast", observed=True, sort=False):
+            key = (self.order[level, cell_type], self.rank[str(contrast)])
+            self.pieces[key] = piece.sort_values("pvalue", kind="stable")
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pieces.values())
+
+    def write_csv(self, path: Path) -> None:
+        with path.open("w", newline="") as out:
+            out.write(",".join(DE_TABLE_COLUMNS) + "\n")
+            for key in sorted(self.pieces):
+                self.pieces[key].to_csv(out, header=False, index=False)
+
+    def calls(self, alpha: float) -> pd.DataFrame:
+        """Per cell type x contrast with calls: the number of genes at q < ``alpha``."""
+        rows = [{"level": str(p["level"].iloc[0]), "cell_type": str(p["cell_type"].iloc[0]),
+                 "contrast": str(p["contrast"].iloc[0]), "n": int((p["qvalue"] < alpha).sum())}
+                for _, p in sorted(self.pieces.items())]  # fmt: skip
+        return pd.DataFrame(
+            [r for r in rows if r["n"]], columns=["level", "cell_type", "contrast", "n"]
+        )
 
 
 def plan_tests(
@@ -168,8 +217,8 @@ def run_expression(ctx: StageContext) -> str:
     first = [r[0] for r in rows.values()]
     design = cells[list(DESIGN_COLUMNS)].iloc[first].astype(text).reset_index(drop=True)
     stores = {sid: ctx.workdir.sample_store(sid) for sid in rows}
-    design = with_samplesheet_columns(design, stores)
     manifests = {sid: read_manifest(store) or {} for sid, store in stores.items()}
+    design = with_samplesheet_columns(design, manifests)
     identity = {sid: json_sha256(m) for sid, m in manifests.items()}
     keys = sample_keys(cells, rows, identity, json_sha256([str(g) for g in counts.var_names]))
     groups, codes = pseudobulk_groups(cells, rows)
@@ -191,7 +240,6 @@ def run_expression(ctx: StageContext) -> str:
     pb.uns["sample_keys"] = keys
     pb.obs["in_models"] = pb.obs["n_cells"] >= params.min_cells
     genes = np.array(gene_names(counts.var), dtype=object)
-    gene_type = pd.CategoricalDtype(pd.unique(genes))  # one gene column type for every fit
     todo, skipped = plan_tests(pb.obs.reset_index(drop=True), params)
     jobs: list[tuple[float, str, str, Any, np.ndarray, np.ndarray]] = []
     n_genes: dict[str, int] = {}
@@ -234,35 +282,20 @@ def run_expression(ctx: StageContext) -> str:
     running = as_completed([submit(job) for job in jobs[:in_flight]])
     waiting = jobs[in_flight:]
     program_tables, score_tables, found = _programs(ctx, todo, sums, counts.var)
-    order = {(lv, ct): i for i, (lv, ct, _) in enumerate(todo)}
     months = sorted({float(t) for t in design["timepoint_months"]})
-    rank = {c: i for i, c in enumerate(contrast_names(months))}  # DESIGN.md's order
-    tables = []
+    de = DETable(todo, contrast_names(months), genes)
     for future in running:
         if waiting:
             running.add(submit(waiting.pop(0)))
         level, cell_type, name = meta[future.key]
         table, fit_notes = future.result()
-        table["gene"] = table["gene"].astype(gene_type)
         future.release()
-        table.insert(0, "cell_type", cell_type)
-        table.insert(0, "level", level)
-        table["method"] = f"deseq2_{name}"
-        table["_o"] = order[level, cell_type]
-        table["_c"] = table["contrast"].map(rank)
-        tables.append(table)
+        de.add(level, cell_type, f"deseq2_{name}", table)
         notes += [f"{level}/{cell_type}: {n}" for n in fit_notes]
     del jobs
-    de = (pd.concat(tables, ignore_index=True) if tables
-          else pd.DataFrame(columns=[*DE_TABLE_COLUMNS, "_o", "_c"]))  # fmt: skip
-    del tables
-    de = de.astype({c: "category" for c in ("level", "cell_type", "contrast", "method")})
-    de = de.sort_values(["_o", "_c", "pvalue"], kind="stable")[DE_TABLE_COLUMNS]
     seconds["models"] = time.perf_counter() - t
 
-    calls = (de[de["qvalue"] < params.alpha]
-             .groupby(["level", "cell_type", "contrast"], observed=True, sort=False)
-             .size().rename("n").reset_index())  # fmt: skip
+    calls = de.calls(params.alpha)
     summary = {
         "n_groups": len(groups),
         "n_in_models": int(pb.obs["in_models"].sum()),
@@ -280,7 +313,7 @@ def run_expression(ctx: StageContext) -> str:
     }
     with ctx.stage_folder() as (out, manifest):
         pb.write_zarr(out.pseudobulk)
-        de.to_csv(out.de, index=False)
+        de.write_csv(out.de)
         pd.DataFrame(not_estimable, columns=["level", "cell_type", "contrast", "reason"]).to_csv(
             out.not_estimable, index=False
         )
@@ -288,7 +321,7 @@ def run_expression(ctx: StageContext) -> str:
         score_tables.to_csv(out.program_scores, index=False)
         out.summary.write_text(json.dumps(summary, indent=2, default=str))
         manifest.update(n_groups=len(groups), n_tests=len(de))
-    n_calls = int((de["qvalue"] < params.alpha).sum())
+    n_calls = int(calls["n"].sum())
     return (
         f"expression: {len(groups):,} sample x cell-type pseudobulks ({len(keys) - len(previous)} "
         f"samples summed, {len(previous)} unchanged), {len(todo)} cell types "
