@@ -160,6 +160,19 @@ def _cmd_power(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from cluster.launch import start_client
+
+    from .commands import run_predict_command
+
+    cfg = load_config(args.config)
+    if args.workdir is not None:
+        cfg = cfg.model_copy(update={"workdir": Path(args.workdir)})
+    with _writer(cfg, args), start_client(cfg.cluster) as client:
+        print(run_predict_command(cfg, client), flush=True)
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .commands import validate_workdir
 
@@ -265,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-cohorts", type=int, help="override power.n_cohorts (null cohorts)")
     p.add_argument("--power-cohorts", type=int, help="override power.power_cohorts")
     p.set_defaults(func=_cmd_power)
+
+    p = sub.add_parser(
+        "predict",
+        help="re-run the prediction of non-response on an analysed workdir",
+        description=(
+            "Run the predict stage again (whether or not it is current): baseline features, "
+            "nested patient-level cross-validation with the permutation test, the saved "
+            "model (WORKDIR/predict/model.json) and the predictions of patients it was not "
+            "trained on. The earlier stages must be current (immunoprofile run)."
+        ),
+    )
+    p.add_argument("config", help="YAML run config of the analysed cohort")
+    p.add_argument("--workdir", help="override the config's workdir")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
         "validate",

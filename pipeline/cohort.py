@@ -92,7 +92,8 @@ def _lazy_sample(
     return x, obs
 
 
-def _cohort_var(record: IngestRecord) -> pd.DataFrame:
+def cohort_var(record: IngestRecord) -> pd.DataFrame:
+    """The cohort's genes: gene IDs as index, a ``gene_symbols`` column."""
     genes = pd.Index(record.genes)
     return pd.DataFrame(
         {"gene_symbols": np.asarray(record.gene_symbols, dtype=object)}, index=genes
@@ -114,7 +115,7 @@ def open_counts(
     """
     workdir = Workdir(workdir)
     record = workdir.ingest_record()
-    var = _cohort_var(record)
+    var = cohort_var(record)
     per_sample = None if record.uniform_genes and samples is None else pd.Index(var.index)
     samples = list(record.samples) if samples is None else list(samples)
     parts = [
@@ -148,7 +149,7 @@ def open_cohort(
     """
     workdir = Workdir(workdir)
     record = workdir.ingest_record()
-    var = _cohort_var(record)
+    var = cohort_var(record)
     genes = pd.Index(var.index)
     per_sample = None if record.uniform_genes and samples is None else genes
     parts = [

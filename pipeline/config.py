@@ -21,6 +21,7 @@ from .config_analysis import (
     AnnotateConfig,
     ExpressionConfig,
     PowerConfig,
+    PredictConfig,
 )
 from .config_analysis import FrozenModel as _Frozen
 from .errors import ConfigError
@@ -368,6 +369,7 @@ class RunConfig(_Frozen):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     abundance: AbundanceConfig = Field(default_factory=AbundanceConfig)
     expression: ExpressionConfig = Field(default_factory=ExpressionConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
     power: PowerConfig = Field(default_factory=PowerConfig)
     add_batch: AddBatchConfig = Field(default_factory=AddBatchConfig)
 

@@ -132,6 +132,76 @@ class ExpressionConfig(FrozenModel):
         return list(dict.fromkeys(value))
 
 
+FeatureSet = Literal["composition", "programs"]
+
+
+def _composition_only() -> list[FeatureSet]:
+    return ["composition"]
+
+
+class PredictConfig(FrozenModel):
+    """The predict stage: non-response from the baseline samples, penalized logistic
+    regression under patient-level nested cross-validation."""
+
+    features: list[FeatureSet] = Field(
+        default_factory=_composition_only,
+        description=(
+            "feature sets of the model (composition, programs); with programs, a "
+            "composition-only model is fitted beside it for comparison"
+        ),
+    )
+    program_cell_types: list[str] = Field(
+        default_factory=lambda: ["B"],
+        description="cell types whose program scores are features (with 'programs')",
+    )
+    pseudocount: float = Field(0.5, gt=0, description="added to the counts before the log-ratio")
+    folds: int = Field(5, ge=2, description="outer cross-validation folds")
+    repeats: int = Field(5, ge=1, description="outer cross-validation repeats")
+    loo_below: int = Field(
+        20, ge=0, description="leave-one-out instead of K-fold below this many labelled patients"
+    )
+    penalties: list[float] = Field(
+        default_factory=lambda: [
+            0.001,
+            0.00316,
+            0.01,
+            0.0316,
+            0.1,
+            0.316,
+            1.0,
+            3.16,
+            10.0,
+            31.6,
+            100.0,
+        ],
+        description="the inverse L2 penalties (scikit-learn's C) the inner loop chooses from",
+    )
+    permutations: int = Field(1000, ge=0, description="label shuffles for the permutation p-value")
+    bootstrap: int = Field(2000, ge=100, description="resamples for the AUC's interval")
+    min_patients_per_class: int = Field(
+        5, ge=2, description="fewest labelled patients of each response for the stage to fit"
+    )
+    seed: int = 0
+
+    @field_validator("program_cell_types")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        allowed = [*LINEAGES, *B_SUBSETS]
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            msg = f"unknown cell types {unknown}; expected names from {allowed}"
+            raise ValueError(msg)
+        return list(dict.fromkeys(value))
+
+    @field_validator("features")
+    @classmethod
+    def _some_features(cls, value: list[str]) -> list[str]:
+        if "composition" not in value:
+            msg = "expected 'composition' among the feature sets (the reference model uses it)"
+            raise ValueError(msg)
+        return list(dict.fromkeys(value))
+
+
 class PowerConfig(FrozenModel):
     """``immunoprofile power``: type-I error under the simulator's null and power for a
     planted difference, from count tables simulated with the config's ``simulate``."""

@@ -145,6 +145,13 @@ STAGES: tuple[Stage, ...] = (
         writes=Elements(folder="expression"),
     ),
     Stage(
+        "predict", 1, "non-response from baseline composition: penalized logistic regression, nested patient-level CV",
+        run="pipeline.predict:run_predict", config="predict",
+        inputs="pipeline.predict:predict_digest_inputs",
+        reads=Elements(files=("abundance.counts", "expression.program_scores"), batches=True),
+        writes=Elements(folder="predict"),
+    ),
+    Stage(
         "report", 2, "self-contained HTML: results, QC, integration, annotation, expression, provenance",
         run="pipeline.report:run_report", config=None,
         reads=Elements(

@@ -107,6 +107,34 @@ class ExpressionFiles(StageFolder):
 
 
 @dataclass(frozen=True)
+class PredictFiles(StageFolder):
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def patients(self) -> Path:
+        return self.root / "patients.csv"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.json"
+
+    @property
+    def new_patients(self) -> Path:
+        return self.root / "new_patients.csv"
+
+    @property
+    def coefficients(self) -> Path:
+        return self.root / "coefficients.csv"
+
+    @property
+    def features(self) -> Path:
+        """Every patient's baseline features (the model's inputs)."""
+        return self.root / "features.csv"
+
+
+@dataclass(frozen=True)
 class ReportFiles(StageFolder):
     @property
     def index(self) -> Path:
@@ -268,6 +296,10 @@ class Workdir:
     @property
     def expression(self) -> ExpressionFiles:
         return ExpressionFiles(self.root / "expression")
+
+    @property
+    def predict(self) -> PredictFiles:
+        return PredictFiles(self.root / "predict")
 
     @property
     def report(self) -> ReportFiles:

@@ -95,9 +95,9 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
         for line in (analysed_small.workdir / "logs" / "stages.jsonl").read_text().splitlines()
     ]
     assert [e["stage"] for e in log] == ["ingest", "ingest", "qc", "preprocess", "integrate",
-                                         "graph", "annotate", "abundance", "expression",
+                                         "graph", "annotate", "abundance", "expression", "predict",
                                          "report"]  # fmt: skip
-    assert [e["status"] for e in log[2:]] == ["done"] * 8 and log[-1]["cells"] == cohort_cells(
+    assert [e["status"] for e in log[2:]] == ["done"] * 9 and log[-1]["cells"] == cohort_cells(
         analysed_small.workdir
     )
     assert "report: " in out and "stopping before" not in err

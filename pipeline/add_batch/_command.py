@@ -169,8 +169,9 @@ def add_batch(cfg: RunConfig, samplesheet: Path, client: Client, *, name: str | 
 
 def refit_and_report(cfg: RunConfig, name: str, client: Client) -> list[str]:
     """Abundance over the cohort and every batch (unless current), then the change report;
-    the expression models (pseudobulk of every sample, the batch's included) and the HTML
-    report when the workdir had them."""
+    the expression models (pseudobulk of every sample, the batch's included), the
+    predictions (the saved model applied to the batch's new patients) and the HTML report
+    when the workdir had them."""
     lines = []
     if not is_current(cfg, "abundance"):
         lines.append(run_stage("abundance", cfg))
@@ -183,6 +184,8 @@ def refit_and_report(cfg: RunConfig, name: str, client: Client) -> list[str]:
         lines.append(run_stage("expression", cfg, client))
     if had_expression:
         lines.append(write_expression_changes(cfg, name))
+    if workdir.predict.root.exists() and not is_current(cfg, "predict"):
+        lines.append(run_stage("predict", cfg, client))  # new patients' predictions
     if workdir.report.root.exists() and not is_current(cfg, "report"):
         lines.append(run_stage("report", cfg))
     return lines

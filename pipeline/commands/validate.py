@@ -3,14 +3,13 @@ stage folder's files against the checksums in its manifest."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ImmunoprofileError, StoreError
 from ..stages import STAGES, element_path
-from ..store import validate_store
+from ..store import file_sha256, validate_store
 from ..workdir import StageFolder, Workdir
 
 
@@ -32,7 +31,7 @@ def folder_problems(folder: StageFolder) -> list[str]:
         path = folder.root / name
         if not path.is_file():
             problems.append(f"{path}: file is missing")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        elif file_sha256(path) != digest:
             problems.append(f"{path}: contents differ from the manifest's checksum")
     return problems
 

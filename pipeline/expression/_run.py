@@ -204,23 +204,22 @@ def run_expression(ctx: StageContext) -> str:
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     cells = ctx.read_obs(OBS_COLUMNS, batches=True)
-    counts = ctx.open_counts(batches=True)
+    stores, var = ctx.sample_stores(batches=True)
+    manifests = {sid: read_manifest(store) or {} for sid, store in stores.items()}
     rows = sample_rows(cells["sample_id"])
-    stored = sample_rows(counts.obs["sample_id"])
-    if [(s, r[0], len(r)) for s, r in rows.items()] != [
-        (s, r[0], len(r)) for s, r in stored.items()
-    ]:
+    sizes = [int(m.get("n_obs", -1)) for m in manifests.values()]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
+    expected = [(s, a, n) for s, a, n in zip(stores, starts, sizes, strict=True) if n]
+    if [(s, int(r[0]), len(r)) for s, r in rows.items()] != expected:
         msg = ("the cells of cohort.zarr and the batch layers are not in the order of the "
                "sample stores; run the stages again (immunoprofile run)")  # fmt: skip
         raise RuntimeError(msg)
     text = {c: str for c in DESIGN_COLUMNS if c != "timepoint_months"}
     first = [r[0] for r in rows.values()]
     design = cells[list(DESIGN_COLUMNS)].iloc[first].astype(text).reset_index(drop=True)
-    stores = {sid: ctx.workdir.sample_store(sid) for sid in rows}
-    manifests = {sid: read_manifest(store) or {} for sid, store in stores.items()}
     design = with_samplesheet_columns(design, manifests)
     identity = {sid: json_sha256(m) for sid, m in manifests.items()}
-    keys = sample_keys(cells, rows, identity, json_sha256([str(g) for g in counts.var_names]))
+    keys = sample_keys(cells, rows, identity, json_sha256([str(g) for g in var.index]))
     groups, codes = pseudobulk_groups(cells, rows)
     del cells
     previous = previous_pseudobulk(ctx.workdir.expression, keys)
@@ -228,7 +227,7 @@ def run_expression(ctx: StageContext) -> str:
     for sid in previous:
         codes[rows[sid]] = -1
     dtype = sums_dtype([m.get("count_sum") for m in manifests.values()])
-    sums = pseudobulk_counts(stores, rows, codes, len(groups), counts.var_names, client=client,
+    sums = pseudobulk_counts(stores, rows, codes, len(groups), var.index, client=client,
                              dtype=dtype)  # fmt: skip
     del codes
     if reused.any():
@@ -236,10 +235,10 @@ def run_expression(ctx: StageContext) -> str:
     seconds["pseudobulk"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pb = pseudobulk_anndata(groups, sums, design, counts.var)
+    pb = pseudobulk_anndata(groups, sums, design, var)
     pb.uns["sample_keys"] = keys
     pb.obs["in_models"] = pb.obs["n_cells"] >= params.min_cells
-    genes = np.array(gene_names(counts.var), dtype=object)
+    genes = np.array(gene_names(var), dtype=object)
     todo, skipped = plan_tests(pb.obs.reset_index(drop=True), params)
     jobs: list[tuple[float, str, str, Any, np.ndarray, np.ndarray]] = []
     n_genes: dict[str, int] = {}
@@ -281,7 +280,7 @@ def run_expression(ctx: StageContext) -> str:
     in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {})))
     running = as_completed([submit(job) for job in jobs[:in_flight]])
     waiting = jobs[in_flight:]
-    program_tables, score_tables, found = _programs(ctx, todo, sums, counts.var)
+    program_tables, score_tables, found = _programs(ctx, todo, sums, var)
     months = sorted({float(t) for t in design["timepoint_months"]})
     de = DETable(todo, contrast_names(months), genes)
     for future in running:

@@ -16,7 +16,6 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +26,14 @@ import pandas as pd
 import zarr
 
 from .. import __version__
-from ..cohort import open_cohort, open_counts
+from ..cohort import cohort_var, open_cohort, open_counts
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..registry import STAGES, Stage, get_stage, matches, stages_from, stages_until, writer_of
 from ..results import read_obs
 from ..store import (
     atomic_path,
+    file_sha256,
     obs_columns,
     read_manifest,
     update_anndata_store,
@@ -150,6 +150,19 @@ class StageContext:
         if not self.stage.reads.samples:
             msg = f"stage {self.stage.name} reads the sample stores but does not declare it"
             raise RuntimeError(msg)
+
+    def sample_stores(self, *, batches: bool = False) -> tuple[dict[str, Path], pd.DataFrame]:
+        """Every sample's store in `read_obs`'s order (with ``batches``, the batch layers'
+        samples after the cohort's) and the cohort's genes (var), without opening the
+        counts: for stages whose tasks read whole stores (no per-cell arrays here)."""
+        self._check_samples()
+        record = self.workdir.ingest_record()
+        samples = list(record.samples)
+        if batches:
+            self._stores(batches)  # the stage declares that it reads the batch layers
+            for layer in self.workdir.batch_layers().values():
+                samples += layer.samples
+        return {s: self.workdir.sample_store(s) for s in samples}, cohort_var(record)
 
     def open_cohort(self) -> ad.AnnData:
         """The lazy cohort view (`pipeline.cohort.open_cohort`) in the configured chunks."""
@@ -268,9 +281,7 @@ class StageContext:
                 "immunoprofile_version": __version__,
                 "digest": digest,
                 **extra,
-                "files": {
-                    str(p.relative_to(tmp)): sha256(p.read_bytes()).hexdigest() for p in files
-                },
+                "files": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
             }
             (tmp / target.manifest.name).write_text(json.dumps(manifest, indent=2))
 

@@ -25,6 +25,12 @@ def json_sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in blocks (a stage's tables can be large)."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _digest(values: np.ndarray) -> str:
     h = hashlib.sha256()
     h.update(f"{values.dtype.str}{values.shape}".encode())

@@ -180,7 +180,7 @@ def test_adding_it_again_is_a_no_op_and_run_skips_everything(
     assert main(["run", str(cfg_file), "--workdir", str(workdir), "--samplesheet",
                  str(small_cohort.samplesheet)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert printed.count("unchanged inputs and parameters, skipped") == 8, printed
+    assert printed.count("unchanged inputs and parameters, skipped") == 9, printed
     assert "batch " not in printed
     everything.pop("logs/stages.jsonl", None)
     assert {
@@ -413,6 +413,32 @@ def test_the_expression_models_are_refitted_with_the_batchs_samples(
     listed = changes[changes["change"] != "newly tested, significant"]
     assert set(map(tuple, flipped[keys].to_numpy())) == set(map(tuple, listed[keys].to_numpy()))
     assert f"expression changes: {len(changes):,} gene calls moved" in printed
+
+
+def test_the_saved_model_predicts_the_batchs_new_patients(
+    added: tuple[Path, dict[str, str], str], small_cohort: SimulationResult, tmp_path: Path
+) -> None:
+    """add-batch re-ran predict (skipped: 3 cohort patients per class); with the minimum
+    lowered, `immunoprofile predict` trains on the cohort's 6 patients only and gives
+    the batch's 2 new patients a probability, the CV models' range and flags."""
+    workdir, _, printed = added
+    assert "predict: skipped: 3 responders and 3 non-responders" in printed
+    shutil.copytree(workdir, tmp_path / "w")
+    config = {**CONFIG, "workdir": str(tmp_path / "w"), "samplesheet": str(small_cohort.samplesheet),
+              "predict": {"min_patients_per_class": 3, "permutations": 49}}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["predict", str(tmp_path / "c.yaml")]) == 0
+    folder = tmp_path / "w" / "predict"
+    new = pd.read_csv(folder / "new_patients.csv")
+    assert small_cohort.late_samplesheet is not None
+    late = pd.read_csv(small_cohort.late_samplesheet)
+    baseline = late[late["timepoint_months"] == 0]
+    assert sorted(new["patient_id"]) == sorted(baseline["patient_id"])
+    assert set(new["sample_id"]) == set(baseline["sample_id"]) and (new["batch"] == BATCH).all()
+    assert new["p_non_responder"].between(0, 1).all() and (new["p_low"] <= new["p_high"]).all()
+    trained = pd.read_csv(folder / "patients.csv")
+    assert len(trained) == 6 and not set(trained["patient_id"]) & set(new["patient_id"])
+    assert json.loads((folder / "metrics.json").read_text())["n_responder"] == 3
 
 
 def test_validate_checks_the_batches_too(
