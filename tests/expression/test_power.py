@@ -41,3 +41,25 @@ def test_planted_changes_are_found_and_false_discoveries_stay_low() -> None:
     assert (recall.loc[1.0] > recall.loc[0.5]).all(), recall
     assert recall.loc[1.0, "response@month0"] >= 0.6 and recall.loc[1.0, "time6@responder"] >= 0.75
     assert result["fdp"].mean() <= 0.1 and result["fdp"].max() <= 0.25, result
+
+
+def test_balanced_planting_moves_half_of_each_changes_genes_the_other_way() -> None:
+    """The same genes as the one-way planting, half of each change reversed; power_cohort
+    scores each target against all of its genes."""
+    from pipeline.expression import planted_changes
+
+    cfg = SimulationConfig(seed=3, n_patients=6, n_genes=1000, n_batches=2)
+    samples, null = simulate_pseudobulk(cfg)
+    _, _, chosen = simulate_planted_pseudobulk(cfg, planted_changes(3.0, 20))
+    _, both_ways, halves = simulate_planted_pseudobulk(cfg, planted_changes(3.0, 20, balanced=True))
+    assert [len(h) for h in halves] == [10, 10, 10, 10]
+    assert set(halves[0]) | set(halves[1]) == set(chosen[0])
+    base = (
+        (samples["timepoint_months"] == 0) & (samples["response"] == "non_responder")
+    ).to_numpy()
+    up = both_ways[base][:, halves[0]].sum() / null[base][:, halves[0]].sum()
+    down = both_ways[base][:, halves[1]].sum() / null[base][:, halves[1]].sum()
+    assert up > 5 and down < 0.2
+    result = power_cohort(cfg, 1.0, n_planted=20, balanced=True)
+    assert (result["planted"] == 20).all() and result["balanced"].all()
+    assert result["null_p05"].between(0, 1).all()
