@@ -152,7 +152,7 @@ STAGES: tuple[Stage, ...] = (
         writes=Elements(folder="predict"),
     ),
     Stage(
-        "report", 2, "self-contained HTML: results, QC, integration, annotation, expression, provenance",
+        "report", 3, "self-contained HTML: results, QC, integration, annotation, expression, prediction, provenance",
         run="pipeline.report:run_report", config=None,
         reads=Elements(
             cohort=(*_DESIGN, "obs/qc_pass", "obs/total_counts", "obs/n_genes_by_counts",
@@ -161,7 +161,8 @@ STAGES: tuple[Stage, ...] = (
                     "uns/integrate"),
             files=("qc_summary", "annotate.root", "stage_log", "expression.de",
                    "expression.summary", "expression.not_estimable",
-                   "expression.program_tests"),
+                   "expression.program_tests", "predict.metrics", "predict.patients",
+                   "predict.coefficients", "predict.new_patients"),
             folder="abundance",
             samples=True,
             batches=True,

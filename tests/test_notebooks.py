@@ -16,9 +16,10 @@ from .conftest import CommandRun
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_the_four_notebooks_are_there_without_outputs() -> None:
+def test_the_five_notebooks_are_there_without_outputs() -> None:
     assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_b_cells.ipynb",
-                                           "03_abundance.ipynb", "04_expression.ipynb"]  # fmt: skip
+                                           "03_abundance.ipynb", "04_expression.ipynb",
+                                           "05_predict.ipynb"]  # fmt: skip
     for path in NOTEBOOKS:
         book = nbformat.read(path, as_version=4)
         code = [c for c in book.cells if c.cell_type == "code"]

@@ -7,6 +7,7 @@ from ._changes import (
     sample_table,
     write_changes,
     write_expression_changes,
+    write_prediction_changes,
 )
 from ._command import add_batch, check_analysed, refit_samplesheet, remap_stale_batches
 from ._layer import BATCH_VERSION, batch_digest, map_batch
@@ -28,4 +29,5 @@ __all__ = [
     "sample_table",
     "write_changes",
     "write_expression_changes",
+    "write_prediction_changes",
 ]

@@ -128,6 +128,35 @@ def write_expression_changes(cfg: RunConfig, name: str) -> str:
     )
 
 
+def write_prediction_changes(cfg: RunConfig, name: str) -> str:
+    """Append the batch's new patients' predictions (`predict/new_patients.csv`, the rows
+    of this batch) to ``batches/<name>/changes.md``; the line add-batch prints."""
+    workdir = Workdir(cfg.workdir)
+    files = workdir.batch(name)
+    path = workdir.predict.new_patients
+    metrics = workdir.predict.metrics
+    if metrics.exists() and json.loads(metrics.read_text()).get("skipped"):
+        reason = json.loads(metrics.read_text())["skipped"]
+        text = f"No prediction: the model is not fitted ({reason})."
+        rows = pd.DataFrame()
+    else:
+        table = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["batch"])
+        rows = table[table["batch"].astype(str) == name]
+        text = (f"The saved model's probability of non-response for {len(rows)} new patient(s) "
+                "with a baseline sample in this batch (range: the cross-validation models'; "
+                "see predict/new_patients.csv):")  # fmt: skip
+    heading = "## Prediction of non-response (new patients)"
+    body = ["", heading, "", text, ""]
+    if len(rows):
+        body += [_table(rows.drop(columns=["batch"]).fillna({"flags": ""})), ""]
+    old = files.changes_md.read_text() if files.changes_md.exists() else ""
+    # the section is replaced, not appended again, when add-batch runs once more
+    new = old.split("\n" + heading)[0].rstrip("\n") + "\n" + "\n".join(body)
+    if new != old:
+        write_text_atomic(files.changes_md, new)
+    return f"predictions: {len(rows)} new patient(s) of batch {name}; see {files.changes_md}"
+
+
 def _table(frame: pd.DataFrame) -> str:
     """A markdown table (numbers to 3 significant digits)."""
 

@@ -32,7 +32,7 @@ from ..labels import name_problem
 from ..stages import is_current, run_stage, stage_digests, stages_until
 from ..store import write_text_atomic
 from ..workdir import BatchFiles, Workdir
-from ._changes import write_changes, write_expression_changes
+from ._changes import write_changes, write_expression_changes, write_prediction_changes
 from ._layer import map_batch, write_rows
 
 
@@ -184,8 +184,10 @@ def refit_and_report(cfg: RunConfig, name: str, client: Client) -> list[str]:
         lines.append(run_stage("expression", cfg, client))
     if had_expression:
         lines.append(write_expression_changes(cfg, name))
-    if workdir.predict.root.exists() and not is_current(cfg, "predict"):
-        lines.append(run_stage("predict", cfg, client))  # new patients' predictions
+    if workdir.predict.root.exists():
+        if not is_current(cfg, "predict"):
+            lines.append(run_stage("predict", cfg, client))  # new patients' predictions
+        lines.append(write_prediction_changes(cfg, name))
     if workdir.report.root.exists() and not is_current(cfg, "report"):
         lines.append(run_stage("report", cfg))
     return lines

@@ -5,6 +5,7 @@ predictions of patients it was not trained on."""
 from ._features import baseline_samples, composition_features, program_features, usable_features
 from ._logistic import fit_logistic, loo_logloss, standardize
 from ._model import ModelFit, fit_model, model_record, predict_patients
+from ._plots import prediction_figure, roc_curve
 from ._run import predict_digest_inputs, run_predict
 from ._validate import (
     CVSettings,
@@ -35,7 +36,9 @@ __all__ = [
     "permutation_pvalue",
     "predict_digest_inputs",
     "predict_patients",
+    "prediction_figure",
     "program_features",
+    "roc_curve",
     "run_predict",
     "standardize",
     "usable_features",

@@ -33,6 +33,7 @@ class ModelFit:
     name: str
     features: list[str]
     oof: np.ndarray  # training patients' out-of-fold probabilities
+    score: np.ndarray  # their out-of-fold linear scores (what the AUC ranks)
     first_folds: np.ndarray  # each training patient's test fold in the first repeat
     metrics: dict[str, Any]
     coefficients: pd.DataFrame
@@ -89,6 +90,7 @@ def fit_model(
         name=name,
         features=list(table.columns),
         oof=oof,
+        score=cv.score[0],
         first_folds=first,
         metrics=metrics,
         coefficients=_stability(list(table.columns), cv.models, final),

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..config_analysis import PredictConfig
     from ..stages import StageContext
 
-PATIENT_COLUMNS = ["patient_id", "response", "p_non_responder", "fold"]
+PATIENT_COLUMNS = ["patient_id", "response", "p_non_responder", "fold", "score"]
 NEW_COLUMNS = ["patient_id", "sample_id", "batch", "response", "p_non_responder", "p_low",
                "p_high", "flags"]  # fmt: skip
 
@@ -160,17 +160,19 @@ def _patients_table(
     labelled: pd.Series,
     from_batch: pd.Series,
 ) -> pd.DataFrame:
-    """The training patients' out-of-fold probabilities and first-repeat folds, then the
-    cohort's patients of unknown response with the saved model's probability (no fold)."""
+    """The training patients' out-of-fold probabilities, first-repeat folds and
+    out-of-fold scores (the AUC's ranking), then the cohort's patients of unknown response
+    with the saved model's probability (no fold, no score)."""
     trained = pd.DataFrame({
         "patient_id": train, "response": patients.loc[train, "response"].to_numpy(),
-        "p_non_responder": fit.oof, "fold": fit.first_folds,
+        "p_non_responder": fit.oof, "fold": fit.first_folds, "score": fit.score,
     })  # fmt: skip
     unknown = patients.index[~labelled & ~from_batch]
     if len(unknown):
         pred = predict_patients(fit, table.loc[unknown, fit.features])
         extra = pd.DataFrame({"patient_id": unknown, "response": "unknown",
-                              "p_non_responder": pred["p"].to_numpy(), "fold": pd.NA})  # fmt: skip
+                              "p_non_responder": pred["p"].to_numpy(), "fold": pd.NA,
+                              "score": np.nan})  # fmt: skip
         trained = pd.concat([trained, extra], ignore_index=True)
     return trained[PATIENT_COLUMNS]
 

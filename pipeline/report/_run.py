@@ -83,6 +83,7 @@ def run_report(ctx: StageContext) -> str:
         ("annotation", "Annotation", sections.annotation_section(workdir, obs, umap)),
         ("abundance", "Abundance", sections.abundance_section(workdir)),
         ("expression", "Differential expression", sections.expression_section(workdir)),
+        ("prediction", "Prediction of non-response", sections.prediction_section(workdir)),
     ]
     changes = sections.changes_section(workdir)
     if changes:

@@ -276,6 +276,66 @@ def expression_section(workdir: Workdir) -> str:
     return "".join(parts)
 
 
+def prediction_section(workdir: Workdir) -> str:
+    """Prediction of non-response: the validated performance in words, the figure (ROC
+    with band, calibration, coefficients, per-patient probabilities), the coefficients'
+    stability and the predictions of patients the model was not trained on."""
+    from ..predict import prediction_figure
+
+    files = workdir.predict
+    if not files.metrics.exists():
+        return "<p>The predict stage has not run on this workdir.</p>"
+    m = json.loads(files.metrics.read_text())
+    if m.get("skipped"):
+        return f"<p>Not fitted: {esc(m['skipped'])}.</p>"
+    cv = m.get("cv", {})
+    scheme = ("leave-one-out" if cv.get("scheme") == "leave_one_out"
+              else f"{cv.get('folds')}-fold x {cv.get('repeats')} repeats")  # fmt: skip
+    parts = [
+        f'<p class="finding">Before the first dose, the {esc(m.get("model"))} model separates '
+        f"{m['n_non_responder']} non-responders from {m['n_responder']} responders with an "
+        f"out-of-fold AUC of {m['auc']:.2f} (95% interval {m['auc_ci_low']:.2f}-"
+        f"{m['auc_ci_high']:.2f}; permutation p = {m['permutation_pvalue']:.3g} over "
+        f"{m['n_permutations']:,} label shuffles; Brier score {m['brier']:.3f}).</p>",
+        f"<p>Penalized logistic regression on {len(m['features'])} baseline features, "
+        f"validated by patient-level nested cross-validation ({esc(scheme)}; scaling and "
+        "the penalty chosen inside each training fold). An AUC of 0.5 is chance; the "
+        "permutation p-value says how often shuffled labels do as well.</p>",
+    ]
+    patients = pd.read_csv(files.patients)
+    coefficients = pd.read_csv(files.coefficients)
+    parts.append(figure(
+        prediction_figure(patients, m, coefficients),
+        "Left to right: the out-of-fold ROC curve with its bootstrap band (look for the "
+        "curve above the diagonal and the band clear of it); calibration (points near the "
+        "diagonal mean the probabilities can be read as risks); the largest coefficients "
+        "(orange, per sd of the feature) with the outer models' mean and sd (grey: a "
+        "feature whose bar crosses 0 is unstable); each patient's out-of-fold probability "
+        "by true response.",
+    ))  # fmt: skip
+    parts += ["<h3>Coefficients and their stability over the outer folds</h3>",
+              table(coefficients, left=1)]  # fmt: skip
+    dropped = m.get("dropped_features") or {}
+    if dropped:
+        parts += ["<h3>Features left out</h3>",
+                  table(pd.DataFrame({"feature": list(dropped), "why": list(dropped.values())}),
+                        left=2)]  # fmt: skip
+    unknown = patients[patients["fold"].isna()]
+    new = pd.read_csv(files.new_patients) if files.new_patients.exists() else pd.DataFrame()
+    if len(unknown):
+        parts += ["<h3>Cohort patients of unknown response</h3>",
+                  table(unknown[["patient_id", "p_non_responder"]], left=1)]  # fmt: skip
+    if len(new):
+        parts += [
+            "<h3>New patients (added batches)</h3>",
+            "<p>The saved model's probability of non-response, the 2.5-97.5% range of "
+            "the cross-validation models' probabilities, and flags (a poor mapping onto "
+            "the cohort, features outside the training range).</p>",
+            table(new.fillna({"flags": ""}), left=4),
+        ]
+    return "".join(parts)
+
+
 def _top_genes_figure(files: ExpressionFiles, de: pd.DataFrame, alpha: float) -> str:
     """The heatmap of the baseline contrast's top genes in the cell type with the most
     calls for it (the smallest p-value when none is called)."""

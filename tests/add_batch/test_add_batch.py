@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import yaml
 from distributed import Client
 
-from pipeline.add_batch import add_batch
+from pipeline.add_batch import add_batch, write_prediction_changes
 from pipeline.cli import main
 from pipeline.commands import validate_workdir
 from pipeline.config import RunConfig, parse_config
@@ -439,6 +439,15 @@ def test_the_saved_model_predicts_the_batchs_new_patients(
     trained = pd.read_csv(folder / "patients.csv")
     assert len(trained) == 6 and not set(trained["patient_id"]) & set(new["patient_id"])
     assert json.loads((folder / "metrics.json").read_text())["n_responder"] == 3
+    # the change report: skipped in the batch's own run, the predictions once fitted
+    changes = workdir / "batches" / BATCH / "changes.md"
+    assert "## Prediction of non-response (new patients)" in changes.read_text()
+    assert "No prediction: the model is not fitted" in changes.read_text()
+    line = write_prediction_changes(parse_config(config), BATCH)
+    text = (tmp_path / "w" / "batches" / BATCH / "changes.md").read_text()
+    assert "predictions: 2 new patient(s)" in line
+    assert text.count("## Prediction of non-response (new patients)") == 1
+    assert all(p in text for p in new["patient_id"]) and "No prediction" not in text
 
 
 def test_validate_checks_the_batches_too(

@@ -15,6 +15,9 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 
 from pipeline.cli import main
+from pipeline.config import parse_config
+from pipeline.predict import auc
+from pipeline.stages import run_stage
 
 from ..conftest import ANALYSED_CONFIG, CommandRun
 
@@ -55,12 +58,14 @@ def test_outputs_follow_the_contract(predicted: Path) -> None:
     assert metrics["n_permutations"] == 99
     assert 0.01 <= metrics["permutation_pvalue"] <= 1
     patients = pd.read_csv(folder / "patients.csv")
-    assert list(patients.columns) == ["patient_id", "response", "p_non_responder", "fold"]
+    assert list(patients.columns) == ["patient_id", "response", "p_non_responder", "fold", "score"]
     assert len(patients) == 6 and sorted(patients["fold"]) == list(range(6))
     assert patients["p_non_responder"].between(0, 1).all()
     features = pd.read_csv(folder / "features.csv", index_col="patient_id")
     assert "b_subset:DN2" in features.columns and len(features) == 6
     assert len(pd.read_csv(folder / "new_patients.csv")) == 0  # no batch added
+    y = (patients["response"] == "non_responder").to_numpy(dtype=int)
+    assert auc(y, patients["score"].to_numpy()) == pytest.approx(metrics["auc"])
     log = [
         json.loads(line) for line in (predicted / "logs" / "stages.jsonl").read_text().splitlines()
     ]
@@ -95,3 +100,13 @@ def test_predict_refuses_a_workdir_whose_earlier_stages_are_not_current(
     assert main(["predict", str(tmp_path / "c.yaml")]) != 0
     before = (predicted / "predict" / "metrics.json").read_bytes()
     assert (tmp_path / "w" / "predict" / "metrics.json").read_bytes() == before
+
+
+def test_the_report_shows_the_fitted_model(predicted: Path) -> None:
+    config = {**yaml.safe_load(ANALYSED_CONFIG), "workdir": str(predicted)}
+    assert "report: " in run_stage("report", parse_config(config))
+    html = (predicted / "report" / "index.html").read_text()
+    metrics = json.loads((predicted / "predict" / "metrics.json").read_text())
+    assert f"out-of-fold AUC of {metrics['auc']:.2f}" in html
+    assert "Left to right: the out-of-fold ROC curve" in html
+    assert "Coefficients and their stability over the outer folds" in html

@@ -17,7 +17,7 @@ from pipeline.stages import is_current, stage_digests
 from ..conftest import CommandRun
 
 SECTIONS = ["The run", "Quality control", "Integration", "Annotation", "Abundance",
-            "Differential expression"]  # fmt: skip
+            "Differential expression", "Prediction of non-response"]  # fmt: skip
 
 
 def _chromium() -> str:
@@ -82,6 +82,7 @@ def test_the_report_renders_offline_with_every_image(
         "Gene programs",
         "genes with the smallest q-values before treatment",
         "per patient over the months",
+        "Not fitted: 3 responders and 3 non-responders",
         "Package versions",
         "Inputs (SHA-256",
     ):
