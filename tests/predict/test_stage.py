@@ -110,3 +110,22 @@ def test_the_report_shows_the_fitted_model(predicted: Path) -> None:
     assert f"out-of-fold AUC of {metrics['auc']:.2f}" in html
     assert "Left to right: the out-of-fold ROC curve" in html
     assert "Coefficients and their stability over the outer folds" in html
+
+
+def test_program_scores_join_the_composition_and_both_models_are_reported(
+    predicted: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(predicted, tmp_path / "w")
+    config = {**yaml.safe_load(ANALYSED_CONFIG), "workdir": str(tmp_path / "w"),
+              "predict": {"min_patients_per_class": 3, "permutations": 19,
+                          "features": ["composition", "programs"]}}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["predict", str(tmp_path / "c.yaml")]) == 0
+    metrics = json.loads((tmp_path / "w" / "predict" / "metrics.json").read_text())
+    assert metrics["model"] == "composition+programs"
+    assert set(metrics["models"]) == {"composition", "composition+programs"}
+    programs = [f for f in metrics["features"] if f.startswith("program:B:")]
+    assert programs and any(f.startswith("b_subset:") for f in metrics["features"])
+    assert 0 <= metrics["models"]["composition"]["auc"] <= 1
+    features = pd.read_csv(tmp_path / "w" / "predict" / "features.csv", index_col="patient_id")
+    assert set(programs) <= set(features.columns)
