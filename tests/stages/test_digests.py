@@ -26,11 +26,14 @@ def test_a_parameter_changes_its_stage_and_the_later_ones(tmp_path: Path) -> Non
     base = _digests(tmp_path)
     changed = _digests(tmp_path, graph={"n_neighbors": 20})
     assert [s for s in base if base[s] != changed[s]] == ["graph", "annotate", "abundance",
-                                                          "expression", "report"]  # fmt: skip
+                                                          "expression", "predict", "report"]  # fmt: skip
     changed = _digests(tmp_path, abundance={"time": "continuous"})
-    assert [s for s in base if base[s] != changed[s]] == ["abundance", "expression", "report"]
+    assert [s for s in base if base[s] != changed[s]] == ["abundance", "expression", "predict",
+                                                          "report"]  # fmt: skip
     changed = _digests(tmp_path, expression={"min_cells": 20})
-    assert [s for s in base if base[s] != changed[s]] == ["expression", "report"]
+    assert [s for s in base if base[s] != changed[s]] == ["expression", "predict", "report"]
+    changed = _digests(tmp_path, predict={"folds": 4})
+    assert [s for s in base if base[s] != changed[s]] == ["predict", "report"]
 
 
 @pytest.mark.parametrize("stage", LATER)
@@ -57,7 +60,7 @@ def test_an_edited_marker_file_reruns_annotate(tmp_path: Path) -> None:
     markers.write_text(text.replace("version: 1", "version: 2"))
     edited = _digests(tmp_path, annotate={"markers": str(markers)})
     assert [s for s in base if base[s] != edited[s]] == ["annotate", "abundance", "expression",
-                                                         "report"]  # fmt: skip
+                                                         "predict", "report"]  # fmt: skip
 
 
 def test_a_stage_whose_files_were_deleted_runs_again(tmp_path: Path) -> None:
