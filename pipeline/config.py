@@ -149,6 +149,18 @@ class SimulationConfig(_Frozen):
     patient_sd: float = Field(0.35, ge=0, description="patient random effect, log-ratio scale")
     sample_sd: float = Field(0.15, ge=0, description="sample random effect, log-ratio scale")
     ifn_strength: float = Field(1.0, ge=0)
+    marker_strength: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="lineage and B-subset markers at this share of their difference from "
+        "the level without the marker (1: full strength)",
+    )
+    dn1_memory_genes: bool = Field(
+        False,
+        description="DN1 cells keep switched memory's genes other than CD27 (TNFRSF13B, "
+        "TNFRSF13C, SSPN, COCH): the harder DN1 / switched-memory boundary",
+    )
     lineage_proportions: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_LINEAGE_PROPORTIONS)
     )

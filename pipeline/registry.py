@@ -116,7 +116,7 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
-        "annotate", 2, "lineages, then B-cell subsets, with per-cell confidence",
+        "annotate", 3, "lineages, then B-cell subsets, with per-cell confidence",
         run="pipeline.annotate:run_annotate", config="annotate",
         inputs="pipeline.annotate:annotate_digest_inputs",
         reads=Elements(

@@ -30,6 +30,7 @@ class Program:
     label: str
     positive: tuple[str, ...]
     citation: str
+    free: tuple[str, ...] = ()  # features whose level the sources leave open
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class MarkerSet:
         """Every feature of the level, in first-listed order."""
         out: list[str] = []
         for program in self.levels[level]:
-            out.extend(f for f in program.positive if f not in out)
+            out.extend(f for f in (*program.positive, *program.free) if f not in out)
         return tuple(out)
 
     def genes_of(self, feature: str) -> tuple[str, ...]:
@@ -109,7 +110,7 @@ def load_markers(path: str | Path | None = None) -> MarkerSet:
             if not isinstance(entry, dict):
                 problems.append(_problem(source, key, "expected a mapping with 'positive'"))
                 continue
-            unknown = set(entry) - {"positive", "citation", "label"}
+            unknown = set(entry) - {"positive", "free", "citation", "label"}
             if unknown:
                 problems.append(_problem(source, key, f"unknown fields {sorted(unknown)}"))
             label = str(entry.get("label", name))
@@ -121,6 +122,15 @@ def load_markers(path: str | Path | None = None) -> MarkerSet:
             if not isinstance(positive, list) or not positive:
                 problems.append(_problem(source, f"{key}.positive", "expected a list of features"))
                 continue
+            free = entry.get("free", [])
+            if not isinstance(free, list) or not all(isinstance(f, str) for f in free):
+                problems.append(_problem(source, f"{key}.free", "expected a list of features"))
+                free = []
+            both = sorted(set(free) & set(map(str, positive)))
+            if both:
+                problems.append(
+                    _problem(source, f"{key}.free", f"{both} are also listed as positive")
+                )
             if not str(entry.get("citation", "")).strip():
                 problems.append(_problem(source, f"{key}.citation", "every label needs a source"))
             programs.append(
@@ -129,6 +139,7 @@ def load_markers(path: str | Path | None = None) -> MarkerSet:
                     label=label,
                     positive=tuple(str(p) for p in positive),
                     citation=str(entry.get("citation", "")),
+                    free=tuple(free),
                 )
             )
         missing = set(vocabulary) - {p.label for p in programs}
@@ -162,6 +173,10 @@ class FeatureMap:
     def marker_matrix(self, programs: tuple[Program, ...]) -> np.ndarray:
         """programs x features, True where the program lists the feature."""
         return np.array([[f in p.positive for f in self.features] for p in programs], dtype=bool)
+
+    def free_matrix(self, programs: tuple[Program, ...]) -> np.ndarray:
+        """programs x features, True where the program leaves the feature free."""
+        return np.array([[f in p.free for f in self.features] for p in programs], dtype=bool)
 
 
 def feature_map(markers: MarkerSet, level: str, symbols: pd.Index | np.ndarray) -> FeatureMap:

@@ -4,7 +4,10 @@ The model follows CellAssign (Zhang et al., Nat Methods 2019) in its simplest fo
 i of program p has feature counts x_if ~ NB(mean s_i * r_pf, shape theta_f), where s_i is
 the cell's library size (total counts / 10,000). A program that lists feature f as a
 marker has its own rate r_pf >= b_f; every program that does not list f shares the
-background rate b_f. Rates, backgrounds, shapes and program shares are fitted by EM;
+background rate b_f. A program may also leave a feature *free* (its sources do not say
+whether it expresses it): its rate is then fitted from its own cells, unconstrained, and
+it neither sets the background nor is held to it. Rates, backgrounds, shapes and program
+shares are fitted by EM;
 the posterior over programs is the per-cell evidence, and its maximum the confidence.
 
 Because a program only differs from the others in the features it lists, absence is
@@ -35,10 +38,11 @@ class MarkerModel:
     features: tuple[str, ...]
     marker: np.ndarray  # programs x features, bool
     rate: np.ndarray  # programs x features, per 10,000 UMI
-    theta: np.ndarray  # features
+    theta: np.ndarray  # features (NB shape)
     log_prior: np.ndarray  # programs
     n_iter: int
     converged: bool
+    free: np.ndarray | None = None  # programs x features, bool: fitted unconstrained
 
     def to_record(self) -> dict[str, Any]:
         """The fitted parameters as stored in cohort.zarr's ``uns["annotate"][level]
@@ -52,9 +56,11 @@ class MarkerModel:
         }
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any], marker: np.ndarray) -> MarkerModel:
-        """The model `to_record` stored; ``marker`` (programs x features) comes from the
-        marker file, which the record does not copy."""
+    def from_record(
+        cls, record: Mapping[str, Any], marker: np.ndarray, free: np.ndarray | None = None
+    ) -> MarkerModel:
+        """The model `to_record` stored; ``marker`` and ``free`` (programs x features) come
+        from the marker file, which the record does not copy."""
         prior = np.asarray(record["prior"], dtype=np.float64)
         return cls(
             programs=tuple(str(p) for p in np.asarray(record["programs"])),
@@ -65,6 +71,7 @@ class MarkerModel:
             log_prior=np.log(np.maximum(prior, 1e-300)),
             n_iter=0,
             converged=True,
+            free=free,
         )
 
 
@@ -117,14 +124,25 @@ def _initial_rates(x: np.ndarray, size: np.ndarray, marker: np.ndarray) -> np.nd
     return np.where(marker, high[None], low[None])
 
 
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
 def _m_step(
-    x: np.ndarray, size: np.ndarray, resp: np.ndarray, marker: np.ndarray, block: int = 4096
+    x: np.ndarray,
+    size: np.ndarray,
+    resp: np.ndarray,
+    marker: np.ndarray,
+    free: np.ndarray,
+    block: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     weight = resp.sum(axis=0)  # programs
     counts = resp.T @ x  # programs x features
     exposure = resp.T @ size  # programs
     own = counts / np.maximum(exposure, 1e-12)[:, None]
-    off = ~marker
+    off = ~marker & ~free
     background_counts = (off * counts).sum(axis=0)
     background_exposure = (off * exposure[:, None]).sum(axis=0)
     has_background = background_exposure > 0
@@ -135,17 +153,28 @@ def _m_step(
     )
     background = np.maximum(background, RATE_FLOOR)
     rate = np.where(marker, np.maximum(own, background[None]), background[None])
-    rate = np.maximum(rate, RATE_FLOOR)
+    rate = np.maximum(np.where(free, own, rate), RATE_FLOOR)
     prior = np.maximum(weight / weight.sum(), 1e-6)
-    # NB overdispersion per feature by moments, pooled over programs
-    excess = np.zeros(x.shape[1])
-    scale = np.zeros(x.shape[1])
+    # NB overdispersion per feature by moments: estimated per program that lists the
+    # feature, then the cell-weighted median over them. A pool of the moments would be
+    # set by the highest-expressing program (plasmablasts' variable CD27 made CD27 look
+    # three times as overdispersed as it is in memory B cells, which blurred the low
+    # counts that tell switched memory from DN1).
+    excess = np.zeros(rate.shape)
+    scale = np.zeros(rate.shape)
     for start in range(0, x.shape[0], block):
         xb, rb = x[start : start + block], resp[start : start + block]
         mean = size[start : start + block, None, None] * rate[None]
-        excess += (((xb[:, None, :] - mean) ** 2 - mean) * rb[:, :, None]).sum(axis=(0, 1))
-        scale += (rb[:, :, None] * mean**2).sum(axis=(0, 1))
-    phi = np.clip(excess / np.maximum(scale, 1e-12), *PHI_BOUNDS)
+        excess += (((xb[:, None, :] - mean) ** 2 - mean) * rb[:, :, None]).sum(axis=0)
+        scale += (rb[:, :, None] * mean**2).sum(axis=0)
+    per_program = excess / np.maximum(scale, 1e-12)
+    pooled = excess.sum(axis=0) / np.maximum(scale.sum(axis=0), 1e-12)
+    phi = np.array([
+        _weighted_median(per_program[listed, f], weight[listed]) if weight[listed].sum() > 0
+        else pooled[f]
+        for f, listed in enumerate(marker.T)
+    ])  # fmt: skip
+    phi = np.clip(phi, *PHI_BOUNDS)
     return rate, 1.0 / phi, np.log(prior)
 
 
@@ -156,44 +185,51 @@ def fit_marker_model(
     programs: tuple[str, ...],
     features: tuple[str, ...],
     marker: np.ndarray,
+    free: np.ndarray | None = None,
     max_iter: int = 100,
     tol: float = 1e-4,
 ) -> MarkerModel:
     """Fit the constrained NB mixture by EM on ``x`` (cells x features counts).
 
-    Stops when no cell's posterior changes by more than ``tol`` between iterations.
+    ``marker`` and ``free`` (programs x features, bool; ``free`` None: none) say which
+    features each program lists and which it leaves unconstrained. Stops when no cell's
+    posterior changes by more than ``tol`` between iterations.
     """
     marker = np.asarray(marker, dtype=bool)
-    if marker.shape != (len(programs), len(features)):
-        msg = f"marker matrix is {marker.shape}, expected {(len(programs), len(features))}"
-        raise ValueError(msg)
+    free = np.zeros_like(marker) if free is None else np.asarray(free, dtype=bool) & ~marker
+    for name, m in (("marker", marker), ("free", free)):
+        if m.shape != (len(programs), len(features)):
+            msg = f"{name} matrix is {m.shape}, expected {(len(programs), len(features))}"
+            raise ValueError(msg)
     if x.shape[0] == 0:
         msg = "no cells to fit the marker model on"
         raise ValueError(msg)
     xd = _dense(x)
     size = np.asarray(size, dtype=np.float64)
-    rate = _initial_rates(xd, size, marker)
+    rate = _initial_rates(xd, size, marker | free)  # free features start as if listed
     theta = np.full(len(features), 2.0)
     log_prior = np.full(len(programs), -np.log(len(programs)))
     resp = None
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        model = MarkerModel(programs, features, marker, rate, theta, log_prior, n_iter, False)
+        model = MarkerModel(programs, features, marker, rate, theta, log_prior, n_iter, False, free)
         new = posteriors(xd, size, model).astype(np.float64)
         if resp is not None and np.abs(new - resp).max() < tol:
             resp = new
             converged = True
             break
         resp = new
-        rate, theta, log_prior = _m_step(xd, size, resp, marker)
-    return MarkerModel(programs, features, marker, rate, theta, log_prior, n_iter, converged)
+        rate, theta, log_prior = _m_step(xd, size, resp, marker, free)
+    return MarkerModel(programs, features, marker, rate, theta, log_prior, n_iter, converged, free)
 
 
 def marker_support(model: MarkerModel, fold: float = 2.0) -> np.ndarray:
     """Per program: the share of its listed features whose fitted rate is at least
-    ``fold`` times the background of the programs that do not list them."""
-    off = np.where(model.marker, np.inf, model.rate).min(axis=0)
+    ``fold`` times the background of the programs that neither list them nor leave them
+    free."""
+    free = np.zeros_like(model.marker) if model.free is None else model.free
+    off = np.where(model.marker | free, np.inf, model.rate).min(axis=0)
     no_background = ~np.isfinite(off)
     ratio = model.rate / np.where(no_background, 1.0, off)[None]
     elevated = (ratio >= fold) | no_background[None]

@@ -44,7 +44,9 @@ def stored_model(
         raise ImmunoprofileError(msg)
     by_name = {p.name: p for p in markers.levels[level]}
     programs = tuple(by_name[n] for n in names)
-    model = MarkerModel.from_record(m, marker=fmap.marker_matrix(programs))
+    model = MarkerModel.from_record(
+        m, marker=fmap.marker_matrix(programs), free=fmap.free_matrix(programs)
+    )
     return model, tuple(p.label for p in programs), fmap
 
 

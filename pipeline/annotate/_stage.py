@@ -267,6 +267,7 @@ def _call_level(
         programs=tuple(p.name for p in usable),
         features=fmap.features,
         marker=fmap.marker_matrix(usable),
+        free=fmap.free_matrix(usable),
         max_iter=params.max_iter,
     )
     prob = scored(model)

@@ -218,7 +218,7 @@ def simulate_cohort(
     out = Path(out)
     _prepare_out(out, cfg, overwrite)
     design = design_cohort(cfg)
-    model = build_expression_model(cfg.n_genes, cfg.seed)
+    model = build_expression_model(cfg.n_genes, cfg.seed, cfg.marker_strength, cfg.dn1_memory_genes)
     try:
         shifts, planted = draw_planted_genes(
             model, cfg.expression_effects, seed=cfg.seed, patient_sd=cfg.expression_patient_sd

@@ -104,8 +104,36 @@ _SHARED_PROGRAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def build_expression_model(n_genes: int, seed: int) -> ExpressionModel:
-    """Draw the cohort's expression programs (filler genes' levels and cell-type DE)."""
+def _weakened(
+    markers: dict[str, float], base: dict[str, float], strength: float
+) -> dict[str, float]:
+    """Marker levels moved towards the level each gene has without the marker (``base``,
+    else `MARKER_BACKGROUND`): ``base + strength * (level - base)``, on the linear scale."""
+    if strength == 1.0:
+        return dict(markers)
+    return {
+        gene: (b := base.get(gene, MARKER_BACKGROUND)) + strength * (level - b)
+        for gene, level in markers.items()
+    }
+
+
+def build_expression_model(
+    n_genes: int, seed: int, marker_strength: float = 1.0, dn1_memory_genes: bool = False
+) -> ExpressionModel:
+    """Draw the cohort's expression programs (filler genes' levels and cell-type DE).
+
+    ``marker_strength`` below 1 weakens every lineage and B-subset marker towards the level
+    the gene has without it (the B lineage's level for a B-subset marker); immunoglobulin
+    isotypes are left as they are. ``dn1_memory_genes``: DN1 cells express the switched-
+    memory genes of `DN1_MEMORY_GENES` at the switched-memory level.
+    """
+    subset_markers = dict(prog.B_SUBSET_MARKERS)
+    if dn1_memory_genes:
+        memory = prog.B_SUBSET_MARKERS["switched_memory"]
+        subset_markers["DN1"] = {
+            **subset_markers["DN1"],
+            **{g: memory[g] for g in prog.DN1_MEMORY_GENES},
+        }
     genes = build_gene_universe(n_genes)
     types = prog.CELL_TYPES
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
@@ -151,9 +179,10 @@ def build_expression_model(n_genes: int, seed: int) -> ExpressionModel:
         isg_level = ISG_BASELINE * (2.0 if name.startswith("mono") else 1.0)
         fixed.update(dict.fromkeys(prog.ISG_GENES, isg_level))
         fixed.update(prog.HOUSEKEEPING)
-        fixed.update(prog.LINEAGE_MARKERS["B" if is_b else name])
+        lineage_markers = prog.LINEAGE_MARKERS["B" if is_b else name]
+        fixed.update(_weakened(lineage_markers, {}, marker_strength))
         if is_b:
-            fixed.update(prog.B_SUBSET_MARKERS[name])
+            fixed.update(_weakened(subset_markers[name], lineage_markers, marker_strength))
             budget, probs = prog.HEAVY_CHAIN[name]
             heavy_budget[t] = budget * CP10K
             for gene, p in probs.items():

@@ -125,6 +125,11 @@ B_SUBSET_MARKERS: dict[str, dict[str, float]] = {
     },
 }  # fmt: skip
 
+# Switched-memory genes other than CD27 that DN1 cells keep when the simulation's
+# ``dn1_memory_genes`` is set (DN1 then differs from switched memory by CD27 and a little
+# more CR2 / CXCR5 only, as in cohorts simulated independently of this one).
+DN1_MEMORY_GENES: tuple[str, ...] = ("TNFRSF13B", "TNFRSF13C", "SSPN", "COCH")
+
 # Per-cell exclusive choices: each B cell expresses one heavy-chain constant gene (with
 # IGHD alongside IGHM in naive-like cells) and one light chain, at the subset's budget.
 # (budget in CP10K, {gene: probability}); IGHD co-expression is handled by the partner.

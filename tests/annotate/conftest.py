@@ -10,6 +10,7 @@ import pytest
 from distributed import Client
 
 from pipeline.config import RunConfig, parse_config
+from pipeline.simulate import read_truth_cells
 
 # default simulation settings but for the cohort's size: 6 patients x 3 timepoints x
 # ~1,000 cells gives ~1,500 B cells (DN1 and plasmablasts: ~60 cells each)
@@ -32,12 +33,7 @@ def run_through_annotate(out: Path, client: Client, simulate: dict, **cfg: objec
 
 def read_truth(run: RunConfig, obs_names: pd.Index) -> pd.DataFrame:
     assert run.samplesheet is not None
-    data = Path(run.samplesheet).parent
-    frames = []
-    for sid in pd.read_csv(run.samplesheet)["sample_id"]:
-        t = pd.read_csv(data / "truth" / "cells" / f"{sid}.csv.gz", keep_default_na=False)
-        frames.append(t.set_index(sid + ":" + t["barcode"]))
-    return pd.concat(frames).loc[obs_names]
+    return read_truth_cells(run.samplesheet, obs_names)
 
 
 @pytest.fixture(scope="session")

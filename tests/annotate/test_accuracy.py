@@ -18,9 +18,10 @@ from distributed import Client
 from pipeline.annotate import annotate_cohort, load_markers
 from pipeline.cohort import open_cohort
 from pipeline.config import RunConfig
+from pipeline.simulate import LabelAccuracy as Accuracy
+from pipeline.simulate import label_accuracy as accuracy
 
 from .conftest import ACCURACY_COHORT, read_truth, run_through_annotate
-from .scoring import Accuracy, accuracy
 
 
 def _check(acc: Accuracy, slack: float = 0.0) -> None:

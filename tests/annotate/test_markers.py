@@ -24,6 +24,10 @@ def test_packaged_markers_cover_every_label_with_a_citation() -> None:
     assert "switched_isotype" in b["switched_memory"] & b["DN1"] & b["DN2"]
     assert "CD27" in b["switched_memory"] and "CD27" not in b["DN1"] | b["DN2"]
     assert {"ITGAX", "TBX21", "FCRL5", "ZEB2"} <= b["DN2"] and "CR2" not in b["DN2"]
+    # DN1's sources say nothing of switched memory's other genes: left free, not absent
+    free = {p.name: set(p.free) for p in markers.levels["b_subset"]}
+    assert {"TNFRSF13C", "SSPN", "COCH"} <= free["DN1"] and not free["DN1"] & b["DN1"]
+    assert "TNFRSF13C" in load_markers().features("b_subset")
     assert markers.genes_of("switched_isotype") == (
         "IGHG1", "IGHG2", "IGHG3", "IGHG4", "IGHA1", "IGHA2",
     )  # fmt: skip
@@ -54,6 +58,14 @@ def test_feature_map_sums_groups_and_reports_missing_genes() -> None:
         ),
         ("version: 1\nlevels: {lineage: {B: {citation: x}}}\n", "key 'levels.lineage.B.positive'"),
         ("version: 1\ngroups: {ig: IGHG1}\nlevels: {}\n", "key 'groups.ig'"),
+        (
+            "version: 1\nlevels: {lineage: {B: {positive: [CD19], free: [CD19], citation: x}}}\n",
+            "key 'levels.lineage.B.free': ['CD19'] are also listed as positive",
+        ),
+        (
+            "version: 1\nlevels: {lineage: {B: {positive: [CD19], free: CD22, citation: x}}}\n",
+            "key 'levels.lineage.B.free': expected a list of features",
+        ),
         ("version: [\n", "not valid YAML"),
     ],
 )

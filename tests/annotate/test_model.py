@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from pipeline.annotate import MarkerModel, fit_marker_model, graph_consensus, posteriors
@@ -57,6 +58,52 @@ def test_em_recovers_labels_including_an_absence_defined_program() -> None:
         model.rate[~marker], np.broadcast_to(model.rate.min(axis=0), marker.shape)[~marker]
     )
     assert (model.rate[marker] >= model.rate.min(axis=0)[np.nonzero(marker)[1]]).all()
+
+
+def test_a_free_feature_keeps_an_absence_defined_program_that_expresses_it() -> None:
+    """Program d also expresses feature v at program b's level (as DN1 cells keep switched
+    memory's genes other than CD27). Modelled as absent from d, v pulls d's cells into b
+    and the program collapses; left free for d, they are found as well as by the oracle."""
+    rng = np.random.default_rng(5)
+    x, size, truth, marker, rates, shape = _simulate(4000, seed=5)
+    d = truth == 3
+    extra = rng.poisson(rng.gamma(shape, size[d] * rates[1, 1] / shape))
+    x = sp.lil_matrix(x)
+    x[np.flatnonzero(d), 1] = extra[:, None].astype(np.float32)
+    x = sp.csr_matrix(x)
+    names, feats = ("a", "b", "c", "d"), tuple("uvwxyz")
+    free = np.zeros_like(marker)
+    free[3, 1] = True
+    strict = fit_marker_model(x, size, programs=names, features=feats, marker=marker)
+    loose = fit_marker_model(x, size, programs=names, features=feats, marker=marker, free=free)
+    true_rates = rates.copy()
+    true_rates[3, 1] = rates[1, 1]
+    oracle = MarkerModel(names, feats, marker, true_rates, np.full(6, shape),
+                         np.log([0.4, 0.3, 0.2, 0.1]), 0, True)  # fmt: skip
+    recall = {
+        name: (posteriors(x, size, m).argmax(axis=1)[d] == 3).mean()
+        for name, m in (("strict", strict), ("free", loose), ("oracle", oracle))
+    }
+    assert recall["oracle"] > 0.85, recall
+    assert recall["strict"] < 0.5, recall
+    assert recall["free"] >= recall["oracle"] - 0.03, recall
+    assert loose.rate[3, 1] == pytest.approx(rates[1, 1], rel=0.15)
+    # a free feature neither sets the background nor is held to it
+    assert loose.rate[0, 1] == pytest.approx(loose.rate[~marker[:, 1] & ~free[:, 1], 1].min())
+
+
+def test_overdispersion_is_not_set_by_the_highest_expressing_program() -> None:
+    """Feature u is far more variable in program a (shape 0.5, like plasmablasts' CD27)
+    than in the three others (shape 5), which express it less: the feature's shape is
+    theirs, not the one a pool of the moments would give (dominated by a's counts)."""
+    rng = np.random.default_rng(7)
+    x, size, truth, marker, rates, shape = _simulate(4000, seed=7)
+    a = truth == 0
+    x = sp.lil_matrix(x)
+    x[np.flatnonzero(a), 0] = rng.poisson(rng.gamma(0.5, size[a] * rates[0, 0] / 0.5))[:, None]
+    model = fit_marker_model(sp.csr_matrix(x), size, programs=("a", "b", "c", "d"),
+                             features=tuple("uvwxyz"), marker=marker)  # fmt: skip
+    assert model.theta[0] == pytest.approx(shape, rel=0.4), model.theta
 
 
 def test_posteriors_do_not_depend_on_how_cells_are_chunked() -> None:

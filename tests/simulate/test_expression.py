@@ -92,3 +92,27 @@ def test_truth_lists_planted_genes_and_their_contrasts(small_cohort: SimulationR
     assert naive.xs("time6@responder", level=1).eq(-1.0).all()
     assert naive.xs("response:time6", level=1).eq(1.0).all()
     assert naive.xs("response@month0", level=1).eq(0.0).all()
+
+
+def test_marker_strength_and_dn1_memory_genes_shape_the_b_subsets() -> None:
+    """``marker_strength`` moves each marker towards its level without the marker (for a
+    B subset, the B lineage's); ``dn1_memory_genes`` gives DN1 switched memory's genes
+    other than CD27, so that CD27 is what tells them apart."""
+    full = build_expression_model(3000, seed=2)
+    weak = build_expression_model(3000, seed=2, marker_strength=0.4)
+    memlike = build_expression_model(3000, seed=2, dn1_memory_genes=True)
+    col = {s: i for i, s in enumerate(full.genes.symbols)}
+    t = full.cell_types.index
+
+    def cp10k(model, cell_type: str, gene: str) -> float:
+        return float(model.profiles[t(cell_type), col[gene]] * 1e4)
+
+    # CD27 is 8 CP10K in switched memory, 0.05 (the marker background) in B without it
+    assert cp10k(weak, "switched_memory", "CD27") == pytest.approx(0.05 + 0.4 * (8 - 0.05))
+    # CR2: 0.3 in DN2, 4 in B: weakened towards the B lineage's level
+    assert cp10k(weak, "DN2", "CR2") == pytest.approx(4 + 0.4 * (0.3 - 4))
+    assert cp10k(weak, "T_CD4", "CD3D") == pytest.approx(0.05 + 0.4 * (25 - 0.05))
+    for gene in ("TNFRSF13C", "SSPN", "COCH", "TNFRSF13B"):
+        assert cp10k(full, "DN1", gene) < 0.1
+        assert cp10k(memlike, "DN1", gene) == pytest.approx(cp10k(full, "switched_memory", gene))
+    assert cp10k(memlike, "DN1", "CD27") == cp10k(full, "DN1", "CD27") < 0.5

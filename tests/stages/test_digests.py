@@ -57,7 +57,7 @@ def test_an_edited_marker_file_reruns_annotate(tmp_path: Path) -> None:
     text = resources.files("pipeline.annotate").joinpath("markers.yaml").read_text()
     markers.write_text(text)
     base = _digests(tmp_path, annotate={"markers": str(markers)})
-    markers.write_text(text.replace("version: 1", "version: 2"))
+    markers.write_text(text.replace("version: 2", "version: 3"))
     edited = _digests(tmp_path, annotate={"markers": str(markers)})
     assert [s for s in base if base[s] != edited[s]] == ["annotate", "abundance", "expression",
                                                          "predict", "report"]  # fmt: skip
