@@ -51,7 +51,12 @@ class AnnotateConfig(FrozenModel):
         0.5, ge=0, le=1, description="weight of the kNN-graph neighbours' lineage probabilities"
     )
     b_graph_weight: float = Field(
-        0.0, ge=0, le=1, description="the same for B subsets (neighbours among B cells)"
+        0.5, ge=0, le=1, description="the same for B subsets (neighbours among B cells)"
+    )
+    b_graph: Literal["b_cells", "cohort"] = Field(
+        "b_cells",
+        description="the B-subset consensus graph: the B cells' own kNN graph (their "
+        "highly variable genes and PCs) or the cohort's integrated graph",
     )
     min_feature_fraction: float = Field(
         0.5, gt=0, le=1, description="a label is modelled only with this share of its markers"

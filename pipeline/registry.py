@@ -120,11 +120,12 @@ STAGES: tuple[Stage, ...] = (
         run="pipeline.annotate:run_annotate", config="annotate",
         inputs="pipeline.annotate:annotate_digest_inputs",
         reads=Elements(
-            cohort=("obs/qc_pass", "obs/total_counts", "obs/leiden_*", "obsp/connectivities"),
+            cohort=("obs/qc_pass", "obs/total_counts", "obs/batch", "obs/leiden_*",
+                    "obsp/connectivities"),
             samples=True,
         ),
         writes=Elements(
-            cohort=("obs/lineage*", "obs/b_subset*", "uns/annotate"),
+            cohort=("obs/lineage*", "obs/b_subset*", "obs/cell_type*", "uns/annotate"),
             files=("annotate.markers_used",),
         ),
     ),

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import zarr
 from distributed import Client
 
-from ..annotate import annotate_query, load_markers
+from ..annotate import annotate_query, cell_type_columns, load_markers
 from ..cohort import open_cohort
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
@@ -179,6 +179,9 @@ def map_cells(
     for level, (called, conf) in labels.items():
         obs[level] = pd.Categorical(called, categories=[*VOCABULARY[level], UNASSIGNED])
         obs[f"{level}_confidence"] = conf
+    obs[["cell_type", "cell_type_ontology_term_id"]] = cell_type_columns(
+        obs["lineage"], obs["b_subset"]
+    )
     seconds["annotate"] = time.perf_counter() - t
     out = ad.AnnData(obs=obs, obsm=obsm)
     return out, qc.summary, {**seconds, "scale": scale}

@@ -237,17 +237,28 @@ def marker_support(model: MarkerModel, fold: float = 2.0) -> np.ndarray:
     return (elevated & model.marker).sum(axis=1) / np.maximum(listed, 1)
 
 
-def graph_consensus(prob: np.ndarray, graph: sp.spmatrix, weight: float) -> np.ndarray:
+def graph_consensus(
+    prob: np.ndarray, graph: sp.spmatrix, weight: float, log_prior: np.ndarray | None = None
+) -> np.ndarray:
     """Mix each cell's probabilities with its graph neighbours' weighted mean.
 
     ``graph`` is cells x cells (e.g. the kNN connectivities restricted to these cells);
-    a cell without neighbours keeps its own probabilities.
+    a cell without neighbours keeps its own probabilities. With ``log_prior`` (the
+    programs' log shares) the neighbours vote with their evidence alone, their posteriors
+    divided by the shares: otherwise the shares count once in the cell's own posterior
+    and again through every neighbour, and where a small program's cells carry weak
+    evidence (DN1 beside switched memory, told apart by CD27 alone) the mix pushes them
+    into the large one.
     """
     if weight == 0:
         return prob
     g = sp.csr_matrix(graph)  # in its own dtype: a float64 copy was 0.26 GiB at 855k cells
     degree = np.asarray(g.sum(axis=1, dtype=np.float64)).ravel()
-    neighbours = g @ prob.astype(g.dtype) / np.where(degree > 0, degree, 1.0)[:, None]
+    vote = prob
+    if log_prior is not None:  # neighbours vote with their evidence alone (shares out)
+        vote = prob / np.exp(log_prior - log_prior.max())[None]
+        vote = vote / vote.sum(axis=1, keepdims=True)
+    neighbours = g @ vote.astype(g.dtype) / np.where(degree > 0, degree, 1.0)[:, None]
     mixed = (1 - weight) * prob + weight * neighbours
     mixed[degree == 0] = prob[degree == 0]
     return mixed.astype(np.float32)
@@ -272,6 +283,7 @@ def call_labels(
     vocabulary: tuple[str, ...],
     supported: np.ndarray,
     min_confidence: float,
+    log_prior: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels (object), their confidence and the chosen program of cells with program
     posteriors ``prob``, after mixing with graph neighbours (``graph`` None: none).
@@ -279,7 +291,7 @@ def call_labels(
     A cell is ``unassigned`` when its label's probability is below ``min_confidence`` or
     its program is not ``supported`` by its markers (see `marker_support`).
     """
-    mixed = prob if graph is None else graph_consensus(prob, graph, weight)
+    mixed = prob if graph is None else graph_consensus(prob, graph, weight, log_prior)
     best = mixed.argmax(axis=1)  # the most probable program
     label_prob = label_probabilities(mixed, program_labels, vocabulary)
     label_index = np.array([vocabulary.index(lab) for lab in program_labels])[best]

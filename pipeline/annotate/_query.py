@@ -23,7 +23,7 @@ from ..errors import ImmunoprofileError
 from ..labels import UNASSIGNED
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
 from ._model import MarkerModel, call_labels, marker_support, posteriors
-from ._stage import SIZE_UNIT, _feature_counts, by_level
+from ._stage import SIZE_UNIT, _feature_counts, _level_graph, by_level
 
 
 def stored_model(
@@ -66,7 +66,8 @@ def annotate_query(
     annotate section's labelling rules ``params``.
 
     ``connectivities`` is the new cells' kNN graph among themselves (None: no graph
-    consensus). Cells not in ``keep`` get None and NaN.
+    consensus); the B subsets' consensus uses the new B cells' own graph (`b_cell_graph`)
+    as the annotate stage does. Cells not in ``keep`` get None and NaN.
     """
     symbols = cells.var.get("gene_symbols", cells.var_names)
     models = {level: stored_model(record[level], markers, level, symbols) for level in LEVELS}
@@ -93,7 +94,12 @@ def annotate_query(
             labels[rows] = UNASSIGNED
         elif rows.size:
             prob = posteriors(features[np.flatnonzero(members)][:, cols], size[rows], model)
-            sub = None if graph is None else graph[rows][:, rows]
+            mask = np.zeros(keep.size, dtype=bool)
+            mask[rows] = True
+            sub, _ = _level_graph(
+                level, cells, client=client, members=mask, rows=rows,
+                connectivities=graph, total_counts=total_counts, params=params,
+            )  # fmt: skip
             called, conf, _ = call_labels(
                 prob,
                 sub,
@@ -102,6 +108,7 @@ def annotate_query(
                 vocabulary=tuple(LEVELS[level]),
                 supported=marker_support(model) >= params.min_marker_support,
                 min_confidence=params.min_confidence,
+                log_prior=model.log_prior if level == "b_subset" else None,
             )
             labels[rows], confidence[rows] = called, conf
         return labels, confidence

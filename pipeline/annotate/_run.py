@@ -26,6 +26,7 @@ from ._reference import (
     transfer_labels,
 )
 from ._stage import annotate_cohort
+from ._vocabulary import cell_type_columns, compatible_fraction, load_vocabularies
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -47,6 +48,7 @@ def annotate_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, Any]:
     return {
         "params": a.model_dump(mode="json"),
         "markers_sha256": load_markers(a.markers).sha256,
+        "vocabularies_sha256": load_vocabularies().sha256,
         "reference": reference,
     }
 
@@ -59,10 +61,11 @@ def run_annotate(ctx: StageContext) -> str:
     """Only the inputs (two obs columns, the kNN graph) while the cells are annotated; the
     Leiden columns are read afterwards, once the workers' memory is trimmed."""
     a = ctx.cfg.annotate
-    obs = ctx.read_obs(["qc_pass", "total_counts"])
+    obs = ctx.read_obs(["qc_pass", "total_counts", "batch"])
     connectivities = ctx.read_elem("obsp/connectivities")
     markers = load_markers(a.markers)
     cohort = ctx.open_counts()
+    cohort.obs["batch"] = obs["batch"].to_numpy()  # the B cells' genes are ranked per batch
     keep = obs["qc_pass"].to_numpy(dtype=bool)
     totals = obs["total_counts"].to_numpy(dtype=np.float64)
     del obs
@@ -104,6 +107,11 @@ def run_annotate(ctx: StageContext) -> str:
             with atomic_path(files.dotplot_png(level)) as tmp:
                 fig.savefig(tmp, dpi=110, format="png")
     write_text_atomic(files.markers_used, markers.text)
+    vocab = load_vocabularies()
+    out[["cell_type", "cell_type_ontology_term_id"]] = cell_type_columns(
+        out["lineage"], out["b_subset"]
+    )
+    record["vocabularies"] = {"version": vocab.version, "sha256": vocab.sha256}
     record["clusters"] = cluster_summary(out)
     if a.reference is not None:
         record["reference"] = _transfer(ctx.cfg, client, cohort, out, keep, totals)
@@ -174,6 +182,9 @@ def _transfer(
         out[f"{level}_reference"] = pd.Categorical(labels)
         out[f"{level}_reference_confidence"] = prob
         agree = agreement(out[level].to_numpy(dtype=object), labels)
+        fraction, n_known = compatible_fraction(level, out[level].to_numpy(dtype=object), labels)
+        if fraction is not None:  # the reference speaks CellTypist's or Azimuth's labels
+            agree.update({"fraction_compatible": fraction, "n_cells_known_labels": n_known})
         agree["confusion"] = pd.DataFrame(agree.get("confusion", {})).fillna(0).astype(int)
         record[level] = {"key": key, "n_trained": clf.n_trained, "n_genes": len(clf.genes), **agree}
     return record

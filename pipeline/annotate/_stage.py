@@ -7,7 +7,8 @@
 3. The driver mixes each cell's posterior with its neighbours' on the integrated kNN
    graph (consensus), labels each cell with the most probable label and calls it
    `unassigned` when that label's probability is below ``min_confidence``.
-4. B-cell subsets are modelled among the cells called lineage B only, the same way.
+4. B-cell subsets are modelled among the cells called lineage B only, the same way, with
+   the B cells' own kNN graph for the consensus (`_bgraph`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..cohort import cell_chunks
 from ..config import AnnotateConfig
 from ..labels import UNASSIGNED
 from ..sampling import stratified_sample
+from ._bgraph import B_GRAPH_MIN_CELLS, b_cell_graph
 from ._dotplot import cohort_dotplot, dot_sums, dot_table
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
 from ._model import MarkerModel, call_labels, fit_marker_model, marker_support, posteriors
@@ -120,6 +122,33 @@ def _restrict(graph: sp.spmatrix | None, cells: np.ndarray) -> sp.csr_matrix | N
     return sp.csr_matrix((g.data[inside], new[inside], indptr), shape=shape)
 
 
+def _level_graph(
+    level: str,
+    cohort: ad.AnnData,
+    *,
+    client: Client,
+    members: np.ndarray,
+    rows: np.ndarray,
+    connectivities: sp.spmatrix | None,
+    total_counts: np.ndarray,
+    params: AnnotateConfig,
+) -> tuple[sp.csr_matrix | None, str]:
+    """The graph a level's consensus uses among its cells ``rows`` (= np.flatnonzero of
+    the mask ``members``), and its name: for B subsets the B cells' own graph
+    (`b_cell_graph`) unless ``params.b_graph`` says the cohort's or there are too few."""
+    if (
+        level == "b_subset"
+        and params.b_graph_weight > 0
+        and params.b_graph == "b_cells"
+        and rows.size >= B_GRAPH_MIN_CELLS
+    ):
+        graph = b_cell_graph(
+            cohort, client=client, members=members, total_counts=total_counts, seed=params.seed
+        )
+        return graph, "b_cells"
+    return _restrict(connectivities, rows), "cohort" if connectivities is not None else "none"
+
+
 def annotate_cohort(
     cohort: ad.AnnData,
     *,
@@ -163,6 +192,12 @@ def annotate_cohort(
         # rows of each chunk's feature matrix that belong to this level's cells
         local = [np.flatnonzero(members[r]) for r in kept_rows]
         cohort_rows = np.concatenate([r[loc] for r, loc in zip(kept_rows, local, strict=True)])
+        mask = np.zeros(len(keep), dtype=bool)
+        mask[cohort_rows] = True
+        graph, graph_name = _level_graph(
+            level, cohort, client=client, members=mask, rows=cohort_rows,
+            connectivities=connectivities, total_counts=total_counts, params=params,
+        )  # fmt: skip
 
         def training(fit: np.ndarray) -> sp.spmatrix:
             fit_mask = np.zeros(len(cohort_rows), dtype=bool)
@@ -193,10 +228,11 @@ def annotate_cohort(
             size=size,
             training=training,
             scored=scored,
-            graph=_restrict(connectivities, cohort_rows),
+            graph=graph,
             weight=weight,
             params=params,
         )
+        call.info["graph"] = graph_name
         called = call.labels[cohort_rows]
         dot = (
             cohort_dotplot(
@@ -277,6 +313,7 @@ def _call_level(
         prob, graph, weight,
         program_labels=tuple(p.label for p in usable), vocabulary=tuple(LEVELS[level]),
         supported=supported, min_confidence=params.min_confidence,
+        log_prior=model.log_prior if level == "b_subset" else None,
     )  # fmt: skip
     labels_out[rows] = called
     confidence[rows] = conf

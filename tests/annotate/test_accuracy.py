@@ -54,7 +54,17 @@ def test_outputs_follow_the_label_contract(accuracy_cohort: ad.AnnData) -> None:
     assert np.isnan(confidence[~kept]).all() and (confidence[kept] >= 0).all()
     low = obs["lineage_confidence"] < 0.5
     assert (obs.loc[low & kept, "lineage"] == "unassigned").all()
+    # the finest label with its Cell Ontology id, as CELLxGENE names them
+    b_called = is_b & (obs["b_subset"] != "unassigned").to_numpy()
+    finest = np.where(b_called, obs["b_subset"].astype(object), obs["lineage"].astype(object))
+    assert obs["cell_type"].astype(str)[kept].tolist() == finest[kept].astype(str).tolist()
+    ids = obs["cell_type_ontology_term_id"].astype(object)
+    assert set(ids[obs["cell_type"] == "DN2"]) == {"CL:0000981"}
+    assert set(ids[obs["cell_type"] == "naive"]) == {"CL:0000788"}
+    assert ids[~kept].isna().all()
     record = accuracy_cohort.uns["annotate"]
+    assert record["vocabularies"]["version"] >= 1
+    assert record["b_subset"]["graph"] == "b_cells"  # the B cells' own kNN graph
     assert record["markers"]["version"] >= 1
     assert {"label", "feature", "fraction_expressing"} <= set(record["b_subset"]["dotplot"].columns)
     # the cell labels agree with the Leiden clusters of the integrated graph

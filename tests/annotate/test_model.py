@@ -106,6 +106,21 @@ def test_overdispersion_is_not_set_by_the_highest_expressing_program() -> None:
     assert model.theta[0] == pytest.approx(shape, rel=0.4), model.theta
 
 
+def test_neighbours_vote_with_their_evidence_when_the_shares_are_given() -> None:
+    """A small program (share 0.1) whose cells lean to it only weakly: their posteriors
+    favour the large program (share 0.9), and a mix of posteriors keeps them there; with
+    the shares taken out of the neighbours' votes they are found."""
+    prior = np.array([0.9, 0.1])
+    evidence = np.array([1.0, 4.0])  # likelihood ratio 4 for the small program
+    p = prior * evidence / (prior * evidence).sum()  # [0.75, 0.25]
+    prob = np.tile(p, (4, 1)).astype(np.float32)
+    graph = sp.csr_matrix(np.ones((4, 4)) - np.eye(4))
+    assert (graph_consensus(prob, graph, 0.5).argmax(axis=1) == 0).all()
+    mixed = graph_consensus(prob, graph, 0.5, np.log(prior))
+    np.testing.assert_allclose(mixed[0], 0.5 * p + 0.5 * np.array([0.2, 0.8]), rtol=1e-6)
+    assert (mixed.argmax(axis=1) == 1).all()
+
+
 def test_posteriors_do_not_depend_on_how_cells_are_chunked() -> None:
     x, size, _, marker, _, _ = _simulate(1000, seed=2)
     model = fit_marker_model(
