@@ -65,7 +65,9 @@ def test_scaling_runner_measures_every_stage_and_the_baseline(tiny_run: tuple[Pa
     assert run["returncode"] == 0 and run["samples"] == 4 * 3
     assert [s["stage"] for s in run["stages"]] == list(STAGE_ORDER)
     for stage in run["stages"]:
-        assert stage["status"] == "done" and stage["wall_s"] > 0 and stage["cpu_s"] > 0
+        assert stage["status"] == "done" and stage["wall_s"] > 0 and stage["cpu_s"] >= 0
+        if stage["wall_s"] > 1:  # CPU is sampled every 0.1 s: a shorter stage may see none
+            assert stage["cpu_s"] > 0
         # the driver, a scheduler and two workers are all counted
         assert stage["peak_rss_gib"] > stage["driver_peak_rss_gib"] > 0.05
         assert stage["peak_rss_gib"] <= run["peak_rss_gib"]
