@@ -93,6 +93,16 @@ class AbundanceConfig(FrozenModel):
         "logit", description="propeller's transformation of the proportions"
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="q-value threshold in plots and summary")
+    labels: Literal["hard", "draws"] = Field(
+        "draws",
+        description="hard: every cell counts as its called label; draws: the models are "
+        "fitted on label sets drawn from the per-cell label probabilities and combined by "
+        "Rubin's rules, so intervals widen where labels are uncertain",
+    )
+    label_draws: int = Field(
+        10, ge=2, le=200, description="number of label draws when labels is 'draws'"
+    )
+    seed: int = Field(0, description="seed of the label draws")
 
     @field_validator("methods")
     @classmethod

@@ -116,7 +116,7 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
-        "annotate", 3, "lineages, then B-cell subsets, with per-cell confidence",
+        "annotate", 4, "lineages, then B-cell subsets, with per-cell confidence and label probabilities",
         run="pipeline.annotate:run_annotate", config="annotate",
         inputs="pipeline.annotate:annotate_digest_inputs",
         reads=Elements(
@@ -125,17 +125,19 @@ STAGES: tuple[Stage, ...] = (
             samples=True,
         ),
         writes=Elements(
-            cohort=("obs/lineage*", "obs/b_subset*", "obs/cell_type*", "uns/annotate"),
+            cohort=("obs/lineage*", "obs/b_subset*", "obs/cell_type*",
+                    "obsm/lineage_probabilities", "obsm/b_subset_probabilities", "uns/annotate"),
             files=("annotate.markers_used",),
         ),
     ),
     Stage(
-        "abundance", 1, "sample x cell-type counts, longitudinal GLMM and propeller contrasts",
+        "abundance", 2, "sample x cell-type counts, longitudinal GLMM and propeller contrasts, hard labels or label draws",
         run="pipeline.abundance:run_abundance", config="abundance",
         inputs="pipeline.abundance:abundance_digest_inputs",
-        reads=Elements(cohort=(*_DESIGN, "obs/qc_pass", "obs/lineage", "obs/b_subset"), batches=True),
+        reads=Elements(cohort=(*_DESIGN, "obs/qc_pass", "obs/lineage", "obs/b_subset",
+                               "obsm/lineage_probabilities", "obsm/b_subset_probabilities"),
+                       batches=True),
         writes=Elements(folder="abundance"),
-        cluster=False,
     ),
     Stage(
         "expression", 2, "pseudobulk per sample x cell type, NB GLM contrasts (PyDESeq2), gene programs",

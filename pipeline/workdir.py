@@ -78,6 +78,11 @@ class AbundanceFiles(StageFolder):
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def label_uncertainty(self) -> Path:
+        """With label draws: pooled against hard-label intervals per test."""
+        return self.root / "label_uncertainty.csv"
+
 
 @dataclass(frozen=True)
 class ExpressionFiles(StageFolder):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as t_dist
+from threadpoolctl import threadpool_limits
 
 from ..labels import DESIGN_COLUMNS, UNASSIGNED
 from ._design import ModelDesign, TimeCoding, contrast_names, estimable_design
@@ -32,12 +33,15 @@ MODEL_TABLES = (("lineage", "PBMC"), ("b_subset", "B"), ("b_subset", "PBMC"))
 class AbundanceResult:
     """``tests``: DESIGN.md's tests.csv; ``fits``: one row per model (variances,
     convergence, the optimizer's notes and fallbacks); ``summary``: the design and what
-    was left out; ``warnings``: cell types not fitted and models that did not converge."""
+    was left out; ``warnings``: cell types not fitted and models that did not converge;
+    ``uncertainty``: with label draws (`fit_with_label_draws`), each pooled interval
+    beside the hard-label one."""
 
     tests: pd.DataFrame
     fits: pd.DataFrame
     summary: dict
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    uncertainty: pd.DataFrame | None = None  # label draws: pooled beside hard intervals
 
 
 def sample_design(counts: pd.DataFrame) -> pd.DataFrame:
@@ -67,16 +71,18 @@ def contrast_table(
     beta: np.ndarray, vcov: np.ndarray, contrasts: pd.DataFrame, df: pd.Series | None = None
 ) -> pd.DataFrame:
     """Wald estimate, 95% CI and two-sided p-value of each contrast row: t with the given
-    degrees of freedom per contrast, or z (lme4's ``summary``) when ``df`` is None."""
+    degrees of freedom per contrast, or z (lme4's ``summary``) when ``df`` is None; with
+    the standard error ``se`` and the degrees of freedom ``df`` (NaN: z)."""
     lmat = contrasts.to_numpy()
     est = lmat @ beta
     se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", lmat, vcov, lmat), 0.0))
-    dist = norm if df is None else t_dist(df.reindex(contrasts.index).to_numpy())
+    dof = np.full(len(est), np.nan) if df is None else df.reindex(contrasts.index).to_numpy()
+    dist = norm if df is None else t_dist(dof)
     half = dist.ppf(0.975) * se
     with np.errstate(divide="ignore", invalid="ignore"):
         p = 2.0 * dist.sf(np.abs(est / se))
     return pd.DataFrame({"contrast": contrasts.index, "estimate": est, "ci_low": est - half,
-                         "ci_high": est + half, "pvalue": p})  # fmt: skip
+                         "ci_high": est + half, "pvalue": p, "se": se, "df": dof})  # fmt: skip
 
 
 def bh_qvalues(p: np.ndarray) -> np.ndarray:
@@ -148,6 +154,8 @@ def fit_abundance_models(
     methods: tuple[str, ...] = METHODS,
     transform: Transform = "logit",
     only: tuple[str, str] | None = None,
+    standard_errors: bool = False,
+    skip: frozenset[tuple[str, str]] = frozenset(),
 ) -> AbundanceResult:
     """Fit every cell type's models and test DESIGN.md's contrasts.
 
@@ -159,7 +167,28 @@ def fit_abundance_models(
     models that did not converge are reported with the fallback used. Raises
     `AbundanceDesignError` only for values that are no design (a response outside the
     vocabulary, a patient with two). ``only = (cell_type, denominator)`` fits one model.
+    ``standard_errors`` keeps each contrast's ``se`` and ``df`` (NaN: z) in ``tests``
+    (the label draws' pooling needs them; q-values are then left to the caller).
+    ``skip`` names (cell type, denominator) models not to fit (no rows, no notes): a
+    label draw's models whose data equal the hard labels'.
     """
+    # one BLAS thread: the fits are many small problems, and a multi-threaded OpenBLAS
+    # made scipy's L-BFGS-B 2.5-36x slower per iteration on a busy 2-core machine
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_all(counts, time=time, methods=methods, transform=transform, only=only,
+                        standard_errors=standard_errors, skip=skip)  # fmt: skip
+
+
+def _fit_all(
+    counts: pd.DataFrame,
+    *,
+    time: TimeCoding = "factor",
+    methods: tuple[str, ...] = METHODS,
+    transform: Transform = "logit",
+    only: tuple[str, str] | None = None,
+    standard_errors: bool = False,
+    skip: frozenset[tuple[str, str]] = frozenset(),
+) -> AbundanceResult:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         msg = f"unknown abundance methods {unknown}; expected some of {list(METHODS)}"
@@ -181,6 +210,8 @@ def fit_abundance_models(
         for contrast in sorted(set(lost) - set(not_estimable)):
             notes.append(f"{contrast} within {denominator}: not estimable, {lost[contrast]}")
         for cell_type in wide.columns.drop("_total"):
+            if (cell_type, denominator) in skip:
+                continue
             if wide[cell_type].sum() == 0:
                 notes.append(f"{cell_type} within {denominator}: not fitted, zero cells in "
                              "every sample")  # fmt: skip
@@ -204,7 +235,7 @@ def fit_abundance_models(
                 table = table[~table["contrast"].isin(list(design.not_estimable))]
                 empty = _inestimable(design, count, total) if method == "glmm" else None
                 if empty:  # propeller's pseudo-count keeps its estimates finite
-                    cols = ["estimate", "ci_low", "ci_high", "pvalue"]
+                    cols = ["estimate", "ci_low", "ci_high", "pvalue", "se"]
                     table.loc[table["contrast"].isin(empty[1]), cols] = np.nan
                     notes.append(f"{cell_type} within {denominator} (glmm): {empty[0]}; "
                                  f"{', '.join(empty[1])} not estimable (NaN)")  # fmt: skip
@@ -233,7 +264,7 @@ def fit_abundance_models(
         notes.insert(0, f"{n_unknown} patients with response 'unknown' "
                         "enter the models but not the response contrasts")  # fmt: skip
     return AbundanceResult(
-        tests=tests[list(TEST_COLUMNS)],
+        tests=tests.reindex(columns=[*TEST_COLUMNS, *(("se", "df") if standard_errors else ())]),
         fits=pd.DataFrame(fits),
         summary=summary,
         warnings=tuple(notes),

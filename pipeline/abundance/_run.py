@@ -16,6 +16,7 @@ from ..errors import ImmunoprofileError
 from ..labels import DESIGN_COLUMNS
 from ..workdir import Workdir
 from ._design import AbundanceDesignError
+from ._draws import fit_with_label_draws, probability_matrix
 from ._models import concordance, fit_abundance_models
 from ._plots import composition_plot, forest_grid, trajectory_plot
 from ._table import abundance_counts, counts_dataset
@@ -71,18 +72,47 @@ def baseline_findings(tests: pd.DataFrame, alpha: float) -> list[str]:
     return out
 
 
+def _label_draws(ctx: StageContext, labels: pd.DataFrame, counts: pd.DataFrame):
+    """The models over ``label_draws`` label sets drawn from the stored probabilities,
+    pooled by Rubin's rules (`fit_with_label_draws`)."""
+    a = ctx.cfg.abundance
+    prob = {
+        level: probability_matrix(
+            labels[level],
+            ctx.read_obsm(f"{level}_probabilities", batches=True, missing_as_nan=True),
+            level,
+        )
+        for level in ("lineage", "b_subset")
+    }
+    return fit_with_label_draws(
+        labels, prob["lineage"], prob["b_subset"], hard_counts=counts,
+        n_draws=a.label_draws, seed=a.seed,
+        time=a.time, methods=tuple(a.methods), transform=a.transform, client=ctx.client,
+    )  # fmt: skip
+
+
+def _labels_used(a) -> str:
+    if a.labels == "draws":
+        return f"{a.label_draws} label draws pooled by Rubin's rules"
+    return "hard labels"
+
+
 def run_abundance(ctx: StageContext) -> str:
-    """Build the table, fit the models, write ``WORKDIR/abundance/``; one summary line."""
+    """Build the table, fit the models (over label draws or on the hard labels), write
+    ``WORKDIR/abundance/``; one summary line."""
     a = ctx.cfg.abundance
     labels = ctx.read_obs(OBS_COLUMNS, batches=True).reset_index(drop=True)
     counts = abundance_counts(labels)
-    del labels
     try:
-        result = fit_abundance_models(
-            counts, time=a.time, methods=tuple(a.methods), transform=a.transform
-        )
+        if a.labels == "draws":
+            result = _label_draws(ctx, labels, counts)
+        else:
+            result = fit_abundance_models(
+                counts, time=a.time, methods=tuple(a.methods), transform=a.transform
+            )
     except AbundanceDesignError as err:
         raise ImmunoprofileError(f"abundance: {err}") from err
+    del labels
     tests = result.tests
     agree = concordance(tests, alpha=a.alpha) if len(a.methods) > 1 else pd.DataFrame()
     findings = baseline_findings(tests, a.alpha)
@@ -91,8 +121,10 @@ def run_abundance(ctx: StageContext) -> str:
         tests.to_csv(out.tests, index=False)
         result.fits.to_csv(out.fits, index=False)
         counts_dataset(counts).to_zarr(out.counts_zarr, mode="w", zarr_format=2)
+        if result.uncertainty is not None:
+            result.uncertainty.to_csv(out.label_uncertainty, index=False)
         plots = _plots(out.root, counts, tests)
-        summary = {**result.summary, "alpha": a.alpha, "warnings": list(result.warnings),
+        summary = {"labels": {"method": "hard"}, **result.summary, "alpha": a.alpha, "warnings": list(result.warnings),
                    "concordance": agree.to_dict(orient="records"), "findings": findings,
                    "plots": plots}  # fmt: skip
         out.summary.write_text(json.dumps(summary, indent=2, default=str))
@@ -102,7 +134,7 @@ def run_abundance(ctx: StageContext) -> str:
     excluded = result.summary["excluded_from_response_contrasts"]["patients"]
     lines = [
         f"abundance: {manifest['n_samples']} samples, {len(tests):,} tests "
-        f"({', '.join(a.methods)}); {excluded} patients with unknown response left out of "
+        f"({', '.join(a.methods)}; {_labels_used(a)}); {excluded} patients with unknown response left out of "
         f"the response contrasts; outputs in {ctx.workdir.abundance.root}",
         *[f"  {f}" for f in findings],
     ]

@@ -176,9 +176,10 @@ def map_cells(
         connectivities=graph,
         params=cfg.annotate,
     )
-    for level, (called, conf) in labels.items():
+    for level, (called, conf, probabilities) in labels.items():
         obs[level] = pd.Categorical(called, categories=[*VOCABULARY[level], UNASSIGNED])
         obs[f"{level}_confidence"] = conf
+        obsm[f"{level}_probabilities"] = probabilities
     obs[["cell_type", "cell_type_ontology_term_id"]] = cell_type_columns(
         obs["lineage"], obs["b_subset"]
     )

@@ -284,18 +284,27 @@ def call_labels(
     supported: np.ndarray,
     min_confidence: float,
     log_prior: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels (object), their confidence and the chosen program of cells with program
-    posteriors ``prob``, after mixing with graph neighbours (``graph`` None: none).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labels (object), their confidence, the chosen program and the label
+    probabilities of cells with program posteriors ``prob``, after mixing with graph
+    neighbours (``graph`` None: none).
 
     A cell is ``unassigned`` when its label's probability is below ``min_confidence`` or
-    its program is not ``supported`` by its markers (see `marker_support`).
+    its program is not ``supported`` by its markers (see `marker_support`). The label
+    probabilities (float32, cells x ``vocabulary`` + ``unassigned``) are the mixed
+    posteriors summed by label; a cell whose program is not supported has all of its
+    probability on ``unassigned`` (it is of a kind the marker file does not describe), a
+    cell below ``min_confidence`` keeps its probabilities (the abundance stage's label
+    draws use them).
     """
     mixed = prob if graph is None else graph_consensus(prob, graph, weight, log_prior)
     best = mixed.argmax(axis=1)  # the most probable program
-    label_prob = label_probabilities(mixed, program_labels, vocabulary)
+    label_prob = label_probabilities(mixed, program_labels, (*vocabulary, UNASSIGNED))
     label_index = np.array([vocabulary.index(lab) for lab in program_labels])[best]
     conf = label_prob[np.arange(len(best)), label_index]
     called = np.array(program_labels, dtype=object)[best]
     called[(conf < min_confidence) | ~supported[best]] = UNASSIGNED
-    return called, conf, best
+    off = ~supported[best]
+    label_prob[off] = 0.0
+    label_prob[off, -1] = 1.0
+    return called, conf, best, label_prob

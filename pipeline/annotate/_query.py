@@ -60,14 +60,15 @@ def annotate_query(
     record: Mapping[str, Any],
     connectivities: sp.spmatrix | None,
     params: AnnotateConfig,
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Level -> (labels, confidence) of the new cells (a lazily opened view, X chunked by
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Level -> (labels, confidence, label probabilities) of the new cells (a lazily opened view, X chunked by
     cells), under the models in ``record`` (the cohort's ``uns["annotate"]``) and the
     annotate section's labelling rules ``params``.
 
     ``connectivities`` is the new cells' kNN graph among themselves (None: no graph
     consensus); the B subsets' consensus uses the new B cells' own graph (`b_cell_graph`)
-    as the annotate stage does. Cells not in ``keep`` get None and NaN.
+    as the annotate stage does. Cells not in ``keep`` get None and NaN; the label
+    probabilities are `call_labels`' (cells x the level's labels + unassigned).
     """
     symbols = cells.var.get("gene_symbols", cells.var_names)
     models = {level: stored_model(record[level], markers, level, symbols) for level in LEVELS}
@@ -84,14 +85,19 @@ def annotate_query(
     widths = [len(models[level][2].features) for level in LEVELS]
     offsets = dict(zip(LEVELS, np.cumsum([0, *widths[:-1]]), strict=True))
 
-    def level_call(level: str, weight: float, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def level_call(
+        level: str, weight: float, members: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         model, program_labels, fmap = models[level]
         cols = np.arange(offsets[level], offsets[level] + len(fmap.features))
         labels = np.full(keep.size, None, dtype=object)
         confidence = np.full(keep.size, np.nan, dtype=np.float32)
+        probabilities = np.full((keep.size, len(LEVELS[level]) + 1), np.nan, dtype=np.float32)
         rows = kept[members]
         if rows.size and len(set(program_labels)) < 2:  # the level was not annotated
             labels[rows] = UNASSIGNED
+            probabilities[rows] = 0.0
+            probabilities[rows, -1] = 1.0
         elif rows.size:
             prob = posteriors(features[np.flatnonzero(members)][:, cols], size[rows], model)
             mask = np.zeros(keep.size, dtype=bool)
@@ -100,7 +106,7 @@ def annotate_query(
                 level, cells, client=client, members=mask, rows=rows,
                 connectivities=graph, total_counts=total_counts, params=params,
             )  # fmt: skip
-            called, conf, _ = call_labels(
+            called, conf, _, label_prob = call_labels(
                 prob,
                 sub,
                 weight,
@@ -110,8 +116,8 @@ def annotate_query(
                 min_confidence=params.min_confidence,
                 log_prior=model.log_prior if level == "b_subset" else None,
             )
-            labels[rows], confidence[rows] = called, conf
-        return labels, confidence
+            labels[rows], confidence[rows], probabilities[rows] = called, conf, label_prob
+        return labels, confidence, probabilities
 
     # members: positions among the kept cells
     return by_level(np.ones(kept.size, dtype=bool), params, level_call, lambda out, _: out[0][kept])

@@ -91,12 +91,15 @@ def run_annotate(ctx: StageContext) -> str:
     }
     files = ctx.workdir.annotate
     files.root.mkdir(exist_ok=True)
+    probabilities: dict[str, np.ndarray] = {}
     for level, call in result.levels.items():
         out[level] = pd.Categorical(call.labels, categories=[*VOCABULARY[level], UNASSIGNED])
         out[f"{level}_confidence"] = call.confidence
+        probabilities[f"obsm/{level}_probabilities"] = call.probabilities
         record[level] = {
             **_info_record(call.info),
             "model": call.model.to_record(),
+            "probability_columns": [*VOCABULARY[level], UNASSIGNED],
             "dotplot": call.dotplot,
         }
         if len(call.dotplot):
@@ -119,7 +122,7 @@ def run_annotate(ctx: StageContext) -> str:
     b = out["b_subset"].value_counts()
     labels = out.drop(columns=leiden)
     del out
-    ctx.update_cohort(obs=labels, elems={"uns/annotate": record})
+    ctx.update_cohort(obs=labels, elems={"uns/annotate": record, **probabilities})
     n_b = int(lineage.get("B", 0))
     dn2 = int(b.get("DN2", 0))
     return (

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import anndata as ad
@@ -45,6 +45,11 @@ class LevelCall:
     features: FeatureMap
     dotplot: pd.DataFrame  # label, feature, mean_log_cp10k, fraction_expressing, n_cells
     info: dict[str, Any] = field(default_factory=dict)
+    # float32, cells x (the level's labels + unassigned), NaN rows where not annotated
+    probabilities: np.ndarray | None = None
+
+    def with_dotplot(self, dotplot: pd.DataFrame) -> LevelCall:
+        return replace(self, dotplot=dotplot)
 
 
 @dataclass(frozen=True)
@@ -242,7 +247,7 @@ def annotate_cohort(
             else pd.DataFrame()
         )
         seconds[level] = time.perf_counter() - t
-        return LevelCall(call.labels, call.confidence, call.model, fmap, dot, call.info)
+        return call.with_dotplot(dot)
 
     levels = by_level(keep.copy(), params, level_call, lambda call, _: call.labels)
     for fut in futures:
@@ -287,6 +292,7 @@ def _call_level(
     unusable = sorted({p.label for p in programs} - {p.label for p in usable})
     labels_out = np.full(n_cells, None, dtype=object)
     confidence = np.full(n_cells, np.nan, dtype=np.float32)
+    probabilities = np.full((n_cells, len(LEVELS[level]) + 1), np.nan, dtype=np.float32)
     info: dict[str, Any] = {
         "n_cells": len(rows),
         "missing_features": list(fmap.missing),
@@ -294,8 +300,10 @@ def _call_level(
     }
     if len(rows) == 0 or len({p.label for p in usable}) < 2:
         labels_out[rows] = UNASSIGNED
+        probabilities[rows] = 0.0
+        probabilities[rows, -1] = 1.0
         model = _empty_model(list(usable), fmap)
-        return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info)
+        return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info, probabilities)
     fit = stratified_sample(sample[rows], params.fit_max_cells, params.seed)
     model = fit_marker_model(
         training(fit),
@@ -309,7 +317,7 @@ def _call_level(
     prob = scored(model)
     own_best = prob.argmax(axis=1)
     supported = marker_support(model) >= params.min_marker_support
-    called, conf, best = call_labels(
+    called, conf, best, label_prob = call_labels(
         prob, graph, weight,
         program_labels=tuple(p.label for p in usable), vocabulary=tuple(LEVELS[level]),
         supported=supported, min_confidence=params.min_confidence,
@@ -317,6 +325,8 @@ def _call_level(
     )  # fmt: skip
     labels_out[rows] = called
     confidence[rows] = conf
+    probabilities[rows] = label_prob
+    del label_prob
     info.update(
         {
             "n_fitted": len(fit),
@@ -330,7 +340,7 @@ def _call_level(
             ],
         }
     )
-    return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info)
+    return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info, probabilities)
 
 
 def annotate_counts(
@@ -395,7 +405,7 @@ def annotate_counts(
                 len(LEVELS[level]) + 1,
             )
             dot = dot_table(sums, (*LEVELS[level], UNASSIGNED), fmap)
-        return LevelCall(call.labels, call.confidence, call.model, fmap, dot, call.info)
+        return call.with_dotplot(dot)
 
     levels = by_level(np.ones(n, dtype=bool), params, level_call, lambda call, _: call.labels)
     return AnnotationResult(levels=levels, seconds={})

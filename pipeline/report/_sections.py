@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import anndata as ad
@@ -195,6 +196,7 @@ def abundance_section(workdir: Workdir) -> str:
             "<p>No cell type differs between non-responders and responders at baseline "
             f"at q < {summary.get('alpha')} (GLMM).</p>"
         ]
+    parts.append(_labels_used(summary, files.label_uncertainty))
     if lost:
         parts += [
             "<h3>Contrasts this design cannot estimate</h3>",
@@ -207,6 +209,40 @@ def abundance_section(workdir: Workdir) -> str:
     tests = pd.read_csv(files.tests).sort_values(["method", "qvalue"])
     parts += ["<h3>All contrasts (tests.csv)</h3>", table(tests, scroll=True, left=4)]
     return "".join(parts)
+
+
+def _labels_used(summary: dict, uncertainty_csv: Path) -> str:
+    """Which labels the models counted: hard calls, or draws from the label
+    probabilities pooled by Rubin's rules (with how much the intervals widened)."""
+    labels = summary.get("labels", {"method": "hard"})
+    if labels.get("method") != "draws":
+        return (
+            "<h3>Labels counted</h3><p>Hard labels: every cell counts as its called label, "
+            "however confident the call (<code>abundance.labels: hard</code>). Intervals do "
+            "not include the annotation's uncertainty.</p>"
+        )
+    share = labels.get("relabelled_share", {})
+    text = (
+        f"<h3>Labels counted</h3><p>Label draws: the models were fitted on "
+        f"{labels['label_draws']} label sets drawn from each cell's label probabilities "
+        "and combined by Rubin's rules, so the intervals include the annotation's "
+        "uncertainty (<code>abundance.labels: draws</code>). A draw relabels on average "
+        f"{share.get('lineage', 0):.1%} of the lineage calls and "
+        f"{share.get('b_subset', 0):.1%} of the B-subset calls.</p>"
+    )
+    if uncertainty_csv.exists():
+        side = pd.read_csv(uncertainty_csv)
+        side = side[side["method"] == "glmm"].nlargest(8, "fmi")
+        if len(side):
+            text += (
+                "<p>The tests most affected by label uncertainty (GLMM; <code>fmi</code>: the "
+                "share of the variance due to the labels; hard-label interval beside the "
+                "pooled one; all in abundance/label_uncertainty.csv):</p>"
+            )
+            cols = ["cell_type", "denominator", "contrast", "estimate", "ci_low", "ci_high",
+                    "estimate_hard", "ci_low_hard", "ci_high_hard", "fmi"]  # fmt: skip
+            text += table(side[cols], left=3)
+    return text
 
 
 def expression_section(workdir: Workdir) -> str:

@@ -112,17 +112,29 @@ class StageContext:
             raise ImmunoprofileError(msg)
         return read_obs(stores, columns, index=False)
 
-    def read_obsm(self, key: str, *, batches: bool = False) -> np.ndarray:
-        """An obsm array of cohort.zarr (with ``batches``: stacked with every layer's)."""
+    def read_obsm(
+        self, key: str, *, batches: bool = False, missing_as_nan: bool = False
+    ) -> np.ndarray:
+        """An obsm array of cohort.zarr (with ``batches``: stacked with every layer's).
+        ``missing_as_nan``: a batch layer without it (written by an earlier version)
+        gives NaN rows instead of an error; cohort.zarr must have it."""
         self._declared(f"obsm/{key}")
-        parts = []
+        parts: list[np.ndarray | Path] = []
         for store in self._stores(batches):
             node = zarr.open_group(str(store), mode="r").get(f"obsm/{key}")
-            if not isinstance(node, zarr.Array):
+            if isinstance(node, zarr.Array):
+                parts.append(np.asarray(node[...]))
+            elif missing_as_nan and parts:
+                parts.append(store)
+            else:
                 msg = f"{store} has no obsm/{key}: {needs(f'obsm/{key}')}"
                 raise ImmunoprofileError(msg)
-            parts.append(np.asarray(node[...]))
-        return np.vstack(parts)
+        width = parts[0].shape[1]  # type: ignore[union-attr]
+        return np.vstack([
+            p if isinstance(p, np.ndarray)
+            else np.full((int(read_manifest(p)["n_obs"]), width), np.nan, dtype=np.float32)
+            for p in parts
+        ])  # fmt: skip
 
     def obs_columns(self) -> list[str]:
         self._group()

@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from distributed import Client
 
 from pipeline.config import RunConfig, SimulationConfig, parse_config
 from pipeline.errors import ImmunoprofileError
+from pipeline.labels import B_SUBSETS, LINEAGES
 from pipeline.registry import get_stage
 from pipeline.simulate._tables import simulate_count_table
 from pipeline.stages import StageContext, is_current, run_stage
@@ -46,16 +48,40 @@ def _cells(counts: pd.DataFrame, unassigned_every: int = 50) -> pd.DataFrame:
     return cells
 
 
-def _workdir(tmp_path: Path, counts: pd.DataFrame, **config) -> RunConfig:
+def _probabilities(cells: pd.DataFrame, level: str) -> np.ndarray:
+    """The label probabilities the annotate stage would store for labels called with
+    certainty: one-hot rows, NaN for cells without a label at the level."""
+    vocabulary = [*(LINEAGES if level == "lineage" else B_SUBSETS), "unassigned"]
+    codes = pd.Categorical(cells[level], categories=vocabulary).codes
+    out = np.full((len(cells), len(vocabulary)), np.nan, dtype=np.float32)
+    rows = np.flatnonzero(cells["qc_pass"].to_numpy() & (codes >= 0))
+    if level == "b_subset":
+        rows = rows[cells["lineage"].to_numpy()[rows] == "B"]
+    out[rows] = 0.0
+    out[rows, codes[rows]] = 1.0
+    return out
+
+
+def _workdir(
+    tmp_path: Path, counts: pd.DataFrame, *, b_prob: np.ndarray | None = None, **config
+) -> RunConfig:
     cfg = parse_config({"workdir": str(tmp_path / "work"), **config})
-    Path(cfg.workdir).mkdir()
+    Path(cfg.workdir).mkdir(parents=True)
     (Path(cfg.workdir) / "ingest.json").write_text("{}")
     cells = _cells(counts)
     obs = cells.astype({c: "category" for c in ("sample_id", "patient_id", "response", "batch",
                                                 "lineage", "b_subset")})  # fmt: skip
     obs.index = obs.index.astype(str)
-    # cohort.zarr as the qc stage writes it (whole), with the labels already in obs
-    StageContext(get_stage("qc"), cfg, Workdir(cfg.workdir)).write_cohort(ad.AnnData(obs=obs))
+    # cohort.zarr as the qc stage writes it (whole), with the labels already in obs, and
+    # the label probabilities as the annotate stage writes them
+    workdir = Workdir(cfg.workdir)
+    StageContext(get_stage("qc"), cfg, workdir).write_cohort(ad.AnnData(obs=obs))
+    b_prob = _probabilities(cells, "b_subset") if b_prob is None else b_prob
+    labels = obs[["lineage", "b_subset"]]  # annotate's update replaces its own outputs
+    StageContext(get_stage("annotate"), cfg, workdir).update_cohort(obs=labels, elems={
+        "obsm/lineage_probabilities": _probabilities(cells, "lineage"),
+        "obsm/b_subset_probabilities": b_prob,
+    })  # fmt: skip
     return cfg
 
 
@@ -64,9 +90,9 @@ def counts() -> pd.DataFrame:
     return simulate_count_table(SimulationConfig(seed=21, n_patients=20, cells_per_sample=800))
 
 
-def test_stage_writes_design_outputs(tmp_path: Path, counts: pd.DataFrame) -> None:
+def test_stage_writes_design_outputs(tmp_path: Path, counts: pd.DataFrame, client: Client) -> None:
     cfg = _workdir(tmp_path, counts)
-    report = run_stage("abundance", cfg)
+    report = run_stage("abundance", cfg, client)
     folder = Workdir(cfg.workdir).abundance.root
     table = pd.read_csv(folder / "counts.csv")
     assert list(table.columns) == DESIGN_COUNTS
@@ -106,26 +132,28 @@ def test_stage_writes_design_outputs(tmp_path: Path, counts: pd.DataFrame) -> No
     assert not is_current(changed, "abundance")
 
 
-def test_unknown_response_is_counted_in_the_report(tmp_path: Path, counts: pd.DataFrame) -> None:
+def test_unknown_response_is_counted_in_the_report(
+    tmp_path: Path, counts: pd.DataFrame, client: Client
+) -> None:
     unknown = counts.copy()
     patients = sorted(unknown["patient_id"].unique())[:2]
     unknown.loc[unknown["patient_id"].isin(patients), "response"] = "unknown"
     cfg = _workdir(tmp_path, unknown, abundance={"methods": ["glmm"]})
-    report = run_stage("abundance", cfg)
+    report = run_stage("abundance", cfg, client)
     assert "2 patients with unknown response left out of the response contrasts" in report
     summary = json.loads(Workdir(cfg.workdir).abundance.summary.read_text())
     assert summary["excluded_from_response_contrasts"] == {"patients": 2, "samples": 6}
 
 
 def test_one_response_group_gives_its_changes_and_says_why_the_rest_cannot_be(
-    tmp_path: Path, counts: pd.DataFrame
+    tmp_path: Path, counts: pd.DataFrame, client: Client
 ) -> None:
     """Non-responders only (e.g. the first patients of a study): the changes within the
     group are estimated; every contrast that needs responders is NaN, with the reason in
     summary.json (the report shows it)."""
     only_nr = counts.assign(response="non_responder")
     cfg = _workdir(tmp_path, only_nr)
-    message = run_stage("abundance", cfg)
+    message = run_stage("abundance", cfg, client)
     assert "the baseline contrast is not estimable: no patient has response 'responder'" in (
         message
     )
@@ -141,10 +169,52 @@ def test_one_response_group_gives_its_changes_and_says_why_the_rest_cannot_be(
 
 
 def test_response_values_outside_the_vocabulary_fail_clearly_and_write_nothing(
-    tmp_path: Path, counts: pd.DataFrame
+    tmp_path: Path, counts: pd.DataFrame, client: Client
 ) -> None:
     cfg = _workdir(tmp_path, counts.assign(response="partial"))
     with pytest.raises(ImmunoprofileError, match=r"column 'response' has values \['partial'\]"):
-        run_stage("abundance", cfg)
+        run_stage("abundance", cfg, client)
     assert not Workdir(cfg.workdir).abundance.root.exists()
     assert not any(p.name.startswith(".abundance") for p in Path(cfg.workdir).iterdir())
+
+
+def test_label_draws_widen_intervals_only_where_labels_are_uncertain(
+    tmp_path: Path, counts: pd.DataFrame, client: Client
+) -> None:
+    """Half of the DN1 and DN2 cells are called with 0.6 / 0.4 between the two: with
+    label draws (the default) their intervals widen against the hard-label analysis
+    (label_uncertainty.csv), the certain subsets' stay as they are, and summary.json says
+    which labels were used; `labels: hard` gives the hard-label tests and says so."""
+    cells = _cells(counts)
+    b_prob = _probabilities(cells, "b_subset")
+    dn1, dn2 = B_SUBSETS.index("DN1"), B_SUBSETS.index("DN2")
+    for own, other in ((dn1, dn2), (dn2, dn1)):
+        rows = np.flatnonzero(b_prob[:, own] == 1)[::2]
+        b_prob[rows, own], b_prob[rows, other] = 0.6, 0.4
+    cfg = _workdir(tmp_path / "draws", counts, b_prob=b_prob, abundance={"methods": ["glmm"]})
+    message = run_stage("abundance", cfg, client)
+    assert "10 label draws pooled by Rubin's rules" in message
+    files = Workdir(cfg.workdir).abundance
+    summary = json.loads(files.summary.read_text())
+    assert summary["labels"]["method"] == "draws" and summary["labels"]["label_draws"] == 10
+    assert 0 < summary["labels"]["relabelled_share"]["b_subset"] < 0.05
+    assert summary["labels"]["relabelled_share"]["lineage"] == 0
+    side = pd.read_csv(files.label_uncertainty)
+    uncertain = side[side["cell_type"].isin(["DN1", "DN2"])]
+    assert (uncertain["fmi"] > 0.01).all() and uncertain["width_ratio"].median() > 1.02
+    # the other subsets' cells (and the B cells' total) are the same in every draw
+    certain = side[~side["cell_type"].isin(["DN1", "DN2"])]
+    assert certain["fmi"].max() < 1e-9
+    assert np.allclose(certain["width_ratio"], 1.0)
+    tests = pd.read_csv(files.tests)
+    assert list(tests.columns) == DESIGN_TESTS and tests["qvalue"].notna().any()
+
+    hard = _workdir(tmp_path / "hard", counts, b_prob=b_prob,
+                    abundance={"methods": ["glmm"], "labels": "hard"})  # fmt: skip
+    assert "hard labels" in run_stage("abundance", hard, client)
+    hard_files = Workdir(hard.workdir).abundance
+    assert json.loads(hard_files.summary.read_text())["labels"] == {"method": "hard"}
+    assert not hard_files.label_uncertainty.exists()
+    hard_tests = pd.read_csv(hard_files.tests)
+    merged = side.merge(hard_tests, on=["cell_type", "denominator", "contrast", "method"])
+    assert np.allclose(merged["estimate_hard"], merged["estimate_y"], equal_nan=True)

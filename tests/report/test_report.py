@@ -77,6 +77,7 @@ def test_the_report_renders_offline_with_every_image(
         "Per sample: kept",
         "forest B",
         "All contrasts (tests.csv)",
+        "Label draws: the models were fitted on 10 label sets",
         "Genes at q &lt; 0.05 per cell type and contrast",
         "response@month0: each point a gene",
         "Gene programs",
