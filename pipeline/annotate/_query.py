@@ -22,7 +22,13 @@ from ..config import AnnotateConfig
 from ..errors import ImmunoprofileError
 from ..labels import UNASSIGNED
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
-from ._model import MarkerModel, call_labels, marker_support, posteriors
+from ._model import (
+    MarkerModel,
+    call_labels,
+    marker_support,
+    posteriors,
+    sample_label_probabilities,
+)
 from ._stage import SIZE_UNIT, _feature_counts, _level_graph, by_level
 
 
@@ -68,7 +74,8 @@ def annotate_query(
     ``connectivities`` is the new cells' kNN graph among themselves (None: no graph
     consensus); the B subsets' consensus uses the new B cells' own graph (`b_cell_graph`)
     as the annotate stage does. Cells not in ``keep`` get None and NaN; the label
-    probabilities are `call_labels`' (cells x the level's labels + unassigned).
+    probabilities are `sample_label_probabilities` (cells x the level's labels +
+    unassigned), each sample's composition re-estimated among the new cells.
     """
     symbols = cells.var.get("gene_symbols", cells.var_names)
     models = {level: stored_model(record[level], markers, level, symbols) for level in LEVELS}
@@ -80,6 +87,7 @@ def annotate_query(
     ]
     features = sp.vstack(client.compute(parts, sync=True), format="csr")  # kept cells only
     kept = np.flatnonzero(keep)
+    sample = cells.obs["sample_id"].astype(str).to_numpy()
     size = np.asarray(total_counts, dtype=np.float64) / SIZE_UNIT
     graph = None if connectivities is None else sp.csr_matrix(connectivities)
     widths = [len(models[level][2].features) for level in LEVELS]
@@ -106,7 +114,7 @@ def annotate_query(
                 level, cells, client=client, members=mask, rows=rows,
                 connectivities=graph, total_counts=total_counts, params=params,
             )  # fmt: skip
-            called, conf, _, label_prob = call_labels(
+            called, conf, _ = call_labels(
                 prob,
                 sub,
                 weight,
@@ -116,7 +124,12 @@ def annotate_query(
                 min_confidence=params.min_confidence,
                 log_prior=model.log_prior if level == "b_subset" else None,
             )
-            labels[rows], confidence[rows], probabilities[rows] = called, conf, label_prob
+            labels[rows], confidence[rows] = called, conf
+            probabilities[rows] = sample_label_probabilities(
+                prob, model.log_prior, sample[rows], program_labels=program_labels,
+                vocabulary=tuple(LEVELS[level]),
+                supported=marker_support(model) >= params.min_marker_support,
+            )  # fmt: skip
         return labels, confidence, probabilities
 
     # members: positions among the kept cells

@@ -32,7 +32,14 @@ from ..sampling import stratified_sample
 from ._bgraph import B_GRAPH_MIN_CELLS, b_cell_graph
 from ._dotplot import cohort_dotplot, dot_sums, dot_table
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
-from ._model import MarkerModel, call_labels, fit_marker_model, marker_support, posteriors
+from ._model import (
+    MarkerModel,
+    call_labels,
+    fit_marker_model,
+    marker_support,
+    posteriors,
+    sample_label_probabilities,
+)
 
 SIZE_UNIT = 1e4  # library sizes in units of 10,000 counts (rates are per 10k)
 
@@ -317,7 +324,7 @@ def _call_level(
     prob = scored(model)
     own_best = prob.argmax(axis=1)
     supported = marker_support(model) >= params.min_marker_support
-    called, conf, best, label_prob = call_labels(
+    called, conf, best = call_labels(
         prob, graph, weight,
         program_labels=tuple(p.label for p in usable), vocabulary=tuple(LEVELS[level]),
         supported=supported, min_confidence=params.min_confidence,
@@ -325,8 +332,10 @@ def _call_level(
     )  # fmt: skip
     labels_out[rows] = called
     confidence[rows] = conf
-    probabilities[rows] = label_prob
-    del label_prob
+    probabilities[rows] = sample_label_probabilities(
+        prob, model.log_prior, sample[rows], program_labels=tuple(p.label for p in usable),
+        vocabulary=tuple(LEVELS[level]), supported=supported,
+    )  # fmt: skip
     info.update(
         {
             "n_fitted": len(fit),

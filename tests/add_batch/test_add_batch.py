@@ -113,6 +113,10 @@ def test_added_batch_leaves_the_cohort_untouched_and_agrees_with_from_scratch(
     n_cohort = int(inc.n_obs - len(cells))
     new_rows = np.flatnonzero(inc.obs["sample_id"].isin(late).to_numpy())
     kept_new = new_rows[inc.obs["qc_pass"].to_numpy(bool)[new_rows]]
+    # the new cells' label probabilities (the abundance stage's label draws)
+    prob = inc.obsm["b_subset_probabilities"][new_rows]
+    is_b = (a["lineage"] == "B").to_numpy()
+    assert np.allclose(prob[is_b].sum(axis=1), 1.0, atol=1e-4) and np.isnan(prob[~is_b]).all()
     edges = inc.obsp["connectivities"][kept_new]
     assert (edges.getnnz(axis=1) >= 15).all() and edges[:, n_cohort:].nnz == 0
     assert np.isfinite(inc.obsm["X_umap"][kept_new]).all()

@@ -63,10 +63,10 @@ def test_outputs_follow_the_label_contract(accuracy_cohort: ad.AnnData) -> None:
     assert set(ids[obs["cell_type"] == "naive"]) == {"CL:0000788"}
     assert ids[~kept].isna().all()
     record = accuracy_cohort.uns["annotate"]
-    # per-cell label probabilities (the abundance stage's label draws use them): the
-    # level's labels and unassigned, rows summing to one for the cells of the level, the
-    # called label's probability its confidence, and (bar labels with several programs
-    # whose sum beats the best program's) the most probable label
+    # per-cell label probabilities (the abundance stage draws labels from them): the
+    # level's labels and unassigned, rows summing to one for the cells of the level;
+    # taken under each sample's composition without the graph, so their most probable
+    # label is the called one for most but not all cells
     for level, members in (("lineage", kept), ("b_subset", is_b)):
         prob = accuracy_cohort.obsm[f"{level}_probabilities"]
         columns = [str(c) for c in record[level]["probability_columns"]]
@@ -76,10 +76,7 @@ def test_outputs_follow_the_label_contract(accuracy_cohort: ad.AnnData) -> None:
         called = obs[level].astype(str).to_numpy()[members]
         sure = called != "unassigned"
         top = np.array(columns)[prob[members].argmax(axis=1)]
-        assert (top[sure] == called[sure]).mean() >= 0.99
-        confidence = obs[f"{level}_confidence"].to_numpy()[members]
-        at_called = prob[members][np.flatnonzero(sure), [columns.index(c) for c in called[sure]]]
-        assert np.allclose(at_called, confidence[sure], atol=1e-5)
+        assert (top[sure] == called[sure]).mean() >= 0.9
     assert record["vocabularies"]["version"] >= 1
     assert record["b_subset"]["graph"] == "b_cells"  # the B cells' own kNN graph
     assert record["markers"]["version"] >= 1

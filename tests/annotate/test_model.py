@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from pipeline.annotate import MarkerModel, fit_marker_model, graph_consensus, posteriors
+from pipeline.annotate._model import label_probabilities, sample_label_probabilities
 
 
 def _simulate(n: int, seed: int) -> tuple:
@@ -162,3 +163,40 @@ def test_graph_restricted_to_cells_equals_scipy_indexing() -> None:
         assert got.shape == want.shape and got.nnz == want.nnz
         assert abs(got - want).max() == 0
     assert _restrict(None, kept) is None
+
+
+def test_label_probabilities_follow_each_samples_composition() -> None:
+    """Two programs told apart weakly (likelihood ratio 3:1 either way); sample A is 50%
+    program 0, sample B 10%. Under the cohort's shares (30%) the expected shares of the
+    two samples are pulled together; under each sample's own composition (EM) they are
+    the samples' true shares, and mass on an unsupported program goes to unassigned."""
+    rng = np.random.default_rng(0)
+    n = 20000
+    sample = np.repeat(["A", "B"], n)
+    truth = np.concatenate([rng.random(n) < 0.5, rng.random(n) < 0.1])
+    right = rng.random(2 * n) < 0.75  # the evidence points the right way 3 times in 4
+    favours0 = np.where(right, truth, ~truth)
+    likelihood = np.where(favours0[:, None], [0.75, 0.25], [0.25, 0.75])
+    log_prior = np.log(np.array([0.3, 0.7]))
+    prob = likelihood * np.exp(log_prior)
+    prob /= prob.sum(axis=1, keepdims=True)
+    labels = ("x", "y")
+    pooled = label_probabilities(prob, labels, labels)
+    per_sample = sample_label_probabilities(
+        prob, log_prior, sample, program_labels=labels, vocabulary=labels,
+        supported=np.array([True, True]),
+    )  # fmt: skip
+    assert per_sample.shape == (2 * n, 3) and np.allclose(per_sample.sum(axis=1), 1, atol=1e-5)
+    for name, share in (("A", 0.5), ("B", 0.1)):
+        rows = sample == name
+        assert per_sample[rows, 0].mean() == pytest.approx(share, abs=0.02)
+    gap_pooled = pooled[sample == "A", 0].mean() - pooled[sample == "B", 0].mean()
+    gap = per_sample[sample == "A", 0].mean() - per_sample[sample == "B", 0].mean()
+    assert gap == pytest.approx(0.4, abs=0.03) and gap_pooled < 0.3
+    unsupported = sample_label_probabilities(
+        prob, log_prior, sample, program_labels=labels, vocabulary=labels,
+        supported=np.array([True, False]),
+    )  # fmt: skip
+    assert np.allclose(unsupported[:, 1], 0) and np.allclose(
+        unsupported[:, 2], per_sample[:, 1], atol=1e-5
+    )
