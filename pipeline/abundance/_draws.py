@@ -81,7 +81,7 @@ def probability_matrix(
 
 def _draw(cumulative: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One label code per row of cumulative probabilities (rows ending at 1)."""
-    u = rng.random(cumulative.shape[0])[:, None]
+    u = rng.random((cumulative.shape[0], 1))
     return np.minimum((cumulative < u).sum(axis=1), cumulative.shape[1] - 1)
 
 

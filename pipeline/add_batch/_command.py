@@ -174,7 +174,7 @@ def refit_and_report(cfg: RunConfig, name: str, client: Client) -> list[str]:
     when the workdir had them."""
     lines = []
     if not is_current(cfg, "abundance"):
-        lines.append(run_stage("abundance", cfg))
+        lines.append(run_stage("abundance", cfg, client))
     else:
         lines.append("abundance: unchanged inputs and parameters, skipped")
     lines.append(write_changes(cfg, name))

@@ -95,6 +95,7 @@ def run_annotate(ctx: StageContext) -> str:
     for level, call in result.levels.items():
         out[level] = pd.Categorical(call.labels, categories=[*VOCABULARY[level], UNASSIGNED])
         out[f"{level}_confidence"] = call.confidence
+        assert call.probabilities is not None
         probabilities[f"obsm/{level}_probabilities"] = call.probabilities
         record[level] = {
             **_info_record(call.info),

@@ -46,6 +46,14 @@ if TYPE_CHECKING:
     from distributed import Client
 
 
+def _n_obs(store: Path) -> int:
+    manifest = read_manifest(store)
+    if manifest is None:
+        msg = f"{store} has no readable manifest: run `immunoprofile validate` on the workdir"
+        raise ImmunoprofileError(msg)
+    return int(manifest["n_obs"])
+
+
 def needs(element: str) -> str:
     """What to run so that cohort element ``element`` exists."""
     writer = writer_of(element)
@@ -131,8 +139,7 @@ class StageContext:
                 raise ImmunoprofileError(msg)
         width = parts[0].shape[1]  # type: ignore[union-attr]
         return np.vstack([
-            p if isinstance(p, np.ndarray)
-            else np.full((int(read_manifest(p)["n_obs"]), width), np.nan, dtype=np.float32)
+            p if isinstance(p, np.ndarray) else np.full((_n_obs(p), width), np.nan, dtype=np.float32)
             for p in parts
         ])  # fmt: skip
 
