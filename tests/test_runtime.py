@@ -39,3 +39,24 @@ def test_release_memory_in_the_driver_and_on_every_worker(client: Client) -> Non
     # as `run` calls it between stages: a plain function through Client.run
     for kept, handed_back, returned in client.run(_freed_mib_handed_back).values():
         assert returned is True and handed_back > 80, (kept, handed_back)
+
+
+def test_one_blas_thread_limits_blas_inside_the_call_only() -> None:
+    import inspect
+
+    import numpy as np  # noqa: F401  (loads OpenBLAS)
+    from threadpoolctl import threadpool_info
+
+    from pipeline.runtime import one_blas_thread
+
+    def blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    @one_blas_thread
+    def inside(x: int, *, y: int = 2) -> list[int]:
+        return blas_threads()
+
+    before = blas_threads()
+    assert before and inside(1) == [1] * len(before)
+    assert blas_threads() == before
+    assert str(inspect.signature(inside)) == "(x: 'int', *, y: 'int' = 2) -> 'list[int]'"

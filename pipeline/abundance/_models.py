@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as t_dist
-from threadpoolctl import threadpool_limits
 
 from ..labels import DESIGN_COLUMNS, UNASSIGNED
+from ..runtime import one_blas_thread
 from ._design import ModelDesign, TimeCoding, contrast_names, estimable_design
 from ._glmm import fit_binomial_glmm
 from ._propeller import Transform, fit_propeller
@@ -147,6 +147,7 @@ def _not_estimable_rows(
     ])  # fmt: skip
 
 
+@one_blas_thread  # many small fits (see `pipeline.runtime`)
 def fit_abundance_models(
     counts: pd.DataFrame,
     *,
@@ -172,23 +173,6 @@ def fit_abundance_models(
     ``skip`` names (cell type, denominator) models not to fit (no rows, no notes): a
     label draw's models whose data equal the hard labels'.
     """
-    # one BLAS thread: the fits are many small problems, and a multi-threaded OpenBLAS
-    # made scipy's L-BFGS-B 2.5-36x slower per iteration on a busy 2-core machine
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_all(counts, time=time, methods=methods, transform=transform, only=only,
-                        standard_errors=standard_errors, skip=skip)  # fmt: skip
-
-
-def _fit_all(
-    counts: pd.DataFrame,
-    *,
-    time: TimeCoding = "factor",
-    methods: tuple[str, ...] = METHODS,
-    transform: Transform = "logit",
-    only: tuple[str, str] | None = None,
-    standard_errors: bool = False,
-    skip: frozenset[tuple[str, str]] = frozenset(),
-) -> AbundanceResult:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         msg = f"unknown abundance methods {unknown}; expected some of {list(METHODS)}"
