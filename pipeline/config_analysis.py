@@ -50,8 +50,20 @@ class AnnotateConfig(FrozenModel):
     graph_weight: float = Field(
         0.5, ge=0, le=1, description="weight of the kNN-graph neighbours' lineage probabilities"
     )
+    b_consensus: Literal["product", "linear"] = Field(
+        "product",
+        description="how a B cell's subset posterior is combined with its B-graph "
+        "neighbours' evidence: product (own x neighbours ** b_neighbour_exponent, "
+        "renormalized) or linear (mixed with weight b_graph_weight)",
+    )
+    b_neighbour_exponent: float = Field(
+        2.5, ge=0, le=10, description="exponent on the neighbours' evidence (product; 0: none)"
+    )
     b_graph_weight: float = Field(
-        0.5, ge=0, le=1, description="the same for B subsets (neighbours among B cells)"
+        0.5,
+        ge=0,
+        le=1,
+        description="weight of the B-graph neighbours' evidence (linear; 0: none)",
     )
     b_graph: Literal["b_cells", "cohort"] = Field(
         "b_cells",

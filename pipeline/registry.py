@@ -116,7 +116,7 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
-        "annotate", 4, "lineages, then B-cell subsets, with per-cell confidence and label probabilities",
+        "annotate", 5, "lineages, then B-cell subsets, with per-cell confidence and label probabilities",
         run="pipeline.annotate:run_annotate", config="annotate",
         inputs="pipeline.annotate:annotate_digest_inputs",
         reads=Elements(

@@ -2,7 +2,15 @@
 
 from ._bgraph import b_cell_graph
 from ._markers import LEVELS, FeatureMap, MarkerSet, Program, feature_map, load_markers
-from ._model import MarkerModel, fit_marker_model, graph_consensus, marker_support, posteriors
+from ._model import (
+    Consensus,
+    MarkerModel,
+    fit_marker_model,
+    graph_consensus,
+    marker_support,
+    posteriors,
+    product_consensus,
+)
 from ._plots import marker_dotplot
 from ._query import annotate_query, stored_model
 from ._reference import (
@@ -20,6 +28,7 @@ from ._vocabulary import Vocabularies, cell_type_columns, compatible_fraction, l
 __all__ = [
     "LEVELS",
     "AnnotationResult",
+    "Consensus",
     "FeatureMap",
     "LevelCall",
     "MarkerModel",
@@ -44,6 +53,7 @@ __all__ = [
     "marker_dotplot",
     "marker_support",
     "posteriors",
+    "product_consensus",
     "read_reference",
     "reference_symbols",
     "run_annotate",

@@ -23,6 +23,7 @@ from ..errors import ImmunoprofileError
 from ..labels import UNASSIGNED
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
 from ._model import (
+    Consensus,
     MarkerModel,
     call_labels,
     marker_support,
@@ -94,7 +95,7 @@ def annotate_query(
     offsets = dict(zip(LEVELS, np.cumsum([0, *widths[:-1]]), strict=True))
 
     def level_call(
-        level: str, weight: float, members: np.ndarray
+        level: str, consensus: Consensus, members: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         model, program_labels, fmap = models[level]
         cols = np.arange(offsets[level], offsets[level] + len(fmap.features))
@@ -117,12 +118,12 @@ def annotate_query(
             called, conf, _ = call_labels(
                 prob,
                 sub,
-                weight,
+                consensus,
                 program_labels=program_labels,
                 vocabulary=tuple(LEVELS[level]),
                 supported=marker_support(model) >= params.min_marker_support,
                 min_confidence=params.min_confidence,
-                log_prior=model.log_prior if level == "b_subset" else None,
+                log_prior=model.log_prior,
             )
             labels[rows], confidence[rows] = called, conf
             probabilities[rows] = sample_label_probabilities(

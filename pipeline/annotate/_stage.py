@@ -33,6 +33,7 @@ from ._bgraph import B_GRAPH_MIN_CELLS, b_cell_graph
 from ._dotplot import cohort_dotplot, dot_sums, dot_table
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
 from ._model import (
+    Consensus,
     MarkerModel,
     call_labels,
     fit_marker_model,
@@ -68,18 +69,29 @@ class AnnotationResult:
 T = TypeVar("T")
 
 
+def level_consensus(level: str, params: AnnotateConfig) -> Consensus:
+    """A level's graph consensus from the annotate settings: lineages mix linearly with
+    their neighbours' posteriors (``graph_weight``); B subsets combine with their
+    neighbours' evidence (``b_consensus``)."""
+    if level == "lineage":
+        return Consensus("linear", params.graph_weight)
+    if params.b_consensus == "product":
+        return Consensus("product", params.b_neighbour_exponent, evidence=True)
+    return Consensus("linear", params.b_graph_weight, evidence=True)
+
+
 def by_level(
     members: np.ndarray,
     params: AnnotateConfig,
-    call: Callable[[str, float, np.ndarray], T],
+    call: Callable[[str, Consensus, np.ndarray], T],
     labels_of: Callable[[T, np.ndarray], np.ndarray],
 ) -> dict[str, T]:
     """The levels in order: lineages among ``members`` (a boolean mask), then B subsets
-    among the cells called B. ``call(level, graph weight, members)`` annotates a level;
+    among the cells called B. ``call(level, consensus, members)`` annotates a level;
     ``labels_of(result, members)`` gives its labels at the positions ``members`` indexes."""
     out: dict[str, T] = {}
-    for level, weight in (("lineage", params.graph_weight), ("b_subset", params.b_graph_weight)):
-        out[level] = call(level, weight, members)
+    for level in LEVELS:
+        out[level] = call(level, level_consensus(level, params), members)
         members = labels_of(out[level], members) == "B"
     return out
 
@@ -150,7 +162,7 @@ def _level_graph(
     (`b_cell_graph`) unless ``params.b_graph`` says the cohort's or there are too few."""
     if (
         level == "b_subset"
-        and params.b_graph_weight > 0
+        and level_consensus(level, params).active
         and params.b_graph == "b_cells"
         and rows.size >= B_GRAPH_MIN_CELLS
     ):
@@ -197,7 +209,7 @@ def annotate_cohort(
     sample = cohort.obs["sample_id"].astype(str).to_numpy()
     seconds["features"] = time.perf_counter() - t
 
-    def level_call(level: str, weight: float, members: np.ndarray) -> LevelCall:
+    def level_call(level: str, consensus: Consensus, members: np.ndarray) -> LevelCall:
         t = time.perf_counter()
         fmap = fmaps[level]
         cols = np.arange(offsets[level], offsets[level] + len(fmap.features))
@@ -241,7 +253,7 @@ def annotate_cohort(
             training=training,
             scored=scored,
             graph=graph,
-            weight=weight,
+            consensus=consensus,
             params=params,
         )
         call.info["graph"] = graph_name
@@ -274,7 +286,7 @@ def _call_level(
     training: Callable[[np.ndarray], sp.spmatrix],
     scored: Callable[[MarkerModel], np.ndarray],
     graph: sp.spmatrix | None,
-    weight: float,
+    consensus: Consensus,
     params: AnnotateConfig,
 ) -> LevelCall:
     """Fit one level's model and label the cells at ``rows`` (cohort positions).
@@ -325,10 +337,10 @@ def _call_level(
     own_best = prob.argmax(axis=1)
     supported = marker_support(model) >= params.min_marker_support
     called, conf, best = call_labels(
-        prob, graph, weight,
+        prob, graph, consensus,
         program_labels=tuple(p.label for p in usable), vocabulary=tuple(LEVELS[level]),
         supported=supported, min_confidence=params.min_confidence,
-        log_prior=model.log_prior if level == "b_subset" else None,
+        log_prior=model.log_prior,
     )  # fmt: skip
     labels_out[rows] = called
     confidence[rows] = conf
@@ -341,7 +353,7 @@ def _call_level(
             "n_fitted": len(fit),
             "n_iter": model.n_iter,
             "converged": model.converged,
-            "graph_weight": weight if graph is not None else 0.0,
+            "consensus": consensus.to_record() if graph is not None else None,
             "changed_by_consensus": int((own_best != best).sum()),
             "unassigned": int((called == UNASSIGNED).sum()),
             "unsupported_programs": [
@@ -374,7 +386,7 @@ def annotate_counts(
     size = np.asarray(x.sum(axis=1)).ravel() / SIZE_UNIT if size is None else np.asarray(size)
     sample = np.zeros(n, dtype=object) if sample is None else np.asarray(sample)
 
-    def level_call(level: str, weight: float, members: np.ndarray) -> LevelCall:
+    def level_call(level: str, consensus: Consensus, members: np.ndarray) -> LevelCall:
         fmap = feature_map(markers, level, symbols)
         features = sp.csr_matrix(x @ fmap.matrix)
         rows = np.flatnonzero(members)
@@ -397,7 +409,7 @@ def annotate_counts(
             training=training_rows,
             scored=scored_rows,
             graph=_restrict(connectivities, rows),
-            weight=weight,
+            consensus=consensus,
             params=params,
         )
         dot = pd.DataFrame()

@@ -79,6 +79,8 @@ def test_outputs_follow_the_label_contract(accuracy_cohort: ad.AnnData) -> None:
         assert (top[sure] == called[sure]).mean() >= 0.9
     assert record["vocabularies"]["version"] >= 1
     assert record["b_subset"]["graph"] == "b_cells"  # the B cells' own kNN graph
+    assert record["b_subset"]["consensus"]["kind"] == "product"
+    assert record["lineage"]["consensus"]["kind"] == "linear"
     assert record["markers"]["version"] >= 1
     assert {"label", "feature", "fraction_expressing"} <= set(record["b_subset"]["dotplot"].columns)
     # the cell labels agree with the Leiden clusters of the integrated graph

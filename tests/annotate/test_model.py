@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipeline.annotate import MarkerModel, fit_marker_model, graph_consensus, posteriors
+from pipeline.annotate import (
+    Consensus,
+    MarkerModel,
+    fit_marker_model,
+    graph_consensus,
+    posteriors,
+    product_consensus,
+)
 from pipeline.annotate._model import label_probabilities, sample_label_probabilities
 
 
@@ -120,6 +127,58 @@ def test_neighbours_vote_with_their_evidence_when_the_shares_are_given() -> None
     mixed = graph_consensus(prob, graph, 0.5, np.log(prior))
     np.testing.assert_allclose(mixed[0], 0.5 * p + 0.5 * np.array([0.2, 0.8]), rtol=1e-6)
     assert (mixed.argmax(axis=1) == 1).all()
+
+
+def test_product_consensus_is_own_posterior_times_tempered_neighbour_evidence() -> None:
+    """own * (neighbours' mean evidence) ** exponent, renormalized; the neighbours' shares
+    taken out of their votes; isolated cells and exponent 0 leave the posteriors as
+    they are."""
+    prior = np.array([0.6, 0.3, 0.1])
+    prob = np.array(
+        [[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]], dtype=np.float32
+    )
+    graph = sp.csr_matrix(np.array([[0, 1, 2, 0], [1, 0, 0, 0], [2, 0, 0, 0], [0, 0, 0, 0]]))
+    mixed = product_consensus(prob, graph, 2.5, np.log(prior))
+    evidence = prob / prior
+    evidence /= evidence.sum(axis=1, keepdims=True)
+    neighbours = (1 * evidence[1] + 2 * evidence[2]) / 3
+    expected = prob[0] * neighbours**2.5
+    np.testing.assert_allclose(mixed[0], expected / expected.sum(), rtol=1e-5)
+    np.testing.assert_allclose(mixed[3], prob[3])
+    np.testing.assert_allclose(product_consensus(prob, graph, 0.0, np.log(prior)), prob)
+    assert mixed.dtype == np.float32
+
+
+def test_unanimous_neighbours_decide_a_weak_cell_and_split_ones_do_not() -> None:
+    """A cell whose own posterior leans 0.8 : 0.2 to program a, among neighbours whose
+    evidence agrees on b (0.3 : 0.7): the product follows the neighbours, where a linear
+    mix at weight 0.5 cannot (0.55 : 0.45). Among neighbours split 0.5 : 0.5 the product
+    keeps the cell's own posterior exactly."""
+    prior = np.log(np.array([0.5, 0.5]))
+    graph = sp.csr_matrix(np.array([[0, 1, 1], [1, 0, 0], [1, 0, 0]]))
+    unanimous = np.array([[0.8, 0.2], [0.3, 0.7], [0.3, 0.7]], dtype=np.float32)
+    assert product_consensus(unanimous, graph, 2.5, prior)[0].argmax() == 1
+    assert graph_consensus(unanimous, graph, 0.5, prior)[0].argmax() == 0
+    split = np.array([[0.8, 0.2], [0.1, 0.9], [0.9, 0.1]], dtype=np.float32)
+    np.testing.assert_allclose(product_consensus(split, graph, 2.5, prior)[0], [0.8, 0.2])
+
+
+def test_consensus_kinds_and_their_requirements() -> None:
+    prob = np.array([[0.8, 0.2], [0.3, 0.7]], dtype=np.float32)
+    graph = sp.csr_matrix(np.array([[0, 1], [1, 0]]))
+    log_prior = np.log(np.array([0.5, 0.5]))
+    np.testing.assert_allclose(
+        Consensus("product", 2.5, evidence=True).apply(prob, graph, log_prior),
+        product_consensus(prob, graph, 2.5, log_prior),
+    )
+    np.testing.assert_allclose(
+        Consensus("linear", 0.5).apply(prob, graph, log_prior), graph_consensus(prob, graph, 0.5)
+    )
+    assert not Consensus("product", 0.0, evidence=True).active
+    with pytest.raises(ValueError, match="evidence"):
+        Consensus("product", 2.5)
+    with pytest.raises(ValueError, match="log_prior"):
+        Consensus("linear", 0.5, evidence=True).apply(prob, graph, None)
 
 
 def test_posteriors_do_not_depend_on_how_cells_are_chunked() -> None:
