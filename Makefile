@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	TORCH_VERSION=$(TORCH_VERSION) TORCH_INDEX=$(TORCH_INDEX) TORCH_CPU_INDEX=$(TORCH_CPU_INDEX) \
 		PIP="$(BIN)/python -m pip" sh .ci/install-torch.sh
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,scvi]"
 	@touch $@
 
 demo: $(STAMP)

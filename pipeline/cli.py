@@ -70,6 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .commands import run_stages
     from .ingest import read_samplesheet
+    from .integrate import require_extras
     from .registry import stages_until
 
     cfg = _resolve_run_config(args)
@@ -80,6 +81,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ImmunoprofileError(msg)
     wanted = [s.name for s in stages_until(args.until or STAGE_NAMES[-1])]
     read_samplesheet(cfg.samplesheet)  # checked before any cluster starts: bad input fails fast
+    if "integrate" in wanted:
+        require_extras(cfg.integrate)  # scVI asked for without its extra
     with _writer(cfg, args), start_client(cfg.cluster) as client, _performance_report(args) as _:
         run_stages(cfg, client, wanted)
     return 0
@@ -100,11 +103,13 @@ def _writer(cfg: RunConfig, args: argparse.Namespace) -> Iterator[None]:
 def _cmd_add_batch(args: argparse.Namespace) -> int:
     from .add_batch import check_analysed
     from .ingest import read_samplesheet
+    from .integrate import require_extras
 
     cfg = load_config(args.config)
     if args.workdir is not None:
         cfg = cfg.model_copy(update={"workdir": Path(args.workdir)})
     read_samplesheet(args.samplesheet)  # bad input fails before any cluster starts
+    require_extras(cfg.integrate)  # the new cells are encoded as the cohort's were
     if not args.refit:
         check_analysed(cfg)  # before a cluster starts (and checked again under the lock)
     with _writer(cfg, args):

@@ -6,11 +6,13 @@ Relative paths in a config are relative to the current working directory.
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from cluster.config import ClusterConfig
@@ -386,11 +388,32 @@ class RunConfig(_Frozen):
     add_batch: AddBatchConfig = Field(default_factory=AddBatchConfig)
 
 
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the schema allows in the mapping at ``loc`` (empty when unknown)."""
+    model: Any = RunConfig
+    for part in loc:
+        if isinstance(part, int) or not (
+            isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields
+        ):
+            return []
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
 def _describe(error: ErrorDetails) -> str:
     key = ".".join(str(p) for p in error["loc"]) or "(top level)"
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"unknown key '{key}'"
+        *parent, name = error["loc"]
+        close = difflib.get_close_matches(str(name), _fields_at(tuple(parent)), n=1, cutoff=0.6)
+        hint = f" (did you mean '{'.'.join([*map(str, parent), close[0]])}'?)" if close else ""
+        return f"unknown key '{key}'{hint}"
     if kind == "missing":
         return f"missing required key '{key}'"
     got = error.get("input")
@@ -429,8 +452,48 @@ def load_config(path: str | Path) -> RunConfig:
         msg = f"config file {path} cannot be read: {exc.strerror}"
         raise ConfigError(msg) from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         msg = f"{path}: not valid YAML: {exc}"
         raise ConfigError(msg) from None
+    except _DuplicateKeys as exc:
+        msg = f"{path}: " + "; ".join(exc.args[0]) + " (each key once; merge the two)"
+        raise ConfigError(msg) from None
     return parse_config(data, source=str(path))
+
+
+class _DuplicateKeys(Exception):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the
+    last silently: a second `annotate:` section would replace the first)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                self.duplicates.append(
+                    f"duplicate key '{key}' at line {line} (first at line {seen[key]})"
+                )
+            else:
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _StrictLoader(text)
+    try:
+        data = loader.get_single_data()
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise _DuplicateKeys(loader.duplicates)
+    return data

@@ -54,14 +54,41 @@ def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(path) in str(err.value)
-    assert "unknown key 'simulate.n_patinets'" in str(err.value)
+    assert "unknown key 'simulate.n_patinets' (did you mean 'simulate.n_patients'?)" in str(
+        err.value
+    )
 
 
 def test_misspelled_top_level_key_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("workdri: out\n")
-    with pytest.raises(ConfigError, match="unknown key 'workdri'"):
+    with pytest.raises(ConfigError, match="unknown key 'workdri' \\(did you mean 'workdir'"):
         load_config(path)
+
+
+def test_an_unknown_key_far_from_every_known_one_gets_no_suggestion(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("annotate:\n  colour: red\nannotate_extra: 1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "unknown key 'annotate.colour';" in str(err.value)
+    assert str(err.value).endswith("unknown key 'annotate_extra' (did you mean 'annotate'?)")
+
+
+def test_a_key_given_twice_is_refused_not_merged(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a second `annotate:` section would drop
+    the first's settings without a word. Every duplicate is named with its lines."""
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "annotate:\n  min_confidence: 0.4\nqc:\n  min_genes: 100\n  min_genes: 200\n"
+        "annotate:\n  seed: 1\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "duplicate key 'min_genes' at line 5 (first at line 4)" in message
+    assert "duplicate key 'annotate' at line 6 (first at line 1)" in message
 
 
 def test_wrong_type_names_the_key_and_the_expected_type(tmp_path: Path) -> None:

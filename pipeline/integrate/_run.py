@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..config import IntegrateConfig
 from ..runtime import release_memory
+from ._scvi import require_scvi
 from ._scvi_stage import scvi_cohort
 from ._stage import integrate_cohort
 
@@ -15,9 +17,16 @@ if TYPE_CHECKING:
     from ..stages import StageContext
 
 
+def require_extras(params: IntegrateConfig) -> None:
+    """Fail before any work when the settings ask for scVI and its extra is missing."""
+    if params.method in ("scvi", "both"):
+        require_scvi(f"integrate.method: {params.method}")
+
+
 def run_integrate(ctx: StageContext) -> str:
     """Reads only its inputs while it computes (the rest of the cohort afterwards)."""
     c = ctx.cfg.integrate
+    require_extras(c)
     obs = ctx.read_obs(list(dict.fromkeys(["qc_pass", "sample_id", c.batch_key])))
     pcs = ctx.array("obsm/X_pca")
     keep = obs["qc_pass"].to_numpy(dtype=bool)

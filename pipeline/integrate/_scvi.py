@@ -9,6 +9,7 @@ full matrix is never in one process.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import warnings
 from dataclasses import dataclass
@@ -82,6 +83,23 @@ class ModelFileError(ImmunoprofileError):
     """A saved model's files are not those recorded when it was written."""
 
 
+SCVI_EXTRA = "pip install 'immunoprofile[scvi]'"
+
+
+def require_scvi(asked_by: str) -> None:
+    """Fail with a clear message when scvi-tools or torch, the optional ``scvi`` extra, is
+    not installed; ``asked_by`` names the setting that asks for scVI."""
+    missing = [name for name in ("scvi", "torch") if importlib.util.find_spec(name) is None]
+    if missing:
+        packages = " and ".join("scvi-tools" if m == "scvi" else m for m in missing)
+        msg = (
+            f"{asked_by} asks for scVI, but {packages} {'is' if len(missing) == 1 else 'are'} "
+            f"not installed: scVI is an optional extra ({SCVI_EXTRA}; torch's CPU build "
+            "first, see README), or set integrate.method: harmony"
+        )
+        raise ImmunoprofileError(msg)
+
+
 def _hashes(path: Path) -> dict[str, str]:
     out = {}
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -127,6 +145,7 @@ def train_scvi(
 ) -> ScviTraining:
     """Train scVI on raw HVG counts (cells x HVGs) with ``batch`` as the batch covariate;
     save it to ``model_dir`` (replaced atomically by the caller's directory rename)."""
+    require_scvi("train_scvi")
     import scvi
     import torch
 
