@@ -69,6 +69,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from cluster.launch import start_client
 
     from .commands import run_stages
+    from .commands.plan import format_plan, plan_run
     from .ingest import read_samplesheet
     from .integrate import require_extras
     from .registry import stages_until
@@ -81,10 +82,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ImmunoprofileError(msg)
     wanted = [s.name for s in stages_until(args.until or STAGE_NAMES[-1])]
     read_samplesheet(cfg.samplesheet)  # checked before any cluster starts: bad input fails fast
+    if args.force and args.force not in wanted:
+        msg = f"--force {args.force}: the stage is after --until {args.until}"
+        raise ImmunoprofileError(msg)
+    if args.dry_run:
+        print(format_plan(plan_run(cfg, wanted, force=args.force)))
+        return 0
     if "integrate" in wanted:
         require_extras(cfg.integrate)  # scVI asked for without its extra
     with _writer(cfg, args), start_client(cfg.cluster) as client, _performance_report(args) as _:
-        run_stages(cfg, client, wanted)
+        run_stages(cfg, client, wanted, force=args.force)
     return 0
 
 
@@ -240,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--performance-report",
         metavar="HTML",
         help="write Dask's performance report of the run (task stream, worker profiles)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="say which stages would run and why (changed settings, inputs or algorithm "
+        "version; not run yet; forced), without computing anything or starting a cluster",
+    )
+    p.add_argument(
+        "--force",
+        choices=STAGE_NAMES,
+        metavar="STAGE",
+        help="re-run STAGE and every stage after it even when current",
     )
     p.set_defaults(func=_cmd_run)
 

@@ -40,6 +40,14 @@ class StageFolder:
             return None
         return str(json.loads(self.manifest.read_text()).get("digest", ""))
 
+    def basis(self) -> dict[str, Any] | None:
+        """What the digest was computed from (`pipeline.stages.stage_bases`); None when
+        absent or written before it was recorded."""
+        if not self.manifest.exists():
+            return None
+        basis = json.loads(self.manifest.read_text()).get("basis")
+        return dict(basis) if isinstance(basis, dict) else None
+
 
 @dataclass(frozen=True)
 class AnnotateFiles:

@@ -129,6 +129,44 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert "preprocess: unchanged inputs and parameters, skipped" in out
     assert main(["validate", str(workdir)]) == 0
 
+    # --dry-run says what would run and why, computing nothing
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "0 of 10 stage(s) would run" in out and "ingest      check" in out
+    manifest = workdir / "report" / "manifest.json"  # as an older version's report
+    record = json.loads(manifest.read_text())
+    version = record["basis"]["version"]
+    manifest.write_text(json.dumps({**record, "digest": "older",
+                                    "basis": {**record["basis"], "version": version - 1}}))  # fmt: skip
+    cfg.write_text(analysed_small.config.read_text() + "qc: {nmads: 4}\n")
+    stamp = (workdir / "cohort.zarr" / "zarr.json").stat().st_mtime_ns
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "9 of 10 stage(s) would run" in out
+    assert "qc          RUN    changed qc.nmads: 5.0 -> 4.0" in out
+    assert "preprocess  RUN    qc re-runs (its later stages with it)" in out
+    assert (workdir / "cohort.zarr" / "zarr.json").stat().st_mtime_ns == stamp
+    cfg.write_text(analysed_small.config.read_text())
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 10 stage(s) would run" in out
+    assert f"report      RUN    algorithm version {version - 1} -> {version}" in out
+    assert main([*args, "--dry-run", "--force", "predict"]) == 0
+    out = capsys.readouterr().out
+    assert "predict     RUN    forced (--force predict)" in out
+    assert "expression  skip   current" in out
+    fewer = small_cohort.samplesheet.with_name(f"fewer_{tmp_path.name}.csv")  # relative paths
+    lines = small_cohort.samplesheet.read_text().splitlines()
+    fewer.write_text("\n".join(lines[:-1]) + "\n")
+    dropped = lines[-1].split(",")[0]
+    assert main([*args, "--samplesheet", str(fewer), "--dry-run"]) == 0
+    fewer.unlink()  # the cohort folder is shared
+    out = capsys.readouterr().out
+    assert f"ingest      RUN    1 removed ({dropped})" in out
+    assert main([*args, "--until", "qc", "--force", "report"]) == 1
+    assert "--force report: the stage is after --until qc" in capsys.readouterr().err
+    manifest.write_text(json.dumps(record))
+
     # a changed preprocess parameter recomputes preprocess only
     cfg.write_text(
         "cluster: {n_workers: 2, threads_per_worker: 1}\npreprocess: {n_top_genes: 500, n_comps: 10}\n"
@@ -159,6 +197,10 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     out = capsys.readouterr().out
     assert "integrate: unchanged inputs and parameters, skipped" in out
     assert "clusters at 0.8" in out
+    assert main([*args, "--until", "graph", "--force", "integrate"]) == 0
+    out = capsys.readouterr().out
+    assert "preprocess: unchanged inputs and parameters, skipped" in out
+    assert "integrate: harmony on" in out and "clusters at 0.8" in out
     cohort = ad.read_zarr(workdir / "cohort.zarr")
     assert [c for c in cohort.obs.columns if c.startswith("leiden_")] == ["leiden_0.8"]
 

@@ -18,17 +18,19 @@ from ..add_batch import remap_stale_batches
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..runtime import release_memory
-from ..stages import get_stage, is_current, run_stage
+from ..stages import get_stage, is_current, run_stage, stages_from
 from .stagelog import stage_log
 from .validate import sample_store_problems
 
 
-def run_or_skip(name: str, cfg: RunConfig, client: Client) -> tuple[str, bool]:
-    """Run stage ``name`` unless it is current; the lines it prints, and whether it was
-    skipped."""
+def run_or_skip(
+    name: str, cfg: RunConfig, client: Client, *, force: bool = False
+) -> tuple[str, bool]:
+    """Run stage ``name`` unless it is current (or ``force``); the lines it prints, and
+    whether it was skipped."""
     stage = get_stage(name)
     lines = remap_stale_batches(cfg, client) if stage.reads.batches else []
-    skip = not stage.always_run and is_current(cfg, name)
+    skip = not force and not stage.always_run and is_current(cfg, name)
     if skip:
         lines.append(f"{name}: unchanged inputs and parameters, skipped")
     else:
@@ -53,14 +55,18 @@ def _name_corrupt_samples(cfg: RunConfig, name: str, exc: Exception) -> None:
         raise ImmunoprofileError(msg) from exc
 
 
-def run_stages(cfg: RunConfig, client: Client, stages: list[str]) -> None:
-    """Run ``stages`` in order (each skipped when current), printing one line each."""
+def run_stages(
+    cfg: RunConfig, client: Client, stages: list[str], *, force: str | None = None
+) -> None:
+    """Run ``stages`` in order (each skipped when current; ``force``: that stage and every
+    one after it run whatever their state), printing one line each."""
+    forced = {s.name for s in stages_from(force)} if force else set()
     for name in stages:  # import every stage first: a broken install fails before any work,
         get_stage(name).run_function()  # and no stage's time holds another's imports
     for name in stages:
         try:
             with stage_log(Path(cfg.workdir), name, client) as record:
-                record["message"], skipped = run_or_skip(name, cfg, client)
+                record["message"], skipped = run_or_skip(name, cfg, client, force=name in forced)
                 if skipped:
                     record["status"] = "skipped"
         except ImmunoprofileError:

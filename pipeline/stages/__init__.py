@@ -12,7 +12,14 @@ from ..registry import (
     writer_of,
 )
 from ._context import StageContext, needs, run_stage
-from ._digests import element_path, is_current, recorded_digests, stage_digests
+from ._digests import (
+    element_path,
+    is_current,
+    recorded_bases,
+    recorded_digests,
+    stage_bases,
+    stage_digests,
+)
 
 __all__ = [
     "STAGES",
@@ -24,8 +31,10 @@ __all__ = [
     "get_stage",
     "is_current",
     "needs",
+    "recorded_bases",
     "recorded_digests",
     "run_stage",
+    "stage_bases",
     "stage_digests",
     "stages_from",
     "stages_until",

@@ -40,7 +40,7 @@ from ..store import (
     write_anndata_store,
 )
 from ..workdir import StageFolder, Workdir
-from ._digests import element_path, stage_digests
+from ._digests import element_path, stage_bases, stage_digests
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -222,12 +222,13 @@ class StageContext:
             raise RuntimeError(msg)
 
     def _cohort_info(self, n_obs: int, n_vars: int) -> dict[str, Any]:
-        digests = stage_digests(self.cfg)
+        bases = stage_bases(self.cfg)
         recorded = [s.name for s in stages_until(self.stage.name) if s.writes.folder is None]
         return {
             "kind": "cohort",
             "immunoprofile_version": __version__,
-            "stages": {s: digests[s] for s in recorded},
+            "stages": {s: bases[s]["digest"] for s in recorded},
+            "bases": {s: bases[s] for s in recorded},
             "n_obs": n_obs,
             "n_vars": n_vars,
         }
@@ -289,7 +290,8 @@ class StageContext:
             raise RuntimeError(msg)
         target = element_path(self.workdir, name)
         assert isinstance(target, StageFolder)
-        digest = self.digest()
+        basis = stage_bases(self.cfg)[self.stage.name]
+        digest = basis["digest"]
         with atomic_path(target.root) as tmp:
             tmp.mkdir(parents=True)
             extra: dict[str, Any] = {}
@@ -299,6 +301,7 @@ class StageContext:
                 "kind": self.stage.name,
                 "immunoprofile_version": __version__,
                 "digest": digest,
+                "basis": basis,
                 **extra,
                 "files": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
             }

@@ -11,6 +11,7 @@ folder's manifest.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from ..config import RunConfig
@@ -37,26 +38,33 @@ def _own_inputs(stage: Stage, cfg: RunConfig, workdir: Workdir) -> Any:
     return getattr(cfg, stage.config).model_dump(mode="json")
 
 
-def stage_digests(cfg: RunConfig) -> dict[str, str]:
-    """Stage -> the digest its outputs must have been computed with to be current."""
+def stage_bases(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Stage -> what its digest is computed from: the stage before's digest
+    (``previous``), its own inputs as canonical JSON (``inputs``) and its algorithm
+    ``version``. Recorded beside the digests, so that `run --dry-run` can say which
+    changed."""
     workdir = Workdir(cfg.workdir)
     record = workdir.ingest_record_file
     if not record.exists():
         msg = f"{workdir.root} has no {record.name}: run the ingest stage first"
         raise ImmunoprofileError(msg)
     first, *rest = STAGES
-    digests = {first.name: hashlib.sha256(record.read_bytes()).hexdigest()}
+    bases: dict[str, dict[str, Any]] = {
+        first.name: {"digest": hashlib.sha256(record.read_bytes()).hexdigest()}
+    }
     before = first.name
     for stage in rest:
-        digests[stage.name] = json_sha256(
-            {
-                before: digests[before],
-                stage.name: _own_inputs(stage, cfg, workdir),
-                "version": stage.version,
-            }
-        )
+        own = json.loads(json.dumps(_own_inputs(stage, cfg, workdir), sort_keys=True, default=str))
+        basis = {"previous": bases[before]["digest"], "inputs": own, "version": stage.version}
+        digest = json_sha256({before: basis["previous"], stage.name: own, "version": stage.version})
+        bases[stage.name] = {**basis, "digest": digest}
         before = stage.name
-    return digests
+    return bases
+
+
+def stage_digests(cfg: RunConfig) -> dict[str, str]:
+    """Stage -> the digest its outputs must have been computed with to be current."""
+    return {name: basis["digest"] for name, basis in stage_bases(cfg).items()}
 
 
 def recorded_digests(workdir: Workdir) -> dict[str, str]:
@@ -71,6 +79,21 @@ def recorded_digests(workdir: Workdir) -> dict[str, str]:
             digest = folder.digest()
             if digest is not None:
                 done[stage.name] = digest
+    return done
+
+
+def recorded_bases(workdir: Workdir) -> dict[str, dict[str, Any]]:
+    """Stage -> the basis (`stage_bases`) its outputs in ``workdir`` were recorded with;
+    stages whose outputs predate the record are absent."""
+    manifest = workdir.cohort_manifest()
+    done = dict(manifest.get("bases", {})) if manifest else {}
+    for stage in STAGES:
+        if stage.writes.folder is not None:
+            folder = element_path(workdir, stage.writes.folder)
+            assert isinstance(folder, StageFolder)
+            basis = folder.basis()
+            if basis is not None:
+                done[stage.name] = basis
     return done
 
 
