@@ -324,6 +324,12 @@ class Workdir:
         return self.root / "logs" / "stages.jsonl"
 
     @property
+    def run_log(self) -> Path:
+        """A human-readable log of the commands run: their stages' lines, warnings and the
+        workers' errors (`pipeline.commands.stagelog.run_log`)."""
+        return self.root / "logs" / "run.log"
+
+    @property
     def power(self) -> Path:
         """The default output folder of ``immunoprofile power``."""
         return self.root / "power"

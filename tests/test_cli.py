@@ -101,6 +101,11 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
         analysed_small.workdir
     )
     assert "report: " in out and "stopping before" not in err
+    run_log = (analysed_small.workdir / "logs" / "run.log").read_text()
+    assert (
+        "immunoprofile: run: stages ingest, qc," in run_log
+        and "INFO immunoprofile: report: " in run_log
+    )
     cohort = ad.read_zarr(analysed_small.workdir / "cohort.zarr")
     assert cohort.obsm["X_pca"].shape == (cohort.n_obs, 20)
     assert {"X_pca_harmony", "X_umap"} <= set(cohort.obsm)

@@ -10,6 +10,7 @@ sample stores is checked against their manifests, so that a damaged store is nam
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 from distributed import Client
@@ -19,7 +20,7 @@ from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..runtime import release_memory
 from ..stages import get_stage, is_current, run_stage, stages_from
-from .stagelog import stage_log
+from .stagelog import run_log, stage_log
 from .validate import sample_store_problems
 
 
@@ -63,6 +64,14 @@ def run_stages(
     forced = {s.name for s in stages_from(force)} if force else set()
     for name in stages:  # import every stage first: a broken install fails before any work,
         get_stage(name).run_function()  # and no stage's time holds another's imports
+    title = f"run: stages {', '.join(stages)}" + (f" (--force {force})" if force else "")
+    with run_log(Path(cfg.workdir), client, title) as log:
+        _run_each(cfg, client, stages, forced, log)
+
+
+def _run_each(
+    cfg: RunConfig, client: Client, stages: list[str], forced: set[str], log: logging.Logger
+) -> None:
     for name in stages:
         try:
             with stage_log(Path(cfg.workdir), name, client) as record:
@@ -79,3 +88,4 @@ def run_stages(
             with contextlib.suppress(Exception):
                 client.run(release_memory)
         print(record["message"], flush=True)
+        log.info(record["message"])

@@ -1,7 +1,9 @@
 """Per-stage progress on a terminal and a structured log line per stage in the workdir.
 
 While a stage runs, a thread polls the Dask scheduler every ``interval`` seconds for the
-tasks done and every worker's memory; on a terminal it redraws one status line. When the
+tasks done and every worker's memory; on a terminal (or in a notebook: tqdm.auto) a
+progress bar shows the tasks finished of those submitted (`TaskCounter`: both only grow),
+the elapsed time and the workers' memory. When the
 stage ends (done, skipped or failed) one JSON line is appended to
 ``WORKDIR/logs/stages.jsonl`` (`Workdir.stage_log`): stage, status, start time (ISO and Unix), seconds, cells (cohort.zarr's
 manifest), the peak memory of the busiest worker and of all workers together as the
@@ -10,7 +12,9 @@ scheduler saw them, and the driver's peak resident memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import resource
 import sys
 import threading
@@ -21,15 +25,39 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from distributed.diagnostics.plugin import SchedulerPlugin
+from tqdm.auto import tqdm
+
 from ..workdir import Workdir
 
 GIB = 2**30
 
 
-def _scheduler_counts(dask_scheduler: Any) -> tuple[int, int]:
-    tasks = dask_scheduler.tasks
-    done = sum(1 for ts in tasks.values() if ts.state in ("memory", "released", "forgotten"))
-    return done, len(tasks)
+PLUGIN = "immunoprofile-progress"
+
+
+class TaskCounter(SchedulerPlugin):
+    """Counts, on the scheduler, the tasks submitted and finished since it was added:
+    both only grow, whereas the scheduler's own task table forgets a computation's tasks
+    when the next one starts (a counter read from it went 20/24 -> 3/24)."""
+
+    name = PLUGIN
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.finished = 0
+
+    def update_graph(self, scheduler: Any, *args: Any, tasks: Any = None, **kwargs: Any) -> None:
+        self.submitted += len(tasks or ())
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if start == "processing" and finish in ("memory", "erred"):
+            self.finished += 1
+
+
+def _counts(dask_scheduler: Any) -> tuple[int, int]:
+    counter = dask_scheduler.plugins.get(PLUGIN)
+    return (counter.finished, counter.submitted) if counter is not None else (0, 0)
 
 
 class _Poller(threading.Thread):
@@ -39,19 +67,24 @@ class _Poller(threading.Thread):
         self.stop = threading.Event()
         self.peak_worker = 0
         self.peak_total = 0
+        self.bar: tqdm | None = None
+        if stream is not None:
+            # a fresh counter per stage; an external scheduler may not import it
+            with contextlib.suppress(Exception):
+                client.register_plugin(TaskCounter())
+            self.bar = tqdm(desc=stage, total=0, unit="task", file=stream, leave=False,
+                            dynamic_ncols=True)  # fmt: skip
 
     def _sample(self) -> None:
         workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         memory = [w.get("metrics", {}).get("memory", 0) or 0 for w in workers.values()]
         self.peak_worker = max(self.peak_worker, max(memory, default=0))
         self.peak_total = max(self.peak_total, sum(memory))
-        if self.stream is not None:
-            done, total = self.client.run_on_scheduler(_scheduler_counts)
-            self.stream.write(
-                f"\r{self.stage}: {done}/{total} tasks, {len(workers)} workers, "
-                f"{sum(memory) / GIB:.2f} GiB in workers   "
-            )
-            self.stream.flush()
+        if self.bar is not None:
+            done, total = self.client.run_on_scheduler(_counts)
+            self.bar.total = max(total, done, self.bar.total or 0)
+            self.bar.n = max(done, self.bar.n)
+            self.bar.set_postfix_str(f"{len(workers)} workers, {sum(memory) / GIB:.2f} GiB")
 
     def run(self) -> None:
         while not self.stop.wait(self.interval):
@@ -59,6 +92,14 @@ class _Poller(threading.Thread):
                 self._sample()
             except Exception:  # the cluster is going away: stop sampling, keep the stage
                 return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(timeout=5)
+        if self.bar is not None:
+            self.bar.close()
+            with contextlib.suppress(Exception):
+                self.client.unregister_scheduler_plugin(PLUGIN)
 
 
 @contextmanager
@@ -92,11 +133,7 @@ def stage_log(
         record["error"] = f"{type(exc).__name__}: {exc}"[:500]
         raise
     finally:
-        poller.stop.set()
-        poller.join(timeout=5)
-        if stream is not None:
-            stream.write("\r" + " " * 78 + "\r")
-            stream.flush()
+        poller.close()
         files = Workdir(workdir)
         manifest = files.cohort_manifest()
         record.update(
@@ -114,3 +151,52 @@ def stage_log(
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:  # one line per stage: appends are whole lines
             f.write(json.dumps(record, default=str) + "\n")
+
+
+LOGGER = "immunoprofile"
+
+
+class _RunLogFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith(LOGGER)
+
+
+@contextmanager
+def run_log(workdir: Path, client: Any, title: str) -> Iterator[logging.Logger]:
+    """Append to ``WORKDIR/logs/run.log`` while a command runs: a ``title`` line, what
+    the command logs on the returned logger (each stage's line), Python warnings, and
+    the warnings and errors of the driver, the scheduler and the workers (the workers'
+    log records forwarded by distributed from their processes)."""
+    path = Workdir(workdir).run_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_RunLogFilter())
+    handler.setLevel(logging.INFO)
+    # distributed's loggers do not propagate to the root logger: attach to both
+    targets = [logging.getLogger(), logging.getLogger("distributed")]
+    for target in targets:
+        target.addHandler(handler)
+    logger = logging.getLogger(LOGGER)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    forwarding = False
+    with contextlib.suppress(Exception):
+        client.forward_logging("distributed", level=logging.WARNING)
+        forwarding = True
+    logger.info(title)
+    try:
+        yield logger
+    except BaseException as exc:
+        logger.error("%s failed: %s: %s", title, type(exc).__name__, exc)
+        raise
+    finally:
+        if forwarding:
+            with contextlib.suppress(Exception):
+                client.unforward_logging("distributed")
+        logging.captureWarnings(False)
+        logger.setLevel(level)
+        for target in targets:
+            target.removeHandler(handler)
+        handler.close()
