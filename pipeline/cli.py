@@ -185,6 +185,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from .commands.init import init_project
+
+    cellranger = Path(args.cellranger) if args.cellranger else None
+    result = init_project(Path(args.dir), cellranger=cellranger)
+    found = (
+        f" with {result.n_samples} sample(s) found in {args.cellranger}: fill in their "
+        "patient_id, timepoint_months, response and batch"
+        if result.n_samples
+        else " (an example row: replace it with your samples)"
+    )
+    print(
+        f"init: wrote {result.config} (every setting at its default, commented) and "
+        f"{result.samplesheet}{found}; then: immunoprofile run {result.config} --dry-run"
+    )
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .commands import validate_workdir
 
@@ -225,6 +243,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-matching --out")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser(
+        "init",
+        help="write a commented config and a samplesheet to start from",
+        description=(
+            "Write DIR/config.yaml (the workdir and samplesheet paths, every other setting "
+            "listed commented out at its default with what it does) and DIR/samplesheet.csv "
+            "(the required columns; with --cellranger one row per Cell Ranger count matrix "
+            "found in FOLDER, the columns the data cannot tell left for you to fill). "
+            "Existing files are never replaced."
+        ),
+    )
+    p.add_argument("dir", help="folder for config.yaml and samplesheet.csv (created if missing)")
+    p.add_argument(
+        "--cellranger",
+        metavar="FOLDER",
+        help="a folder of Cell Ranger outputs (per sample: outs/filtered_feature_bc_matrix.h5 "
+        "or the MTX folder)",
+    )
+    p.set_defaults(func=_cmd_init)
 
     p = sub.add_parser(
         "run",
