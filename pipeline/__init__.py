@@ -1,8 +1,9 @@
 """immunoprofile: distributed single-cell immune profiling on Dask.
 
 The names most used from notebooks are importable from here: the configuration
-(`load_config`), the workdir's paths (`Workdir`), the lazy counts (`open_cohort`) and
-every cell's results (`open_results`). The stages are declared in `pipeline.registry`.
+(`load_config`), the workdir's paths (`Workdir`), and `read_workdir`, the one entry point
+(every cell's results with the lazy counts, as scanpy's tools accept them); its halves
+are `open_results` (results only) and `open_cohort` (counts only). The stages are declared in `pipeline.registry`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -17,10 +18,16 @@ from .config import RunConfig, SimulationConfig, load_config, parse_config
 
 if TYPE_CHECKING:
     from .cohort import open_cohort
+    from .explore import read_workdir
     from .results import open_results
     from .workdir import Workdir
 
-_LAZY = {"open_cohort": "cohort", "open_results": "results", "Workdir": "workdir"}
+_LAZY = {
+    "open_cohort": "cohort",
+    "open_results": "results",
+    "read_workdir": "explore",
+    "Workdir": "workdir",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -42,4 +49,5 @@ __all__ = [
     "open_cohort",
     "open_results",
     "parse_config",
+    "read_workdir",
 ]

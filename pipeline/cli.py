@@ -203,6 +203,17 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .commands.export import export_h5ad
+
+    result = export_h5ad(args.workdir, Path(args.h5ad), cells=args.cells, genes=args.genes or ())
+    print(
+        f"export: {result.n_cells:,} cells x {result.n_genes:,} genes (raw counts, every "
+        f"per-cell result, embeddings, graph) in {result.path}"
+    )
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from .commands import validate_workdir
 
@@ -263,6 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
         "or the MTX folder)",
     )
     p.set_defaults(func=_cmd_init)
+
+    p = sub.add_parser(
+        "export",
+        help="write a subset of an analysed workdir as one .h5ad",
+        description=(
+            "Write the QC-passed cells of WORKDIR (its cohort and added batches; all, or B "
+            "cells only) as one .h5ad for a collaborator: raw counts (all genes, or those "
+            "named), every per-cell result (QC, clusters, labels, confidences, cell "
+            "ontology ids), the embeddings, the kNN graph and the label colours. The counts "
+            "are streamed chunk by chunk; the file appears only when complete."
+        ),
+    )
+    p.add_argument("workdir", help="an analysed workdir")
+    p.add_argument("--h5ad", required=True, metavar="FILE", help="the file to write")
+    p.add_argument("--cells", choices=("all", "b"), default="all", help="all cells or B cells")
+    p.add_argument("--genes", nargs="+", metavar="GENE", help="only these genes (symbols or IDs)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
         "run",

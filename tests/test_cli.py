@@ -22,7 +22,7 @@ from .conftest import CommandRun
 
 ROOT = Path(__file__).resolve().parents[1]
 IMMUNOPROFILE = str(Path(sys.executable).with_name("immunoprofile"))
-COMMANDS = ["init", "simulate", "run", "add-batch", "validate", "power"]
+COMMANDS = ["init", "simulate", "run", "add-batch", "export", "validate", "power"]
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -36,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"cli", "__main__"},
     {"commands", "add_batch"},
     {*STAGE_PACKAGES, "simulate"},
-    {"stages"},
+    {"stages", "explore"},
     {"cohort", "results", "sampling", "moments", "runtime"},
     {"workdir", "store", "registry"},
     {"config", "config_analysis", "labels", "errors", ""},  # "": the package itself
