@@ -7,13 +7,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# torch is pinned to a CPU build by default; see README "Installing torch".
+# torch is pinned to a CPU build by default; see README, "Install; the two commands".
 TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 SRC := pipeline cluster tests benchmarks
 
-.PHONY: install demo test test-quick test-slow lint typecheck schema bench-simulate bench-scaling clean
+.PHONY: install demo test test-quick test-slow lint typecheck schema docs-config bench-simulate bench-scaling clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ test-slow: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/python -c "import json; from pipeline.config import RunConfig; \
 		print(json.dumps(RunConfig.model_json_schema(), indent=2, sort_keys=True))" > configs/schema.json
+
+# Regenerate docs/configuration.md from the typed config (a test checks they agree).
+docs-config: $(STAMP)
+	$(BIN)/python -m pipeline.config_reference > docs/configuration.md
 
 # The full-size simulator benchmark (docs/benchmarks.md).
 bench-simulate: $(STAMP)

@@ -29,7 +29,8 @@ from .config_analysis import FrozenModel as _Frozen
 from .errors import ConfigError
 from .labels import B_SUBSETS, LINEAGES
 
-# Default composition of the simulator. PBMC: B ~9% (REFERENCES.md); within B, an SLE-like mix.
+# Default composition of the simulator. PBMC: B ~9% (published PBMC references); within B, an
+# SLE-like mix.
 DEFAULT_LINEAGE_PROPORTIONS: dict[str, float] = {
     "T_CD4": 0.38,
     "T_CD8": 0.20,
@@ -371,8 +372,13 @@ class GraphConfig(_Frozen):
 class RunConfig(_Frozen):
     """Everything ``immunoprofile`` reads from a config file."""
 
-    workdir: Path = Path("work")
-    samplesheet: Path | None = None
+    workdir: Path = Field(
+        Path("work"), description="folder of the run's stores, results, logs and report"
+    )
+    samplesheet: Path | None = Field(
+        None,
+        description="the samplesheet CSV (docs/contracts.md); `run --samplesheet` overrides it",
+    )
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     simulate: SimulationConfig = Field(default_factory=SimulationConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)

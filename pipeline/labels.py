@@ -1,4 +1,4 @@
-"""The label vocabularies and column names of the output contract (../shared/DESIGN.md)."""
+"""The label vocabularies and column names of the output contract (docs/contracts.md)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Fixed effects ``response * timepoint`` with treatment coding, named as lme4 name
 ``responsenon_responder:timepoint3``, ...): responders at baseline are the reference.
 Patients with ``response = unknown`` get a level of their own, so their samples inform
 the patient and sample variances but none of the contrasts, which compare responders and
-non-responders only (DESIGN.md's names: ``response@month{t}``, ``time{t}@responder``,
+non-responders only (the names of docs/contracts.md: ``response@month{t}``, ``time{t}@responder``,
 ``time{t}@non_responder``, ``response:time{t}``).
 """
 
@@ -37,7 +37,7 @@ class ModelDesign:
     time: TimeCoding
     n_patients: dict[str, int]
     df: pd.Series  # per contrast: denominator degrees of freedom (between-within)
-    # DESIGN.md's contrasts of these timepoints that cannot be estimated, and why (they
+    # the contrasts of docs/contracts.md of these timepoints that cannot be estimated, and why (they
     # are not in ``contrasts``, or are there with no degrees of freedom left)
     not_estimable: dict[str, str] = field(default_factory=dict)
 
@@ -95,7 +95,7 @@ def _check(samples: pd.DataFrame) -> None:
 
 
 def model_design(samples: pd.DataFrame, *, time: TimeCoding = "factor") -> ModelDesign:
-    """The fixed-effect design ``response * timepoint`` and DESIGN.md's contrasts.
+    """The fixed-effect design ``response * timepoint`` and the contrasts of docs/contracts.md.
 
     ``samples`` has one row per sample with `sample_id`, `patient_id`,
     `timepoint_months` and `response`. Raises `AbundanceDesignError` for designs that
@@ -194,7 +194,7 @@ def _no_degrees_of_freedom(df: pd.Series, n_patients: pd.Series) -> dict[str, st
 
 
 def contrast_names(timepoints: list[float]) -> list[str]:
-    """DESIGN.md's contrasts for these timepoints (months), in the tests' order."""
+    """The contrasts of docs/contracts.md for these timepoints (months), in the tests' order."""
     return _contrast_order(_months(sorted(timepoints)))
 
 
@@ -221,7 +221,7 @@ def _cells_of(contrast: str, baseline: float) -> list[tuple[str, float]]:
 def estimable_design(
     samples: pd.DataFrame, *, time: TimeCoding = "factor"
 ) -> tuple[ModelDesign | None, dict[str, str]]:
-    """The design to fit, and every DESIGN.md contrast of the samples' timepoints that
+    """The design to fit, and every contrast of docs/contracts.md of the samples' timepoints that
     cannot be estimated with the reason (small and degenerate cohorts: a pilot, one
     group, one timepoint, ``unknown`` responses only).
 

@@ -31,7 +31,7 @@ MODEL_TABLES = (("lineage", "PBMC"), ("b_subset", "B"), ("b_subset", "PBMC"))
 
 @dataclass(frozen=True)
 class AbundanceResult:
-    """``tests``: DESIGN.md's tests.csv; ``fits``: one row per model (variances,
+    """``tests``: tests.csv of docs/contracts.md; ``fits``: one row per model (variances,
     convergence, the optimizer's notes and fallbacks); ``summary``: the design and what
     was left out; ``warnings``: cell types not fitted and models that did not converge;
     ``uncertainty``: with label draws (`fit_with_label_draws`), each pooled interval
@@ -158,7 +158,7 @@ def fit_abundance_models(
     standard_errors: bool = False,
     skip: frozenset[tuple[str, str]] = frozenset(),
 ) -> AbundanceResult:
-    """Fit every cell type's models and test DESIGN.md's contrasts.
+    """Fit every cell type's models and test the contrasts of docs/contracts.md.
 
     ``counts`` is the tidy table of `abundance_counts`. Every contrast of the design's
     timepoints gets a row per cell type, denominator and method; one the design cannot

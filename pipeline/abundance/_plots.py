@@ -2,7 +2,7 @@
 per-sample composition (matplotlib; pure functions returning a Figure, nothing saved).
 
 Inputs are the tidy counts (`abundance/counts.csv`) and the tests table
-(`abundance/tests.csv`) of ../shared/DESIGN.md.
+(`abundance/tests.csv`) of docs/contracts.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Transformations as in speckle's ``getTransformedProps``: ``logit`` of the propor
 with 0.5 added to the count (estimates on the log-odds scale, comparable with the GLMM),
 or ``asin`` (arcsine square root; estimates then on that scale). propeller itself pools
 the patient correlation across cell types (limma ``duplicateCorrelation``) and moderates
-variances; a per-type mixed model is the simpler version DESIGN.md asks for.
+variances; a per-type mixed model is the simpler version the project asks for.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The abundance table: cells per sample and cell type at both annotation levels (pure
 pandas/xarray; no I/O).
 
-Per ../shared/DESIGN.md: level `lineage` counts the QC-passed cells of each lineage, with
+Per docs/contracts.md: level `lineage` counts the QC-passed cells of each lineage, with
 the sample's QC-passed cells as `total`; level `b_subset` counts the B cells of each
 subset, with the sample's B cells as `total`. `unassigned` is a cell type of its own, so
 that counts add up to the totals.

@@ -1,6 +1,6 @@
 """Designs and negative-binomial GLM fits of one cell type's pseudobulk (PyDESeq2).
 
-Two fits per cell type, each with DESIGN.md's contrast names:
+Two fits per cell type, each with the contrast names of docs/contracts.md:
 
 - **across patients** (``response@month{t}``): ``response * timepoint`` over every
   sample (treatment coding, `pipeline.abundance.estimable_design`: its cell-means

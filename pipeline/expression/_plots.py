@@ -1,6 +1,6 @@
 """Report figures of the expression stage (matplotlib; pure functions returning a Figure).
 
-Inputs are `expression/de.csv` (DESIGN.md's columns), the pseudobulk AnnData and
+Inputs are `expression/de.csv` (the columns of docs/contracts.md), the pseudobulk AnnData and
 `expression/program_scores.csv`.
 """
 

@@ -128,7 +128,7 @@ def reuse_rows(files: ExpressionFiles, groups: pd.DataFrame) -> np.ndarray:
 
 class DETable:
     """The DE table as it arrives, one piece per cell type x contrast in compact dtypes
-    (categorical text, genes as codes), written in DESIGN.md's order (cell types as
+    (categorical text, genes as codes), written in the order of docs/contracts.md (cell types as
     tested, contrasts as `contrast_names`, p-values ascending) without ever holding the
     whole table twice: at the study's size it has a million rows."""
 

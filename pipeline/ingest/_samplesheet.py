@@ -103,7 +103,7 @@ def _problems_of_rows(frame: pd.DataFrame, base: Path) -> list[str]:
 
 
 def read_samplesheet(path: str | Path) -> list[SampleRow]:
-    """Validate the samplesheet at ``path`` (DESIGN.md contract) and return its rows.
+    """Validate the samplesheet at ``path`` (docs/contracts.md) and return its rows.
 
     Relative paths are resolved against the samplesheet's folder. Raises `InputError`
     listing every problem found.

@@ -31,7 +31,7 @@ def baseline_samples(counts: pd.DataFrame) -> pd.DataFrame:
 
 def composition_features(counts: pd.DataFrame, *, pseudocount: float) -> pd.DataFrame:
     """Patients (index: `patient_id`) x features (``lineage:T_CD4``, ``b_subset:DN2``, ...)
-    of the month-0 samples of the tidy ``counts`` (DESIGN.md's counts.csv)."""
+    of the month-0 samples of the tidy ``counts`` (counts.csv of docs/contracts.md)."""
     base = baseline_samples(counts)
     rows = counts[
         counts["sample_id"].isin(base["sample_id"]) & (counts["cell_type"] != "unassigned")

@@ -347,8 +347,8 @@ def _write_expression_truth(
     out: Path, cfg: SimulationConfig, model: ExpressionModel, planted: list
 ) -> None:
     """``truth/expression_effects.csv`` (one row per planted gene and month) and
-    ``truth/expression_contrasts.csv`` (the planted log2 fold change of every DESIGN.md
-    contrast, per cell type and gene; genes not listed have none)."""
+    ``truth/expression_contrasts.csv`` (the planted log2 fold change of every contrast of
+    docs/contracts.md, per cell type and gene; genes not listed have none)."""
     times = cfg.timepoints_months
     rows, contrasts = [], []
     for k, cell_type, genes in planted:

@@ -73,7 +73,7 @@ def _typical_proportions(cfg: SimulationConfig) -> pd.DataFrame:
 
 
 def true_contrasts(typical: pd.DataFrame, timepoints: list[int]) -> pd.DataFrame:
-    """The contrasts of DESIGN.md on the log-odds scale, for a typical patient."""
+    """The contrasts of docs/contracts.md on the log-odds scale, for a typical patient."""
     lo = typical.assign(log_odds=logit(typical["proportion"])).set_index(
         ["level", "cell_type", "denominator", "response", "timepoint_months"]
     )["log_odds"]

@@ -2,7 +2,7 @@
 
 Levels are in counts per 10,000 UMI (CP10K) of a typical cell of that type: at the default
 median of 3,500 UMI, a gene at 10 CP10K is seen ~3.5 times per cell. Marker choices follow
-../shared/REFERENCES.md (Jenks 2018 for DN2, Stewart 2021 and Azimuth PBMC for the rest).
+the literature (Jenks 2018 for DN2, Stewart 2021 and Azimuth PBMC for the rest).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ LINEAGE_MARKERS: dict[str, dict[str, float]] = {
     },
 }  # fmt: skip
 
-# B subsets: markers override the lineage-B levels (REFERENCES.md, "B-cell subset markers").
+# B subsets: markers override the lineage-B levels (the B-cell subset markers' literature).
 B_SUBSET_MARKERS: dict[str, dict[str, float]] = {
     "naive": {
         "TCL1A": 25, "FCER2": 8, "IL4R": 6, "YBX3": 6, "CXCR4": 35, "BTG1": 40,

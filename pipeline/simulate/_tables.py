@@ -19,7 +19,7 @@ COLUMNS = list(COUNTS_COLUMNS)
 
 
 def simulate_count_table(cfg: SimulationConfig) -> pd.DataFrame:
-    """DESIGN.md's tidy counts for the cohort ``cfg`` describes: per sample, lineage
+    """The tidy counts of docs/contracts.md for the cohort ``cfg`` describes: per sample, lineage
     counts ~ Multinomial(cells, lineage proportions) and B-subset counts among the B
     cells ~ Multinomial(B cells, subset proportions). No cells are unassigned."""
     design = design_cohort(cfg)

@@ -1,5 +1,5 @@
 """Fitting every cell type: planted effects recovered, methods concordant, the outputs
-per DESIGN.md, q-values, unknown responses and cell types that cannot be fitted."""
+per docs/contracts.md, q-values, unknown responses and cell types that cannot be fitted."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The abundance stage on a workdir: its outputs per DESIGN.md, the manifest, skipping
+"""The abundance stage on a workdir: its outputs per docs/contracts.md, the manifest, skipping
 when unchanged, and clear errors that leave nothing written.
 
 The workdir holds a cohort.zarr whose obs are per-cell labels drawn from the count-table

@@ -67,7 +67,7 @@ def test_planted_effects_show_in_true_contrasts() -> None:
     # naive B falls in both groups
     assert _contrast(design, "naive", "time6@responder") < -0.3
     assert _contrast(design, "naive", "time6@non_responder") < -0.3
-    # contrast names follow DESIGN.md
+    # contrast names follow docs/contracts.md
     names = set(design.contrasts["contrast"])
     assert names == {
         "response@month0", "response@month3", "response@month6", "time3@responder",
