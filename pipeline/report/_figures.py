@@ -153,3 +153,16 @@ def confidence_histograms(obs: pd.DataFrame) -> Figure:
         ax.legend(fontsize=7, frameon=False, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def own_umap(embedding: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """A 2-D UMAP of the rows of ``embedding`` alone (e.g. the B cells' integrated PCs),
+    15 neighbours, seeded."""
+    import umap
+    from threadpoolctl import threadpool_limits
+
+    if embedding.shape[0] < 20:
+        return np.zeros((0, 2), dtype=np.float32)
+    with threadpool_limits(1):
+        reducer = umap.UMAP(n_neighbors=15, random_state=seed, n_components=2)
+        return np.asarray(reducer.fit_transform(np.asarray(embedding, dtype=np.float32)))

@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 STYLE = """
@@ -31,6 +32,8 @@ td.l, th.l { text-align: left; }
 .scroll { max-height: 480px; overflow: auto; display: inline-block; }
 .finding { background: #fff6d6; border-left: 4px solid #e0a800; padding: 6px 12px; }
 .flag { color: #b00020; font-weight: 600; }
+.findings li { margin: 4px 0; }
+details > summary { cursor: pointer; color: #23395d; font-weight: 600; }
 pre { background: #f6f6f6; padding: 10px; font-size: 12px; overflow: auto; }
 """
 
@@ -62,13 +65,31 @@ def _img(png: bytes, caption: str) -> str:
     )
 
 
+def number(value: float, digits: int = 3) -> str:
+    """A number as a reader expects it: whole numbers with thousands separators (5,000,
+    not 5e+03), others to ``digits`` significant digits, scientific notation only below
+    0.001 (p-values)."""
+    if pd.isna(value):
+        return ""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 0.001:
+        return f"{value:.{digits}g}"
+    return f"{value:.{max(digits - 1, 1)}g}"
+
+
 def table(frame: pd.DataFrame, *, digits: int = 3, scroll: bool = False, left: int = 1) -> str:
-    """An HTML table; the first ``left`` columns left-aligned; floats to ``digits``
-    significant digits."""
+    """An HTML table; the first ``left`` columns left-aligned; numbers by `number`."""
 
     def cell(v: object) -> str:
-        if isinstance(v, float):
-            return "" if pd.isna(v) else f"{v:.{digits}g}"
+        if isinstance(v, bool | np.bool_):
+            return "yes" if v else "no"
+        if isinstance(v, int | np.integer):
+            return f"{int(v):,}"
+        if isinstance(v, float | np.floating):
+            return number(float(v), digits)
         return esc(v)
 
     cols = list(frame.columns)

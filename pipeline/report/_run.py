@@ -1,5 +1,6 @@
-"""The report stage: ``WORKDIR/report/index.html``, one self-contained page of the run,
-its QC, integration, annotation, abundance and (after add-batch) what each batch changed.
+"""The report stage: ``WORKDIR/report/index.html``, one self-contained page: the key
+findings in words first, then QC, integration, annotation, abundance, expression,
+prediction, (after add-batch) what each batch changed, and the provenance last, collapsed.
 
 Reads only per-cell outputs (obs, UMAP), the stage files and logs; written under a
 temporary name with a manifest holding the stage digest.
@@ -16,6 +17,7 @@ import pandas as pd
 from .. import __version__
 from ..integrate import integration_metrics
 from ..results import leiden_columns
+from . import _figures as figs
 from . import _sections as sections
 from ._html import page
 
@@ -41,6 +43,7 @@ OBS = [
 # took 25 s per embedding at 1M, 5,000 took 1.8 s)
 METRIC_CELLS = 5_000
 EMBEDDINGS = ("X_pca", "X_pca_harmony", "X_scvi")
+B_UMAP_CELLS = 10_000  # B cells in the report's UMAP of B cells alone
 
 
 def integration_metrics_table(ctx: StageContext) -> pd.DataFrame:
@@ -62,6 +65,22 @@ def integration_metrics_table(ctx: StageContext) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def b_cell_umap(ctx: StageContext, obs: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """A UMAP of the cohort's QC-passed B cells alone (at most `B_UMAP_CELLS`, sampled),
+    from their integrated embedding, and their obs rows."""
+    n_cohort = int(ctx.array("obsm/X_umap").shape[0])
+    head = obs.iloc[:n_cohort]
+    is_b = (head["lineage"].astype(str) == "B").to_numpy() & head["qc_pass"].to_numpy(bool)
+    rows = np.flatnonzero(is_b)
+    if rows.size > B_UMAP_CELLS:
+        rows = np.sort(np.random.default_rng(0).choice(rows, B_UMAP_CELLS, replace=False))
+    key = next((k for k in ("X_pca_harmony", "X_scvi", "X_pca") if ctx.has(f"obsm/{k}")), None)
+    if key is None or rows.size == 0:
+        return np.zeros((0, 2)), head.iloc[:0]
+    embedding = ctx.array(f"obsm/{key}").get_orthogonal_selection((rows, slice(None)))
+    return figs.own_umap(np.asarray(embedding)), head.iloc[rows].reset_index(drop=True)
+
+
 def run_report(ctx: StageContext) -> str:
     """Write ``WORKDIR/report/index.html``; one summary line."""
     start = time.perf_counter()
@@ -73,21 +92,25 @@ def run_report(ctx: StageContext) -> str:
     samples = list(dict.fromkeys(obs["sample_id"].astype(str)))
     method = ctx.read_elem("uns/integrate").get("method")
     parts = [
-        ("run", "The run", sections.run_section(ctx.cfg, workdir, samples)),
+        ("findings", "Key findings",
+         sections.findings_section(workdir, obs, sections.qc_flagged(workdir))),
         ("qc", "Quality control", sections.qc_section(workdir, obs)),
         (
             "integration",
             "Integration",
             sections.integration_section(method, integration_metrics_table(ctx), obs, umap),
         ),
-        ("annotation", "Annotation", sections.annotation_section(workdir, obs, umap)),
+        ("annotation", "Annotation",
+         sections.annotation_section(workdir, obs, umap, b_cell_umap(ctx, obs))),
         ("abundance", "Abundance", sections.abundance_section(workdir)),
         ("expression", "Differential expression", sections.expression_section(workdir)),
         ("prediction", "Prediction of non-response", sections.prediction_section(workdir)),
-    ]
+    ]  # fmt: skip
     changes = sections.changes_section(workdir)
     if changes:
         parts.append(("changes", "What changed (added batches)", changes))
+    parts.append(("provenance", "Provenance",
+                  sections.provenance_section(ctx.cfg, workdir, samples)))  # fmt: skip
     subtitle = (
         f"{len(samples)} samples, {len(obs):,} cells; immunoprofile {__version__}; "
         f"{time.strftime('%Y-%m-%d %H:%M %Z')}"

@@ -8,6 +8,7 @@ workdir's files through `pipeline.workdir.Workdir`.
 from __future__ import annotations
 
 import json
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,15 @@ import pandas as pd
 import yaml
 
 from .. import __version__
+from ..abundance import forest_grid
 from ..config import RunConfig
 from ..results import leiden_columns
 from ..store import read_manifest
 from ..workdir import ExpressionFiles, Workdir
 from . import _figures as figs
-from ._html import esc, figure, png_file, table
+from ._html import esc, figure, number, png_file, table
 
+MAX_FINDINGS = 15  # abundance findings listed in words at the top
 PACKAGES = (
     "dask",
     "distributed",
@@ -102,9 +105,12 @@ def _qc_flags(summary: pd.DataFrame) -> pd.Series:
     return (kept < 0.5) | (kept < kept.median() - 3 * max(mad, 0.01))
 
 
-def run_section(cfg: RunConfig, workdir: Workdir, samples: list[str]) -> str:
+def provenance_section(cfg: RunConfig, workdir: Workdir, samples: list[str]) -> str:
+    """What the run was computed from and with: collapsed, for whoever needs to check."""
     stages = _stage_table(workdir)
     parts = [
+        "<details><summary>Stages, cluster, package versions, inputs and the whole "
+        "configuration (click to open)</summary>",
         "<h3>Stages: duration and peak memory</h3>",
         table(stages) if len(stages) else "<p>No stage log.</p>",
         "<h3>Cluster</h3>",
@@ -115,14 +121,140 @@ def run_section(cfg: RunConfig, workdir: Workdir, samples: list[str]) -> str:
         table(_inputs(workdir, samples), scroll=True, left=3),
         "<h3>Configuration</h3>",
         f"<pre>{esc(yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False))}</pre>",
+        "</details>",
     ]
     return "".join(parts)
 
 
-def qc_section(workdir: Workdir, obs: pd.DataFrame) -> str:
+def _odds(row: Any) -> str:
+    return (
+        f"odds ratio {np.exp(row.estimate):.2f} (95% CI {np.exp(row.ci_low):.2f}-"
+        f"{np.exp(row.ci_high):.2f}), q = {number(row.qvalue)}"
+    )
+
+
+def contrast_sentence(row: Any) -> str:
+    """One abundance test (a row of tests.csv) in words."""
+    where = f"{row.cell_type} (within {'B cells' if row.denominator == 'B' else 'PBMC'})"
+    up = row.estimate > 0
+    contrast = str(row.contrast)
+    if m := re.fullmatch(r"response@month(\S+)", contrast):
+        when = "Before treatment" if float(m[1]) == 0 else f"At month {m[1]}"
+        text = f"{when}, {where} is {'higher' if up else 'lower'} in non-responders"
+    elif m := re.fullmatch(r"time(\S+)@(responder|non_responder)", contrast):
+        group = "responders" if m[2] == "responder" else "non-responders"
+        text = f"From baseline to month {m[1]}, {where} {'rises' if up else 'falls'} in {group}"
+    elif m := re.fullmatch(r"response:time(\S+)", contrast):
+        text = (
+            f"From baseline to month {m[1]}, {where} changes "
+            f"{'more upwards' if up else 'more downwards'} in non-responders than in responders"
+        )
+    else:
+        text = f"{where}, {contrast}: {'positive' if up else 'negative'}"
+    return f"{text}: {_odds(row)}."
+
+
+def findings_section(workdir: Workdir, obs: pd.DataFrame, qc_flagged: list[str]) -> str:
+    """What the run found, in words, before any table: the abundance contrasts at
+    q < alpha (GLMM), the two methods' concordance, the expression and prediction
+    headlines, warnings, and the samples flagged by QC or by the mapping of a batch."""
+    files = workdir.abundance
+    summary = json.loads(files.summary.read_text())
+    alpha = float(summary.get("alpha", 0.05))
+    tests = pd.read_csv(files.tests)
+    glmm = tests[(tests["method"] == "glmm") & (tests["qvalue"] < alpha)].sort_values("qvalue")
+    parts = [f"<h3>Abundance: cell types that differ (GLMM, q &lt; {alpha:g})</h3>"]
+    if len(glmm):
+        shown = glmm.head(MAX_FINDINGS)
+        items = "".join(f"<li>{esc(contrast_sentence(r))}</li>" for r in shown.itertuples())
+        more = (f"<p>... and {len(glmm) - len(shown)} more in the abundance section.</p>"
+                if len(glmm) > len(shown) else "")  # fmt: skip
+        parts.append(f'<ul class="findings">{items}</ul>{more}')
+    else:
+        parts.append(f"<p>No cell type differs in any contrast at q &lt; {alpha:g}.</p>")
+    lost = summary.get("not_estimable", {})
+    if "response@month0" in lost:
+        parts.append(
+            f"<p class='flag'>The baseline contrast is not estimable: "
+            f"{esc(lost['response@month0'])}.</p>"
+        )
+    agree = pd.DataFrame(summary.get("concordance", []))
+    if len(agree):
+        lines = [
+            f"within {'B cells' if r.denominator == 'B' else 'PBMC'}, the estimates of "
+            f"{r.n} cell type x contrast tests correlate at r = {r.pearson_r:.2f} and the two "
+            f"make the same call at q &lt; {alpha:g} in {r.significance_agreement:.0%} "
+            f"({r.significant_glmm} GLMM, {r.significant_propeller} propeller calls)"
+            for r in agree.itertuples()
+        ]
+        parts.append("<p>The binomial GLMM and propeller (a linear mixed model of the "
+                     "transformed proportions) agree: " + "; ".join(lines) + ".</p>")  # fmt: skip
+    parts.append(_expression_headline(workdir, alpha))
+    parts.append(_prediction_headline(workdir))
+    notes = [str(w) for w in summary.get("warnings", [])]
+    fits = pd.read_csv(files.fits) if files.fits.exists() else pd.DataFrame()
+    if len(fits) and "converged" in fits:
+        failed = fits[~fits["converged"].astype(bool)]
+        if len(failed):
+            notes.append(f"{len(failed)} of {len(fits)} model fits did not converge "
+                         f"({', '.join(sorted(set(failed['cell_type'].astype(str))))}); "
+                         "their rows in tests.csv are NaN or flagged in fits.csv")  # fmt: skip
+    if notes:
+        parts += ["<h3>Warnings</h3>",
+                  "<ul>" + "".join(f"<li class='flag'>{esc(n)}</li>" for n in notes) + "</ul>"]  # fmt: skip
+    flagged = [f"{esc(s)} (QC: few cells kept)" for s in qc_flagged]
+    for name, layer in workdir.batch_layers().items():
+        path = layer.files.changes_json
+        if path.exists():
+            for sample in json.loads(path.read_text()).get("flagged", []):
+                flagged.append(f"{esc(sample)} (batch {esc(name)}: maps poorly onto the cohort)")
+    parts += ["<h3>Samples flagged</h3>",
+              f"<p class='flag'>{'; '.join(flagged)}</p>" if flagged
+              else "<p>None: every sample passed QC's share-kept check and maps well.</p>"]  # fmt: skip
+    return "".join(parts)
+
+
+def _expression_headline(workdir: Workdir, alpha: float) -> str:
+    files = workdir.expression
+    if not files.de.exists():
+        return ""
+    de = pd.read_csv(files.de, usecols=["cell_type", "contrast", "qvalue"])
+    base = de[(de["contrast"] == "response@month0") & (de["qvalue"] < alpha)]
+    if base.empty:
+        return (f"<p>Expression: no gene differs between non-responders and responders "
+                f"before treatment at q &lt; {alpha:g} in any tested cell type.</p>")  # fmt: skip
+    per = base["cell_type"].value_counts()
+    listed = ", ".join(f"{n:,} in {esc(k)}" for k, n in per.head(6).items())
+    return (f"<p>Expression: {len(base):,} genes differ between non-responders and "
+            f"responders before treatment at q &lt; {alpha:g} ({listed}).</p>")  # fmt: skip
+
+
+def _prediction_headline(workdir: Workdir) -> str:
+    files = workdir.predict
+    if not files.metrics.exists():
+        return ""
+    m = json.loads(files.metrics.read_text())
+    if m.get("skipped"):
+        return f"<p>Prediction of non-response: not fitted ({esc(m['skipped'])}).</p>"
+    return (f"<p>Prediction of non-response before the first dose: out-of-fold AUC "
+            f"{m['auc']:.2f} (95% interval {m['auc_ci_low']:.2f}-{m['auc_ci_high']:.2f}; "
+            f"permutation p = {number(m['permutation_pvalue'])}).</p>")  # fmt: skip
+
+
+def qc_summary(workdir: Workdir) -> pd.DataFrame:
+    """qc/summary.csv of the cohort and of every added batch."""
     frames = [pd.read_csv(workdir.qc_summary)]
     frames += [pd.read_csv(layer.files.qc_summary) for layer in workdir.batch_layers().values()]
-    summary = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def qc_flagged(workdir: Workdir) -> list[str]:
+    summary = qc_summary(workdir)
+    return [str(s) for s in summary.loc[_qc_flags(summary), "sample_id"]]
+
+
+def qc_section(workdir: Workdir, obs: pd.DataFrame) -> str:
+    summary = qc_summary(workdir)
     flagged = summary.loc[_qc_flags(summary), "sample_id"].tolist()
     note = (
         f'<p class="flag">Flagged (share of cells kept far below the others): '
@@ -135,7 +267,11 @@ def qc_section(workdir: Workdir, obs: pd.DataFrame) -> str:
     return (
         f"<p>{kept:,} of {len(obs):,} cells pass QC ({kept / len(obs):.1%}).</p>{note}"
         + table(summary, scroll=True)
-        + figure(figs.qc_distributions(obs), "Per sample: kept (blue) and removed (red) cells")
+        + figure(
+            figs.qc_distributions(obs),
+            "Per sample: kept (blue) and removed (red) cells by counts, genes and "
+            "mitochondrial share. Look for a sample whose kept cells sit apart from the others.",
+        )
     )
 
 
@@ -153,21 +289,36 @@ def integration_section(
         + table(metrics)
         + figure(
             figs.umap_panels(umap, obs, keys),
-            "UMAP by batch, patient, timepoint, response and Leiden cluster",
+            "UMAP by batch, patient, timepoint, response and Leiden cluster. Look for "
+            "batches and patients mixed within each island: an island of one batch alone "
+            "is a batch effect left after integration.",
         )
     )
 
 
-def annotation_section(workdir: Workdir, obs: pd.DataFrame, umap: np.ndarray) -> str:
+def annotation_section(
+    workdir: Workdir, obs: pd.DataFrame, umap: np.ndarray, b_umap: tuple[np.ndarray, pd.DataFrame]
+) -> str:
     kept = obs["qc_pass"].to_numpy(dtype=bool)
     counts = obs.loc[kept, "lineage"].astype(str).value_counts().rename_axis("lineage")
     b = obs.loc[kept & (obs["lineage"].astype(str) == "B").to_numpy(), "b_subset"]
     subsets = b.astype(str).value_counts().rename_axis("B subset")
+    coords, b_obs = b_umap
     parts = [
         figure(
             figs.umap_panels(umap, obs, ["lineage", "b_subset"], ncols=2),
-            "UMAP by lineage and B-cell subset",
+            "UMAP by lineage and B-cell subset. Look for one colour per island; the B "
+            "subsets sit together in the B island (their own UMAP below).",
         ),
+    ]
+    if len(coords):
+        parts.append(figure(
+            figs.umap_panels(coords, b_obs, ["b_subset", "response"], ncols=2),
+            f"The B cells alone ({len(coords):,} cells; a UMAP of their own integrated "
+            "neighbourhoods), by subset and response. Look for each subset in a region of "
+            "its own, DN2 apart from naive, and for subsets where one group's cells gather.",
+        ))  # fmt: skip
+    parts += [
         "<div style='display:flex;gap:32px'>",
         table(counts.reset_index(name="cells")),
         table(subsets.reset_index(name="cells")),
@@ -204,11 +355,48 @@ def abundance_section(workdir: Workdir) -> str:
             "would make them estimable.</p>",
             table(pd.DataFrame({"contrast": list(lost), "why": list(lost.values())}), left=2),
         ]
+    tests = pd.read_csv(files.tests)
     for name in summary.get("plots", []):
-        parts.append(png_file(files.root / name, name.removesuffix(".png").replace("_", " ")))
-    tests = pd.read_csv(files.tests).sort_values(["method", "qvalue"])
+        parts.append(png_file(files.root / name, _plot_caption(name)))
+        if name.startswith("forest_") and "propeller" in set(tests["method"]):
+            denominator = name.removeprefix("forest_").removesuffix(".png")
+            parts.append(figure(
+                forest_grid(tests, denominator=denominator, method="propeller"),
+                f"The same contrasts by propeller (within {_within(denominator)}): its "
+                "intervals should tell the same story as the GLMM's above.",
+            ))  # fmt: skip
+    tests = tests.sort_values(["method", "qvalue"])
     parts += ["<h3>All contrasts (tests.csv)</h3>", table(tests, scroll=True, left=4)]
     return "".join(parts)
+
+
+def _within(denominator: str) -> str:
+    return "B cells" if denominator == "B" else "all QC-passed cells (PBMC)"
+
+
+def _plot_caption(name: str) -> str:
+    """A sentence for each plot the abundance stage writes (abundance/*.png)."""
+    stem = name.removesuffix(".png")
+    if stem.startswith("forest_"):
+        denominator = stem.removeprefix("forest_")
+        return (
+            f"Abundance within {_within(denominator)}, binomial GLMM: per contrast, each "
+            "cell type's log-odds ratio with its 95% interval; a star marks q < 0.05. Look "
+            "for intervals clear of zero: right of zero is higher in non-responders "
+            "(response) or rising (time)."
+        )
+    if stem.startswith("composition"):
+        return (
+            f"Composition per sample ({stem.removeprefix('composition').strip('_') or 'all'}), "
+            "grouped by response and month. Look for a colour band that is wider in one "
+            "group or that shrinks over the months."
+        )
+    if stem.startswith("trajectories"):
+        return (
+            "Each patient's share over the months (thin lines) with the group means. Look "
+            "for the two groups apart at month 0 and for slopes that differ."
+        )
+    return stem.replace("_", " ")
 
 
 def _labels_used(summary: dict, uncertainty_csv: Path) -> str:

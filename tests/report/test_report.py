@@ -5,6 +5,7 @@ console errors, every section present; and `run` skips it when nothing changed."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,8 +17,8 @@ from pipeline.stages import is_current, stage_digests
 
 from ..conftest import CommandRun
 
-SECTIONS = ["The run", "Quality control", "Integration", "Annotation", "Abundance",
-            "Differential expression", "Prediction of non-response"]  # fmt: skip
+SECTIONS = ["Key findings", "Quality control", "Integration", "Annotation", "Abundance",
+            "Differential expression", "Prediction of non-response", "Provenance"]  # fmt: skip
 
 
 def _chromium() -> str:
@@ -50,10 +51,18 @@ def open_in_browser(path: Path, screenshot: Path) -> dict[str, object]:
             "() => Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])"
         )
         headings = page.locator("h2").all_inner_texts()
+        tops = page.evaluate(
+            "() => Array.from(document.querySelectorAll('h2'))"
+            ".map(h => h.getBoundingClientRect().top + window.scrollY)"
+        )
+        opened = page.evaluate(
+            "() => Array.from(document.querySelectorAll('details')).map(d => d.open)"
+        )
         page.screenshot(path=str(screenshot), full_page=True)
         title = page.title()
         browser.close()
-    return {"title": title, "headings": headings, "images": images, "errors": errors}
+    return {"title": title, "headings": headings, "images": images, "errors": errors,
+            "tops": tops, "details_open": opened}  # fmt: skip
 
 
 def test_the_report_renders_offline_with_every_image(
@@ -66,7 +75,11 @@ def test_the_report_renders_offline_with_every_image(
     assert "http://" not in html and "https://" not in html  # nothing fetched from outside
     seen = open_in_browser(workdir / "report" / "index.html", tmp_path / "report.png")
     assert seen["title"] == "immunoprofile report"
-    assert seen["headings"] == SECTIONS
+    assert seen["headings"] == SECTIONS  # results first, provenance last
+    tops = seen["tops"]
+    assert isinstance(tops, list) and tops[0] < 400  # the findings open the page
+    assert tops[1] - tops[0] < 1500  # and take less than two screens
+    assert seen["details_open"] == [False]  # the provenance starts collapsed
     images = seen["images"]
     assert isinstance(images, list) and len(images) >= 12
     assert all(done and width > 0 for done, width, _ in images), images
@@ -75,7 +88,12 @@ def test_the_report_renders_offline_with_every_image(
     for text in (
         "UMAP by lineage and B-cell subset",
         "Per sample: kept",
-        "forest B",
+        "Abundance within B cells, binomial GLMM",
+        "The same contrasts by propeller",
+        "The binomial GLMM and propeller (a linear mixed model of the transformed "
+        "proportions) agree: within B cells",
+        "Samples flagged",
+        "The B cells alone",
         "All contrasts (tests.csv)",
         "Label draws: the models were fitted on 10 label sets",
         "Genes at q &lt; 0.05 per cell type and contrast",
@@ -88,6 +106,12 @@ def test_the_report_renders_offline_with_every_image(
         "Inputs (SHA-256",
     ):
         assert text in html, text
+    findings = html[html.index('id="findings"') : html.index('id="qc"')]
+    assert "Abundance: cell types that differ (GLMM, q &lt; 0.05)" in findings
+    assert "Prediction of non-response: not fitted" in findings
+    text = re.sub(r'src="data:[^"]*"', "", html.split("<details>")[0])  # without images
+    assert not re.search(r"\d[eE]\+\d", text)  # 5,000 not 5e+03
+    assert "<figcaption>" in html and "Look for" in html  # captions say what to look at
     samplesheet = analysed_small.args[analysed_small.args.index("--samplesheet") + 1]
     cfg = parse_config({**yaml.safe_load(analysed_small.config.read_text()),
                         "workdir": str(workdir), "samplesheet": samplesheet})  # fmt: skip
