@@ -155,7 +155,7 @@ STAGES: tuple[Stage, ...] = (
         writes=Elements(folder="predict"),
     ),
     Stage(
-        "report", 3, "self-contained HTML: results, QC, integration, annotation, expression, prediction, provenance",
+        "report", 4, "self-contained HTML: key findings, QC, integration, annotation, expression, prediction, provenance",
         run="pipeline.report:run_report", config=None,
         reads=Elements(
             cohort=(*_DESIGN, "obs/qc_pass", "obs/total_counts", "obs/n_genes_by_counts",
