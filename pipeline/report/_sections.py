@@ -323,12 +323,22 @@ def annotation_section(
         table(counts.reset_index(name="cells")),
         table(subsets.reset_index(name="cells")),
         "</div>",
-        figure(figs.confidence_histograms(obs), "Label confidence by label"),
+        figure(
+            figs.confidence_histograms(obs),
+            "Label confidence by label: the probability of each cell's called label. Look "
+            "for labels whose cells pile up near 1; a label with many cells near the "
+            "min_confidence threshold is told apart from another by little evidence.",
+        ),
     ]
     for level in ("lineage", "b_subset"):
         path = workdir.annotate.dotplot_png(level)
         if path.exists():
-            parts.append(png_file(path, f"Marker features by {level.replace('_', ' ')}"))
+            parts.append(png_file(
+                path,
+                f"Marker features by {level.replace('_', ' ')}: dot size the share of cells "
+                "expressing, colour the mean. Look for each label's own markers dark and "
+                "large on its row, and for markers shared between labels.",
+            ))  # fmt: skip
     return "".join(parts)
 
 
