@@ -268,13 +268,15 @@ def run_expression(ctx: StageContext) -> str:
     # the costliest fits first, so the last to finish are short; a few in flight at a
     # time, each one's counts cut from the sums when it is submitted (not all at once)
     jobs.sort(key=lambda j: -j[0])
-    meta: dict[Any, tuple[str, str, str]] = {}
+    meta: dict[Any, tuple[str, str, str, Any]] = {}
 
     def submit(job: tuple[float, str, str, Any, np.ndarray, np.ndarray]) -> Any:
         _, level, cell_type, fit, fit_rows, keep_genes = job
         data = client.scatter(sums[np.ix_(fit_rows, np.flatnonzero(keep_genes))])
         future = client.submit(fit_deseq2, data, list(genes[keep_genes]), fit, pure=False)
-        meta[future.key] = (level, cell_type, fit.name)
+        # the scattered counts are held until the fit is done: dropped before the task
+        # ran, the fit could be cancelled ("reason: unknown", seen with distributed 2025.1)
+        meta[future.key] = (level, cell_type, fit.name, data)
         return future
 
     in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {})))
@@ -286,9 +288,10 @@ def run_expression(ctx: StageContext) -> str:
     for future in running:
         if waiting:
             running.add(submit(waiting.pop(0)))
-        level, cell_type, name = meta[future.key]
+        level, cell_type, name, data = meta.pop(future.key)
         table, fit_notes = future.result()
         future.release()
+        data.release()
         de.add(level, cell_type, f"deseq2_{name}", table)
         notes += [f"{level}/{cell_type}: {n}" for n in fit_notes]
     del jobs

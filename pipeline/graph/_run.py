@@ -3,7 +3,7 @@ clusters and the UMAP out."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,14 +30,22 @@ def run_graph(ctx: StageContext) -> str:
         raise ImmunoprofileError(msg)
     obs = ctx.read_obs(["qc_pass", "sample_id"])
     client = ctx.cluster
+    scattered: list[Any] = []  # held until the graph is built: a scattered future dropped
+    # before its task ran could get that task cancelled ("reason: unknown", distributed 2025.1)
+
+    def submit(f: Any, graph: Any, *args: Any) -> Any:
+        scattered.append(client.scatter(graph))
+        return client.submit(f, scattered[-1], *args, pure=False)
+
     result = build_graph(
         ctx.array(element),
         obs["qc_pass"].to_numpy(dtype=bool),
         obs["sample_id"].astype(str).to_numpy(),
         params=g,
-        submit=lambda f, graph, *a: client.submit(f, client.scatter(graph), *a, pure=False),
+        submit=submit,
     )
     del obs
+    scattered.clear()
     release_memory()
     clusters = {}
     for r, labels in result.clusters.items():

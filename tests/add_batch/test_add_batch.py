@@ -151,7 +151,8 @@ def test_the_change_report_says_what_the_batch_brought(
     # the workdir's report was refreshed with a section on the batch
     assert "report: " in printed
     seen = open_in_browser(workdir / "report" / "index.html", workdir.parent / "report.png")
-    assert seen["headings"][-1] == "What changed (added batches)" and seen["errors"] == []
+    assert seen["headings"][-2:] == ["What changed (added batches)", "Provenance"]
+    assert seen["errors"] == []
     html = (workdir / "report" / "index.html").read_text()
     assert "Batch samplesheet_late" in html and "P007_m0" in html
 
