@@ -22,6 +22,7 @@ from .config_analysis import (
     AddBatchConfig,
     AnnotateConfig,
     ExpressionConfig,
+    NeighbourhoodsConfig,
     PowerConfig,
     PredictConfig,
 )
@@ -388,6 +389,7 @@ class RunConfig(_Frozen):
     graph: GraphConfig = Field(default_factory=GraphConfig)
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     abundance: AbundanceConfig = Field(default_factory=AbundanceConfig)
+    neighbourhoods: NeighbourhoodsConfig = Field(default_factory=NeighbourhoodsConfig)
     expression: ExpressionConfig = Field(default_factory=ExpressionConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
     power: PowerConfig = Field(default_factory=PowerConfig)

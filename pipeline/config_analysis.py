@@ -125,6 +125,34 @@ class AbundanceConfig(FrozenModel):
         return list(dict.fromkeys(value))
 
 
+class NeighbourhoodsConfig(FrozenModel):
+    """The neighbourhoods stage: label-free abundance on kNN-graph neighbourhoods (Milo)."""
+
+    prop: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="share of the QC-passed cells drawn as candidate index cells (refined "
+        "sampling merges some, so the neighbourhoods are fewer)",
+    )
+    k: int | None = Field(
+        None,
+        ge=2,
+        description="cells per neighbourhood (the index cell and its nearest cells in the "
+        "graph's embedding); null: 5 per sample (Milo's rule of thumb), at least the graph's "
+        "n_neighbors and at most max_k",
+    )
+    max_k: int = Field(500, ge=2, description="the largest neighbourhood when k is null")
+    time: Literal["factor", "continuous"] = Field(
+        "factor", description="timepoint as a factor (0/3/6 months) or as continuous months"
+    )
+    alpha: float = Field(
+        0.1, gt=0, lt=1, description="spatial FDR threshold in the plots and summary"
+    )
+    chunk: int = Field(250, ge=1, description="neighbourhoods per task on the cluster")
+    seed: int = Field(0, description="seed of the index cells' sampling")
+
+
 class ExpressionConfig(FrozenModel):
     """The expression stage: pseudobulk per sample x cell type and NB GLM contrasts."""
 

@@ -140,6 +140,15 @@ STAGES: tuple[Stage, ...] = (
         writes=Elements(folder="abundance"),
     ),
     Stage(
+        "neighbourhoods", 1, "label-free abundance on kNN-graph neighbourhoods (Milo-style): GLMM per neighbourhood, spatial FDR",
+        run="pipeline.neighbourhoods:run_neighbourhoods", config="neighbourhoods",
+        inputs="pipeline.neighbourhoods:neighbourhoods_digest_inputs",
+        reads=Elements(cohort=(*_DESIGN, "obs/qc_pass", "obs/lineage", "obs/b_subset",
+                               "obsm/X_pca_harmony", "obsm/X_scvi", "obsm/X_pca",
+                               "obsp/distances")),
+        writes=Elements(folder="neighbourhoods"),
+    ),
+    Stage(
         "expression", 2, "pseudobulk per sample x cell type, NB GLM contrasts (PyDESeq2), gene programs",
         run="pipeline.expression:run_expression", config="expression",
         inputs="pipeline.expression:expression_digest_inputs",

@@ -93,6 +93,30 @@ class AbundanceFiles(StageFolder):
 
 
 @dataclass(frozen=True)
+class NeighbourhoodsFiles(StageFolder):
+    @property
+    def nhoods(self) -> Path:
+        """AnnData-Zarr: neighbourhoods x samples counts, the neighbourhoods' index cells
+        and labels (obs), the samples (var), the membership (uns, cells x neighbourhoods)."""
+        return self.root / "nhoods.zarr"
+
+    @property
+    def tests(self) -> Path:
+        return self.root / "tests.csv"
+
+    @property
+    def fits(self) -> Path:
+        return self.root / "fits.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def beeswarm_png(self, contrast: str) -> Path:
+        return self.root / f"beeswarm_{contrast}.png"
+
+
+@dataclass(frozen=True)
 class ExpressionFiles(StageFolder):
     @property
     def pseudobulk(self) -> Path:
@@ -305,6 +329,10 @@ class Workdir:
     @property
     def abundance(self) -> AbundanceFiles:
         return AbundanceFiles(self.root / "abundance")
+
+    @property
+    def neighbourhoods(self) -> NeighbourhoodsFiles:
+        return NeighbourhoodsFiles(self.root / "neighbourhoods")
 
     @property
     def expression(self) -> ExpressionFiles:

@@ -197,7 +197,10 @@ def _beta_vcov(hess: np.ndarray, params: np.ndarray, k: int) -> np.ndarray:
     where the deviance is flat to second order in it) is held fixed."""
     keep = list(range(k)) + [k + j for j in range(2) if params[k + j] > 1e-4]
     sub = hess[np.ix_(keep, keep)]
-    return 2.0 * np.linalg.inv(sub)[:k, :k]
+    try:
+        return 2.0 * np.linalg.inv(sub)[:k, :k]
+    except np.linalg.LinAlgError:  # e.g. a design cell without any cells: infinite log-odds
+        return np.full((k, k), np.nan)
 
 
 def fit_binomial_glmm(

@@ -1,7 +1,7 @@
 """Neighbourhood graph, Leiden clusters and UMAP of the integrated embedding; new cells
 placed in an existing graph."""
 
-from ._knn import Neighbors, knn_graphs, nearest_neighbors
+from ._knn import Neighbors, knn_graphs, nearest_neighbors, neighbours_of
 from ._layout import leiden_clusters, place_by_neighbors, umap_layout
 from ._query import QueryNeighbors, place_query, query_edges, query_neighbors, vote_clusters
 from ._run import run_graph
@@ -15,6 +15,7 @@ __all__ = [
     "knn_graphs",
     "leiden_clusters",
     "nearest_neighbors",
+    "neighbours_of",
     "place_by_neighbors",
     "place_query",
     "query_edges",

@@ -43,15 +43,26 @@ def nearest_neighbors(
 ) -> Neighbors:
     """The ``k`` nearest cells of every cell (itself first), euclidean; faiss searches on
     every core this process may use (the same result with the same number of cores)."""
-    from ..runtime import faiss_all_cores
-
-    faiss = faiss_all_cores()
-
     points = np.ascontiguousarray(x, dtype=np.float32)
-    n, dim = points.shape
+    n = points.shape[0]
     if k > n:
         msg = f"asked for {k} neighbours of {n} cells"
         raise ValueError(msg)
+    index, exact = knn_index(points, exact_knn_below=exact_knn_below, seed=seed)
+    indices, distances = _search(index, points, k, chunk_cells)
+    del index
+    _self_first(indices, distances)
+    return Neighbors(indices=indices, distances=distances, exact=exact)
+
+
+def knn_index(points: np.ndarray, *, exact_knn_below: int = 50_000, seed: int = 0):
+    """The faiss index `nearest_neighbors` searches (exact below ``exact_knn_below`` rows,
+    a seeded inverted-file index above), holding ``points`` (contiguous float32); and
+    whether it is exact."""
+    from ..runtime import faiss_all_cores
+
+    faiss = faiss_all_cores()
+    n, dim = points.shape
     exact = n < exact_knn_below
     if exact:
         index = faiss.IndexFlatL2(dim)
@@ -63,25 +74,52 @@ def nearest_neighbors(
         index.train(points[np.sort(train)])
         index.nprobe = NPROBE
     index.add(points)
+    return index, exact
+
+
+def _search(index, queries: np.ndarray, k: int, chunk_cells: int):
+    n = queries.shape[0]
     indices = np.empty((n, k), dtype=np.int64)
     distances = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, chunk_cells):
-        squared, found = index.search(points[start : start + chunk_cells], k)
+        squared, found = index.search(queries[start : start + chunk_cells], k)
         indices[start : start + len(found)] = found
         distances[start : start + len(found)] = np.sqrt(np.maximum(squared, 0))
+    return indices, distances
+
+
+def neighbours_of(
+    x: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    *,
+    exact_knn_below: int = 50_000,
+    seed: int = 0,
+    chunk_cells: int = 50_000,
+) -> Neighbors:
+    """The ``k`` nearest cells of the cells ``rows`` of ``x`` (each itself first), found
+    with the index `nearest_neighbors` builds for all of ``x``: with the same ``k`` the
+    rows of its result."""
+    points = np.ascontiguousarray(x, dtype=np.float32)
+    if k > points.shape[0]:
+        msg = f"asked for {k} neighbours of {points.shape[0]} cells"
+        raise ValueError(msg)
+    index, exact = knn_index(points, exact_knn_below=exact_knn_below, seed=seed)
+    indices, distances = _search(index, points[np.asarray(rows)], k, chunk_cells)
     del index
-    _self_first(indices, distances)
+    _self_first(indices, distances, own=np.asarray(rows, dtype=np.int64))
     return Neighbors(indices=indices, distances=distances, exact=exact)
 
 
-def _self_first(indices: np.ndarray, distances: np.ndarray) -> None:
-    """Put each cell in column 0 (a tie with a duplicate cell may displace it), in place."""
-    own = np.arange(indices.shape[0])
+def _self_first(indices: np.ndarray, distances: np.ndarray, own: np.ndarray | None = None) -> None:
+    """Put each cell (row r: cell ``own[r]``, default r) in column 0 (a tie with a
+    duplicate cell may displace it), in place."""
+    own = np.arange(indices.shape[0]) if own is None else own
     for r in np.flatnonzero(indices[:, 0] != own):
-        others = indices[r] != r
+        others = indices[r] != own[r]
         keep_idx = indices[r][others][: indices.shape[1] - 1]
         keep_dist = distances[r][others][: indices.shape[1] - 1]
-        indices[r, 0], distances[r, 0] = r, 0.0
+        indices[r, 0], distances[r, 0] = own[r], 0.0
         indices[r, 1 : 1 + keep_idx.size] = keep_idx
         distances[r, 1 : 1 + keep_dist.size] = keep_dist
 

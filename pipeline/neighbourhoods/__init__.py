@@ -1,0 +1,42 @@
+"""Label-free differential abundance on neighbourhoods of the kNN graph (Milo-style):
+refined sampling of index cells, counts per sample, the project's binomial GLMM with the
+study's design and contrasts per neighbourhood, spatial FDR."""
+
+from ._kernels import (
+    Neighbourhoods,
+    majority_labels,
+    make_neighbourhoods,
+    membership_matrix,
+    refined_index_cells,
+    sample_counts,
+    sample_index_cells,
+    spatial_fdr,
+)
+from ._model import ChunkFits, estimable_contrasts, fit_neighbourhoods
+from ._plots import beeswarm_plot, nhood_groups
+from ._run import (
+    TEST_COLUMNS,
+    neighbourhood_size,
+    neighbourhoods_digest_inputs,
+    run_neighbourhoods,
+)
+
+__all__ = [
+    "TEST_COLUMNS",
+    "ChunkFits",
+    "Neighbourhoods",
+    "beeswarm_plot",
+    "estimable_contrasts",
+    "fit_neighbourhoods",
+    "majority_labels",
+    "make_neighbourhoods",
+    "membership_matrix",
+    "neighbourhood_size",
+    "neighbourhoods_digest_inputs",
+    "nhood_groups",
+    "refined_index_cells",
+    "run_neighbourhoods",
+    "sample_counts",
+    "sample_index_cells",
+    "spatial_fdr",
+]

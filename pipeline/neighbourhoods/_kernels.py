@@ -1,0 +1,144 @@
+"""Neighbourhoods of the kNN graph (Milo; Dann et al., Nat Biotechnol 2022): index cells
+by refined sampling, their counts per sample, their majority labels and the spatial FDR
+(pure numpy; no I/O).
+
+A neighbourhood is an index cell and its ``k`` nearest cells in the integrated
+embedding. Membership is kept as index arrays (neighbourhood x k), never as a dense
+cells x neighbourhoods matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..graph import neighbours_of
+
+
+@dataclass(frozen=True)
+class Neighbourhoods:
+    """Neighbourhoods over rows 0..n-1 of an embedding."""
+
+    index_cells: np.ndarray  # neighbourhoods, ascending
+    members: np.ndarray  # neighbourhoods x k: each index cell first, then its nearest
+    kth_distance: np.ndarray  # from each index cell to its farthest member
+    exact: bool  # exact neighbour search (else faiss's inverted-file index)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """Milo's spatial FDR weights: 1 / the k-th neighbour's distance."""
+        with np.errstate(divide="ignore"):
+            return 1.0 / self.kth_distance.astype(float)
+
+
+def make_neighbourhoods(
+    x: np.ndarray,
+    graph: sp.csr_matrix,
+    k: int,
+    *,
+    prop: float,
+    seed: int,
+    exact_knn_below: int = 50_000,
+    knn_seed: int = 0,
+) -> Neighbourhoods:
+    """Index cells by refined sampling of ``prop`` of the rows of ``x`` on ``graph``
+    (the graph stage's kNN distances over the same rows), each neighbourhood the index
+    cell's ``k`` nearest cells in ``x`` searched as the graph stage searches (with the
+    graph's k: exactly its rows)."""
+    index = sample_index_cells(x, graph, np.arange(x.shape[0]), prop, seed)
+    nn = neighbours_of(x, index, k, exact_knn_below=exact_knn_below, seed=knn_seed)
+    return Neighbourhoods(index, nn.indices, nn.distances[:, -1].copy(), nn.exact)
+
+
+def refined_index_cells(
+    x: np.ndarray, graph: sp.csr_matrix, sampled: np.ndarray, *, chunk: int = 10_000
+) -> np.ndarray:
+    """Milo's refined sampling: for each sampled cell, the cell among it and its graph
+    neighbours (a row of ``graph``, self excluded) nearest to their median position in
+    ``x``; the distinct cells found, ascending.
+
+    ``x`` is cells x dimensions (rows as in ``graph``); ``sampled`` the rows drawn at
+    random. A row with fewer neighbours than the widest is padded with the cell itself.
+    """
+    sampled = np.asarray(sampled, dtype=np.int64)
+    lengths = np.diff(graph.indptr)[sampled]
+    width = int(lengths.max(initial=0)) + 1
+    out = np.empty(sampled.size, dtype=np.int64)
+    for start in range(0, sampled.size, chunk):
+        rows = sampled[start : start + chunk]
+        members = np.repeat(rows[:, None], width, axis=1)
+        for j, r in enumerate(rows):
+            nbrs = graph.indices[graph.indptr[r] : graph.indptr[r + 1]]
+            members[j, 1 : 1 + nbrs.size] = nbrs
+        points = x[members]  # rows x width x dims
+        centre = np.median(points, axis=1)
+        dist = ((points - centre[:, None, :]) ** 2).sum(axis=2)
+        out[start : start + rows.size] = members[np.arange(rows.size), dist.argmin(axis=1)]
+    return np.unique(out)
+
+
+def sample_index_cells(
+    x: np.ndarray, graph: sp.csr_matrix, kept: np.ndarray, prop: float, seed: int
+) -> np.ndarray:
+    """``prop`` of the ``kept`` rows drawn at random (seeded), refined
+    (`refined_index_cells`)."""
+    kept = np.asarray(kept, dtype=np.int64)
+    n = max(1, round(prop * kept.size))
+    sampled = np.sort(np.random.default_rng(seed).choice(kept, size=n, replace=False))
+    return refined_index_cells(x, graph, sampled)
+
+
+def membership_matrix(members: np.ndarray, n_cells: int) -> sp.csc_matrix:
+    """cells x neighbourhoods (0/1, CSC) from the members' rows (neighbourhoods x k)."""
+    m, k = members.shape
+    data = np.ones(m * k, dtype=np.uint8)
+    indptr = np.arange(0, m * k + 1, k, dtype=np.int64)
+    indices = np.sort(members, axis=1).ravel().astype(np.int64)
+    return sp.csc_matrix((data, indices, indptr), shape=(n_cells, m))
+
+
+def sample_counts(members: np.ndarray, sample_codes: np.ndarray, n_samples: int) -> np.ndarray:
+    """Cells of each sample in each neighbourhood (neighbourhoods x samples, int64);
+    ``sample_codes`` gives every cell's sample (0..n_samples-1)."""
+    m = members.shape[0]
+    codes = sample_codes[members] + n_samples * np.arange(m)[:, None]
+    return np.bincount(codes.ravel(), minlength=m * n_samples).reshape(m, n_samples)
+
+
+def majority_labels(
+    members: np.ndarray, label_codes: np.ndarray, n_labels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each neighbourhood's most common label code and its share of the members; codes
+    < 0 (no label) count in the share's denominator but are never the majority (a
+    neighbourhood with no labelled member gets -1 and share 0)."""
+    m, k = members.shape
+    codes = label_codes[members]
+    ok = codes >= 0
+    flat = (codes + n_labels * np.arange(m)[:, None])[ok]
+    tally = np.bincount(flat, minlength=m * n_labels).reshape(m, n_labels)
+    best = tally.argmax(axis=1)
+    share = tally[np.arange(m), best] / k
+    best[tally.sum(axis=1) == 0] = -1
+    return best, np.where(best >= 0, share, 0.0)
+
+
+def spatial_fdr(pvalues: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Milo's spatial FDR: a weighted Benjamini-Hochberg in which each neighbourhood
+    counts by its weight (1 / the distance from its index cell to its k-th neighbour,
+    miloR's default "k-distance"), so that overlapping neighbourhoods in dense regions
+    do not count as many independent tests. NaN p-values stay NaN and take no weight."""
+    p = np.asarray(pvalues, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p) & np.isfinite(w))
+    if ok.size == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    ws = w[order]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        adjusted = np.nan_to_num(ws.sum() * p[order] / np.cumsum(ws), nan=np.inf)
+    adjusted = np.minimum.accumulate(adjusted[::-1])[::-1]
+    out[order] = np.minimum(adjusted, 1.0)
+    return out

@@ -1,0 +1,227 @@
+"""The neighbourhoods stage in a workdir: the integrated embedding, the graph stage's kNN
+graph and the labels in; neighbourhoods, their counts per sample, the models' contrasts
+with spatial FDR, and plots out (``WORKDIR/neighbourhoods/``, built under a temporary
+name with its manifest).
+
+The driver holds the QC-passed cells' embedding, the graph's neighbour lists and the
+membership (neighbourhoods x k cell rows); the counts are computed by the workers a chunk
+of neighbourhoods at a time, and the models fitted there a chunk at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ..abundance import AbundanceDesignError, estimable_design
+from ..config import RunConfig
+from ..errors import ImmunoprofileError
+from ..labels import B_SUBSETS, DESIGN_COLUMNS, LINEAGES
+from ..workdir import Workdir
+from ._kernels import (
+    majority_labels,
+    make_neighbourhoods,
+    membership_matrix,
+    sample_counts,
+    spatial_fdr,
+)
+from ._model import ChunkFits, estimable_contrasts, fit_neighbourhoods
+from ._plots import beeswarm_plot
+
+if TYPE_CHECKING:
+    from ..stages import StageContext
+
+OBS_COLUMNS = (*DESIGN_COLUMNS, "qc_pass", "lineage", "b_subset")
+TEST_COLUMNS = ("nhood", "index_cell", "lineage", "lineage_fraction", "b_subset",
+                "b_subset_fraction", "contrast", "estimate", "ci_low", "ci_high", "pvalue",
+                "spatial_fdr", "method")  # fmt: skip
+CELLS_PER_SAMPLE = 5  # Milo's rule of thumb: neighbourhoods of ~5 cells per sample
+
+
+def neighbourhoods_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, Any]:
+    """Its parameters, and the graph's embedding and k (the neighbourhoods are searched
+    in that embedding, at least that many cells each)."""
+    del workdir
+    return {
+        "params": cfg.neighbourhoods.model_dump(mode="json"),
+        "graph": {"use_rep": cfg.graph.use_rep, "n_neighbors": cfg.graph.n_neighbors},
+    }
+
+
+def neighbourhood_size(cfg: RunConfig, n_samples: int, n_cells: int) -> int:
+    """``neighbourhoods.k``, or 5 cells per sample within [graph k, max_k]; at most the
+    cells there are."""
+    n = cfg.neighbourhoods
+    k = (
+        n.k
+        if n.k is not None
+        else min(max(CELLS_PER_SAMPLE * n_samples, cfg.graph.n_neighbors), n.max_k)
+    )
+    return min(k, n_cells)
+
+
+def _codes(values: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
+    codes = pd.Categorical(values.astype(object), categories=list(vocabulary)).codes
+    return np.asarray(codes, dtype=np.int64)
+
+
+def _count_chunk(members: np.ndarray, codes: np.ndarray, n_samples: int) -> np.ndarray:
+    return sample_counts(members, codes, n_samples)
+
+
+def _samples(obs: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in DESIGN_COLUMNS if c != "batch"]
+    kept = obs[obs["qc_pass"]]
+    table = kept[cols].astype({"sample_id": str, "patient_id": str, "response": str})
+    table = table.drop_duplicates("sample_id").reset_index(drop=True)
+    sizes = kept["sample_id"].astype(str).value_counts()
+    return table.assign(n_cells=table["sample_id"].map(sizes).to_numpy(dtype=np.int64))
+
+
+def _label_columns(members: np.ndarray, obs: pd.DataFrame) -> pd.DataFrame:
+    out = {}
+    for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS)):
+        best, share = majority_labels(members, _codes(obs[level], vocabulary), len(vocabulary))
+        names = np.array([*vocabulary, ""], dtype=object)
+        out[level] = names[best]
+        out[f"{level}_fraction"] = share
+    return pd.DataFrame(out)
+
+
+def _tests(fits: ChunkFits, contrasts: list[str], nhoods: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for j, contrast in enumerate(contrasts):
+        p = fits.pvalue[:, j]
+        rows.append(nhoods.assign(
+            contrast=contrast, estimate=fits.estimate[:, j], ci_low=fits.ci_low[:, j],
+            ci_high=fits.ci_high[:, j], pvalue=p,
+            spatial_fdr=spatial_fdr(p, nhoods["weight"].to_numpy()), method="glmm",
+        ))  # fmt: skip
+    return pd.concat(rows, ignore_index=True).reindex(columns=list(TEST_COLUMNS))
+
+
+def _fit_all(ctx: StageContext, counts: np.ndarray, samples: pd.DataFrame, design) -> ChunkFits:
+    client, chunk = ctx.cluster, ctx.cfg.neighbourhoods.chunk
+    totals = samples["n_cells"].to_numpy(dtype=float)
+    held = client.scatter(design, broadcast=True)  # held until the fits are done
+    futures = [
+        client.submit(fit_neighbourhoods, counts[s : s + chunk], totals, held, pure=False)
+        for s in range(0, counts.shape[0], chunk)
+    ]
+    parts = client.gather(futures)
+    del futures, held
+    stacked = {key: np.vstack([getattr(p, key) for p in parts])
+               for key in ("estimate", "ci_low", "ci_high", "pvalue")}  # fmt: skip
+    return ChunkFits(**stacked, fits=pd.concat([p.fits for p in parts], ignore_index=True))
+
+
+def _counts(
+    ctx: StageContext, members: np.ndarray, codes: np.ndarray, n_samples: int
+) -> np.ndarray:
+    client, chunk = ctx.cluster, max(1, 2_000_000 // members.shape[1])
+    held = client.scatter(codes, broadcast=True)
+    futures = [client.submit(_count_chunk, members[s : s + chunk], held, n_samples, pure=False)
+               for s in range(0, members.shape[0], chunk)]  # fmt: skip
+    parts = client.gather(futures)
+    del futures, held
+    return np.vstack(parts)
+
+
+def _nhood_store(nhoods: pd.DataFrame, counts: np.ndarray, samples: pd.DataFrame,
+                 members: np.ndarray, n_cells: int, k: int) -> ad.AnnData:  # fmt: skip
+    adata = ad.AnnData(
+        X=counts.astype(np.int32),
+        obs=nhoods.set_index(nhoods["nhood"].astype(str).rename(None)),
+        var=samples.set_index(samples["sample_id"].rename(None)),
+    )
+    adata.uns["membership"] = membership_matrix(members, n_cells)
+    adata.uns["k"] = int(k)
+    return adata
+
+
+def run_neighbourhoods(ctx: StageContext) -> str:
+    """Sample the neighbourhoods, count them per sample, fit and test them, write
+    ``WORKDIR/neighbourhoods/``; one summary line."""
+    cfg, n = ctx.cfg, ctx.cfg.neighbourhoods
+    obs = ctx.read_obs(OBS_COLUMNS)
+    keep = obs["qc_pass"].to_numpy(dtype=bool)
+    rows = np.flatnonzero(keep)
+    samples = _samples(obs)
+    try:
+        design, not_estimable = estimable_design(samples, time=n.time)
+    except AbundanceDesignError as err:
+        raise ImmunoprofileError(f"neighbourhoods: {err}") from err
+    if design is None:
+        reason = "; ".join(sorted(set(not_estimable.values())))
+        raise ImmunoprofileError(f"neighbourhoods: no contrast can be estimated: {reason}")
+    samples = samples.set_index("sample_id").loc[design.samples["sample_id"]].reset_index()
+
+    element = f"obsm/{cfg.graph.use_rep}"
+    x = np.ascontiguousarray(
+        ctx.array(element).get_orthogonal_selection((rows, slice(None))), dtype=np.float32
+    )
+    graph = ctx.read_elem("obsp/distances").tocsr()[rows][:, rows]  # the kept cells' graph
+    k = neighbourhood_size(cfg, len(samples), rows.size)
+    hoods = make_neighbourhoods(x, graph, k, prop=n.prop, seed=n.seed,
+                                exact_knn_below=cfg.graph.exact_knn_below, knn_seed=cfg.graph.seed)  # fmt: skip
+    del graph, x
+    members = rows[hoods.members]  # neighbourhoods x k, rows of cohort.zarr
+    codes = np.full(len(obs), -1, dtype=np.int64)
+    codes[rows] = pd.Categorical(obs["sample_id"].astype(str).to_numpy()[rows],
+                                 categories=samples["sample_id"]).codes  # fmt: skip
+    counts = _counts(ctx, members, codes, len(samples))
+    nhoods = pd.DataFrame({
+        "nhood": np.arange(hoods.index_cells.size), "index_cell": rows[hoods.index_cells],
+        "size": k, "kth_distance": hoods.kth_distance.astype(float), "weight": hoods.weights,
+    })  # fmt: skip
+    nhoods = pd.concat([nhoods, _label_columns(members, obs)], axis=1)
+    fits = _fit_all(ctx, counts, samples, design)
+    contrasts = estimable_contrasts(design)
+    tests = _tests(fits, contrasts, nhoods)
+    unconverged = int((~fits.fits["converged"].astype(bool)).sum())
+    called = {c: int((tests.loc[tests["contrast"] == c, "spatial_fdr"] < n.alpha).sum())
+              for c in contrasts}  # fmt: skip
+    warnings = [f"{c}: not estimable, {r}" for c, r in not_estimable.items()]
+    if unconverged:
+        warnings.append(f"{unconverged} of {len(nhoods)} neighbourhood models did not converge "
+                        "and are not tested (NaN; fits.csv says which and why)")  # fmt: skip
+    if ctx.workdir.batch_layers():
+        warnings.append("the cells of batches added by add-batch are not counted in the "
+                        "neighbourhoods yet; they hold the cohort's samples only")  # fmt: skip
+    with ctx.stage_folder() as (out, manifest):
+        tests.to_csv(out.tests, index=False)
+        fits.fits.assign(nhood=nhoods["nhood"]).to_csv(out.fits, index=False)
+        _nhood_store(nhoods, counts, samples, members, len(obs), k).write_zarr(out.nhoods)
+        plots = []
+        for contrast in [c for c in contrasts if c.startswith("response@")]:
+            fig = beeswarm_plot(tests[tests["contrast"] == contrast], alpha=n.alpha,
+                                title=contrast)  # fmt: skip
+            fig.savefig(out.beeswarm_png(contrast), dpi=110, format="png")
+            plots.append(out.beeswarm_png(contrast).name)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        summary = {
+            "n_nhoods": len(nhoods), "k": k, "prop": n.prop, "n_samples": len(samples),
+            "n_cells": int(rows.size), "exact_neighbours": hoods.exact,
+            "median_nhoods_per_cell": float(np.median(np.bincount(members.ravel(), minlength=len(obs))[rows])),
+            "alpha": n.alpha, "called": called, "contrasts": contrasts,
+            "not_estimable": not_estimable, "unconverged": unconverged,
+            "warnings": warnings, "plots": plots,
+        }  # fmt: skip
+        out.summary.write_text(json.dumps(summary, indent=2, default=str))
+        manifest.update(n_nhoods=len(nhoods), k=k)
+    for note in warnings:
+        print(f"neighbourhoods: warning: {note}")
+    base = called.get("response@month0")
+    lines = [
+        f"neighbourhoods: {len(nhoods):,} neighbourhoods of {k} cells over {len(samples)} "
+        f"samples; outputs in {ctx.workdir.neighbourhoods.root}",
+    ]
+    if base is not None:
+        lines.append(f"  {base} neighbourhoods differ at baseline at spatial FDR < {n.alpha}")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""The neighbourhoods' kernels against direct computations on small data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from pipeline.abundance import bh_qvalues, contrast_table, fit_binomial_glmm, model_design
+from pipeline.graph import nearest_neighbors, neighbours_of
+from pipeline.neighbourhoods import (
+    estimable_contrasts,
+    fit_neighbourhoods,
+    majority_labels,
+    membership_matrix,
+    refined_index_cells,
+    sample_counts,
+    spatial_fdr,
+)
+
+
+def test_spatial_fdr_with_equal_weights_is_benjamini_hochberg() -> None:
+    p = np.random.default_rng(0).uniform(size=200) ** 2
+    p[[3, 50]] = np.nan
+    np.testing.assert_allclose(spatial_fdr(p, np.ones_like(p)), bh_qvalues(p), equal_nan=True)
+
+
+def test_spatial_fdr_weights_each_test_by_its_weight() -> None:
+    # written out from Milo's definition: sum(w) * p_(i) / cumsum(w)_(i), then the running
+    # minimum from the largest p down
+    p = np.array([0.04, 0.01, 0.03, 0.5])
+    w = np.array([1.0, 3.0, 1.0, 5.0])
+    order_w = np.array([3.0, 1.0, 1.0, 5.0])  # weights in p's ascending order
+    raw = 10.0 * np.array([0.01, 0.03, 0.04, 0.5]) / np.cumsum(order_w)
+    expected_sorted = np.minimum.accumulate(raw[::-1])[::-1]
+    expected = np.empty(4)
+    expected[[1, 2, 0, 3]] = np.minimum(expected_sorted, 1)
+    np.testing.assert_allclose(spatial_fdr(p, w), expected)
+    # a neighbourhood in a dense region (small weight) adds little to the others' FDR
+    assert spatial_fdr(p, w)[1] < bh_qvalues(p)[1]
+
+
+def test_refined_sampling_picks_the_member_nearest_to_the_median() -> None:
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(0, 1, (300, 5)), rng.normal(6, 1, (300, 5))]).astype(np.float32)
+    nn = nearest_neighbors(x, 10)
+    graph = sp.csr_matrix(  # the graph stage's obsp/distances: each row's neighbours, self excluded
+        (nn.distances[:, 1:].ravel(), nn.indices[:, 1:].ravel(), np.arange(0, 600 * 9 + 1, 9)),
+        shape=(600, 600),
+    )
+    sampled = np.array([0, 5, 400, 599])
+    got = refined_index_cells(x, graph, sampled)
+    expected = set()
+    for r in sampled:
+        members = nn.indices[r]
+        centre = np.median(x[members], axis=0)
+        expected.add(int(members[np.argmin(((x[members] - centre) ** 2).sum(axis=1))]))
+    assert got.tolist() == sorted(expected)
+
+
+@pytest.mark.parametrize("exact_below", [10_000, 100])  # exact and inverted-file search
+def test_neighbours_of_some_cells_are_their_rows_of_the_whole_search(exact_below: int) -> None:
+    x = np.random.default_rng(2).normal(size=(3000, 8)).astype(np.float32)
+    rows = np.array([0, 17, 999, 2999])
+    whole = nearest_neighbors(x, 12, exact_knn_below=exact_below, seed=3)
+    some = neighbours_of(x, rows, 12, exact_knn_below=exact_below, seed=3)
+    assert some.exact == whole.exact
+    np.testing.assert_array_equal(some.indices[:, 0], rows)
+    np.testing.assert_array_equal(np.sort(some.indices, 1), np.sort(whole.indices[rows], 1))
+
+
+def test_counts_and_membership_match_a_dense_computation() -> None:
+    rng = np.random.default_rng(4)
+    members = np.array([rng.choice(50, 7, replace=False) for _ in range(9)])
+    codes = rng.integers(0, 4, 50)
+    dense = np.zeros((50, 9), dtype=int)
+    for j, m in enumerate(members):
+        dense[m, j] = 1
+    membership = membership_matrix(members, 50)
+    assert sp.issparse(membership) and membership.shape == (50, 9)
+    np.testing.assert_array_equal(membership.toarray(), dense)
+    onehot = np.eye(4, dtype=int)[codes]
+    np.testing.assert_array_equal(sample_counts(members, codes, 4), dense.T @ onehot)
+
+
+def test_majority_labels_ignore_unlabelled_cells_but_count_them_in_the_share() -> None:
+    members = np.array([[0, 1, 2, 3], [4, 5, 6, 7]])
+    codes = np.array([1, 1, 0, -1, -1, -1, -1, -1])
+    best, share = majority_labels(members, codes, 2)
+    assert best.tolist() == [1, -1]
+    np.testing.assert_allclose(share, [0.5, 0.0])
+
+
+def _design():
+    patients = [f"p{i}" for i in range(8)]
+    samples = pd.DataFrame({
+        "sample_id": [f"{p}_{t}" for p in patients for t in (0, 3)],
+        "patient_id": [p for p in patients for _ in (0, 3)],
+        "timepoint_months": [t for _ in patients for t in (0, 3)],
+        "response": [("responder" if i < 4 else "non_responder") for i in range(8) for _ in (0, 3)],
+    })  # fmt: skip
+    return model_design(samples)
+
+
+def test_each_neighbourhood_is_the_projects_glmm_on_its_counts() -> None:
+    design = _design()
+    rng = np.random.default_rng(5)
+    totals = rng.integers(800, 1200, 16).astype(float)
+    counts = rng.binomial(totals.astype(int)[None, :].repeat(3, 0), 0.02).astype(float)
+    got = fit_neighbourhoods(counts, totals, design)
+    contrasts = estimable_contrasts(design)
+    for i in range(3):
+        fit = fit_binomial_glmm(counts[i], totals, design.x, design.patient)
+        table = contrast_table(fit.beta, fit.vcov, design.contrasts, design.df)
+        table = table.set_index("contrast").loc[contrasts]
+        np.testing.assert_allclose(got.estimate[i], table["estimate"], rtol=1e-6)
+        np.testing.assert_allclose(got.pvalue[i], table["pvalue"], rtol=1e-6)
+    assert got.fits["converged"].all()
+
+
+def test_a_design_cell_without_cells_makes_its_contrasts_not_estimable() -> None:
+    design = _design()
+    totals = np.full(16, 1000.0)
+    counts = np.full((1, 16), 20.0)
+    nr_month3 = ((design.samples["response"] == "non_responder")
+                 & (design.samples["timepoint_months"] == 3)).to_numpy()  # fmt: skip
+    counts[0, nr_month3] = 0
+    got = fit_neighbourhoods(counts, totals, design)
+    contrasts = estimable_contrasts(design)
+    blank = {c for c, v in zip(contrasts, got.estimate[0], strict=True) if np.isnan(v)}
+    assert blank == {"response@month3", "time3@non_responder", "response:time3"}
+    assert np.isfinite(got.pvalue[0][contrasts.index("response@month0")])

@@ -1,0 +1,111 @@
+"""The neighbourhoods stage on the small cohort analysed by `immunoprofile run`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.labels import B_SUBSETS, LINEAGES
+from pipeline.neighbourhoods import TEST_COLUMNS, majority_labels, spatial_fdr
+
+from ..conftest import CommandRun, _main
+
+
+@pytest.fixture(scope="module")
+def tests_csv(analysed_small: CommandRun) -> pd.DataFrame:
+    return pd.read_csv(analysed_small.workdir / "neighbourhoods" / "tests.csv")
+
+
+@pytest.fixture(scope="module")
+def nhoods(analysed_small: CommandRun) -> ad.AnnData:
+    return ad.read_zarr(analysed_small.workdir / "neighbourhoods" / "nhoods.zarr")
+
+
+@pytest.fixture(scope="module")
+def cohort_obs(analysed_small: CommandRun) -> pd.DataFrame:
+    return ad.read_zarr(analysed_small.workdir / "cohort.zarr").obs
+
+
+def test_tests_follow_the_contract_one_row_per_neighbourhood_and_contrast(
+    analysed_small: CommandRun, tests_csv: pd.DataFrame, nhoods: ad.AnnData
+) -> None:
+    assert analysed_small.run[0] == 0, analysed_small.run[2]
+    assert "neighbourhoods: " in analysed_small.run[1]
+    assert list(tests_csv.columns) == list(TEST_COLUMNS)
+    summary = json.loads((analysed_small.workdir / "neighbourhoods" / "summary.json").read_text())
+    assert summary["n_nhoods"] == nhoods.n_obs > 50
+    assert len(tests_csv) == nhoods.n_obs * len(summary["contrasts"])
+    assert set(tests_csv["contrast"]) == set(summary["contrasts"])
+    assert "response@month0" in summary["contrasts"]
+    assert (tests_csv["method"] == "glmm").all()
+    tested = tests_csv.dropna(subset=["pvalue"])
+    assert len(tested) > 0.9 * len(tests_csv)
+    assert (tested["ci_low"] <= tested["estimate"]).all()
+    assert (tested["estimate"] <= tested["ci_high"]).all()
+    for contrast, part in tests_csv.groupby("contrast"):
+        weights = nhoods.obs.set_index("nhood").loc[part["nhood"], "weight"].to_numpy()
+        np.testing.assert_allclose(
+            part["spatial_fdr"], spatial_fdr(part["pvalue"].to_numpy(), weights), equal_nan=True
+        )
+        called = int((part["spatial_fdr"] < summary["alpha"]).sum())
+        assert summary["called"][contrast] == called
+
+
+def test_counts_are_the_members_per_sample_and_index_cells_passed_qc(
+    nhoods: ad.AnnData, cohort_obs: pd.DataFrame
+) -> None:
+    membership = nhoods.uns["membership"].tocsc()
+    assert membership.shape == (len(cohort_obs), nhoods.n_obs)
+    k = nhoods.uns["k"]
+    np.testing.assert_array_equal(np.diff(membership.indptr), k)
+    index = nhoods.obs["index_cell"].to_numpy()
+    assert cohort_obs["qc_pass"].to_numpy()[index].all()
+    assert (membership[index, np.arange(nhoods.n_obs)] == 1).all()
+    members_qc = cohort_obs["qc_pass"].to_numpy()[membership.indices]
+    assert members_qc.all()
+    sample = cohort_obs["sample_id"].astype(str).to_numpy()
+    expected = np.zeros(nhoods.shape, dtype=int)
+    for j in range(nhoods.n_obs):
+        cells = membership.indices[membership.indptr[j] : membership.indptr[j + 1]]
+        ids, n = np.unique(sample[cells], return_counts=True)
+        expected[j, nhoods.var_names.get_indexer(ids)] = n
+    np.testing.assert_array_equal(np.asarray(nhoods.X), expected)
+    passed = cohort_obs[cohort_obs["qc_pass"]]["sample_id"].astype(str).value_counts()
+    np.testing.assert_array_equal(nhoods.var["n_cells"], passed.reindex(nhoods.var_names))
+
+
+def test_majority_labels_are_those_of_the_members(
+    nhoods: ad.AnnData, cohort_obs: pd.DataFrame
+) -> None:
+    membership = nhoods.uns["membership"].tocsc()
+    members = membership.indices.reshape(nhoods.n_obs, -1)
+    for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS)):
+        codes = pd.Categorical(cohort_obs[level].astype(object), categories=list(vocabulary))
+        best, share = majority_labels(
+            members, np.asarray(codes.codes, dtype=np.int64), len(vocabulary)
+        )
+        names = np.array([*vocabulary, ""], dtype=object)[best]
+        np.testing.assert_array_equal(nhoods.obs[level].astype(object).fillna("").to_numpy(), names)
+        np.testing.assert_allclose(nhoods.obs[f"{level}_fraction"], share)
+    b = nhoods.obs[nhoods.obs["lineage"] == "B"]
+    assert len(b) > 0 and (b["b_subset"] != "").all()
+
+
+def test_the_stage_is_seeded_and_a_rerun_skips_it(
+    analysed_small: CommandRun, tests_csv: pd.DataFrame, tmp_path
+) -> None:
+    workdir = tmp_path / "w"
+    shutil.copytree(analysed_small.workdir, workdir)
+    args = [*analysed_small.args[:-1], str(workdir)]
+    code, out, err = _main([*args, "--until", "neighbourhoods"])
+    assert code == 0, err
+    assert "neighbourhoods: unchanged inputs and parameters, skipped" in out
+    code, out, err = _main([*args, "--until", "neighbourhoods", "--force", "neighbourhoods"])
+    assert code == 0, err
+    again = pd.read_csv(workdir / "neighbourhoods" / "tests.csv")
+    pd.testing.assert_frame_equal(again, tests_csv)
