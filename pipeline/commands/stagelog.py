@@ -55,6 +55,15 @@ class TaskCounter(SchedulerPlugin):
             self.finished += 1
 
 
+def _in_kernel() -> bool:
+    """Whether this runs in a Jupyter (IPython) kernel, whose stderr is no terminal but
+    shows tqdm.auto's bar (a widget with ipywidgets installed, text without)."""
+    if "ipykernel" not in sys.modules or "IPython" not in sys.modules:
+        return False
+    shell = sys.modules["IPython"].get_ipython()
+    return getattr(shell, "kernel", None) is not None
+
+
 def _counts(dask_scheduler: Any) -> tuple[int, int]:
     counter = dask_scheduler.plugins.get(PLUGIN)
     return (counter.finished, counter.submitted) if counter is not None else (0, 0)
@@ -82,7 +91,14 @@ class _Poller(threading.Thread):
         self.peak_total = max(self.peak_total, sum(memory))
         if self.bar is not None:
             done, total = self.client.run_on_scheduler(_counts)
-            self.bar.total = max(total, done, self.bar.total or 0)
+            total = max(total, done, self.bar.total or 0)
+            if total != self.bar.total:
+                self.bar.total = total
+                # tqdm.notebook sizes its widget once, from the total it was made with (0:
+                # a full blue bar): keep the widget's maximum in step
+                widget = getattr(self.bar, "container", None)
+                if widget is not None:
+                    widget.children[1].max, widget.children[1].bar_style = total, ""
             self.bar.n = max(done, self.bar.n)
             self.bar.set_postfix_str(f"{len(workers)} workers, {sum(memory) / GIB:.2f} GiB")
 
@@ -93,10 +109,14 @@ class _Poller(threading.Thread):
             except Exception:  # the cluster is going away: stop sampling, keep the stage
                 return
 
-    def close(self) -> None:
+    def close(self, *, failed: bool = False) -> None:
         self.stop.set()
         self.join(timeout=5)
         if self.bar is not None:
+            if not failed and self.bar.total:
+                # done, though the last poll came before the last tasks (or some were
+                # cancelled): tqdm.notebook would leave a red bar, as after an error
+                self.bar.n = self.bar.total
             self.bar.close()
             with contextlib.suppress(Exception):
                 self.client.unregister_scheduler_plugin(PLUGIN)
@@ -114,10 +134,11 @@ def stage_log(
     """Monitor one stage; yields a dict the caller may fill (``message``, ``status``).
 
     ``progress``: a stream for the status line, ``True`` for stderr, ``None`` for stderr
-    when it is a terminal, ``False`` for none.
+    when it is a terminal or a Jupyter kernel's (a widget in the notebook) and none on a
+    pipe (CI, SLURM logs), ``False`` for none.
     """
     stream: IO[str] | None = None
-    if progress is True or (progress is None and sys.stderr.isatty()):
+    if progress is True or (progress is None and (sys.stderr.isatty() or _in_kernel())):
         stream = sys.stderr
     elif progress is not None and not isinstance(progress, bool):
         stream = progress
@@ -133,7 +154,7 @@ def stage_log(
         record["error"] = f"{type(exc).__name__}: {exc}"[:500]
         raise
     finally:
-        poller.close()
+        poller.close(failed=record["status"] == "failed")
         files = Workdir(workdir)
         manifest = files.cohort_manifest()
         record.update(
