@@ -12,8 +12,9 @@ likelihood is written here and tested against lme4's own answers
 (tests/abundance/data/glmm_reference). Because each sample belongs to one patient, the
 Hessian of the random effects is block diagonal by patient, and each block is an arrow
 (the patient effect against its samples' effects): Newton steps, log-determinants and
-the solves below are closed forms over the observations, so one likelihood evaluation
-costs a few vector operations whatever the number of patients.
+the solves are closed forms over the observations, so one likelihood evaluation
+costs a few vector operations whatever the number of patients (compiled with numba in
+`pipeline.abundance._laplace`).
 
 The gradient of the Laplace deviance with respect to (beta, sigma_p, sigma_s) is exact,
 including the dependence of the log-determinant on the conditional modes; the
@@ -29,8 +30,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit, gammaln
 
-_NEWTON_TOL = 1e-10
-_MAX_NEWTON = 60
+from ._laplace import laplace_deviance
 
 
 @dataclass(frozen=True)
@@ -54,94 +54,30 @@ class GlmmFit:
 
 
 class _Laplace:
-    """The Laplace deviance of one data set, with the conditional modes kept between
-    calls as the next Newton start."""
+    """The Laplace deviance of one data set (compiled: `pipeline.abundance._laplace`),
+    with the conditional modes kept between calls as the next Newton start."""
 
     def __init__(self, count: np.ndarray, total: np.ndarray, x: np.ndarray, patient: np.ndarray):
-        self.y = count.astype(float)
-        self.n = total.astype(float)
-        self.x = x
-        self.patient = patient
+        self.y = np.ascontiguousarray(count, dtype=np.float64)
+        self.n = np.ascontiguousarray(total, dtype=np.float64)
+        self.x = np.ascontiguousarray(x, dtype=np.float64)
+        self.xt = np.ascontiguousarray(self.x.T)
+        self.patient = np.ascontiguousarray(patient, dtype=np.int64)
         self.n_patients = int(patient.max()) + 1
         self.const = float(np.sum(gammaln(self.n + 1) - gammaln(self.y + 1)
                                   - gammaln(self.n - self.y + 1)))  # fmt: skip
         self.a = np.zeros(self.n_patients)
         self.c = np.zeros(self.y.size)
 
-    def _psum(self, values: np.ndarray) -> np.ndarray:
-        return np.bincount(self.patient, weights=values, minlength=self.n_patients)
-
-    def _blocks(self, w: np.ndarray, sp: float, ss: float):
-        """The arrow blocks of H = I + L'Z'WZL: d_i, b_i and the Schur complement S_p."""
-        d = 1.0 + ss * ss * w
-        b = sp * ss * w
-        schur = 1.0 + sp * sp * self._psum(w) - self._psum(b * b / d)
-        return d, b, schur
-
-    def _solve(self, d, b, schur, qa: np.ndarray, qc: np.ndarray):
-        ua = (qa - self._psum(b * qc / d)) / schur
-        return ua, (qc - b * ua[self.patient]) / d
-
-    def _penalized(self, eta: np.ndarray, a: np.ndarray, c: np.ndarray) -> float:
-        loglik = np.sum(self.y * eta - self.n * np.logaddexp(0.0, eta))
-        return float(loglik - 0.5 * (a @ a + c @ c))
-
-    def modes(self, beta: np.ndarray, sp: float, ss: float):
-        """Newton (with step halving) for the conditional modes at these parameters."""
-        offset = self.x @ beta
-        a, c = self.a, self.c
-        eta = offset + sp * a[self.patient] + ss * c
-        value = self._penalized(eta, a, c)
-        for _ in range(_MAX_NEWTON):
-            mu = expit(eta)
-            r = self.y - self.n * mu
-            w = self.n * mu * (1.0 - mu)
-            d, b, schur = self._blocks(w, sp, ss)
-            da, dc = self._solve(d, b, schur, sp * self._psum(r) - a, ss * r - c)
-            step = 1.0
-            while True:
-                a_new, c_new = a + step * da, c + step * dc
-                eta_new = offset + sp * a_new[self.patient] + ss * c_new
-                new_value = self._penalized(eta_new, a_new, c_new)
-                if new_value >= value - 1e-12 * abs(value) or step < 1e-8:
-                    break
-                step *= 0.5
-            a, c, eta, value = a_new, c_new, eta_new, new_value
-            if step * max(np.abs(da).max(initial=0.0), np.abs(dc).max(initial=0.0)) < _NEWTON_TOL:
-                break
-        self.a, self.c = a, c
-        return a, c, eta
-
     def deviance(self, params: np.ndarray) -> tuple[float, np.ndarray]:
         """-2 log L (Laplace) and its exact gradient in (beta, sigma_p, sigma_s)."""
-        beta, sp, ss = params[:-2], float(params[-2]), float(params[-1])
-        a, c, eta = self.modes(beta, sp, ss)
-        mu = expit(eta)
-        r = self.y - self.n * mu
-        w = self.n * mu * (1.0 - mu)
-        d, b, schur = self._blocks(w, sp, ss)
-        logdet = float(np.sum(np.log(d)) + np.sum(np.log(schur)))
-        loglik = np.sum(self.y * eta - self.n * np.logaddexp(0.0, eta)) + self.const
-        dev = float(-2.0 * loglik + a @ a + c @ c + logdet)
-
-        # Entries of H^-1 in each arrow block.
-        inv_aa = 1.0 / schur
-        inv_ac = -(b / d) * inv_aa[self.patient]
-        inv_cc = 1.0 / d + (b / d) ** 2 * inv_aa[self.patient]
-        lev = sp * sp * inv_aa[self.patient] + 2 * sp * ss * inv_ac + ss * ss * inv_cc
-        t = lev * w * (1.0 - 2.0 * mu)  # d log|H| / d eta_i at fixed modes
-        sa, sc = self._solve(d, b, schur, sp * self._psum(t), ss * t)  # H^-1 L'Z' t
-        z = sp * sa[self.patient] + ss * sc
-        wz = w * z
-        a_i = a[self.patient]
-        grad_beta = -2.0 * (self.x.T @ r) + self.x.T @ (t - wz)
-        explicit_p = 2 * sp * np.sum(inv_aa * self._psum(w)) + 2 * ss * np.sum(inv_ac * w)
-        explicit_s = 2 * ss * np.sum(inv_cc * w) + 2 * sp * np.sum(inv_ac * w)
-        grad_p = (-2.0 * np.sum(r * a_i) + explicit_p + np.sum(t * a_i)
-                  + np.sum(sa[self.patient] * r) - np.sum(wz * a_i))  # fmt: skip
-        grad_s = (-2.0 * np.sum(r * c) + explicit_s + np.sum(t * c)
-                  + np.sum(sc * r) - np.sum(wz * c))  # fmt: skip
-        return dev, np.concatenate([grad_beta, [grad_p, grad_s]])
+        params = np.asarray(params, dtype=np.float64)
+        dev, grad, self.a, self.c = laplace_deviance(
+            self.y, self.n, self.x, self.xt, self.patient, self.n_patients, self.const,
+            np.ascontiguousarray(params[:-2]), float(params[-2]), float(params[-1]),
+            self.a, self.c,
+        )  # fmt: skip
+        return float(dev), grad
 
 
 def _start(count: np.ndarray, total: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -131,3 +131,29 @@ def test_a_design_cell_without_cells_makes_its_contrasts_not_estimable() -> None
     blank = {c for c, v in zip(contrasts, got.estimate[0], strict=True) if np.isnan(v)}
     assert blank == {"response@month3", "time3@non_responder", "response:time3"}
     assert np.isfinite(got.pvalue[0][contrasts.index("response@month0")])
+
+
+def test_a_planted_baseline_difference_is_called_and_the_rest_is_not() -> None:
+    rng = np.random.default_rng(6)
+    patients = [f"p{i}" for i in range(20)]
+    samples = pd.DataFrame({
+        "sample_id": [f"{p}_{t}" for p in patients for t in (0, 3)],
+        "patient_id": [p for p in patients for _ in (0, 3)],
+        "timepoint_months": [t for _ in patients for t in (0, 3)],
+        "response": [("responder" if i < 10 else "non_responder") for i in range(20) for _ in (0, 3)],
+    })  # fmt: skip
+    design = model_design(samples)
+    totals = rng.integers(1500, 2500, 40).astype(float)
+    nonresponder = (samples["response"] == "non_responder").to_numpy()
+    patient = design.patient
+    n_hoods, planted = 40, np.arange(10)
+    logits = np.log(0.02) + rng.normal(0, 0.3, (n_hoods, 20))[:, patient]
+    logits += rng.normal(0, 0.15, (n_hoods, 40))
+    logits[planted] += 1.2 * nonresponder
+    counts = rng.binomial(totals.astype(int), 1 / (1 + np.exp(-logits))).astype(float)
+    fits = fit_neighbourhoods(counts, totals, design)
+    j = estimable_contrasts(design).index("response@month0")
+    called = spatial_fdr(fits.pvalue[:, j], np.ones(n_hoods)) < 0.1
+    assert called[planted].sum() >= 9
+    assert called[10:].sum() <= 1
+    assert (fits.estimate[planted, j] > 0.6).all()
