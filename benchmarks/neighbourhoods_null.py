@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--designs", type=int, default=50)
     parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--k", type=int, help="cells per neighbourhood (default: the stage's rule)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     cfg = RunConfig()
@@ -73,7 +74,7 @@ def main() -> None:
                .astype({"sample_id": str, "patient_id": str, "response": str})
                .drop_duplicates("sample_id").reset_index(drop=True))  # fmt: skip
     samples["n_cells"] = samples["sample_id"].map(obs["sample_id"].astype(str).value_counts())
-    k = neighbourhood_size(cfg, len(samples), len(obs))
+    k = args.k or neighbourhood_size(cfg, len(samples), len(obs))
     t = time.perf_counter()
     hoods = make_neighbourhoods(x, graph, k, prop=cfg.neighbourhoods.prop, seed=0)
     codes = pd.Categorical(obs["sample_id"].astype(str), categories=samples["sample_id"]).codes

@@ -79,6 +79,34 @@ class PlantedEffect(_Frozen):
         return "b_subset" if self.cell_type in B_SUBSETS else "lineage"
 
 
+class SubState(_Frozen):
+    """A part of one leaf cell type with genes of its own, whose share of that type changes
+    (the type's own abundance does not): what label-level tests cannot see.
+
+    ``log_ratio`` maps a timepoint (months) to the shift of the sub-state's share of the
+    type on the logit scale in the group at that timepoint; timepoints not listed get 0.
+    """
+
+    name: str = Field(description="the sub-state's name in truth/cells/*.csv.gz")
+    cell_type: str = Field(description="the leaf type it is part of (a B subset or a lineage)")
+    fraction: float = Field(0.2, gt=0, lt=1, description="its share of the type's cells, unshifted")
+    n_genes: int = Field(
+        40, ge=1, description="genes up in it, drawn among the type's expressed filler genes"
+    )
+    log2_fold: float = Field(1.5, description="their log2 fold change in the sub-state's cells")
+    group: Literal["responder", "non_responder", "all"] = "non_responder"
+    log_ratio: dict[int, float] = Field(default_factory=dict)
+
+    @field_validator("cell_type")
+    @classmethod
+    def _leaf_type(cls, value: str) -> str:
+        allowed = [x for x in LINEAGES if x != "B"] + list(B_SUBSETS)
+        if value not in allowed:
+            msg = f"unknown leaf cell type {value!r}; expected one of {allowed}"
+            raise ValueError(msg)
+        return value
+
+
 class PlantedExpression(_Frozen):
     """A change of some genes' expression within one leaf cell type (log2 fold change).
 
@@ -176,6 +204,10 @@ class SimulationConfig(_Frozen):
         0.2, ge=0, description="sd of per-patient log gene factors (per cell type)"
     )
     expression_effects: list[PlantedExpression] = Field(default_factory=_default_expression_effects)
+    sub_states: list[SubState] = Field(
+        default_factory=list,
+        description="parts of a leaf type with genes of their own whose share changes",
+    )
 
     @field_validator("timepoints_months")
     @classmethod
@@ -222,6 +254,7 @@ class SimulationConfig(_Frozen):
     def _effects_on_known_timepoints(self) -> SimulationConfig:
         planted = [(e.cell_type, set(e.log_ratio)) for e in self.effects]
         planted += [(e.cell_type, set(e.log2_fold)) for e in self.expression_effects]
+        planted += [(e.cell_type, set(e.log_ratio)) for e in self.sub_states]
         for cell_type, times in planted:
             unknown = times - set(self.timepoints_months)
             if unknown:

@@ -139,10 +139,17 @@ class NeighbourhoodsConfig(FrozenModel):
         None,
         ge=2,
         description="cells per neighbourhood (the index cell and its nearest cells in the "
-        "graph's embedding); null: 5 per sample (Milo's rule of thumb), at least the graph's "
-        "n_neighbors and at most max_k",
+        "graph's embedding); null: 5 per sample (Milo's rule of thumb), at most max_k and "
+        "max_share of the cells, at least 1 per sample and the graph's n_neighbors",
     )
     max_k: int = Field(500, ge=2, description="the largest neighbourhood when k is null")
+    max_share: float = Field(
+        0.0005,
+        gt=0,
+        le=1,
+        description="the largest neighbourhood as a share of the QC-passed cells when k is "
+        "null (so that a rare population's neighbourhoods stay its own: 500 cells at 1M)",
+    )
     time: Literal["factor", "continuous"] = Field(
         "factor", description="timepoint as a factor (0/3/6 months) or as continuous months"
     )

@@ -164,14 +164,15 @@ STAGES: tuple[Stage, ...] = (
         writes=Elements(folder="predict"),
     ),
     Stage(
-        "report", 4, "self-contained HTML: key findings, QC, integration, annotation, expression, prediction, provenance",
+        "report", 5, "self-contained HTML: key findings, QC, integration, annotation, abundance, neighbourhoods, expression, prediction, provenance",
         run="pipeline.report:run_report", config=None,
         reads=Elements(
             cohort=(*_DESIGN, "obs/qc_pass", "obs/total_counts", "obs/n_genes_by_counts",
                     "obs/pct_counts_mt", "obs/lineage*", "obs/b_subset*", "obs/leiden_*",
                     "obsm/X_umap", "obsm/X_pca", "obsm/X_pca_harmony", "obsm/X_scvi",
                     "uns/integrate"),
-            files=("qc_summary", "annotate.root", "stage_log", "expression.de",
+            files=("qc_summary", "annotate.root", "stage_log", "neighbourhoods.tests",
+                   "neighbourhoods.summary", "neighbourhoods.nhoods", "expression.de",
                    "expression.summary", "expression.not_estimable",
                    "expression.program_tests", "predict.metrics", "predict.patients",
                    "predict.coefficients", "predict.new_patients"),

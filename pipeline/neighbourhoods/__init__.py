@@ -13,7 +13,7 @@ from ._kernels import (
     spatial_fdr,
 )
 from ._model import ChunkFits, estimable_contrasts, fit_neighbourhoods
-from ._plots import beeswarm_plot, nhood_groups
+from ._plots import beeswarm_plot, nhood_groups, nhood_umap_plot
 from ._run import (
     TEST_COLUMNS,
     neighbourhood_size,
@@ -34,6 +34,7 @@ __all__ = [
     "neighbourhood_size",
     "neighbourhoods_digest_inputs",
     "nhood_groups",
+    "nhood_umap_plot",
     "refined_index_cells",
     "run_neighbourhoods",
     "sample_counts",

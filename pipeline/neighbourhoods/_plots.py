@@ -58,3 +58,34 @@ def beeswarm_plot(tests: pd.DataFrame, *, alpha: float, title: str = "") -> Figu
     ax.set_title(f"{title}: {n_called} of {len(tests)} neighbourhoods at spatial FDR < {alpha:g}")
     fig.tight_layout()
     return fig
+
+
+def nhood_umap_plot(
+    cells: np.ndarray, index_positions: np.ndarray, estimate: np.ndarray, called: np.ndarray,
+    *, title: str = "", max_cells: int = 50_000,
+) -> Figure:  # fmt: skip
+    """The cells' UMAP in light grey (at most ``max_cells``, a seeded subsample) and each
+    neighbourhood at its index cell: coloured by its estimate when called (red higher,
+    blue lower), a small grey dot otherwise."""
+    from ..runtime import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    keep = np.all(np.isfinite(cells), axis=1)
+    pts = cells[keep]
+    if len(pts) > max_cells:
+        pts = pts[np.random.default_rng(0).choice(len(pts), max_cells, replace=False)]
+    ax.scatter(pts[:, 0], pts[:, 1], s=1, c="#e6e6e6", linewidths=0, rasterized=True)
+    off = ~called
+    ax.scatter(index_positions[off, 0], index_positions[off, 1], s=3, c=NOT_CALLED, linewidths=0)
+    if called.any():
+        limit = float(np.nanmax(np.abs(estimate[called]))) or 1.0
+        dots = ax.scatter(index_positions[called, 0], index_positions[called, 1], s=14,
+                          c=estimate[called], cmap="RdBu_r", vmin=-limit, vmax=limit,
+                          linewidths=0.2, edgecolors="black")  # fmt: skip
+        fig.colorbar(dots, ax=ax, label="log odds ratio")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

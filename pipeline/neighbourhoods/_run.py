@@ -53,15 +53,16 @@ def neighbourhoods_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, 
 
 
 def neighbourhood_size(cfg: RunConfig, n_samples: int, n_cells: int) -> int:
-    """``neighbourhoods.k``, or 5 cells per sample within [graph k, max_k]; at most the
-    cells there are."""
+    """``neighbourhoods.k``, or 5 cells per sample, at most ``max_k`` and ``max_share`` of
+    the cells but at least one cell per sample and the graph's ``n_neighbors``; never
+    more than the cells there are. (Below ~1 cell per sample the Wald tests turn
+    conservative: docs/benchmarks.md.)"""
     n = cfg.neighbourhoods
-    k = (
-        n.k
-        if n.k is not None
-        else min(max(CELLS_PER_SAMPLE * n_samples, cfg.graph.n_neighbors), n.max_k)
-    )
-    return min(k, n_cells)
+    if n.k is not None:
+        return min(n.k, n_cells)
+    cap = min(n.max_k, round(n.max_share * n_cells))
+    floor = max(n_samples, cfg.graph.n_neighbors)
+    return min(max(min(CELLS_PER_SAMPLE * n_samples, cap), floor), n_cells)
 
 
 def _codes(values: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:

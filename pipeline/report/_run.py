@@ -103,6 +103,8 @@ def run_report(ctx: StageContext) -> str:
         ("annotation", "Annotation",
          sections.annotation_section(workdir, obs, umap, b_cell_umap(ctx, obs))),
         ("abundance", "Abundance", sections.abundance_section(workdir)),
+        ("neighbourhoods", "Neighbourhoods (label-free abundance)",
+         sections.neighbourhoods_section(workdir, umap)),
         ("expression", "Differential expression", sections.expression_section(workdir)),
         ("prediction", "Prediction of non-response", sections.prediction_section(workdir)),
     ]  # fmt: skip

@@ -189,6 +189,7 @@ def findings_section(workdir: Workdir, obs: pd.DataFrame, qc_flagged: list[str])
         ]
         parts.append("<p>The binomial GLMM and propeller (a linear mixed model of the "
                      "transformed proportions) agree: " + "; ".join(lines) + ".</p>")  # fmt: skip
+    parts.append(neighbourhoods_headline(workdir))
     parts.append(_expression_headline(workdir, alpha))
     parts.append(_prediction_headline(workdir))
     notes = [str(w) for w in summary.get("warnings", [])]
@@ -378,6 +379,86 @@ def abundance_section(workdir: Workdir) -> str:
     tests = tests.sort_values(["method", "qvalue"])
     parts += ["<h3>All contrasts (tests.csv)</h3>", table(tests, scroll=True, left=4)]
     return "".join(parts)
+
+
+def _nhood_groups_called(tests: pd.DataFrame, alpha: float) -> str:
+    from ..neighbourhoods import nhood_groups
+
+    called = tests[tests["spatial_fdr"] < alpha]
+    if called.empty:
+        return ""
+    groups = nhood_groups(called).value_counts()
+    return ", ".join(f"{n} {esc(g)}" for g, n in groups.items())
+
+
+def neighbourhoods_headline(workdir: Workdir) -> str:
+    """One sentence for the key findings: neighbourhoods that differ at baseline."""
+    files = workdir.neighbourhoods
+    if not files.summary.exists():
+        return ""
+    summary = json.loads(files.summary.read_text())
+    alpha = summary["alpha"]
+    n = summary.get("called", {}).get("response@month0")
+    if n is None:
+        return ""
+    tests = pd.read_csv(files.tests)
+    base = tests[tests["contrast"] == "response@month0"]
+    where = _nhood_groups_called(base, alpha)
+    return (f"<p>Label-free (neighbourhoods of the kNN graph): {n} of {summary['n_nhoods']:,} "
+            f"neighbourhoods differ at baseline at spatial FDR &lt; {alpha:g}"
+            + (f" (by majority label: {where})" if where else "") + ".</p>")  # fmt: skip
+
+
+def neighbourhoods_section(workdir: Workdir, umap: np.ndarray) -> str:
+    """Label-free abundance: neighbourhoods called per contrast, a beeswarm of the
+    baseline estimates by majority label, and the neighbourhoods on the UMAP."""
+    from ..neighbourhoods import beeswarm_plot, nhood_umap_plot
+
+    files = workdir.neighbourhoods
+    if not files.summary.exists():
+        return "<p>The neighbourhoods stage has not run on this workdir.</p>"
+    summary = json.loads(files.summary.read_text())
+    alpha = summary["alpha"]
+    tests = pd.read_csv(files.tests)
+    parts = [
+        f"<p>{summary['n_nhoods']:,} neighbourhoods of {summary['k']} cells (an index cell "
+        "and its nearest cells in the integrated embedding), each tested with the abundance "
+        "stage's GLMM and contrasts; spatial FDR as in Milo. They can find a shift inside a "
+        "labelled subset that the label-level tests above cannot see.</p>",
+        "<h3>Neighbourhoods at spatial FDR &lt; " + f"{alpha:g} per contrast</h3>",
+        table(pd.DataFrame({"contrast": list(summary["called"]),
+                            "neighbourhoods": list(summary["called"].values())})),
+    ]  # fmt: skip
+    base = tests[tests["contrast"] == "response@month0"]
+    if len(base):
+        parts.append(figure(
+            beeswarm_plot(base, alpha=alpha, title="response@month0"),
+            "Each point a neighbourhood, grouped by its majority label; coloured at spatial "
+            f"FDR < {alpha:g}. Look for groups whose points lie on one side of 0, and for a "
+            "coloured part of a group whose label-level test was not significant.",
+        ))  # fmt: skip
+        index = zarr_obs_column(files.nhoods, "index_cell")
+        part = base.set_index("nhood").loc[np.arange(index.size)]
+        parts.append(figure(
+            nhood_umap_plot(umap, umap[index], part["estimate"].to_numpy(),
+                            (part["spatial_fdr"] < alpha).to_numpy(), title="response@month0"),
+            "Neighbourhoods at their index cells on the UMAP, coloured by the baseline log "
+            "odds ratio when called (red: more in non-responders). Look for where the "
+            "coloured ones sit relative to the labelled populations.",
+        ))  # fmt: skip
+    notes = summary.get("warnings", [])
+    if notes:
+        parts += ["<h3>Warnings</h3>",
+                  "<ul>" + "".join(f"<li class='flag'>{esc(n)}</li>" for n in notes) + "</ul>"]  # fmt: skip
+    return "".join(parts)
+
+
+def zarr_obs_column(store: Path, column: str) -> np.ndarray:
+    """One obs column of an AnnData-Zarr store, without reading the rest."""
+    import anndata as ad
+    import zarr
+
+    return np.asarray(ad.io.read_elem(zarr.open_group(str(store), mode="r")[f"obs/{column}"]))
 
 
 def _within(denominator: str) -> str:

@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..errors import ImmunoprofileError
 from ..labels import DESIGN_COLUMNS
 from ..store import atomic_path
 from . import _programs as prog
-from ._counts import plan_cells, simulate_counts
+from ._counts import SubStateGenes, draw_states, plan_cells, simulate_counts
 from ._design import CohortDesign, SampleSpec, design_cohort
 from ._expression import (
     ExpressionModel,
@@ -32,6 +32,7 @@ from ._expression import (
     apply_log_shift,
     build_expression_model,
     draw_planted_genes,
+    draw_sub_state_genes,
 )
 from ._writers import write_10x_h5, write_10x_mtx, write_csv_atomic
 
@@ -92,6 +93,25 @@ def _realized_proportions(spec: SampleSpec, truth: pd.DataFrame) -> pd.DataFrame
     return frame
 
 
+def sub_state_shares(cfg: SimulationConfig, spec: SampleSpec) -> list[float]:
+    """Each sub-state's share of its type in this sample: the logit of its fraction, its
+    planted shift, a patient and a sample random effect (``patient_sd``, ``sample_sd``)."""
+    shares = []
+    for j, state in enumerate(cfg.sub_states):
+        logit = np.log(state.fraction / (1 - state.fraction))
+        if state.group in (spec.response, "all"):
+            logit += state.log_ratio.get(spec.timepoint_months, 0.0)
+        patient = np.random.default_rng(
+            np.random.SeedSequence(cfg.seed, spawn_key=(6, j, spec.patient_index))
+        )
+        sample = np.random.default_rng(
+            np.random.SeedSequence(cfg.seed, spawn_key=(7, j, spec.index))
+        )
+        logit += patient.normal(0.0, cfg.patient_sd) + sample.normal(0.0, cfg.sample_sd)
+        shares.append(float(1 / (1 + np.exp(-logit))))
+    return shares
+
+
 def simulate_sample(
     spec: SampleSpec,
     model: ExpressionModel,
@@ -100,6 +120,7 @@ def simulate_sample(
     *,
     cfg: SimulationConfig,
     out: Path,
+    sub_state_genes: tuple[np.ndarray, ...] = (),
 ) -> dict[str, Any]:
     """Simulate one sample and write its count matrix and per-cell truth (a pure task)."""
     plan_seed = np.random.SeedSequence(cfg.seed, spawn_key=(100, spec.index))
@@ -117,13 +138,23 @@ def simulate_sample(
         ifn_strength=cfg.ifn_strength,
     )
     barcodes = _barcodes(rng, spec.n_cells)
+    states: tuple[SubStateGenes, ...] = ()
+    if cfg.sub_states:
+        state_types = [model.cell_types.index(s.cell_type) for s in cfg.sub_states]
+        state_rng = np.random.default_rng(
+            np.random.SeedSequence(cfg.seed, spawn_key=(102, spec.index))
+        )
+        plan = replace(plan, state=draw_states(state_rng, plan.cell_type,
+                                               list(zip(state_types, sub_state_shares(cfg, spec), strict=True))))  # fmt: skip
+        states = tuple(SubStateGenes(g, float(2.0**s.log2_fold))
+                       for g, s in zip(sub_state_genes, cfg.sub_states, strict=True))  # fmt: skip
     profiles = apply_batch_effect(model.profiles, batch_log_factor)
     profiles = apply_log_shift(profiles, shifts.log_shift(
         *profiles.shape, patient_index=spec.patient_index, group=spec.response,
         month=spec.timepoint_months,
     ))  # fmt: skip
     counts = simulate_counts(
-        np.random.SeedSequence(cfg.seed, spawn_key=(101, spec.index)), model, profiles, plan
+        np.random.SeedSequence(cfg.seed, spawn_key=(101, spec.index)), model, profiles, plan, states
     )
     types = np.array(model.cell_types, dtype=object)
     leaf = types[plan.cell_type]
@@ -144,6 +175,9 @@ def simulate_sample(
             "n_counts": np.asarray(counts.sum(axis=1)).ravel(),
         }
     )
+    if plan.state is not None:
+        names = np.array([s.name for s in cfg.sub_states] + [""], dtype=object)
+        truth["sub_state"] = names[plan.state]
     target = out / _input_path(spec, cfg.format)
     writer = write_10x_h5 if cfg.format == "h5" else write_10x_mtx
     writer(target, counts, barcodes, model.genes.ids, model.genes.symbols)
@@ -223,6 +257,7 @@ def simulate_cohort(
         shifts, planted = draw_planted_genes(
             model, cfg.expression_effects, seed=cfg.seed, patient_sd=cfg.expression_patient_sd
         )
+        sub_state_genes = tuple(draw_sub_state_genes(model, cfg.sub_states, seed=cfg.seed))
     except ValueError as err:
         raise ImmunoprofileError(str(err)) from None
     n_batches = max(s.batch_index for s in design.samples) + 1
@@ -248,6 +283,7 @@ def simulate_cohort(
                 shifts_f,
                 cfg=cfg,
                 out=out,
+                sub_state_genes=sub_state_genes,
                 key=f"simulate-{s.sample_id}-{run}",
             )
             for s in todo

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,6 +30,27 @@ class CellPlan:
     partner_light: np.ndarray
     isg_fold: np.ndarray
     mt_fold: np.ndarray
+    state: np.ndarray | None = None  # sub-state index of the first component, -1 none
+
+
+@dataclass(frozen=True)
+class SubStateGenes:
+    """The genes a sub-state raises and by how much (natural-scale fold)."""
+
+    genes: np.ndarray
+    fold: float
+
+
+def draw_states(
+    rng: np.random.Generator, cell_type: np.ndarray, states: list[tuple[int, float]]
+) -> np.ndarray:
+    """Each cell's sub-state (-1: none): a cell of sub-state j's type joins it with that
+    state's share (states of one type share its cells in turn)."""
+    out = np.full(cell_type.size, -1)
+    for j, (t, share) in enumerate(states):
+        rows = np.flatnonzero((cell_type == t) & (out < 0))
+        out[rows[rng.random(rows.size) < share]] = j
+    return out
 
 
 def plan_cells(
@@ -124,11 +146,16 @@ def _add_component(
 
 
 def draw_counts(
-    rng: np.random.Generator, model: ExpressionModel, profiles: np.ndarray, plan: CellPlan
+    rng: np.random.Generator,
+    model: ExpressionModel,
+    profiles: np.ndarray,
+    plan: CellPlan,
+    states: tuple[SubStateGenes, ...] = (),
 ) -> sp.csr_matrix:
     """Counts of the planned cells: gamma-Poisson for dense genes, Poisson for the rest.
 
-    ``profiles`` are the model's profiles after the sample's batch effect.
+    ``profiles`` are the model's profiles after the sample's batch effect; a cell in a
+    sub-state (``plan.state``) has that state's genes (dense ones) raised.
     """
     n_cells, n_genes = plan.cell_type.size, profiles.shape[1]
     dense, sparse = model.dense, model.sparse
@@ -145,6 +172,10 @@ def draw_counts(
                    plan.partner_library[d], plan.partner_heavy[d], plan.partner_light[d])  # fmt: skip
     mu[:, dense_col[model.isg]] *= plan.isg_fold[:, None]
     mu[:, dense_col[model.mt]] *= plan.mt_fold[:, None]
+    for j, state in enumerate(states):
+        cols = dense_col[state.genes]
+        rows_j = np.flatnonzero(plan.state == j) if plan.state is not None else np.empty(0, int)
+        mu[np.ix_(rows_j, cols[cols >= 0])] *= state.fold
     phi = model.dispersion[dense]
     counts = rng.poisson(rng.gamma(1.0 / phi, phi * mu))
     r, c = np.nonzero(counts)
@@ -184,17 +215,19 @@ def simulate_counts(
     model: ExpressionModel,
     profiles: np.ndarray,
     plan: CellPlan,
+    states: tuple[SubStateGenes, ...] = (),
 ) -> sp.csr_matrix:
     """Draw all cells in fixed blocks, each block from its own child seed."""
     n = plan.cell_type.size
     blocks = []
     for i, start in enumerate(range(0, n, BLOCK_CELLS)):
         sl = slice(start, min(start + BLOCK_CELLS, n))
-        sub = CellPlan(**{k: v[sl] for k, v in plan.__dict__.items()})
+        fields: dict[str, Any] = {k: None if v is None else v[sl] for k, v in plan.__dict__.items()}
+        sub = CellPlan(**fields)
         rng = np.random.default_rng(
             np.random.SeedSequence(seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, i))
         )
-        blocks.append(draw_counts(rng, model, profiles, sub))
+        blocks.append(draw_counts(rng, model, profiles, sub, states))
     if not blocks:
         return sp.csr_matrix((0, profiles.shape[1]), dtype=np.int32)
     return sp.vstack(blocks, format="csr")

@@ -314,3 +314,25 @@ def apply_log_shift(profiles: np.ndarray, shift: np.ndarray) -> np.ndarray:
     total = scaled.sum(axis=1)
     keep = np.divide(profiles.sum(axis=1), total, out=np.ones_like(total), where=total > 0)
     return scaled * keep[:, None]
+
+
+def draw_sub_state_genes(
+    model: ExpressionModel, sub_states: list, *, seed: int
+) -> list[np.ndarray]:
+    """Each sub-state's genes: ``n_genes`` of its type's expressed filler genes sampled
+    gamma-Poisson (seeded by the cohort's seed and the sub-state's position)."""
+    named = set(named_genes())
+    dense = set(model.dense.tolist())
+    out = []
+    for j, state in enumerate(sub_states):
+        t = model.cell_types.index(state.cell_type)
+        expected = model.profiles[t] * model.library_factor[t] * REFERENCE_LIBRARY
+        pool = np.array([i for i in np.flatnonzero(expected >= PLANTED_MIN_EXPECTED)
+                         if i in dense and model.genes.symbols[i] not in named])  # fmt: skip
+        if pool.size < state.n_genes:
+            msg = (f"sub-state {state.name!r} asks for {state.n_genes} genes; only {pool.size} "
+                   f"filler genes are expressed enough in {state.cell_type}")  # fmt: skip
+            raise ValueError(msg)
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(5, j)))
+        out.append(np.sort(rng.choice(pool, size=state.n_genes, replace=False)))
+    return out

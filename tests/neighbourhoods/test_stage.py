@@ -109,3 +109,13 @@ def test_the_stage_is_seeded_and_a_rerun_skips_it(
     assert code == 0, err
     again = pd.read_csv(workdir / "neighbourhoods" / "tests.csv")
     pd.testing.assert_frame_equal(again, tests_csv)
+
+
+def test_the_report_shows_the_neighbourhoods(analysed_small: CommandRun) -> None:
+    html = (analysed_small.workdir / "report" / "index.html").read_text()
+    section = html.split('<section id="neighbourhoods">')[1].split("</section>")[0]
+    summary = json.loads((analysed_small.workdir / "neighbourhoods" / "summary.json").read_text())
+    assert f"{summary['n_nhoods']:,} neighbourhoods of {summary['k']} cells" in section
+    assert section.count("<img") == 2  # the beeswarm and the UMAP
+    findings = html.split('<section id="findings">')[1].split("</section>")[0]
+    assert f"{summary['called']['response@month0']} of {summary['n_nhoods']:,}" in findings

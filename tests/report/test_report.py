@@ -18,6 +18,7 @@ from pipeline.stages import is_current, stage_digests
 from ..conftest import CommandRun
 
 SECTIONS = ["Key findings", "Quality control", "Integration", "Annotation", "Abundance",
+            "Neighbourhoods (label-free abundance)",
             "Differential expression", "Prediction of non-response", "Provenance"]  # fmt: skip
 
 

@@ -1,0 +1,87 @@
+"""Benchmark: what the neighbourhoods stage finds in a cohort with planted abundance
+differences, against the simulator's truth (docs/benchmarks.md).
+
+For a workdir analysed through ``neighbourhoods`` (config
+benchmarks/configs/neighbourhoods_planted.yaml) and its simulated ``truth/``: each
+neighbourhood's share of truly-DN2 cells and of cells of the planted sub-state; then, for
+``response@month0``, the neighbourhoods called (spatial FDR < alpha) among those mostly
+(>= 0.5) DN2 or sub-state, and among those with little of either (< 0.1: false
+discoveries), beside the label-level tests of the abundance stage.
+
+    python benchmarks/neighbourhoods_planted.py WORKDIR TRUTH_DIR \
+        --json benchmarks/results/neighbourhoods_planted.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import zarr
+
+
+def truth_of_cells(workdir: Path, truth: Path) -> pd.DataFrame:
+    obs = ad.io.read_elem(zarr.open_group(str(workdir / "cohort.zarr"), mode="r")["obs"])
+    cells = obs[["sample_id", "barcode"]].astype(str).reset_index(drop=True)
+    frames = []
+    for sample in cells["sample_id"].unique():
+        t = pd.read_csv(truth / "cells" / f"{sample}.csv.gz", keep_default_na=False)
+        frames.append(t.assign(sample_id=sample))
+    table = pd.concat(frames, ignore_index=True).astype({"barcode": str})
+    merged = cells.merge(table, on=["sample_id", "barcode"], how="left", validate="one_to_one")
+    return merged.fillna({"sub_state": "", "b_subset": ""})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("truth", type=Path)
+    parser.add_argument("--contrast", default="response@month0")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    folder = args.workdir / "neighbourhoods"
+    nhoods = ad.read_zarr(folder / "nhoods.zarr")
+    tests = pd.read_csv(folder / "tests.csv")
+    alpha = json.loads((folder / "summary.json").read_text())["alpha"]
+    truth = truth_of_cells(args.workdir, args.truth)
+    membership = nhoods.uns["membership"].tocsc()
+    members = membership.indices.reshape(nhoods.n_obs, -1)
+    share = {
+        "DN2": (truth["b_subset"].to_numpy() == "DN2")[members].mean(axis=1),
+        "sub_state": (truth["sub_state"].to_numpy() != "")[members].mean(axis=1),
+    }
+    part = tests[tests["contrast"] == args.contrast].set_index("nhood").loc[np.arange(nhoods.n_obs)]
+    called = (part["spatial_fdr"] < alpha).to_numpy()
+    up = called & (part["estimate"].to_numpy() > 0)
+    other = (share["DN2"] < 0.1) & (share["sub_state"] < 0.1)
+    record = {"benchmark": "neighbourhoods_planted", "workdir": str(args.workdir),
+              "contrast": args.contrast, "alpha": alpha, "n_nhoods": int(nhoods.n_obs),
+              "k": int(nhoods.uns["k"]), "called": int(called.sum()),
+              "false_discoveries": int((called & other).sum()), "n_other": int(other.sum()),
+              "false_discovery_share": float((called & other).sum() / max(called.sum(), 1))}  # fmt: skip
+    for name, s in share.items():
+        mostly = s >= 0.5
+        record[f"{name}_nhoods"] = int(mostly.sum())
+        record[f"{name}_called_up"] = int((up & mostly).sum())
+        record[f"{name}_sensitivity"] = float((up & mostly).sum() / max(mostly.sum(), 1))
+        record[f"{name}_median_estimate"] = (
+            float(np.nanmedian(part["estimate"].to_numpy()[mostly])) if mostly.any() else None
+        )
+    labels = pd.read_csv(args.workdir / "abundance" / "tests.csv")
+    glmm = labels[(labels["method"] == "glmm") & (labels["contrast"] == args.contrast)]
+    for cell_type, denominator in (("DN2", "B"), ("naive", "B"), ("naive", "PBMC")):
+        row = glmm[(glmm["cell_type"] == cell_type) & (glmm["denominator"] == denominator)].iloc[0]
+        record[f"label_{cell_type}_{denominator}"] = {"estimate": float(row["estimate"]),
+                                                      "pvalue": float(row["pvalue"]), "qvalue": float(row["qvalue"])}  # fmt: skip
+    print(json.dumps(record, indent=2))
+    if args.json:
+        with args.json.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
