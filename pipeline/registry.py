@@ -145,7 +145,7 @@ STAGES: tuple[Stage, ...] = (
         inputs="pipeline.neighbourhoods:neighbourhoods_digest_inputs",
         reads=Elements(cohort=(*_DESIGN, "obs/qc_pass", "obs/lineage", "obs/b_subset",
                                "obsm/X_pca_harmony", "obsm/X_scvi", "obsm/X_pca",
-                               "obsp/distances")),
+                               "obsp/distances"), batches=True),
         writes=Elements(folder="neighbourhoods"),
     ),
     Stage(

@@ -169,7 +169,7 @@ def add_batch(cfg: RunConfig, samplesheet: Path, client: Client, *, name: str | 
 
 def refit_and_report(cfg: RunConfig, name: str, client: Client) -> list[str]:
     """Abundance over the cohort and every batch (unless current), then the change report;
-    the expression models (pseudobulk of every sample, the batch's included), the
+    the neighbourhoods (the batch's cells counted into the cohort's), the expression models (pseudobulk of every sample, the batch's included), the
     predictions (the saved model applied to the batch's new patients) and the HTML report
     when the workdir had them."""
     lines = []
@@ -179,6 +179,8 @@ def refit_and_report(cfg: RunConfig, name: str, client: Client) -> list[str]:
         lines.append("abundance: unchanged inputs and parameters, skipped")
     lines.append(write_changes(cfg, name))
     workdir = Workdir(cfg.workdir)
+    if workdir.neighbourhoods.root.exists() and not is_current(cfg, "neighbourhoods"):
+        lines.append(run_stage("neighbourhoods", cfg, client))  # the batch's cells counted in
     had_expression = workdir.expression.root.exists()
     if had_expression and not is_current(cfg, "expression"):
         lines.append(run_stage("expression", cfg, client))

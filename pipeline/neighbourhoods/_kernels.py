@@ -142,3 +142,22 @@ def spatial_fdr(pvalues: np.ndarray, weights: np.ndarray) -> np.ndarray:
     adjusted = np.minimum.accumulate(adjusted[::-1])[::-1]
     out[order] = np.minimum(adjusted, 1.0)
     return out
+
+
+def members_within(
+    index_points: np.ndarray, kth_distance: np.ndarray, queries: np.ndarray, *, n_search: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which neighbourhoods new cells fall into: query cell q is in neighbourhood i when it
+    is no farther from i's index cell than i's own k-th member (it would have been one of
+    its k nearest). Searches each query's ``n_search`` nearest index cells (exact);
+    returns (query rows, neighbourhoods) pairs."""
+    import faiss
+
+    index = faiss.IndexFlatL2(index_points.shape[1])
+    index.add(np.ascontiguousarray(index_points, dtype=np.float32))
+    n_search = min(n_search, index_points.shape[0])
+    squared, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), n_search)
+    distance = np.sqrt(np.maximum(squared, 0))
+    inside = (found >= 0) & (distance <= kth_distance[np.maximum(found, 0)])
+    rows, cols = np.nonzero(inside)
+    return rows, found[rows, cols]

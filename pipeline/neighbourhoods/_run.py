@@ -11,11 +11,13 @@ of neighbourhoods at a time, and the models fitted there a chunk at a time.
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from ..abundance import AbundanceDesignError, estimable_design
 from ..config import RunConfig
@@ -25,6 +27,7 @@ from ..workdir import Workdir
 from ._kernels import (
     majority_labels,
     make_neighbourhoods,
+    members_within,
     membership_matrix,
     sample_counts,
     spatial_fdr,
@@ -43,12 +46,13 @@ CELLS_PER_SAMPLE = 5  # Milo's rule of thumb: neighbourhoods of ~5 cells per sam
 
 
 def neighbourhoods_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, Any]:
-    """Its parameters, and the graph's embedding and k (the neighbourhoods are searched
-    in that embedding, at least that many cells each)."""
-    del workdir
+    """Its parameters, the graph's embedding and k (the neighbourhoods are searched in
+    that embedding, at least that many cells each), and every batch layer (their cells
+    are counted into the neighbourhoods)."""
     return {
         "params": cfg.neighbourhoods.model_dump(mode="json"),
         "graph": {"use_rep": cfg.graph.use_rep, "n_neighbors": cfg.graph.n_neighbors},
+        "batches": {name: layer.digest for name, layer in workdir.batch_layers().items()},
     }
 
 
@@ -133,13 +137,20 @@ def _counts(
 
 
 def _nhood_store(nhoods: pd.DataFrame, counts: np.ndarray, samples: pd.DataFrame,
-                 members: np.ndarray, n_cells: int, k: int) -> ad.AnnData:  # fmt: skip
+                 members: np.ndarray, extra: tuple[np.ndarray, np.ndarray], n_cells: int,
+                 k: int) -> ad.AnnData:  # fmt: skip
     adata = ad.AnnData(
         X=counts.astype(np.int32),
         obs=nhoods.set_index(nhoods["nhood"].astype(str).rename(None)),
         var=samples.set_index(samples["sample_id"].rename(None)),
     )
-    adata.uns["membership"] = membership_matrix(members, n_cells)
+    membership = membership_matrix(members, n_cells)
+    if extra[0].size:  # batch cells: rows after cohort.zarr's
+        more = sp.csc_matrix((np.ones(extra[0].size, dtype=np.uint8), extra),
+                             shape=membership.shape)  # fmt: skip
+        membership = (membership + more).tocsc()
+        membership.sort_indices()
+    adata.uns["membership"] = membership
     adata.uns["k"] = int(k)
     return adata
 
@@ -148,9 +159,19 @@ def run_neighbourhoods(ctx: StageContext) -> str:
     """Sample the neighbourhoods, count them per sample, fit and test them, write
     ``WORKDIR/neighbourhoods/``; one summary line."""
     cfg, n = ctx.cfg, ctx.cfg.neighbourhoods
-    obs = ctx.read_obs(OBS_COLUMNS)
+    clock, seconds = time.perf_counter(), {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 2)
+        clock = now
+
+    obs = ctx.read_obs(OBS_COLUMNS, batches=True)  # cohort.zarr's cells, then the batches'
+    n_cohort = len(ctx.read_obs(["qc_pass"]))
     keep = obs["qc_pass"].to_numpy(dtype=bool)
-    rows = np.flatnonzero(keep)
+    rows = np.flatnonzero(keep[:n_cohort])  # the neighbourhoods are the cohort's
+    added = n_cohort + np.flatnonzero(keep[n_cohort:])  # batch cells, counted into them
     samples = _samples(obs)
     try:
         design, not_estimable = estimable_design(samples, time=n.time)
@@ -166,21 +187,36 @@ def run_neighbourhoods(ctx: StageContext) -> str:
         ctx.array(element).get_orthogonal_selection((rows, slice(None))), dtype=np.float32
     )
     graph = ctx.read_elem("obsp/distances").tocsr()[rows][:, rows]  # the kept cells' graph
-    k = neighbourhood_size(cfg, len(samples), rows.size)
+    lap("read")
+    n_cohort_samples = obs["sample_id"].iloc[rows].nunique()
+    k = neighbourhood_size(cfg, n_cohort_samples, rows.size)
     hoods = make_neighbourhoods(x, graph, k, prop=n.prop, seed=n.seed,
                                 exact_knn_below=cfg.graph.exact_knn_below, knn_seed=cfg.graph.seed)  # fmt: skip
+    index_points = x[hoods.index_cells]
     del graph, x
     members = rows[hoods.members]  # neighbourhoods x k, rows of cohort.zarr
     codes = np.full(len(obs), -1, dtype=np.int64)
-    codes[rows] = pd.Categorical(obs["sample_id"].astype(str).to_numpy()[rows],
+    kept = np.flatnonzero(keep)
+    codes[kept] = pd.Categorical(obs["sample_id"].astype(str).to_numpy()[kept],
                                  categories=samples["sample_id"]).codes  # fmt: skip
+    lap("neighbourhoods")
     counts = _counts(ctx, members, codes, len(samples))
+    extra = (np.empty(0, np.int64), np.empty(0, np.int64))
+    if added.size:  # add-batch's cells, in the neighbourhoods they would have been members of
+        points = ctx.read_obsm(cfg.graph.use_rep, batches=True)[added]
+        per_cell = k * len(index_points) / max(rows.size, 1)
+        found, nhood = members_within(index_points, hoods.kth_distance, points,
+                                      n_search=max(64, int(4 * per_cell)))  # fmt: skip
+        extra = (added[found], nhood)
+        np.add.at(counts, (nhood, codes[added[found]]), 1)
+    lap("counts")
     nhoods = pd.DataFrame({
         "nhood": np.arange(hoods.index_cells.size), "index_cell": rows[hoods.index_cells],
         "size": k, "kth_distance": hoods.kth_distance.astype(float), "weight": hoods.weights,
     })  # fmt: skip
     nhoods = pd.concat([nhoods, _label_columns(members, obs)], axis=1)
     fits = _fit_all(ctx, counts, samples, design)
+    lap("fits")
     contrasts = estimable_contrasts(design)
     tests = _tests(fits, contrasts, nhoods)
     unconverged = int((~fits.fits["converged"].astype(bool)).sum())
@@ -190,13 +226,11 @@ def run_neighbourhoods(ctx: StageContext) -> str:
     if unconverged:
         warnings.append(f"{unconverged} of {len(nhoods)} neighbourhood models did not converge "
                         "and are not tested (NaN; fits.csv says which and why)")  # fmt: skip
-    if ctx.workdir.batch_layers():
-        warnings.append("the cells of batches added by add-batch are not counted in the "
-                        "neighbourhoods yet; they hold the cohort's samples only")  # fmt: skip
     with ctx.stage_folder() as (out, manifest):
         tests.to_csv(out.tests, index=False)
         fits.fits.assign(nhood=nhoods["nhood"]).to_csv(out.fits, index=False)
-        _nhood_store(nhoods, counts, samples, members, len(obs), k).write_zarr(out.nhoods)
+        _nhood_store(nhoods, counts, samples, members, extra, len(obs), k).write_zarr(out.nhoods)
+        lap("write")
         plots = []
         for contrast in [c for c in contrasts if c.startswith("response@")]:
             fig = beeswarm_plot(tests[tests["contrast"] == contrast], alpha=n.alpha,
@@ -208,11 +242,12 @@ def run_neighbourhoods(ctx: StageContext) -> str:
             plt.close(fig)
         summary = {
             "n_nhoods": len(nhoods), "k": k, "prop": n.prop, "n_samples": len(samples),
-            "n_cells": int(rows.size), "exact_neighbours": hoods.exact,
+            "n_cells": int(rows.size), "n_batch_cells": int(added.size),
+            "exact_neighbours": hoods.exact,
             "median_nhoods_per_cell": float(np.median(np.bincount(members.ravel(), minlength=len(obs))[rows])),
             "alpha": n.alpha, "called": called, "contrasts": contrasts,
             "not_estimable": not_estimable, "unconverged": unconverged,
-            "warnings": warnings, "plots": plots,
+            "warnings": warnings, "plots": plots, "seconds": seconds,
         }  # fmt: skip
         out.summary.write_text(json.dumps(summary, indent=2, default=str))
         manifest.update(n_nhoods=len(nhoods), k=k)

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import yaml
+import zarr
 from distributed import Client
 
 from pipeline.add_batch import add_batch, write_prediction_changes
@@ -469,3 +470,37 @@ def test_validate_checks_the_batches_too(
         validate_workdir(workdir)
     assert "P007_m0.zarr: store of batch 'samplesheet_late' is missing" in str(err.value)
     assert f"batches/{BATCH}/cells.zarr" in str(err.value)
+
+
+def test_the_batchs_cells_are_counted_into_the_cohorts_neighbourhoods(
+    added: tuple[Path, dict[str, str], str], small_cohort: SimulationResult, analysed: Path
+) -> None:
+    """The neighbourhoods stay the cohort's; a batch cell joins those whose index cell it
+    is no farther from than the neighbourhood's k-th member; the models are refitted."""
+    workdir, _, printed = added
+    assert "neighbourhoods: " in printed
+    before = ad.read_zarr(analysed / "neighbourhoods" / "nhoods.zarr")
+    after = ad.read_zarr(workdir / "neighbourhoods" / "nhoods.zarr")
+    pd.testing.assert_frame_equal(after.obs, before.obs)  # the same neighbourhoods
+    assert small_cohort.late_samplesheet is not None
+    late = list(pd.read_csv(small_cohort.late_samplesheet)["sample_id"])
+    assert set(late) <= set(after.var_names)
+    np.testing.assert_array_equal(np.asarray(after[:, before.var_names].X), np.asarray(before.X))
+    # the batch's counts, recomputed from its cells' embedding
+    cohort = zarr.open_group(str(workdir / "cohort.zarr"), mode="r")
+    layer = zarr.open_group(str(workdir / "batches" / BATCH / "cells.zarr"), mode="r")
+    x_cohort = np.asarray(cohort["obsm/X_pca_harmony"][...])
+    x_batch = np.asarray(layer["obsm/X_pca_harmony"][...])
+    obs = ad.io.read_elem(layer["obs"])
+    index = x_cohort[after.obs["index_cell"].to_numpy()]
+    distance = np.sqrt(((x_batch[:, None, :] - index[None, :, :]) ** 2).sum(axis=2))
+    inside = (distance <= after.obs["kth_distance"].to_numpy()[None, :]) & obs["qc_pass"].to_numpy(
+        bool
+    )[:, None]
+    sample = obs["sample_id"].astype(str).to_numpy()
+    for s in late:
+        np.testing.assert_array_equal(
+            np.asarray(after[:, s].X).ravel(), inside[sample == s].sum(axis=0)
+        )
+    tests = pd.read_csv(workdir / "neighbourhoods" / "tests.csv")
+    assert len(tests) == len(pd.read_csv(analysed / "neighbourhoods" / "tests.csv"))
