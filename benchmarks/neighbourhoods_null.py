@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--designs", type=int, default=50)
     parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=2027, help="seed of the null designs")
     parser.add_argument("--k", type=int, help="cells per neighbourhood (default: the stage's rule)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -82,7 +83,7 @@ def main() -> None:
     print(
         f"{len(hoods.index_cells)} neighbourhoods of {k} cells in {time.perf_counter() - t:.1f} s"
     )
-    rng = np.random.default_rng(2027)
+    rng = np.random.default_rng(args.seed)
     records = []
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
@@ -103,7 +104,7 @@ def main() -> None:
                 fdr = spatial_fdr(pvalue[:, j], hoods.weights)
                 ok = np.isfinite(pvalue[:, j])
                 records.append({
-                    "design": d, "contrast": contrast, "n_nhoods": len(c), "k": k,
+                    "design": d, "seed": args.seed, "contrast": contrast, "n_nhoods": len(c), "k": k,
                     "tested": int(ok.sum()), "share_fdr": float(np.mean(fdr[ok] < args.alpha)),
                     "share_p05": float(np.mean(pvalue[ok, j] < 0.05)), "unconverged": unconverged,
                     "seconds": seconds,
