@@ -150,3 +150,41 @@ def test_a_foreign_output_folder_is_not_overwritten(tmp_path: Path, client: Clie
     with pytest.raises(ImmunoprofileError, match=str(tmp_path)):
         simulate_cohort(small_config(n_patients=2), out=tmp_path, client=client)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_sub_state_shifts_its_share_of_the_type_and_raises_its_genes(
+    tmp_path: Path, client: Client
+) -> None:
+    state = {"name": "activated", "cell_type": "naive", "fraction": 0.2, "n_genes": 30,
+             "log2_fold": 2.0, "group": "non_responder", "log_ratio": {0: 2.0}}  # fmt: skip
+    cfg = small_config(n_patients=4, extra_patients=0, timepoints_months=[0, 3],
+                       cells_per_sample=2500, n_genes=3000, sub_states=[state])  # fmt: skip
+    result = simulate_cohort(cfg, out=tmp_path, client=client)
+    sheet = pd.read_csv(result.samplesheet)
+    share, b_share = {}, {}
+    for row in sheet.itertuples():
+        truth = pd.read_csv(tmp_path / "truth" / "cells" / f"{row.sample_id}.csv.gz",
+                            keep_default_na=False)  # fmt: skip
+        naive = truth[truth["b_subset"] == "naive"]
+        assert set(truth.loc[truth["b_subset"] != "naive", "sub_state"]) == {""}
+        key = (row.response, row.timepoint_months)
+        share.setdefault(key, []).append((naive["sub_state"] == "activated").mean())
+        b_share.setdefault(key, []).append(len(naive) / len(truth))
+    planted = np.mean(share[("non_responder", 0)])
+    assert planted > 0.45  # logit(0.2) + 2 -> ~0.65, with patient and sample variation
+    for key in [("responder", 0), ("responder", 3), ("non_responder", 3)]:
+        assert np.mean(share[key]) < 0.35
+    # the naive cells' own share is not shifted by the sub-state
+    assert abs(np.mean(b_share[("non_responder", 0)]) - np.mean(b_share[("responder", 0)])) < 0.015
+    # the sub-state's cells carry its genes: more counts of them than the type's other cells
+    sample = sheet[(sheet["response"] == "non_responder") & (sheet["timepoint_months"] == 0)].iloc[
+        0
+    ]
+    adata = sc.read_10x_h5(tmp_path / sample["path"])
+    truth = pd.read_csv(tmp_path / "truth" / "cells" / f"{sample['sample_id']}.csv.gz",
+                        keep_default_na=False)  # fmt: skip
+    in_state = (truth["sub_state"] == "activated").to_numpy()
+    rest = ((truth["b_subset"] == "naive") & ~in_state).to_numpy()
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    per_gene = (x[in_state].mean(axis=0) + 0.01) / (x[rest].mean(axis=0) + 0.01)
+    assert (per_gene > 2.5).sum() >= 15  # most of its 30 genes, ~4-fold
