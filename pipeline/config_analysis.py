@@ -144,11 +144,11 @@ class NeighbourhoodsConfig(FrozenModel):
     )
     max_k: int = Field(500, ge=2, description="the largest neighbourhood when k is null")
     max_share: float = Field(
-        0.0005,
+        0.002,
         gt=0,
         le=1,
         description="the largest neighbourhood as a share of the QC-passed cells when k is "
-        "null (so that a rare population's neighbourhoods stay its own: 500 cells at 1M)",
+        "null (so that a rare population's neighbourhoods stay its own: 200 cells at 100k)",
     )
     time: Literal["factor", "continuous"] = Field(
         "factor", description="timepoint as a factor (0/3/6 months) or as continuous months"

@@ -18,6 +18,8 @@ import pandas as pd
 from ..abundance import ModelDesign, contrast_table, fit_binomial_glmm
 from ..runtime import one_blas_thread
 
+MAX_SD = 10.0  # a random-effect sd beyond this (log-odds scale) is a degenerate fit
+
 
 @dataclass(frozen=True)
 class ChunkFits:
@@ -61,8 +63,9 @@ def _empty_cells(count, total, codes, names, weights, contrasts: list[str]) -> n
 def fit_neighbourhoods(counts: np.ndarray, totals: np.ndarray, design: ModelDesign) -> ChunkFits:
     """Fit every row of ``counts`` (neighbourhoods x the design's samples) out of
     ``totals`` (the samples' cells) and test the design's estimable contrasts. A fit that
-    did not converge gives NaN for every contrast (its numbers mean nothing: most often
-    a neighbourhood of one patient's cells, whose patient variance diverges), and a
+    did not converge, or whose random-effect sd passed `MAX_SD`, gives NaN for every
+    contrast (its numbers mean nothing: most often a neighbourhood of one patient's or a
+    few samples' cells, whose variance diverges; fits.csv says so), and a
     contrast using a design cell where the neighbourhood has no cells gives NaN."""
     contrasts = estimable_contrasts(design)
     m, c = counts.shape[0], len(contrasts)
@@ -76,13 +79,19 @@ def fit_neighbourhoods(counts: np.ndarray, totals: np.ndarray, design: ModelDesi
         table = contrast_table(fit.beta, fit.vcov, design.contrasts, design.df)
         table = table.set_index("contrast").loc[contrasts]
         empty = _empty_cells(count, totals, codes, names, weights, contrasts)
-        if not fit.converged:  # e.g. cells of one patient only: the patient sd diverges
+        degenerate = max(fit.sd_patient, fit.sd_sample) > MAX_SD
+        if not fit.converged or degenerate:  # e.g. one patient's or sample's cells only
             empty[:] = True
         for key in out:
             values = table[key].to_numpy(dtype=float)
             values[empty] = np.nan
             out[key][i] = values
+        notes = list(fit.warnings)
+        if degenerate:
+            notes.append(f"a random-effect sd above {MAX_SD:g} (the cells of a few samples "
+                         "only): not tested")  # fmt: skip
         records.append({"sd_patient": fit.sd_patient, "sd_sample": fit.sd_sample,
-                        "converged": fit.converged, "notes": "; ".join(fit.warnings)})  # fmt: skip
+                        "converged": fit.converged and not degenerate,
+                        "notes": "; ".join(notes)})  # fmt: skip
     return ChunkFits(**out, fits=pd.DataFrame(records, columns=[
         "sd_patient", "sd_sample", "converged", "notes"]))  # fmt: skip
