@@ -35,6 +35,8 @@ def truth_of_cells(workdir: Path, truth: Path) -> pd.DataFrame:
         frames.append(t.assign(sample_id=sample))
     table = pd.concat(frames, ignore_index=True).astype({"barcode": str})
     merged = cells.merge(table, on=["sample_id", "barcode"], how="left", validate="one_to_one")
+    if "sub_state" not in merged:  # a cohort simulated without sub-states
+        merged["sub_state"] = ""
     return merged.fillna({"sub_state": "", "b_subset": ""})
 
 

@@ -129,10 +129,10 @@ def _counts(
 ) -> np.ndarray:
     client, chunk = ctx.cluster, max(1, 2_000_000 // members.shape[1])
     held = client.scatter(codes, broadcast=True)
-    futures = [client.submit(_count_chunk, members[s : s + chunk], held, n_samples, pure=False)
-               for s in range(0, members.shape[0], chunk)]  # fmt: skip
+    pieces = [client.scatter(members[s : s + chunk]) for s in range(0, members.shape[0], chunk)]
+    futures = [client.submit(_count_chunk, piece, held, n_samples, pure=False) for piece in pieces]
     parts = client.gather(futures)
-    del futures, held
+    del futures, held, pieces  # held until the tasks that use them are done
     return np.vstack(parts)
 
 
