@@ -79,6 +79,15 @@ class PlantedEffect(_Frozen):
         return "b_subset" if self.cell_type in B_SUBSETS else "lineage"
 
 
+def leaf_type(value: str) -> str:
+    """``value`` if it names a leaf cell type (a lineage but B, or a B subset)."""
+    allowed = [x for x in LINEAGES if x != "B"] + list(B_SUBSETS)
+    if value not in allowed:
+        msg = f"unknown leaf cell type {value!r}; expected one of {allowed}"
+        raise ValueError(msg)
+    return value
+
+
 class SubState(_Frozen):
     """A part of one leaf cell type with genes of its own, whose share of that type changes
     (the type's own abundance does not): what label-level tests cannot see.
@@ -100,11 +109,7 @@ class SubState(_Frozen):
     @field_validator("cell_type")
     @classmethod
     def _leaf_type(cls, value: str) -> str:
-        allowed = [x for x in LINEAGES if x != "B"] + list(B_SUBSETS)
-        if value not in allowed:
-            msg = f"unknown leaf cell type {value!r}; expected one of {allowed}"
-            raise ValueError(msg)
-        return value
+        return leaf_type(value)
 
 
 class PlantedExpression(_Frozen):
@@ -124,11 +129,7 @@ class PlantedExpression(_Frozen):
     @field_validator("cell_type")
     @classmethod
     def _leaf_type(cls, value: str) -> str:
-        allowed = [x for x in LINEAGES if x != "B"] + list(B_SUBSETS)
-        if value not in allowed:
-            msg = f"unknown leaf cell type {value!r}; expected one of {allowed}"
-            raise ValueError(msg)
-        return value
+        return leaf_type(value)
 
     @property
     def level(self) -> str:

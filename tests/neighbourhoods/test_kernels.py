@@ -92,15 +92,21 @@ def test_majority_labels_ignore_unlabelled_cells_but_count_them_in_the_share() -
     np.testing.assert_allclose(share, [0.5, 0.0])
 
 
-def _design():
-    patients = [f"p{i}" for i in range(8)]
-    samples = pd.DataFrame({
+def _samples(n_patients: int = 8) -> pd.DataFrame:
+    """Half responders, half not, each at months 0 and 3."""
+    patients = [f"p{i}" for i in range(n_patients)]
+    half = n_patients // 2
+    return pd.DataFrame({
         "sample_id": [f"{p}_{t}" for p in patients for t in (0, 3)],
         "patient_id": [p for p in patients for _ in (0, 3)],
         "timepoint_months": [t for _ in patients for t in (0, 3)],
-        "response": [("responder" if i < 4 else "non_responder") for i in range(8) for _ in (0, 3)],
+        "response": [("responder" if i < half else "non_responder")
+                     for i in range(n_patients) for _ in (0, 3)],
     })  # fmt: skip
-    return model_design(samples)
+
+
+def _design():
+    return model_design(_samples())
 
 
 def test_each_neighbourhood_is_the_projects_glmm_on_its_counts() -> None:
@@ -135,13 +141,7 @@ def test_a_design_cell_without_cells_makes_its_contrasts_not_estimable() -> None
 
 def test_a_planted_baseline_difference_is_called_and_the_rest_is_not() -> None:
     rng = np.random.default_rng(6)
-    patients = [f"p{i}" for i in range(20)]
-    samples = pd.DataFrame({
-        "sample_id": [f"{p}_{t}" for p in patients for t in (0, 3)],
-        "patient_id": [p for p in patients for _ in (0, 3)],
-        "timepoint_months": [t for _ in patients for t in (0, 3)],
-        "response": [("responder" if i < 10 else "non_responder") for i in range(20) for _ in (0, 3)],
-    })  # fmt: skip
+    samples = _samples(20)
     design = model_design(samples)
     totals = rng.integers(1500, 2500, 40).astype(float)
     nonresponder = (samples["response"] == "non_responder").to_numpy()
