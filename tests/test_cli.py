@@ -95,9 +95,9 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
         for line in (analysed_small.workdir / "logs" / "stages.jsonl").read_text().splitlines()
     ]
     assert [e["stage"] for e in log] == ["ingest", "ingest", "qc", "preprocess", "integrate",
-                                         "graph", "annotate", "abundance", "expression", "predict",
-                                         "report"]  # fmt: skip
-    assert [e["status"] for e in log[2:]] == ["done"] * 9 and log[-1]["cells"] == cohort_cells(
+                                         "graph", "annotate", "abundance", "neighbourhoods",
+                                         "expression", "predict", "report"]  # fmt: skip
+    assert [e["status"] for e in log[2:]] == ["done"] * 10 and log[-1]["cells"] == cohort_cells(
         analysed_small.workdir
     )
     assert "report: " in out and "stopping before" not in err
@@ -137,7 +137,7 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     # --dry-run says what would run and why, computing nothing
     assert main([*args, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "0 of 10 stage(s) would run" in out and "ingest      check" in out
+    assert "0 of 11 stage(s) would run" in out and "ingest          check" in out
     manifest = workdir / "report" / "manifest.json"  # as an older version's report
     record = json.loads(manifest.read_text())
     version = record["basis"]["version"]
@@ -147,19 +147,19 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     stamp = (workdir / "cohort.zarr" / "zarr.json").stat().st_mtime_ns
     assert main([*args, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "9 of 10 stage(s) would run" in out
-    assert "qc          RUN    changed qc.nmads: 5.0 -> 4.0" in out
-    assert "preprocess  RUN    qc re-runs (its later stages with it)" in out
+    assert "10 of 11 stage(s) would run" in out
+    assert "qc              RUN    changed qc.nmads: 5.0 -> 4.0" in out
+    assert "preprocess      RUN    qc re-runs (its later stages with it)" in out
     assert (workdir / "cohort.zarr" / "zarr.json").stat().st_mtime_ns == stamp
     cfg.write_text(analysed_small.config.read_text())
     assert main([*args, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "1 of 10 stage(s) would run" in out
-    assert f"report      RUN    algorithm version {version - 1} -> {version}" in out
+    assert "1 of 11 stage(s) would run" in out
+    assert f"report          RUN    algorithm version {version - 1} -> {version}" in out
     assert main([*args, "--dry-run", "--force", "predict"]) == 0
     out = capsys.readouterr().out
-    assert "predict     RUN    forced (--force predict)" in out
-    assert "expression  skip   current" in out
+    assert "predict         RUN    forced (--force predict)" in out
+    assert "expression      skip   current" in out
     fewer = small_cohort.samplesheet.with_name(f"fewer_{tmp_path.name}.csv")  # relative paths
     lines = small_cohort.samplesheet.read_text().splitlines()
     fewer.write_text("\n".join(lines[:-1]) + "\n")
@@ -167,7 +167,7 @@ def test_run_then_rerun_skips_and_says_where_it_stops(
     assert main([*args, "--samplesheet", str(fewer), "--dry-run"]) == 0
     fewer.unlink()  # the cohort folder is shared
     out = capsys.readouterr().out
-    assert f"ingest      RUN    1 removed ({dropped})" in out
+    assert f"ingest          RUN    1 removed ({dropped})" in out
     assert main([*args, "--until", "qc", "--force", "report"]) == 1
     assert "--force report: the stage is after --until qc" in capsys.readouterr().err
     manifest.write_text(json.dumps(record))

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..abundance import AbundanceDesignError, estimable_design
+from ..abundance import AbundanceDesignError, contrast_names, estimable_design
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..labels import B_SUBSETS, DESIGN_COLUMNS, LINEAGES
@@ -97,14 +97,23 @@ def _label_columns(members: np.ndarray, obs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _tests(fits: ChunkFits, contrasts: list[str], nhoods: pd.DataFrame) -> pd.DataFrame:
+def _tests(fits: ChunkFits | None, fitted: list[str], names: list[str],
+           nhoods: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
+    """Every neighbourhood x contrast of the design's timepoints (``names``); those not
+    ``fitted`` (the design cannot estimate them) NaN, as in abundance/tests.csv."""
     rows = []
-    for j, contrast in enumerate(contrasts):
-        p = fits.pvalue[:, j]
+    blank = np.full(len(nhoods), np.nan)
+    for contrast in names:
+        if fits is not None and contrast in fitted:
+            j = fitted.index(contrast)
+            values = {
+                key: getattr(fits, key)[:, j] for key in ("estimate", "ci_low", "ci_high", "pvalue")
+            }
+        else:
+            values = dict.fromkeys(("estimate", "ci_low", "ci_high", "pvalue"), blank)
         rows.append(nhoods.assign(
-            contrast=contrast, estimate=fits.estimate[:, j], ci_low=fits.ci_low[:, j],
-            ci_high=fits.ci_high[:, j], pvalue=p,
-            spatial_fdr=spatial_fdr(p, nhoods["weight"].to_numpy()), method="glmm",
+            contrast=contrast, **values, method="glmm",
+            spatial_fdr=spatial_fdr(values["pvalue"], nhoods["weight"].to_numpy()),
         ))  # fmt: skip
     return pd.concat(rows, ignore_index=True).reindex(columns=list(TEST_COLUMNS))
 
@@ -177,10 +186,10 @@ def run_neighbourhoods(ctx: StageContext) -> str:
         design, not_estimable = estimable_design(samples, time=n.time)
     except AbundanceDesignError as err:
         raise ImmunoprofileError(f"neighbourhoods: {err}") from err
-    if design is None:
-        reason = "; ".join(sorted(set(not_estimable.values())))
-        raise ImmunoprofileError(f"neighbourhoods: no contrast can be estimated: {reason}")
-    samples = samples.set_index("sample_id").loc[design.samples["sample_id"]].reset_index()
+    names = contrast_names(sorted({float(t) for t in samples["timepoint_months"]}))
+    fitted = [] if design is None else estimable_contrasts(design)
+    if design is not None:  # the design's sample order
+        samples = samples.set_index("sample_id").loc[design.samples["sample_id"]].reset_index()
 
     element = f"obsm/{cfg.graph.use_rep}"
     x = np.ascontiguousarray(
@@ -215,24 +224,28 @@ def run_neighbourhoods(ctx: StageContext) -> str:
         "size": k, "kth_distance": hoods.kth_distance.astype(float), "weight": hoods.weights,
     })  # fmt: skip
     nhoods = pd.concat([nhoods, _label_columns(members, obs)], axis=1)
-    fits = _fit_all(ctx, counts, samples, design)
+    fits = _fit_all(ctx, counts, samples, design) if design is not None and fitted else None
     lap("fits")
-    contrasts = estimable_contrasts(design)
-    tests = _tests(fits, contrasts, nhoods)
-    unconverged = int((~fits.fits["converged"].astype(bool)).sum())
+    tests = _tests(fits, fitted, names, nhoods)
+    unconverged = 0 if fits is None else int((~fits.fits["converged"].astype(bool)).sum())
     called = {c: int((tests.loc[tests["contrast"] == c, "spatial_fdr"] < n.alpha).sum())
-              for c in contrasts}  # fmt: skip
+              for c in fitted}  # fmt: skip
     warnings = [f"{c}: not estimable, {r}" for c, r in not_estimable.items()]
     if unconverged:
         warnings.append(f"{unconverged} of {len(nhoods)} neighbourhood models did not converge "
                         "and are not tested (NaN; fits.csv says which and why)")  # fmt: skip
     with ctx.stage_folder() as (out, manifest):
         tests.to_csv(out.tests, index=False)
-        fits.fits.assign(nhood=nhoods["nhood"]).to_csv(out.fits, index=False)
+        if fits is not None:
+            fits.fits.assign(nhood=nhoods["nhood"]).to_csv(out.fits, index=False)
+        else:  # nothing to fit: the design estimates no contrast
+            pd.DataFrame({"nhood": nhoods["nhood"], "sd_patient": np.nan, "sd_sample": np.nan,
+                          "converged": False, "notes": "no contrast can be estimated"}).to_csv(
+                out.fits, index=False)  # fmt: skip
         _nhood_store(nhoods, counts, samples, members, extra, len(obs), k).write_zarr(out.nhoods)
         lap("write")
         plots = []
-        for contrast in [c for c in contrasts if c.startswith("response@")]:
+        for contrast in [c for c in fitted if c.startswith("response@")]:
             fig = beeswarm_plot(tests[tests["contrast"] == contrast], alpha=n.alpha,
                                 title=contrast)  # fmt: skip
             fig.savefig(out.beeswarm_png(contrast), dpi=110, format="png")
@@ -245,7 +258,7 @@ def run_neighbourhoods(ctx: StageContext) -> str:
             "n_cells": int(rows.size), "n_batch_cells": int(added.size),
             "exact_neighbours": hoods.exact,
             "median_nhoods_per_cell": float(np.median(np.bincount(members.ravel(), minlength=len(obs))[rows])),
-            "alpha": n.alpha, "called": called, "contrasts": contrasts,
+            "alpha": n.alpha, "called": called, "contrasts": names, "tested": fitted,
             "not_estimable": not_estimable, "unconverged": unconverged,
             "warnings": warnings, "plots": plots, "seconds": seconds,
         }  # fmt: skip

@@ -430,7 +430,7 @@ def neighbourhoods_section(workdir: Workdir, umap: np.ndarray) -> str:
                             "neighbourhoods": list(summary["called"].values())})),
     ]  # fmt: skip
     base = tests[tests["contrast"] == "response@month0"]
-    if len(base):
+    if base["pvalue"].notna().any():
         parts.append(figure(
             beeswarm_plot(base, alpha=alpha, title="response@month0"),
             "Each point a neighbourhood, grouped by its majority label; coloured at spatial "

@@ -26,10 +26,14 @@ def test_a_parameter_changes_its_stage_and_the_later_ones(tmp_path: Path) -> Non
     base = _digests(tmp_path)
     changed = _digests(tmp_path, graph={"n_neighbors": 20})
     assert [s for s in base if base[s] != changed[s]] == ["graph", "annotate", "abundance",
-                                                          "expression", "predict", "report"]  # fmt: skip
-    changed = _digests(tmp_path, abundance={"time": "continuous"})
-    assert [s for s in base if base[s] != changed[s]] == ["abundance", "expression", "predict",
+                                                          "neighbourhoods", "expression", "predict",
                                                           "report"]  # fmt: skip
+    changed = _digests(tmp_path, abundance={"time": "continuous"})
+    assert [s for s in base if base[s] != changed[s]] == ["abundance", "neighbourhoods",
+                                                          "expression", "predict", "report"]  # fmt: skip
+    changed = _digests(tmp_path, neighbourhoods={"prop": 0.1})
+    assert [s for s in base if base[s] != changed[s]] == ["neighbourhoods", "expression",
+                                                          "predict", "report"]  # fmt: skip
     changed = _digests(tmp_path, expression={"min_cells": 20})
     assert [s for s in base if base[s] != changed[s]] == ["expression", "predict", "report"]
     changed = _digests(tmp_path, predict={"folds": 4})
@@ -59,7 +63,8 @@ def test_an_edited_marker_file_reruns_annotate(tmp_path: Path) -> None:
     base = _digests(tmp_path, annotate={"markers": str(markers)})
     markers.write_text(text.replace("version: 2", "version: 3"))
     edited = _digests(tmp_path, annotate={"markers": str(markers)})
-    assert [s for s in base if base[s] != edited[s]] == ["annotate", "abundance", "expression",
+    assert [s for s in base if base[s] != edited[s]] == ["annotate", "abundance",
+                                                         "neighbourhoods", "expression",
                                                          "predict", "report"]  # fmt: skip
 
 
