@@ -34,7 +34,7 @@ Needs pertpy, which is not a dependency of the project: run it in a venv of its 
 
     apt-get install -y r-bioc-edger
     /root/.pyenv/versions/3.12.1/bin/python -m venv /work/pertpy-venv
-    /work/pertpy-venv/bin/pip install 'pertpy[de]==1.4.0' 'rpy2==3.5.17' psutil
+    /work/pertpy-venv/bin/pip install 'pertpy[de]==1.4.0' 'rpy2==3.5.17' psutil 'pynndescent<0.6'
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \
         /work/pertpy-venv/bin/python benchmarks/neighbourhoods_pertpy.py WORKDIR --glmm \
         --json benchmarks/results/neighbourhoods_pertpy.jsonl
