@@ -153,6 +153,11 @@ class NeighbourhoodsConfig(FrozenModel):
     time: Literal["factor", "continuous"] = Field(
         "factor", description="timepoint as a factor (0/3/6 months) or as continuous months"
     )
+    batch_covariate: bool = Field(
+        True,
+        description="processing batch as a fixed covariate where the design allows it (what "
+        "integration leaves of a batch in the embedding shifts neighbourhoods' composition)",
+    )
     alpha: float = Field(
         0.1, gt=0, lt=1, description="spatial FDR threshold in the plots and summary"
     )

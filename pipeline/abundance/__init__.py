@@ -8,6 +8,7 @@ from ._design import (
     contrast_names,
     estimable_design,
     model_design,
+    with_covariate,
 )
 from ._glmm import GlmmFit, fit_binomial_glmm
 from ._models import (
@@ -56,4 +57,5 @@ __all__ = [
     "run_power",
     "trajectory_plot",
     "transformed_proportions",
+    "with_covariate",
 ]

@@ -40,6 +40,8 @@ class ModelDesign:
     # the contrasts of docs/contracts.md of these timepoints that cannot be estimated, and why (they
     # are not in ``contrasts``, or are there with no degrees of freedom left)
     not_estimable: dict[str, str] = field(default_factory=dict)
+    # adjustment columns after the design's own (e.g. processing batch): in no contrast
+    covariates: tuple[str, ...] = ()
 
     def cell_weights(self) -> pd.DataFrame | None:
         """Contrast x design cell (response, month): each contrast as a combination of cell
@@ -48,8 +50,10 @@ class ModelDesign:
             return None
         keys = self.samples[["response", "timepoint_months"]].astype(str).agg("@".join, axis=1)
         first = ~keys.duplicated().to_numpy()
-        means = self.x[first]
-        weights = np.linalg.lstsq(means.T, self.contrasts.to_numpy().T, rcond=None)[0].T
+        own = [j for j, c in enumerate(self.columns) if c not in self.covariates]
+        means = self.x[first][:, own]
+        lmat = self.contrasts.to_numpy()[:, own]
+        weights = np.linalg.lstsq(means.T, lmat.T, rcond=None)[0].T
         weights[np.abs(weights) < 1e-9] = 0.0
         return pd.DataFrame(weights, index=self.contrasts.index, columns=keys[first].to_numpy())
 
@@ -301,16 +305,69 @@ def _cell_means_df(
                      dtype=float)  # fmt: skip
 
 
+def _patient_level(x: np.ndarray, patient: np.ndarray) -> list[int]:
+    """The columns of ``x`` that are constant within every patient."""
+    n = int(patient.max()) + 1
+    size = np.bincount(patient, minlength=n)
+    return [j for j in range(x.shape[1])
+            if np.allclose(np.bincount(patient, weights=x[:, j] ** 2, minlength=n) * size,
+                           np.bincount(patient, weights=x[:, j], minlength=n) ** 2)]  # fmt: skip
+
+
+def with_covariate(
+    design: ModelDesign, values: pd.Series, name: str
+) -> tuple[ModelDesign, str | None]:
+    """``design`` with a categorical adjustment (e.g. the processing batch: one value per
+    sample, in the design's sample order) as treatment-coded columns that no contrast
+    uses (``covariates`` names them). The design comes back unchanged when the covariate
+    has one level (reason None), and with the reason why not when it is confounded with
+    the design (the columns would be rank deficient) or would leave a contrast without
+    degrees of freedom.
+
+    Degrees of freedom: a column constant within every patient is patient-level and
+    costs the between-patient contrasts one, any other costs the within-patient ones
+    (the between-within rule of `_between_within_df`)."""
+    values = pd.Series(values).astype(str).reset_index(drop=True)
+    if len(values) != design.x.shape[0]:
+        msg = f"{len(values)} values of {name!r} for a design of {design.x.shape[0]} samples"
+        raise AbundanceDesignError(msg)
+    levels = sorted(values.unique())
+    if len(levels) < 2:
+        return design, None
+    extra = np.column_stack([(values == level).to_numpy(dtype=float) for level in levels[1:]])
+    x = np.hstack([design.x, extra])
+    if np.linalg.matrix_rank(x) < x.shape[1]:
+        return design, (f"{name} is confounded with response and time (its columns are "
+                        f"linear combinations of theirs): not adjusted for {name}")  # fmt: skip
+    columns = (*design.columns, *(f"{name}{level}" for level in levels[1:]))
+    contrasts = design.contrasts.reindex(columns=list(columns), fill_value=0.0)
+    before = _patient_level(design.x, design.patient)
+    after = _patient_level(x, design.patient)
+    added_between = int(
+        np.linalg.matrix_rank(x[:, after]) - np.linalg.matrix_rank(design.x[:, before])
+    )
+    added_within = extra.shape[1] - added_between
+    uses_between = np.abs(design.contrasts.to_numpy()[:, before]).sum(axis=1) > 0
+    df = design.df - np.where(uses_between, added_between, added_within)
+    if (df <= 0).any():
+        return design, (f"too few samples to adjust for {name} ({len(levels)} levels) and "
+                        "keep degrees of freedom for every contrast: not adjusted")  # fmt: skip
+    adjusted = ModelDesign(
+        samples=design.samples, x=x, columns=columns, patient=design.patient,
+        contrasts=contrasts, time=design.time, n_patients=design.n_patients, df=df,
+        not_estimable=design.not_estimable,
+        covariates=(*design.covariates, *columns[len(design.columns):]),
+    )  # fmt: skip
+    return adjusted, None
+
+
 def _between_within_df(x, names, patient, contrasts: pd.DataFrame) -> pd.Series:
     """Denominator degrees of freedom by the between-within rule (SAS ``DDFM=BETWITHIN``,
     glmmTMB/nlme): a contrast that involves a patient-level column (constant within every
     patient: intercept, response) gets patients - rank(patient-level columns); one of
     within-patient columns only gets observations - patients - their rank beyond those."""
     n_patients = int(patient.max()) + 1
-    between = [j for j in range(x.shape[1])
-               if np.all(np.bincount(patient, weights=x[:, j] ** 2, minlength=n_patients)
-                         * np.bincount(patient, minlength=n_patients)
-                         == np.bincount(patient, weights=x[:, j], minlength=n_patients) ** 2)]  # fmt: skip
+    between = _patient_level(x, patient)
     rank_between = np.linalg.matrix_rank(x[:, between])
     df_between = n_patients - rank_between
     df_within = x.shape[0] - n_patients - (x.shape[1] - rank_between)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..abundance import AbundanceDesignError, contrast_names, estimable_design
+from ..abundance import AbundanceDesignError, contrast_names, estimable_design, with_covariate
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..labels import B_SUBSETS, DESIGN_COLUMNS, LINEAGES
@@ -79,9 +79,10 @@ def _count_chunk(members: np.ndarray, codes: np.ndarray, n_samples: int) -> np.n
 
 
 def _samples(obs: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in DESIGN_COLUMNS if c != "batch"]
     kept = obs[obs["qc_pass"]]
-    table = kept[cols].astype({"sample_id": str, "patient_id": str, "response": str})
+    table = kept[list(DESIGN_COLUMNS)].astype(
+        {"sample_id": str, "patient_id": str, "response": str, "batch": str}
+    )
     table = table.drop_duplicates("sample_id").reset_index(drop=True)
     sizes = kept["sample_id"].astype(str).value_counts()
     return table.assign(n_cells=table["sample_id"].map(sizes).to_numpy(dtype=np.int64))
@@ -188,8 +189,11 @@ def run_neighbourhoods(ctx: StageContext) -> str:
         raise ImmunoprofileError(f"neighbourhoods: {err}") from err
     names = contrast_names(sorted({float(t) for t in samples["timepoint_months"]}))
     fitted = [] if design is None else estimable_contrasts(design)
+    adjustment = None
     if design is not None:  # the design's sample order
         samples = samples.set_index("sample_id").loc[design.samples["sample_id"]].reset_index()
+        if n.batch_covariate:
+            design, adjustment = with_covariate(design, samples["batch"], "batch")
 
     element = f"obsm/{cfg.graph.use_rep}"
     x = np.ascontiguousarray(
@@ -231,6 +235,8 @@ def run_neighbourhoods(ctx: StageContext) -> str:
     called = {c: int((tests.loc[tests["contrast"] == c, "spatial_fdr"] < n.alpha).sum())
               for c in fitted}  # fmt: skip
     warnings = [f"{c}: not estimable, {r}" for c, r in not_estimable.items()]
+    if adjustment is not None:
+        warnings.append(adjustment)
     if unconverged:
         warnings.append(f"{unconverged} of {len(nhoods)} neighbourhood models did not converge "
                         "and are not tested (NaN; fits.csv says which and why)")  # fmt: skip
@@ -259,6 +265,8 @@ def run_neighbourhoods(ctx: StageContext) -> str:
             "exact_neighbours": hoods.exact,
             "median_nhoods_per_cell": float(np.median(np.bincount(members.ravel(), minlength=len(obs))[rows])),
             "alpha": n.alpha, "called": called, "contrasts": names, "tested": fitted,
+            "covariates": [] if design is None else list(design.covariates),
+            "covariate_not_adjusted": adjustment,
             "not_estimable": not_estimable, "unconverged": unconverged,
             "warnings": warnings, "plots": plots, "seconds": seconds,
         }  # fmt: skip

@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.abundance import AbundanceDesignError, contrast_names, estimable_design, model_design
+from pipeline.abundance import (
+    AbundanceDesignError,
+    contrast_names,
+    estimable_design,
+    model_design,
+    with_covariate,
+)
 
 
 def _samples(groups: dict[str, str], months=(0, 3, 6)) -> pd.DataFrame:
@@ -158,3 +164,76 @@ def test_cell_means_give_the_treatment_coded_contrasts() -> None:
         fit = fit_binomial_glmm(count.astype(float), total, d.x, d.patient)
         got[name] = contrast_table(fit.beta, fit.vcov, d.contrasts, d.df).set_index("contrast")
     pd.testing.assert_frame_equal(got["cells"], got["full"], rtol=1e-3, atol=1e-4)
+
+
+def _with_batches(groups: dict[str, str], batch_of) -> pd.DataFrame:
+    samples = _samples(groups)
+    samples["batch"] = [batch_of(p, t) for p, t in zip(samples["patient_id"],
+                                                       samples["timepoint_months"], strict=True)]  # fmt: skip
+    return samples
+
+
+SIX = {"P1": "responder", "P2": "responder", "P3": "responder",
+       "P4": "non_responder", "P5": "non_responder", "P6": "non_responder"}  # fmt: skip
+
+
+def test_a_batch_covariate_enters_no_contrast_and_costs_its_degrees_of_freedom() -> None:
+    """Batches rotating over timepoints (a patient's samples in consecutive batches) vary
+    within patients: each of their columns costs the within-patient contrasts one degree
+    of freedom, the contrasts and their cells are unchanged."""
+    waves = {"P1": 0, "P2": 1, "P3": 2, "P4": 0, "P5": 1, "P6": 2}
+    samples = _with_batches(SIX, lambda p, t: f"b{(waves[p] + t // 3) % 3}")
+    design = model_design(samples)
+    adjusted, why = with_covariate(design, samples["batch"], "batch")
+    assert why is None
+    assert adjusted.columns == (*design.columns, "batchb1", "batchb2")
+    assert adjusted.covariates == ("batchb1", "batchb2")
+    np.testing.assert_array_equal(adjusted.x[:, :6], design.x)
+    assert (adjusted.contrasts[["batchb1", "batchb2"]] == 0).all().all()
+    pd.testing.assert_frame_equal(adjusted.cell_weights(), design.cell_weights())
+    between = [c for c in design.df.index if c.startswith("response@")]
+    within = [c for c in design.df.index if c not in between]
+    assert (adjusted.df[between] == design.df[between]).all()
+    assert (adjusted.df[within] == design.df[within] - 2).all()
+
+
+def test_a_batch_per_patient_costs_the_between_patient_contrasts() -> None:
+    batch = {"P1": "x", "P2": "y", "P3": "x", "P4": "y", "P5": "x", "P6": "y"}
+    samples = _with_batches(SIX, lambda p, t: batch[p])
+    design = model_design(samples)
+    adjusted, why = with_covariate(design, samples["batch"], "batch")
+    assert why is None and adjusted.covariates == ("batchy",)
+    assert adjusted.df["response@month0"] == design.df["response@month0"] - 1 == 3
+    assert adjusted.df["time3@responder"] == design.df["time3@responder"]
+
+
+@pytest.mark.parametrize(
+    ("batch_of", "groups", "reason"),
+    [
+        # every timepoint its own batch: batch is time
+        (lambda p, t: f"month{t}", SIX, "batch is confounded with response and time"),
+        # responders in one batch, non-responders in the other: batch is response
+        (lambda p, t: SIX[p], SIX, "batch is confounded with response and time"),
+        # a batch per patient and two patients per group: nothing left between patients
+        (lambda p, t: p, GROUPS, "batch is confounded with response and time"),
+        # three patients, one degree of freedom between them, which the batch would take
+        (
+            lambda p, t: "y" if p == "P2" else "x",
+            {"P1": "responder", "P2": "responder", "P3": "non_responder"},
+            "too few samples to adjust for batch",
+        ),
+    ],
+)
+def test_a_confounded_batch_is_not_adjusted_and_says_why(batch_of, groups, reason) -> None:
+    samples = _with_batches(groups, batch_of)
+    design = model_design(samples)
+    adjusted, why = with_covariate(design, samples["batch"], "batch")
+    assert adjusted is design and why is not None and reason in why
+
+
+def test_one_batch_needs_no_adjustment_and_a_wrong_length_is_an_error() -> None:
+    samples = _with_batches(GROUPS, lambda p, t: "only")
+    design = model_design(samples)
+    assert with_covariate(design, samples["batch"], "batch") == (design, None)
+    with pytest.raises(AbundanceDesignError, match="3 values of 'batch' for a design of 12"):
+        with_covariate(design, samples["batch"][:3], "batch")

@@ -42,6 +42,11 @@ def test_tests_follow_the_contract_one_row_per_neighbourhood_and_contrast(
     assert len(tests_csv) == nhoods.n_obs * len(summary["contrasts"])
     assert set(tests_csv["contrast"]) == set(summary["contrasts"])
     assert "response@month0" in summary["contrasts"]
+    # the processing batch (rotating over timepoints here) is adjusted for
+    batches = sorted(nhoods.var["batch"].unique())
+    assert len(batches) == 3
+    assert summary["covariates"] == [f"batch{b}" for b in batches[1:]]
+    assert summary["covariate_not_adjusted"] is None
     assert (tests_csv["method"] == "glmm").all()
     tested = tests_csv.dropna(subset=["pvalue"])
     assert len(tested) > 0.5 * len(tests_csv)
