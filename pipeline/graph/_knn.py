@@ -77,10 +77,16 @@ def knn_index(points: np.ndarray, *, exact_knn_below: int = 50_000, seed: int = 
     return index, exact
 
 
+SEARCH_CHUNK_ENTRIES = 5_000_000  # queries x k per search call: bounds faiss's own results
+
+
 def _search(index, queries: np.ndarray, k: int, chunk_cells: int):
     n = queries.shape[0]
     indices = np.empty((n, k), dtype=np.int64)
     distances = np.empty((n, k), dtype=np.float32)
+    # the graph's k (15): chunk_cells queries per call; a neighbourhood's k (hundreds):
+    # fewer, so that the call's own int64 + float32 results stay ~60 MB
+    chunk_cells = max(1, min(chunk_cells, SEARCH_CHUNK_ENTRIES // k))
     for start in range(0, n, chunk_cells):
         squared, found = index.search(queries[start : start + chunk_cells], k)
         indices[start : start + len(found)] = found

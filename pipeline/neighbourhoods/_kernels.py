@@ -49,7 +49,10 @@ def make_neighbourhoods(
     graph's k: exactly its rows)."""
     index = sample_index_cells(x, graph, np.arange(x.shape[0]), prop, seed)
     nn = neighbours_of(x, index, k, exact_knn_below=exact_knn_below, seed=knn_seed)
-    return Neighbourhoods(index, nn.indices, nn.distances[:, -1].copy(), nn.exact)
+    kth, exact = nn.distances[:, -1].copy(), nn.exact
+    members = nn.indices.astype(np.int32) if x.shape[0] < 2**31 else nn.indices
+    del nn  # its int64 indices: the largest array of the stage at a million cells
+    return Neighbourhoods(index, members, kth, exact)
 
 
 def refined_index_cells(
@@ -95,7 +98,7 @@ def membership_matrix(members: np.ndarray, n_cells: int) -> sp.csc_matrix:
     m, k = members.shape
     data = np.ones(m * k, dtype=np.uint8)
     indptr = np.arange(0, m * k + 1, k, dtype=np.int64)
-    indices = np.sort(members, axis=1).ravel().astype(np.int64)
+    indices = np.sort(members, axis=1).ravel()  # a copy in the members' own integer type
     return sp.csc_matrix((data, indices, indptr), shape=(n_cells, m))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
@@ -207,7 +208,10 @@ def run_neighbourhoods(ctx: StageContext) -> str:
                                 exact_knn_below=cfg.graph.exact_knn_below, knn_seed=cfg.graph.seed)  # fmt: skip
     index_points = x[hoods.index_cells]
     del graph, x
-    members = rows[hoods.members]  # neighbourhoods x k, rows of cohort.zarr
+    # neighbourhoods x k, rows of cohort.zarr; int32 where they fit (the largest per-member
+    # array the driver holds), and the positions among the kept cells let go at once
+    members = rows.astype(np.int32 if len(obs) < 2**31 else np.int64)[hoods.members]
+    hoods = replace(hoods, members=members[:0])
     codes = np.full(len(obs), -1, dtype=np.int64)
     kept = np.flatnonzero(keep)
     codes[kept] = pd.Categorical(obs["sample_id"].astype(str).to_numpy()[kept],

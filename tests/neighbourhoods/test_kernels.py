@@ -70,6 +70,20 @@ def test_neighbours_of_some_cells_are_their_rows_of_the_whole_search(exact_below
     np.testing.assert_array_equal(np.sort(some.indices, 1), np.sort(whole.indices[rows], 1))
 
 
+def test_large_neighbourhoods_are_searched_in_chunks_with_the_same_result(monkeypatch) -> None:
+    """A neighbourhood's k of hundreds cuts the queries into several search calls (to
+    bound faiss's own result arrays): the neighbours are those of one call."""
+    from pipeline.graph import _knn
+
+    x = np.random.default_rng(5).normal(size=(3000, 8)).astype(np.float32)
+    rows = np.arange(0, 3000, 7)
+    whole = neighbours_of(x, rows, 120, exact_knn_below=100, seed=3)
+    monkeypatch.setattr(_knn, "SEARCH_CHUNK_ENTRIES", 120 * 50)  # 50 queries per call
+    chunked = neighbours_of(x, rows, 120, exact_knn_below=100, seed=3)
+    np.testing.assert_array_equal(chunked.indices, whole.indices)
+    np.testing.assert_array_equal(chunked.distances, whole.distances)
+
+
 def test_counts_and_membership_match_a_dense_computation() -> None:
     rng = np.random.default_rng(4)
     members = np.array([rng.choice(50, 7, replace=False) for _ in range(9)])
