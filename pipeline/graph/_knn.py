@@ -17,7 +17,9 @@ against exact search on 2,000 cells; peak above the embedding):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -51,7 +53,7 @@ def nearest_neighbors(
     index, exact = knn_index(points, exact_knn_below=exact_knn_below, seed=seed)
     indices, distances = _search(index, points, k, chunk_cells)
     del index
-    _self_first(indices, distances)
+    self_first(indices, distances)
     return Neighbors(indices=indices, distances=distances, exact=exact)
 
 
@@ -67,14 +69,98 @@ def knn_index(points: np.ndarray, *, exact_knn_below: int = 50_000, seed: int = 
     if exact:
         index = faiss.IndexFlatL2(dim)
     else:
-        n_lists = 2 ** round(np.log2(2 * np.sqrt(n)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, n_lists)
-        index.cp.seed = seed
-        train = np.random.default_rng(seed).choice(n, min(n, 50 * n_lists), replace=False)
-        index.train(points[np.sort(train)])
-        index.nprobe = NPROBE
+        index = _trained_ivf(points[ivf_training_rows(n, seed)], n_lists_for(n), seed)
     index.add(points)
     return index, exact
+
+
+def n_lists_for(n: int) -> int:
+    """The inverted lists of `knn_index` over ``n`` cells: ~2 sqrt(n), a power of 2."""
+    return int(2 ** round(np.log2(2 * np.sqrt(n))))
+
+
+def ivf_training_rows(n: int, seed: int) -> np.ndarray:
+    """The rows (of ``n``, ascending, seeded) `knn_index` trains its lists on."""
+    n_lists = n_lists_for(n)
+    return np.sort(np.random.default_rng(seed).choice(n, min(n, 50 * n_lists), replace=False))
+
+
+def _trained_ivf(train: np.ndarray, n_lists: int, seed: int) -> Any:
+    import faiss
+
+    dim = train.shape[1]
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, n_lists)
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(train, dtype=np.float32))
+    index.nprobe = NPROBE
+    return index
+
+
+def ivf_centroids(train: np.ndarray, n_lists: int, seed: int) -> np.ndarray:
+    """The list centroids (n_lists x dims, float32) `knn_index` trains on ``train`` (its
+    `ivf_training_rows`): with them a shard of the cells can be indexed and searched on
+    its own (`search_shards`)."""
+    index = _trained_ivf(train, n_lists, seed)
+    return np.asarray(index.quantizer.reconstruct_n(0, n_lists), dtype=np.float32)
+
+
+def list_assignment(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each point's inverted list (int64): its nearest centroid, as faiss assigns it
+    when the point is added to the index."""
+    import faiss
+
+    quantizer = faiss.IndexFlatL2(centroids.shape[1])
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    _, found = quantizer.search(np.ascontiguousarray(points, dtype=np.float32), 1)
+    return found.ravel()
+
+
+def search_shards(
+    queries: np.ndarray,
+    shards: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    k: int,
+    centroids: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest points of each query among all ``shards`` (points, their ids
+    (int64), their lists from `list_assignment`), one shard in memory at a time: exact
+    search with ``centroids`` None, else the inverted-file search of `knn_index` with
+    those centroids, ``NPROBE`` lists per query, which finds the same neighbours as one
+    index holding every shard. Returns (ids, euclidean distances), queries x k, nearest
+    first (ids -1 where fewer than ``k`` points exist)."""
+    import faiss
+
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    heap = faiss.ResultHeap(q.shape[0], k)
+    quantizer = None
+    if centroids is not None:
+        quantizer = faiss.IndexFlatL2(centroids.shape[1])
+        quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    for points, ids, lists in shards:
+        x = np.ascontiguousarray(points, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        index: Any
+        if quantizer is None or centroids is None:
+            index = faiss.IndexFlatL2(x.shape[1])
+            index.add(x)
+        else:
+            assert lists is not None
+            index = faiss.IndexIVFFlat(quantizer, x.shape[1], centroids.shape[0])
+            index.is_trained = True
+            index.nprobe = NPROBE
+            assigned = np.ascontiguousarray(lists, dtype=np.int64)
+            index.add_core(x.shape[0], faiss.swig_ptr(x), faiss.swig_ptr(ids),
+                           faiss.swig_ptr(assigned))  # fmt: skip
+        squared, found = index.search(q, min(k, x.shape[0]))
+        if quantizer is None:
+            found = np.where(found >= 0, ids[np.maximum(found, 0)], -1)
+        if found.shape[1] < k:  # a shard smaller than k
+            pad = k - found.shape[1]
+            squared = np.pad(squared, ((0, 0), (0, pad)), constant_values=np.inf)
+            found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
+        heap.add_result(np.ascontiguousarray(squared), np.ascontiguousarray(found))
+        del index
+    heap.finalize()
+    return heap.I, np.sqrt(np.maximum(heap.D, 0))
 
 
 SEARCH_CHUNK_ENTRIES = 5_000_000  # queries x k per search call: bounds faiss's own results
@@ -113,11 +199,11 @@ def neighbours_of(
     index, exact = knn_index(points, exact_knn_below=exact_knn_below, seed=seed)
     indices, distances = _search(index, points[np.asarray(rows)], k, chunk_cells)
     del index
-    _self_first(indices, distances, own=np.asarray(rows, dtype=np.int64))
+    self_first(indices, distances, own=np.asarray(rows, dtype=np.int64))
     return Neighbors(indices=indices, distances=distances, exact=exact)
 
 
-def _self_first(indices: np.ndarray, distances: np.ndarray, own: np.ndarray | None = None) -> None:
+def self_first(indices: np.ndarray, distances: np.ndarray, own: np.ndarray | None = None) -> None:
     """Put each cell (row r: cell ``own[r]``, default r) in column 0 (a tie with a
     duplicate cell may displace it), in place."""
     own = np.arange(indices.shape[0]) if own is None else own

@@ -66,20 +66,41 @@ def refined_index_cells(
     random. A row with fewer neighbours than the widest is padded with the cell itself.
     """
     sampled = np.asarray(sampled, dtype=np.int64)
-    lengths = np.diff(graph.indptr)[sampled]
-    width = int(lengths.max(initial=0)) + 1
+    width = int(np.diff(graph.indptr)[sampled].max(initial=0)) + 1
     out = np.empty(sampled.size, dtype=np.int64)
     for start in range(0, sampled.size, chunk):
         rows = sampled[start : start + chunk]
-        members = np.repeat(rows[:, None], width, axis=1)
-        for j, r in enumerate(rows):
-            nbrs = graph.indices[graph.indptr[r] : graph.indptr[r + 1]]
-            members[j, 1 : 1 + nbrs.size] = nbrs
-        points = x[members]  # rows x width x dims
-        centre = np.median(points, axis=1)
-        dist = ((points - centre[:, None, :]) ** 2).sum(axis=2)
-        out[start : start + rows.size] = members[np.arange(rows.size), dist.argmin(axis=1)]
+        members = graph_rows_with_self(graph.indptr, graph.indices, rows, width)
+        out[start : start + rows.size] = nearest_to_median(members, x[members])
     return np.unique(out)
+
+
+def graph_rows_with_self(
+    indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray, width: int, first_row: int = 0
+) -> np.ndarray:
+    """rows x ``width``: each row's cell, then its neighbours in a CSR graph
+    (``indptr``, ``indices``; or a slice of one: ``indptr`` from row ``first_row`` on,
+    ``indices`` from that row's first entry on), padded with the cell itself."""
+    members = np.repeat(np.asarray(rows, dtype=np.int64)[:, None], width, axis=1)
+    for j, r in enumerate(rows):
+        nbrs = indices[indptr[r - first_row] : indptr[r - first_row + 1]]
+        members[j, 1 : 1 + nbrs.size] = nbrs
+    return members
+
+
+def nearest_to_median(members: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """For each row of ``members`` (rows x width) with their ``points`` (rows x width x
+    dims), the member nearest to the members' median position."""
+    centre = np.median(points, axis=1)
+    dist = ((points - centre[:, None, :]) ** 2).sum(axis=2)
+    return members[np.arange(members.shape[0]), dist.argmin(axis=1)]
+
+
+def draw_cells(n_kept: int, prop: float, seed: int) -> np.ndarray:
+    """``prop`` of ``n_kept`` rows drawn at random (seeded), ascending: the cells
+    refined sampling starts from."""
+    n = max(1, round(prop * n_kept))
+    return np.sort(np.random.default_rng(seed).choice(np.arange(n_kept), size=n, replace=False))
 
 
 def sample_index_cells(
@@ -88,9 +109,7 @@ def sample_index_cells(
     """``prop`` of the ``kept`` rows drawn at random (seeded), refined
     (`refined_index_cells`)."""
     kept = np.asarray(kept, dtype=np.int64)
-    n = max(1, round(prop * kept.size))
-    sampled = np.sort(np.random.default_rng(seed).choice(kept, size=n, replace=False))
-    return refined_index_cells(x, graph, sampled)
+    return refined_index_cells(x, graph, kept[draw_cells(kept.size, prop, seed)])
 
 
 def membership_matrix(members: np.ndarray, n_cells: int) -> sp.csc_matrix:

@@ -3,38 +3,47 @@ graph and the labels in; neighbourhoods, their counts per sample, the models' co
 with spatial FDR, and plots out (``WORKDIR/neighbourhoods/``, built under a temporary
 name with its manifest).
 
-The driver holds the QC-passed cells' embedding, the graph's neighbour lists and the
-membership (neighbourhoods x k cell rows); the counts are computed by the workers a chunk
-of neighbourhoods at a time, and the models fitted there a chunk at a time.
+The workers refine the sampled cells, search the neighbourhoods' members shard by shard,
+count them per sample, take their majority labels and write their member lists
+(`_tasks`); the driver holds per-cell codes (sample, labels: a few bytes per cell) and
+per-neighbourhood results, writes the membership a block of neighbourhoods at a time, and
+has the models fitted on the workers a chunk at a time.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import zarr
 
 from ..abundance import AbundanceDesignError, contrast_names, estimable_design, with_covariate
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
+from ..graph import ivf_centroids, ivf_training_rows, n_lists_for
 from ..labels import B_SUBSETS, DESIGN_COLUMNS, LINEAGES
 from ..workdir import Workdir
-from ._kernels import (
-    majority_labels,
-    make_neighbourhoods,
-    members_within,
-    membership_matrix,
-    sample_counts,
-    spatial_fdr,
-)
+from ._kernels import Neighbourhoods, draw_cells, members_within, spatial_fdr
 from ._model import ChunkFits, estimable_contrasts, fit_neighbourhoods
 from ._plots import beeswarm_plot
+from ._tasks import (
+    BLOCK_ENTRIES,
+    SHARD_CELLS,
+    assign_shard,
+    graph_widths,
+    read_rows,
+    refine_block,
+    search_block,
+)
 
 if TYPE_CHECKING:
     from ..stages import StageContext
@@ -70,40 +79,33 @@ def neighbourhood_size(cfg: RunConfig, n_samples: int, n_cells: int) -> int:
     return min(max(min(CELLS_PER_SAMPLE * n_samples, cap), floor), n_cells)
 
 
-def _codes(values: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
-    codes = pd.Categorical(values.astype(object), categories=list(vocabulary)).codes
-    return np.asarray(codes, dtype=np.int64)
-
-
-def _count_chunk(members: np.ndarray, codes: np.ndarray, n_samples: int) -> np.ndarray:
-    return sample_counts(members, codes, n_samples)
+def _codes(values: pd.Series, vocabulary: Sequence[str], dtype: Any = np.int64) -> np.ndarray:
+    """Each cell's position in ``vocabulary`` (-1: missing or not in it), through the
+    column's categories: no per-cell strings are made."""
+    column = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
+    lookup = pd.Index(list(vocabulary)).get_indexer(column.cat.categories.astype(str))
+    cell = column.cat.codes.to_numpy()
+    return np.where(cell >= 0, lookup[np.maximum(cell, 0)], -1).astype(dtype)
 
 
 def _samples(obs: pd.DataFrame) -> pd.DataFrame:
-    kept = obs[obs["qc_pass"]]
-    table = kept[list(DESIGN_COLUMNS)].astype(
+    """One row per sample with QC-passed cells: the design columns and ``n_cells``."""
+    keep = obs["qc_pass"].to_numpy(dtype=bool)
+    kept = obs.loc[keep, list(DESIGN_COLUMNS)]
+    table = kept.drop_duplicates("sample_id").astype(
         {"sample_id": str, "patient_id": str, "response": str, "batch": str}
     )
-    table = table.drop_duplicates("sample_id").reset_index(drop=True)
-    sizes = kept["sample_id"].astype(str).value_counts()
-    return table.assign(n_cells=table["sample_id"].map(sizes).to_numpy(dtype=np.int64))
-
-
-def _label_columns(members: np.ndarray, obs: pd.DataFrame) -> pd.DataFrame:
-    out = {}
-    for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS)):
-        best, share = majority_labels(members, _codes(obs[level], vocabulary), len(vocabulary))
-        names = np.array([*vocabulary, ""], dtype=object)
-        out[level] = names[best]
-        out[f"{level}_fraction"] = share
-    return pd.DataFrame(out)
+    table = table.reset_index(drop=True)
+    codes = _codes(kept["sample_id"], table["sample_id"].tolist())
+    sizes = np.bincount(codes[codes >= 0], minlength=len(table))
+    return table.assign(n_cells=sizes.astype(np.int64))
 
 
 def _tests(fits: ChunkFits | None, fitted: list[str], names: list[str],
-           nhoods: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
-    """Every neighbourhood x contrast of the design's timepoints (``names``); those not
-    ``fitted`` (the design cannot estimate them) NaN, as in abundance/tests.csv."""
-    rows = []
+           nhoods: pd.DataFrame) -> Iterator[pd.DataFrame]:  # fmt: skip
+    """Every neighbourhood x contrast of the design's timepoints (``names``), a contrast at
+    a time; those not ``fitted`` (the design cannot estimate them) NaN, as in
+    abundance/tests.csv."""
     blank = np.full(len(nhoods), np.nan)
     for contrast in names:
         if fits is not None and contrast in fitted:
@@ -113,11 +115,10 @@ def _tests(fits: ChunkFits | None, fitted: list[str], names: list[str],
             }
         else:
             values = dict.fromkeys(("estimate", "ci_low", "ci_high", "pvalue"), blank)
-        rows.append(nhoods.assign(
+        yield nhoods.assign(
             contrast=contrast, **values, method="glmm",
             spatial_fdr=spatial_fdr(values["pvalue"], nhoods["weight"].to_numpy()),
-        ))  # fmt: skip
-    return pd.concat(rows, ignore_index=True).reindex(columns=list(TEST_COLUMNS))
+        ).reindex(columns=list(TEST_COLUMNS))  # fmt: skip
 
 
 def _fit_all(ctx: StageContext, counts: np.ndarray, samples: pd.DataFrame, design) -> ChunkFits:
@@ -135,35 +136,122 @@ def _fit_all(ctx: StageContext, counts: np.ndarray, samples: pd.DataFrame, desig
     return ChunkFits(**stacked, fits=pd.concat([p.fits for p in parts], ignore_index=True))
 
 
-def _counts(
-    ctx: StageContext, members: np.ndarray, codes: np.ndarray, n_samples: int
-) -> np.ndarray:
-    client, chunk = ctx.cluster, max(1, 2_000_000 // members.shape[1])
-    held = client.scatter(codes, broadcast=True)
-    pieces = [client.scatter(members[s : s + chunk]) for s in range(0, members.shape[0], chunk)]
-    futures = [client.submit(_count_chunk, piece, held, n_samples, pure=False) for piece in pieces]
-    parts = client.gather(futures)
-    del futures, held, pieces  # held until the tasks that use them are done
-    return np.vstack(parts)
+REFINE_CELLS = 10_000  # sampled cells refined per task
 
 
-def _nhood_store(nhoods: pd.DataFrame, counts: np.ndarray, samples: pd.DataFrame,
-                 members: np.ndarray, extra: tuple[np.ndarray, np.ndarray], n_cells: int,
-                 k: int) -> ad.AnnData:  # fmt: skip
+@dataclass(frozen=True)
+class Found:
+    """The neighbourhoods found by the workers (their member lists in a zarr array)."""
+
+    index_rows: np.ndarray  # cohort rows of the index cells, ascending
+    kth_distance: np.ndarray
+    counts: np.ndarray  # neighbourhoods x samples
+    labels: pd.DataFrame  # lineage, lineage_fraction, b_subset, b_subset_fraction
+    exact: bool
+
+
+def _find(ctx: StageContext, element: str, rows: np.ndarray, k: int, sample_codes: np.ndarray,
+          n_samples: int, label_codes: dict[str, np.ndarray], members_path: Path) -> Found:  # fmt: skip
+    """Refined sampling, the sharded neighbour search, the counts and the majority labels,
+    all on the workers (`_tasks`); the member lists written to ``members_path``."""
+    client, n, g = ctx.cluster, ctx.cfg.neighbourhoods, ctx.cfg.graph
+    store, graph = str(ctx.workdir.cohort), "obsp/distances"
+    sampled = rows[draw_cells(rows.size, n.prop, n.seed)]
+    width = int(graph_widths(store, graph, sampled).max(initial=0)) + 1
+    refined = [client.submit(refine_block, store, element, graph,
+                             sampled[s : s + REFINE_CELLS], width, pure=False)
+               for s in range(0, sampled.size, REFINE_CELLS)]  # fmt: skip
+    index_rows = np.unique(np.concatenate(client.gather(refined)))
+    del refined
+    positions = np.searchsorted(rows, index_rows)
+    shards = [(a, min(a + SHARD_CELLS, rows.size)) for a in range(0, rows.size, SHARD_CELLS)]
+    exact = rows.size < g.exact_knn_below
+    centroids, lists = None, None
+    if not exact:  # the lists knn_index would train on the same cells
+        train = read_rows(store, element, rows[ivf_training_rows(rows.size, g.seed)])
+        centroids = ivf_centroids(train, n_lists_for(rows.size), g.seed)
+        del train
+        lists = [client.submit(assign_shard, store, element, rows[a:b], centroids, pure=False)
+                 for a, b in shards]  # fmt: skip
+    block = max(1, BLOCK_ENTRIES // k)
+    zarr.create_array(str(members_path), shape=(index_rows.size, k), chunks=(block, k),
+                      dtype="int32")  # fmt: skip
+    held = client.scatter(
+        {"rows": rows, "samples": sample_codes, **label_codes}, broadcast=True
+    )  # held until the tasks that use them are done
+    vocabularies = {"lineage": len(LINEAGES), "b_subset": len(B_SUBSETS)}
+    labels = {level: (held[level], size) for level, size in vocabularies.items()}
+    futures = [
+        client.submit(search_block, store, element, s, positions[s : s + block], held["rows"],
+                      shards, lists, centroids, k, held["samples"], n_samples, labels,
+                      str(members_path), pure=False)
+        for s in range(0, index_rows.size, block)
+    ]  # fmt: skip
+    blocks = client.gather(futures)
+    del futures, held, labels, lists
+    columns = {}
+    for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS)):
+        best = np.concatenate([b.labels[level][0] for b in blocks])
+        columns[level] = np.array([*vocabulary, ""], dtype=object)[best]
+        columns[f"{level}_fraction"] = np.concatenate([b.labels[level][1] for b in blocks])
+    return Found(
+        index_rows=index_rows,
+        kth_distance=np.concatenate([b.kth_distance for b in blocks]),
+        counts=np.vstack([b.counts for b in blocks]),
+        labels=pd.DataFrame(columns),
+        exact=exact,
+    )
+
+
+def _write_membership(path: Path, members_path: Path, extra: tuple[np.ndarray, np.ndarray],
+                      n_cells: int) -> np.ndarray:  # fmt: skip
+    """Write the membership (cells x neighbourhoods, CSC, 0/1: the member lists of
+    ``members_path`` and the ``extra`` (cell, neighbourhood) pairs of batch cells, whose
+    rows come after all members') into the AnnData-Zarr store at ``path`` as
+    ``uns/membership``, a block of neighbourhoods at a time; returns each cell's number of
+    neighbourhoods among the member lists."""
+    members = zarr.open_array(str(members_path), mode="r")
+    block = members.chunks[0]
+    per_cell = np.zeros(n_cells, dtype=np.int64)
+    group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
+    cells, nhood = extra
+    for start in range(0, members.shape[0], block):
+        part = np.asarray(members[start : start + block])
+        per_cell += np.bincount(part.ravel(), minlength=n_cells)
+        m, k = part.shape
+        matrix = sp.csc_matrix(
+            (np.ones(m * k, dtype=np.uint8), part.ravel(), np.arange(0, m * k + 1, k)),
+            shape=(n_cells, m),
+        )
+        mine = (nhood >= start) & (nhood < start + m)
+        if mine.any():
+            more = sp.csc_matrix(
+                (np.ones(int(mine.sum()), dtype=np.uint8), (cells[mine], nhood[mine] - start)),
+                shape=matrix.shape,
+            )
+            matrix = (matrix + more).tocsc()
+            matrix.sort_indices()
+        if start == 0:
+            ad.io.write_elem(group["uns"], "membership", matrix)
+        else:
+            ad.io.sparse_dataset(group["uns/membership"]).append(matrix)
+    zarr.consolidate_metadata(str(path))
+    return per_cell
+
+
+def _nhood_store(path: Path, nhoods: pd.DataFrame, counts: np.ndarray, samples: pd.DataFrame,
+                 members_path: Path, extra: tuple[np.ndarray, np.ndarray], n_cells: int,
+                 k: int) -> np.ndarray:  # fmt: skip
+    """nhoods.zarr: counts (X), neighbourhoods (obs), samples (var), membership and k
+    (uns); returns `_write_membership`'s per-cell counts."""
     adata = ad.AnnData(
-        X=counts.astype(np.int32),
+        X=counts.astype(np.int32, copy=False),
         obs=nhoods.set_index(nhoods["nhood"].astype(str).rename(None)),
         var=samples.set_index(samples["sample_id"].rename(None)),
     )
-    membership = membership_matrix(members, n_cells)
-    if extra[0].size:  # batch cells: rows after cohort.zarr's
-        more = sp.csc_matrix((np.ones(extra[0].size, dtype=np.uint8), extra),
-                             shape=membership.shape)  # fmt: skip
-        membership = (membership + more).tocsc()
-        membership.sort_indices()
-    adata.uns["membership"] = membership
     adata.uns["k"] = int(k)
-    return adata
+    adata.write_zarr(path)
+    return _write_membership(path, members_path, extra, n_cells)
 
 
 def run_neighbourhoods(ctx: StageContext) -> str:
@@ -197,67 +285,73 @@ def run_neighbourhoods(ctx: StageContext) -> str:
             design, adjustment = with_covariate(design, samples["batch"], "batch")
 
     element = f"obsm/{cfg.graph.use_rep}"
-    x = np.ascontiguousarray(
-        ctx.array(element).get_orthogonal_selection((rows, slice(None))), dtype=np.float32
-    )
-    graph = ctx.read_elem("obsp/distances").tocsr()[rows][:, rows]  # the kept cells' graph
-    lap("read")
+    ctx.array(element)  # it exists (else: which stage to run)
+    ctx.array("obsp/distances/indptr")  # the graph stage ran
     n_cohort_samples = obs["sample_id"].iloc[rows].nunique()
     k = neighbourhood_size(cfg, n_cohort_samples, rows.size)
-    hoods = make_neighbourhoods(x, graph, k, prop=n.prop, seed=n.seed,
-                                exact_knn_below=cfg.graph.exact_knn_below, knn_seed=cfg.graph.seed)  # fmt: skip
-    index_points = x[hoods.index_cells]
-    del graph, x
-    # neighbourhoods x k, rows of cohort.zarr; int32 where they fit (the largest per-member
-    # array the driver holds), and the positions among the kept cells let go at once
-    members = rows.astype(np.int32 if len(obs) < 2**31 else np.int64)[hoods.members]
-    hoods = replace(hoods, members=members[:0])
-    codes = np.full(len(obs), -1, dtype=np.int64)
-    kept = np.flatnonzero(keep)
-    codes[kept] = pd.Categorical(obs["sample_id"].astype(str).to_numpy()[kept],
-                                 categories=samples["sample_id"]).codes  # fmt: skip
-    lap("neighbourhoods")
-    counts = _counts(ctx, members, codes, len(samples))
-    extra = (np.empty(0, np.int64), np.empty(0, np.int64))
-    if added.size:  # add-batch's cells, in the neighbourhoods they would have been members of
-        points = ctx.read_obsm(cfg.graph.use_rep, batches=True)[added]
-        per_cell = k * len(index_points) / max(rows.size, 1)
-        found, nhood = members_within(index_points, hoods.kth_distance, points,
-                                      n_search=max(64, int(4 * per_cell)))  # fmt: skip
-        extra = (added[found], nhood)
-        np.add.at(counts, (nhood, codes[added[found]]), 1)
-    lap("counts")
-    nhoods = pd.DataFrame({
-        "nhood": np.arange(hoods.index_cells.size), "index_cell": rows[hoods.index_cells],
-        "size": k, "kth_distance": hoods.kth_distance.astype(float), "weight": hoods.weights,
-    })  # fmt: skip
-    nhoods = pd.concat([nhoods, _label_columns(members, obs)], axis=1)
-    fits = _fit_all(ctx, counts, samples, design) if design is not None and fitted else None
-    lap("fits")
-    tests = _tests(fits, fitted, names, nhoods)
-    unconverged = 0 if fits is None else int((~fits.fits["converged"].astype(bool)).sum())
-    called = {c: int((tests.loc[tests["contrast"] == c, "spatial_fdr"] < n.alpha).sum())
-              for c in fitted}  # fmt: skip
-    warnings = [f"{c}: not estimable, {r}" for c, r in not_estimable.items()]
-    if adjustment is not None:
-        warnings.append(adjustment)
-    if unconverged:
-        warnings.append(f"{unconverged} of {len(nhoods)} neighbourhood models did not converge "
-                        "and are not tested (NaN; fits.csv says which and why)")  # fmt: skip
+    width = np.int32 if len(obs) < 2**31 else np.int64  # cohort rows, sample codes
+    codes = np.where(keep, _codes(obs["sample_id"], samples["sample_id"].tolist(), width), -1)
+    codes = codes.astype(width, copy=False)
+    label_codes = {level: _codes(obs[level], vocabulary, np.int8)
+                   for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS))}  # fmt: skip
+    lap("read")
     with ctx.stage_folder() as (out, manifest):
-        tests.to_csv(out.tests, index=False)
+        members_path = out.root / "members.tmp.zarr"  # the workers' member lists
+        found = _find(ctx, element, rows.astype(width), k, codes, len(samples), label_codes,
+                      members_path)  # fmt: skip
+        del label_codes
+        counts = found.counts  # int32
+        lap("neighbourhoods")
+        extra = (np.empty(0, np.int64), np.empty(0, np.int64))
+        if added.size:  # add-batch's cells, in the neighbourhoods they would have been members of
+            index_points = read_rows(str(ctx.workdir.cohort), element, found.index_rows)
+            points = ctx.read_obsm(cfg.graph.use_rep, batches=True)[added]
+            share = k * found.index_rows.size / max(rows.size, 1)  # neighbourhoods per cell
+            inside, nhood = members_within(index_points, found.kth_distance, points,
+                                           n_search=max(64, int(4 * share)))  # fmt: skip
+            del index_points, points
+            extra = (added[inside], nhood)
+            np.add.at(counts, (nhood, codes[added[inside]]), 1)
+        lap("counts")
+        kth = found.kth_distance
+        nhoods = pd.DataFrame({
+            "nhood": np.arange(found.index_rows.size), "index_cell": found.index_rows,
+            "size": k, "kth_distance": kth.astype(float),
+            "weight": Neighbourhoods(found.index_rows, found.index_rows[:0], kth, found.exact).weights,
+        })  # fmt: skip
+        nhoods = pd.concat([nhoods, found.labels], axis=1)
+        fits = _fit_all(ctx, counts, samples, design) if design is not None and fitted else None
+        lap("fits")
+        called, baseline = {}, None
+        parts = zip(names, _tests(fits, fitted, names, nhoods), strict=True)
+        for i, (contrast, part) in enumerate(parts):  # a contrast at a time
+            part.to_csv(out.tests, index=False, mode="w" if i == 0 else "a", header=i == 0)
+            if contrast in fitted:
+                called[contrast] = int((part["spatial_fdr"] < n.alpha).sum())
+            if contrast == "response@month0":
+                baseline = part  # the report's beeswarm
+        called = {c: called[c] for c in fitted}
+        unconverged = 0 if fits is None else int((~fits.fits["converged"].astype(bool)).sum())
+        warnings = [f"{c}: not estimable, {r}" for c, r in not_estimable.items()]
+        if adjustment is not None:
+            warnings.append(adjustment)
+        if unconverged:
+            warnings.append(f"{unconverged} of {len(nhoods)} neighbourhood models did not "
+                            "converge and are not tested (NaN; fits.csv says which and why)")  # fmt: skip
         if fits is not None:
             fits.fits.assign(nhood=nhoods["nhood"]).to_csv(out.fits, index=False)
         else:  # nothing to fit: the design estimates no contrast
             pd.DataFrame({"nhood": nhoods["nhood"], "sd_patient": np.nan, "sd_sample": np.nan,
                           "converged": False, "notes": "no contrast can be estimated"}).to_csv(
                 out.fits, index=False)  # fmt: skip
-        _nhood_store(nhoods, counts, samples, members, extra, len(obs), k).write_zarr(out.nhoods)
+        per_cell = _nhood_store(out.nhoods, nhoods, counts, samples, members_path, extra,
+                                len(obs), k)  # fmt: skip
+        shutil.rmtree(members_path)
         lap("write")
         plots = []
-        for contrast in [c for c in fitted if c == "response@month0"]:  # the report's
-            fig = beeswarm_plot(tests[tests["contrast"] == contrast], alpha=n.alpha,
-                                title=contrast)  # fmt: skip
+        if baseline is not None:
+            contrast = "response@month0"
+            fig = beeswarm_plot(baseline, alpha=n.alpha, title=contrast)
             fig.savefig(out.beeswarm_png(contrast), dpi=110, format="png")
             plots.append(out.beeswarm_png(contrast).name)
             import matplotlib.pyplot as plt
@@ -266,8 +360,8 @@ def run_neighbourhoods(ctx: StageContext) -> str:
         summary = {
             "n_nhoods": len(nhoods), "k": k, "prop": n.prop, "n_samples": len(samples),
             "n_cells": int(rows.size), "n_batch_cells": int(added.size),
-            "exact_neighbours": hoods.exact,
-            "median_nhoods_per_cell": float(np.median(np.bincount(members.ravel(), minlength=len(obs))[rows])),
+            "exact_neighbours": found.exact,
+            "median_nhoods_per_cell": float(np.median(per_cell[rows])),
             "alpha": n.alpha, "called": called, "contrasts": names, "tested": fitted,
             "covariates": [] if design is None else list(design.covariates),
             "covariate_not_adjusted": adjustment,

@@ -8,7 +8,16 @@ import pytest
 import scipy.sparse as sp
 
 from pipeline.abundance import bh_qvalues, contrast_table, fit_binomial_glmm, model_design
-from pipeline.graph import nearest_neighbors, neighbours_of
+from pipeline.graph import (
+    ivf_centroids,
+    ivf_training_rows,
+    list_assignment,
+    n_lists_for,
+    nearest_neighbors,
+    neighbours_of,
+    search_shards,
+    self_first,
+)
 from pipeline.neighbourhoods import (
     estimable_contrasts,
     fit_neighbourhoods,
@@ -82,6 +91,31 @@ def test_large_neighbourhoods_are_searched_in_chunks_with_the_same_result(monkey
     chunked = neighbours_of(x, rows, 120, exact_knn_below=100, seed=3)
     np.testing.assert_array_equal(chunked.indices, whole.indices)
     np.testing.assert_array_equal(chunked.distances, whole.distances)
+
+
+@pytest.mark.parametrize("exact_below", [10_000, 100])  # exact and inverted-file search
+@pytest.mark.parametrize("shard", [700, 9])  # uneven shards; shards smaller than k
+def test_a_search_shard_by_shard_finds_the_neighbours_of_one_index(
+    exact_below: int, shard: int
+) -> None:
+    """The stage's workers search the cells a shard at a time (the inverted lists trained
+    once, on the cells `knn_index` trains on): the same neighbours as one index."""
+    x = np.random.default_rng(6).normal(size=(3000, 8)).astype(np.float32)
+    rows = np.arange(0, 3000, 37)
+    whole = neighbours_of(x, rows, 12, exact_knn_below=exact_below, seed=3)
+    centroids = None
+    if not whole.exact:
+        centroids = ivf_centroids(x[ivf_training_rows(3000, 3)], n_lists_for(3000), 3)
+    shards = [
+        (x[a : a + shard], np.arange(a, min(a + shard, 3000)),
+         None if centroids is None else list_assignment(x[a : a + shard], centroids))
+        for a in range(0, 3000, shard)
+    ]  # fmt: skip
+    found, distances = search_shards(x[rows], shards, 12, centroids)
+    self_first(found, distances, own=rows)
+    np.testing.assert_array_equal(found[:, 0], rows)
+    np.testing.assert_array_equal(np.sort(found, 1), np.sort(whole.indices, 1))
+    np.testing.assert_allclose(distances, whole.distances, rtol=1e-5, atol=1e-5)
 
 
 def test_counts_and_membership_match_a_dense_computation() -> None:

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import load_config
 from pipeline.labels import B_SUBSETS, LINEAGES
-from pipeline.neighbourhoods import TEST_COLUMNS, majority_labels, spatial_fdr
+from pipeline.neighbourhoods import TEST_COLUMNS, majority_labels, make_neighbourhoods, spatial_fdr
+from pipeline.neighbourhoods import _run as nrun
 
 from ..conftest import CommandRun, _main
 
@@ -98,6 +100,28 @@ def test_counts_are_the_members_per_sample_and_index_cells_passed_qc(
     np.testing.assert_array_equal(nhoods.var["n_cells"], passed.reindex(nhoods.var_names))
 
 
+def test_the_workers_find_the_neighbourhoods_of_the_in_memory_kernel(
+    analysed_small: CommandRun, nhoods: ad.AnnData, cohort_obs: pd.DataFrame
+) -> None:
+    """The stage refines, searches and writes on the workers, shard by shard: the index
+    cells and members are those `make_neighbourhoods` finds with the embedding and graph
+    in memory."""
+    cfg = load_config(analysed_small.config)
+    cohort = ad.read_zarr(analysed_small.workdir / "cohort.zarr")
+    rows = np.flatnonzero(cohort_obs["qc_pass"].to_numpy(dtype=bool))
+    x = np.asarray(cohort.obsm[cfg.graph.use_rep])[rows]
+    graph = cohort.obsp["distances"].tocsr()[rows][:, rows]
+    hoods = make_neighbourhoods(x, graph, int(nhoods.uns["k"]), prop=cfg.neighbourhoods.prop,
+                                seed=cfg.neighbourhoods.seed,
+                                exact_knn_below=cfg.graph.exact_knn_below,
+                                knn_seed=cfg.graph.seed)  # fmt: skip
+    np.testing.assert_array_equal(nhoods.obs["index_cell"], rows[hoods.index_cells])
+    membership = nhoods.uns["membership"].tocsc()
+    members = membership.indices.reshape(nhoods.n_obs, -1)
+    np.testing.assert_array_equal(members, np.sort(rows[hoods.members], axis=1))
+    np.testing.assert_allclose(nhoods.obs["kth_distance"], hoods.kth_distance, rtol=1e-6)
+
+
 def test_majority_labels_are_those_of_the_members(
     nhoods: ad.AnnData, cohort_obs: pd.DataFrame
 ) -> None:
@@ -116,18 +140,27 @@ def test_majority_labels_are_those_of_the_members(
 
 
 def test_the_stage_is_seeded_and_a_rerun_skips_it(
-    analysed_small: CommandRun, tests_csv: pd.DataFrame, tmp_path
-) -> None:
+    analysed_small: CommandRun, tests_csv: pd.DataFrame, nhoods: ad.AnnData, tmp_path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     workdir = tmp_path / "w"
     shutil.copytree(analysed_small.workdir, workdir)
     args = [*analysed_small.args[:-1], str(workdir)]
     code, out, err = _main([*args, "--until", "neighbourhoods"])
     assert code == 0, err
     assert "neighbourhoods: unchanged inputs and parameters, skipped" in out
+    # forced, with the search cut into shards of 500 cells and blocks of 7 neighbourhoods
+    # (the membership written block by block): the same results
+    monkeypatch.setattr(nrun, "SHARD_CELLS", 500)
+    monkeypatch.setattr(nrun, "BLOCK_ENTRIES", 7 * int(nhoods.uns["k"]))
     code, out, err = _main([*args, "--until", "neighbourhoods", "--force", "neighbourhoods"])
     assert code == 0, err
     again = pd.read_csv(workdir / "neighbourhoods" / "tests.csv")
     pd.testing.assert_frame_equal(again, tests_csv)
+    rerun = ad.read_zarr(workdir / "neighbourhoods" / "nhoods.zarr")
+    assert (rerun.uns["membership"] != nhoods.uns["membership"]).nnz == 0
+    np.testing.assert_array_equal(rerun.X, nhoods.X)
+    assert not (workdir / "neighbourhoods" / "members.tmp.zarr").exists()
 
 
 def test_the_report_shows_the_neighbourhoods(analysed_small: CommandRun) -> None:
