@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 from distributed import Client
 
 from ..config import QCConfig
@@ -42,7 +43,7 @@ def run_qc(ctx: StageContext) -> str:
     cohort = ctx.open_cohort()
     q = ctx.cfg.qc
     result = qc_cells(cohort, workdir=ctx.workdir, client=ctx.cluster, params=q)
-    obs = cohort.obs.join(result.obs)
+    obs = pd.concat([cohort.obs, result.obs], axis=1)  # the same cells in the same order
     out = ad.AnnData(obs=obs, var=cohort.var.copy())
     samples = list(result.moments)
     moments = np.stack([result.moments[s] for s in samples])  # samples x 3 x genes

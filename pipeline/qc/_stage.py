@@ -118,9 +118,14 @@ def compute_qc(
     """
     start = time.perf_counter()
     gene_set = gene_sets(var["gene_symbols"].to_numpy())
-    sample = obs["sample_id"].astype(str).to_numpy()
-    positions = pd.Series(np.arange(len(obs))).groupby(sample).indices
-    order = list(dict.fromkeys(sample))
+    sample = obs["sample_id"].astype("category")  # codes: no per-cell strings
+    codes = sample.cat.codes.to_numpy()
+    names = sample.cat.categories.astype(str)
+    firsts = np.unique(codes, return_index=True)[1]  # each sample's first cell
+    order = [str(names[codes[i]]) for i in np.sort(firsts)]  # in order of first appearance
+    by_code = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[by_code], np.arange(len(names) + 1))
+    positions = {str(names[c]): by_code[bounds[c] : bounds[c + 1]] for c in range(len(names))}
     genes = None if uniform_genes else client.scatter(pd.Index(var.index), broadcast=True)
     futures = [
         client.submit(
@@ -146,10 +151,14 @@ def compute_qc(
         out[f"qc_flag_{col}"] = flags[col].to_numpy()
     out["doublet_score"] = np.concatenate([p.doublet_score for p in parts])
     out["predicted_doublet"] = flags["doublet"].to_numpy()
-    out["qc_reason"] = reasons(flags).to_numpy()
+    out["qc_reason"] = reasons(flags).array
     out["qc_pass"] = ~flags.any(axis=1).to_numpy()
-    out = out.set_axis(obs.index[index]).loc[obs.index]
-    summary = qc_summary(out.assign(sample_id=sample))
+    inverse = np.empty_like(index)
+    inverse[index] = np.arange(index.size)  # obs row i is row inverse[i] of out
+    out = out.iloc[inverse].set_axis(obs.index)
+    ids = pd.Categorical.from_codes(codes, categories=names)
+    summary = qc_summary(out.assign(sample_id=ids.set_categories(sorted(names))))
+    summary["sample_id"] = summary["sample_id"].astype(str).astype(object)
     thresholds = {sid: p.doublet_threshold for sid, p in zip(order, parts, strict=True)}
     summary["doublet_threshold"] = summary["sample_id"].map(thresholds)
     moments = {sid: p.moments for sid, p in zip(order, parts, strict=True)}

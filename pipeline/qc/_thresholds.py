@@ -57,10 +57,17 @@ def qc_flags(metrics: pd.DataFrame, sample: pd.Series, rules: QCConfig) -> pd.Da
 
 
 def reasons(flags: pd.DataFrame) -> pd.Series:
-    """';'-joined names of the flags set per cell; '' for cells that pass."""
+    """';'-joined names of the flags set per cell; '' for cells that pass (categorical,
+    its categories sorted: one string per combination of flags, not per cell)."""
     names = np.array(flags.columns)
-    values = flags.to_numpy()
-    return pd.Series([";".join(names[row]) for row in values], index=flags.index, dtype=object)
+    values = flags.to_numpy(dtype=bool)
+    combos, codes = np.unique(values, axis=0, return_inverse=True)
+    labels = np.array([";".join(names[row]) for row in combos], dtype=object)
+    order = np.argsort(labels, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    categorical = pd.Categorical.from_codes(rank[codes.ravel()], categories=labels[order])
+    return pd.Series(categorical, index=flags.index)
 
 
 def qc_summary(obs: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,72 @@
+"""Benchmark: every stage from ``--first`` on, each in a process of its own
+(``immunoprofile run CONFIG --until STAGE``, the one before it current), under
+`benchmarks.measure`: the driver's own peak (the process that runs the stage, with the
+LocalCluster's scheduler in it) and each worker's, without the heaps earlier stages leave
+in a driver that runs them all. One JSON line per stage (``--json``) and a table.
+
+    python benchmarks/stage_memory.py /work/cmp/scaling/1M/config.yaml --label 1M \\
+        --json benchmarks/results/stage_memory.jsonl
+
+The first stage is forced (``--force``); each later one runs because the stage before it
+was just rewritten. The workdir's results are recomputed (the same, the stages being
+seeded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from measure import measure
+
+STAGES = ("qc", "preprocess", "integrate", "graph", "annotate", "abundance",
+          "neighbourhoods", "expression", "predict", "report")  # fmt: skip
+
+
+def _commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--first", default="qc", choices=STAGES)
+    parser.add_argument("--last", default="report", choices=STAGES)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    todo = STAGES[STAGES.index(args.first) : STAGES.index(args.last) + 1]
+    rows = []
+    for i, stage in enumerate(todo):
+        command = [sys.executable, "-m", "pipeline", "run", str(args.config), "--until", stage]
+        if i == 0:
+            command += ["--force", stage]
+        result = measure(command, stdout=subprocess.DEVNULL)
+        if result["returncode"] != 0:
+            sys.exit(f"{stage}: exit {result['returncode']}")
+        per = result["peak_rss_per_process_gib"]
+        row = {
+            "label": args.label, "stage": stage, "commit": _commit(),
+            "wall_s": result["wall_s"], "cpu_s": result["cpu_s"],
+            "peak_rss_gib": result["peak_rss_gib"], "driver_gib": per[0],
+            "workers_gib": sorted(per[1:], reverse=True)[:2],
+        }  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            with args.json.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+    print("| stage | wall s | all processes GiB | driver GiB | workers GiB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        workers = " + ".join(f"{w:.2f}" for w in r["workers_gib"])
+        print(f"| {r['stage']} | {r['wall_s']:.0f} | {r['peak_rss_gib']:.2f} | "
+              f"{r['driver_gib']:.2f} | {workers} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
