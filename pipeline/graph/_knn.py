@@ -126,7 +126,8 @@ def search_shards(
     search with ``centroids`` None, else the inverted-file search of `knn_index` with
     those centroids, ``NPROBE`` lists per query, which finds the same neighbours as one
     index holding every shard. Returns (ids, euclidean distances), queries x k, nearest
-    first (ids -1 where fewer than ``k`` points exist)."""
+    first (ids -1 where fewer than ``k`` points exist, or where the lists a query probes
+    hold fewer: `neighbours_of` searches those queries exactly, as should its callers)."""
     import faiss
 
     q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -197,8 +198,14 @@ def neighbours_of(
         msg = f"asked for {k} neighbours of {points.shape[0]} cells"
         raise ValueError(msg)
     index, exact = knn_index(points, exact_knn_below=exact_knn_below, seed=seed)
-    indices, distances = _search(index, points[np.asarray(rows)], k, chunk_cells)
+    queries = points[np.asarray(rows)]
+    indices, distances = _search(index, queries, k, chunk_cells)
     del index
+    short = np.flatnonzero((indices < 0).any(axis=1))
+    if short.size:  # the lists they probed hold fewer than k cells: exact search for them
+        flat, _ = knn_index(points, exact_knn_below=points.shape[0] + 1)
+        indices[short], distances[short] = _search(flat, queries[short], k, chunk_cells)
+        del flat
     self_first(indices, distances, own=np.asarray(rows, dtype=np.int64))
     return Neighbors(indices=indices, distances=distances, exact=exact)
 

@@ -111,6 +111,9 @@ def search_block(
             )
 
     found, distances = search_shards(queries, shard_points(), k, centroids)
+    short = np.flatnonzero((found < 0).any(axis=1))
+    if short.size:  # the lists they probed hold fewer than k cells: exact, as neighbours_of
+        found[short], distances[short] = search_shards(queries[short], shard_points(), k, None)
     self_first(found, distances, own=np.asarray(index_positions, dtype=np.int64))
     members = kept_rows[found].astype(np.int32, copy=False)
     del found
