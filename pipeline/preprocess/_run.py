@@ -56,8 +56,10 @@ def run_preprocess(ctx: StageContext) -> str:
             p.hvg_batch_key,
         )
     var_before = ctx.read_elem("var")
+    counts = ctx.open_counts()  # no cell names: only the batch column is needed
+    counts.obs[p.hvg_batch_key] = obs[p.hvg_batch_key].to_numpy()
     result = preprocess_cohort(
-        ctx.open_cohort(),
+        counts,
         client=ctx.cluster,
         keep=obs["qc_pass"].to_numpy(dtype=bool),
         total_counts=obs["total_counts"].to_numpy(dtype=np.float64),
@@ -75,6 +77,7 @@ def run_preprocess(ctx: StageContext) -> str:
         "hvg_batches_left_out": list(result.hvg_batches_left_out),
     }
     del obs, moments
+    # the workers project the cells and write X_pca's chunks themselves
     ctx.update_cohort(
         elems={"var": var, "obsm/X_pca": result.pca, "varm/PCs": loadings, "uns/pca": pca},
     )

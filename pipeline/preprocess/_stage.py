@@ -16,6 +16,7 @@ from typing import Any
 
 import anndata as ad
 import dask
+import dask.array as da
 import numpy as np
 import pandas as pd
 from distributed import Client
@@ -30,7 +31,7 @@ from ._models import PcaLoadings, clip_values, pca_from_gram, seurat_v3_table
 @dataclass(frozen=True)
 class PreprocessResult:
     var: pd.DataFrame  # the HVG table, one row per cohort gene
-    pca: np.ndarray  # cells x n_comps float32; NaN for cells that did not pass QC
+    pca: da.Array  # cells x n_comps float32, lazy (`project_cells`); NaN: not QC-passed
     loadings: PcaLoadings
     variance: np.ndarray
     variance_ratio: np.ndarray
@@ -60,24 +61,30 @@ def project_cells(
     total_counts: np.ndarray,
     loadings: PcaLoadings,
     target_sum: float,
-) -> np.ndarray:
+) -> da.Array:
     """PC scores (cells x components, float32; NaN for cells not in ``keep``) of a lazy
     view's cells: log-normalized with ``target_sum``, centred and projected with
-    ``loadings``, one task per chunk."""
+    ``loadings``, one task per chunk. Lazy: computing it (or writing it into a store,
+    `pipeline.store.write_lazy_array`) runs the projection on the cluster."""
     components = client.scatter(loadings.components, broadcast=True)
+    n_comps = loadings.components.shape[1]
     parts = [
-        dask.delayed(project)(
-            c.block,
-            keep[c.rows],
-            loadings.hvg,
-            total_counts[c.rows],
-            target_sum,
-            loadings.centre,
-            components,
+        da.from_delayed(
+            dask.delayed(project)(
+                c.block,
+                keep[c.rows],
+                loadings.hvg,
+                total_counts[c.rows],
+                target_sum,
+                loadings.centre,
+                components,
+            ),
+            shape=(c.stop - c.start, n_comps),
+            dtype=np.float32,
         )
         for c in cell_chunks(cells.X)
     ]
-    return np.vstack(client.compute(parts, sync=True))
+    return da.concatenate(parts, axis=0)
 
 
 def preprocess_cohort(

@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import anndata as ad
+import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import zarr
+from distributed import Client, get_task_stream
 from numpy.testing import assert_array_equal
 
+from pipeline.store import _manifest as store_manifest
+from pipeline.store import _update as store_update
 from pipeline.store import (
     describe_arrays,
     read_manifest,
@@ -138,3 +143,37 @@ def test_a_bad_update_is_refused_before_anything_is_written(
         update_anndata_store(store, {"n_obs": N}, **kwargs)
     assert validate_store(store) == []
     assert [p.name for p in tmp_path.iterdir()] == ["cohort.zarr"]
+
+
+def test_a_dask_array_is_written_by_the_workers_chunk_by_chunk(
+    tmp_path: Path, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lazy element (the PCs as preprocess projects them) is computed and written by the
+    cluster's tasks, in chunks of whole rows, and reads back as the same values."""
+    monkeypatch.setattr(store_update, "CHUNK_BYTES", 40 * 10 * 4)  # 40 rows per chunk
+    store = tmp_path / "cohort.zarr"
+    write_anndata_store(store, _cohort(), {"kind": "cohort", "n_obs": N, "n_vars": 30})
+    values = np.random.default_rng(3).normal(size=(N, 10)).astype(np.float32)
+    lazy = da.from_array(values, chunks=((120, 7, 300, 73), (10,))).map_blocks(np.negative)
+    with get_task_stream(client) as stream:
+        update_anndata_store(store, {"kind": "cohort", "n_obs": N, "n_vars": 30},
+                             elems={"obsm/X_pca": lazy})  # fmt: skip
+    assert any("store" in str(t["key"]) for t in stream.data)  # the workers wrote it
+    assert zarr.open_array(str(store / "obsm" / "X_pca"), mode="r").chunks == (40, 10)
+    got = ad.read_zarr(store)
+    assert_array_equal(got.obsm["X_pca"], -values)
+    assert validate_store(store) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["cohort.zarr"]
+
+
+def test_manifest_checksums_read_in_slabs_equal_the_whole_arrays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checksums are computed a slab of rows at a time, and equal those of the whole
+    arrays (numbers, strings, categories), so stores written before still validate."""
+    store = tmp_path / "cohort.zarr"
+    write_anndata_store(store, _cohort(), {"kind": "cohort", "n_obs": N, "n_vars": 30})
+    whole = describe_arrays(store)
+    monkeypatch.setattr(store_manifest, "SLAB_BYTES", 64)  # a few rows per slab
+    assert describe_arrays(store) == whole
+    assert validate_store(store) == []
