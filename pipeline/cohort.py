@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anndata as ad
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ import scipy.sparse as sp
 import zarr
 
 from .errors import ImmunoprofileError, StoreError
+from .store import LazyCategorical, LazyColumn
 from .workdir import IngestRecord, Workdir
 
 CHUNK_CELLS = 10_000  # the config's ingest.chunk_cells default (a test keeps them equal)
@@ -71,8 +73,10 @@ def read_sample_counts(path: Path, genes: pd.Index | None) -> sp.csr_matrix:
     except ImmunoprofileError:
         raise
     except Exception as exc:  # a damaged or missing chunk: name the sample's store
-        msg = (f"sample store {path} could not be read ({type(exc).__name__}: {exc}); "
-               "`immunoprofile validate WORKDIR` checks every store")  # fmt: skip
+        msg = (
+            f"sample store {path} could not be read ({type(exc).__name__}: {exc}); "
+            "`immunoprofile validate WORKDIR` checks every store"
+        )
         raise StoreError(msg) from exc
     return x if cols is None else x[:, cols]
 
@@ -132,6 +136,78 @@ def open_counts(
     return ad.AnnData(X=x, obs=obs, var=var, uns={"uniform_genes": per_sample is None})
 
 
+def _cohort_dtypes(obs: pd.DataFrame) -> pd.DataFrame:
+    """The cohort's obs types: every non-numeric column but the barcodes categorical,
+    its categories the values as text, sorted."""
+    for col in obs.columns:
+        if col != "barcode" and not pd.api.types.is_numeric_dtype(obs[col]):
+            obs[col] = obs[col].astype(str).astype("category")
+    return obs
+
+
+def _sample_metadata(path: Path) -> pd.DataFrame:
+    """A sample store's metadata (its obs columns but the barcode; one value per sample, as
+    ingest writes them) as one row, with its number of cells as ``_n_cells``."""
+    obs = ad.io.read_elem(zarr.open_group(str(path), mode="r")["obs"])
+    meta = obs.drop(columns="barcode", errors="ignore")
+    varying = [c for c in meta.columns if meta[c].nunique(dropna=False) > 1]
+    if varying:
+        msg = (
+            f"{path}: obs column(s) {varying} vary within the sample; expected one value per "
+            "sample (the samplesheet's, as ingest writes them): re-ingest the sample"
+        )
+        raise StoreError(msg)
+    return meta.iloc[:1].reset_index(drop=True).assign(_n_cells=len(obs))
+
+
+def _sample_names(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    obs = ad.io.read_elem(zarr.open_group(str(path), mode="r")["obs"])
+    return np.asarray(obs.index, dtype=object), obs["barcode"].to_numpy(dtype=object)
+
+
+def lazy_cohort_obs(
+    workdir: str | Path | Workdir, *, samples: list[str] | None = None
+) -> tuple[da.Array, dict[str, LazyColumn]]:
+    """`open_cohort`'s cell names and obs columns (the same values and types) as Dask
+    arrays read by tasks from the sample stores, for stages that write them without
+    holding them: the driver computes only each sample's metadata (one row per sample)."""
+    workdir = Workdir(workdir)
+    samples = list(workdir.ingest_record().samples) if samples is None else list(samples)
+    paths = [workdir.sample_store(s) for s in samples]
+    rows = dask.compute(*[dask.delayed(_sample_metadata)(p) for p in paths])
+    meta = _cohort_dtypes(pd.concat(rows, ignore_index=True))
+    sizes = meta.pop("_n_cells").to_numpy(dtype=np.int64)
+    strings = [dask.delayed(_sample_names, nout=2, pure=True)(p) for p in paths]
+    names = da.concatenate(
+        [
+            da.from_delayed(t[0], shape=(int(n),), dtype=object)
+            for t, n in zip(strings, sizes, strict=True)
+        ]
+    )
+    columns: dict[str, LazyColumn] = {
+        "barcode": da.concatenate(
+            [
+                da.from_delayed(t[1], shape=(int(n),), dtype=object)
+                for t, n in zip(strings, sizes, strict=True)
+            ]
+        )
+    }
+    for col in meta.columns:
+        values = meta[col]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            codes = values.cat.codes.to_numpy()
+            column = da.concatenate(
+                [da.full(int(n), c, dtype=codes.dtype) for c, n in zip(codes, sizes, strict=True)]
+            )
+            columns[col] = LazyCategorical(column, values.cat.categories)
+        else:
+            array = values.to_numpy()
+            columns[col] = da.concatenate(
+                [da.full(int(n), v, dtype=array.dtype) for v, n in zip(array, sizes, strict=True)]
+            )
+    return names, columns
+
+
 def open_cohort(
     workdir: str | Path | Workdir,
     *,
@@ -157,8 +233,5 @@ def open_cohort(
         for s in (record.samples if samples is None else samples)
     ]
     x = da.concatenate([p[0] for p in parts], axis=0)
-    obs = pd.concat([p[1] for p in parts])
-    for col in obs.columns:
-        if col != "barcode" and not pd.api.types.is_numeric_dtype(obs[col]):
-            obs[col] = obs[col].astype(str).astype("category")
+    obs = _cohort_dtypes(pd.concat([p[1] for p in parts]))
     return ad.AnnData(X=x, obs=obs, var=var, uns={"uniform_genes": per_sample is None})

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 from distributed import Client
 
+from ..cohort import lazy_cohort_obs
 from ..config import QCConfig
 from ..workdir import Workdir
-from ._stage import QCResult, compute_qc
+from ._stage import QCResult, compute_qc, qc_columns
 
 if TYPE_CHECKING:
     from ..stages import StageContext
@@ -38,27 +39,39 @@ def qc_cells(
 
 
 def run_qc(ctx: StageContext) -> str:
-    """Write cohort.zarr whole: every cell's metadata, QC metrics and flags, the genes, and
-    the kept cells' per-sample raw-count moments (preprocess's first pass)."""
-    cohort = ctx.open_cohort()
+    """Write cohort.zarr whole: every cell's metadata, QC metrics and flags (written by the
+    workers, sample by sample, from the results they computed: the driver holds no
+    per-cell value), the genes, and the kept cells' per-sample raw-count moments
+    (preprocess's first pass)."""
+    start = time.perf_counter()
     q = ctx.cfg.qc
-    result = qc_cells(cohort, workdir=ctx.workdir, client=ctx.cluster, params=q)
-    obs = pd.concat([cohort.obs, result.obs], axis=1)  # the same cells in the same order
-    out = ad.AnnData(obs=obs, var=cohort.var.copy())
-    samples = list(result.moments)
-    moments = np.stack([result.moments[s] for s in samples])  # samples x 3 x genes
-    out.varm[MOMENT_SUM] = moments[:, 1].T
-    out.varm[MOMENT_SUMSQ] = moments[:, 2].T
-    out.uns["qc"] = {
-        "params": q.model_dump(mode="json"),
-        "seconds": result.seconds,
-        "moment_samples": samples,
-    }
-    out.uns["qc_summary"] = result.summary
-    ctx.write_cohort(out)
-    ctx.workdir.qc_summary.parent.mkdir(exist_ok=True)
-    result.summary.to_csv(ctx.workdir.qc_summary, index=False)
-    kept = int(obs["qc_pass"].sum())
-    return (
-        f"qc: {kept:,} of {len(obs):,} cells pass ({kept / len(obs):.1%}) in {result.seconds:.1f} s"
+    stores, var = ctx.sample_stores()
+    samples = list(stores)
+    names, meta = lazy_cohort_obs(ctx.workdir, samples=samples)
+    result = qc_columns(
+        samples,
+        var,
+        client=ctx.cluster,
+        stores=stores,
+        params=q,
+        uniform_genes=ctx.workdir.ingest_record().uniform_genes,
     )
+    seconds = time.perf_counter() - start  # the computations; the columns are written next
+    moments = np.stack([result.moments[s] for s in samples])  # samples x 3 x genes
+    uns = {
+        "qc": {
+            "params": q.model_dump(mode="json"),
+            "seconds": seconds,
+            "moment_samples": samples,
+        },
+        "qc_summary": result.summary,
+    }
+    varm = {MOMENT_SUM: moments[:, 1].T, MOMENT_SUMSQ: moments[:, 2].T}
+    ctx.write_cohort_lazy(names=names, obs={**meta, **result.columns}, var=var, varm=varm, uns=uns)
+    summary = result.summary
+    del result  # the workers release the per-sample results
+    ctx.workdir.qc_summary.parent.mkdir(exist_ok=True)
+    summary.to_csv(ctx.workdir.qc_summary, index=False)
+    kept, total = int(summary["n_kept"].sum()), int(summary["n_cells"].sum())
+    seconds = time.perf_counter() - start
+    return f"qc: {kept:,} of {total:,} cells pass ({kept / total:.1%}) in {seconds:.1f} s"

@@ -12,14 +12,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
+import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from distributed import Client
+from distributed import Client, Future
+from pandas.api.types import union_categoricals
 
 from ..cohort import read_sample_counts
 from ..config import QCConfig
 from ..moments import clipped_moments
+from ..store import LazyCategorical, LazyColumn
 from ._doublets import scrublet_scores
 from ._kernels import METRICS, gene_sets, qc_metrics
 from ._thresholds import qc_flags, qc_summary, reasons
@@ -89,10 +93,104 @@ def qc_sample(
     )
 
 
+def sample_qc_frame(part: SampleQC) -> pd.DataFrame:
+    """One sample's per-cell QC columns in the stage's order: metrics, a flag per reason,
+    doublet score and call, ``qc_reason`` (categorical, the sample's own combinations,
+    sorted) and ``qc_pass``."""
+    out = part.metrics.copy()
+    for col in part.flags.columns:
+        out[f"qc_flag_{col}"] = part.flags[col].to_numpy()
+    out["doublet_score"] = part.doublet_score
+    out["predicted_doublet"] = part.flags["doublet"].to_numpy()
+    out["qc_reason"] = reasons(part.flags).array
+    out["qc_pass"] = ~part.flags.any(axis=1).to_numpy()
+    return out
+
+
+@dataclass(frozen=True)
+class SampleFacts:
+    """What the driver needs of one sample's QC (no per-cell values)."""
+
+    n_cells: int
+    summary: pd.DataFrame  # one row (`qc_summary`), with the doublet threshold
+    moments: np.ndarray
+    reasons: list[str]  # the sample's combinations of flags
+    dtypes: dict[str, np.dtype]  # the per-cell columns' (qc_reason: its codes')
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    frame: pd.DataFrame  # `sample_qc_frame`
+    facts: SampleFacts
+
+
 def _qc_sample_task(
-    store: Path, genes: pd.Index | None, gene_set: np.ndarray, params: QCConfig, seed: int
-) -> SampleQC:
-    return qc_sample(read_sample_counts(store, genes), gene_set=gene_set, params=params, seed=seed)
+    store: Path,
+    sample_id: str,
+    genes: pd.Index | None,
+    gene_set: np.ndarray,
+    params: QCConfig,
+    seed: int,
+) -> SampleResult:
+    part = qc_sample(read_sample_counts(store, genes), gene_set=gene_set, params=params, seed=seed)
+    frame = sample_qc_frame(part)
+    summary = qc_summary(frame.assign(sample_id=sample_id))
+    summary["sample_id"] = summary["sample_id"].astype(str).astype(object)
+    summary["doublet_threshold"] = part.doublet_threshold
+    dtypes = {c: frame[c].dtype for c in frame.columns if c != "qc_reason"}
+    facts = SampleFacts(
+        n_cells=len(frame),
+        summary=summary,
+        moments=part.moments,
+        reasons=[str(r) for r in frame["qc_reason"].cat.categories],
+        dtypes=dtypes,
+    )
+    return SampleResult(frame, facts)
+
+
+def _facts(result: SampleResult) -> SampleFacts:
+    return result.facts
+
+
+def _column(result: SampleResult, name: str) -> np.ndarray:
+    return result.frame[name].to_numpy()
+
+
+def _reason_codes(result: SampleResult, categories: pd.Index) -> np.ndarray:
+    return pd.Categorical(result.frame["qc_reason"], categories=categories).codes
+
+
+def _submit(
+    client: Client,
+    stores: dict[str, Path],
+    order: list[str],
+    var: pd.DataFrame,
+    params: QCConfig,
+    seed_offset: int,
+    uniform_genes: bool,
+) -> list[Future]:
+    """One task per sample (sample ``i`` of ``order`` seeded ``params.seed + seed_offset +
+    i``); its result stays on the worker."""
+    gene_set = gene_sets(var["gene_symbols"].to_numpy())
+    genes = None if uniform_genes else client.scatter(pd.Index(var.index), broadcast=True)
+    return [
+        client.submit(
+            _qc_sample_task,
+            stores[sid],
+            sid,
+            genes,
+            gene_set,
+            params,
+            params.seed + seed_offset + i,
+            pure=False,
+        )
+        for i, sid in enumerate(order)
+    ]
+
+
+def _summary(facts: list[SampleFacts]) -> pd.DataFrame:
+    summary = pd.concat([f.summary for f in facts], ignore_index=True)
+    return summary.sort_values("sample_id", kind="stable", ignore_index=True)
 
 
 def compute_qc(
@@ -106,7 +204,8 @@ def compute_qc(
     uniform_genes: bool = False,
 ) -> QCResult:
     """QC metrics of every cell, outlier flags per sample, and scrublet doublet calls,
-    under the qc section's rules ``params``.
+    under the qc section's rules ``params``, gathered into one frame (the qc stage itself
+    leaves them on the workers: `qc_columns`).
 
     ``obs`` and ``var`` are the cohort's (cells grouped by ``sample_id``; genes with a
     ``gene_symbols`` column); ``stores`` maps sample id to its store. One task per sample,
@@ -117,7 +216,6 @@ def compute_qc(
     False for flagged cells and for predicted doublets.
     """
     start = time.perf_counter()
-    gene_set = gene_sets(var["gene_symbols"].to_numpy())
     sample = obs["sample_id"].astype("category")  # codes: no per-cell strings
     codes = sample.cat.codes.to_numpy()
     names = sample.cat.categories.astype(str)
@@ -126,40 +224,66 @@ def compute_qc(
     by_code = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[by_code], np.arange(len(names) + 1))
     positions = {str(names[c]): by_code[bounds[c] : bounds[c + 1]] for c in range(len(names))}
-    genes = None if uniform_genes else client.scatter(pd.Index(var.index), broadcast=True)
-    futures = [
-        client.submit(
-            _qc_sample_task,
-            stores[sid],
-            genes,
-            gene_set,
-            params,
-            params.seed + seed_offset + i,
-            pure=False,
-        )
-        for i, sid in enumerate(order)
-    ]
-    parts = client.gather(futures)
+    futures = _submit(client, stores, order, var, params, seed_offset, uniform_genes)
+    parts: list[SampleResult] = client.gather(futures)
     index = np.concatenate([positions[sid] for sid in order])
     for sid, part in zip(order, parts, strict=True):
-        if len(part.metrics) != len(positions[sid]):
-            msg = f"sample {sid}: {len(part.metrics)} cells in its store, {len(positions[sid])} in obs"
+        if part.facts.n_cells != len(positions[sid]):
+            msg = f"sample {sid}: {part.facts.n_cells} cells in its store, {len(positions[sid])} in obs"
             raise ValueError(msg)
-    out = pd.concat([p.metrics for p in parts], ignore_index=True)
-    flags = pd.concat([p.flags for p in parts], ignore_index=True)
-    for col in flags.columns:
-        out[f"qc_flag_{col}"] = flags[col].to_numpy()
-    out["doublet_score"] = np.concatenate([p.doublet_score for p in parts])
-    out["predicted_doublet"] = flags["doublet"].to_numpy()
-    out["qc_reason"] = reasons(flags).array
-    out["qc_pass"] = ~flags.any(axis=1).to_numpy()
+    frames = [p.frame for p in parts]
+    reason = union_categoricals([f["qc_reason"] for f in frames], sort_categories=True)
+    out = pd.concat([f.drop(columns="qc_reason") for f in frames], ignore_index=True)
+    out.insert(list(frames[0].columns).index("qc_reason"), "qc_reason", reason)
     inverse = np.empty_like(index)
     inverse[index] = np.arange(index.size)  # obs row i is row inverse[i] of out
     out = out.iloc[inverse].set_axis(obs.index)
-    ids = pd.Categorical.from_codes(codes, categories=names)
-    summary = qc_summary(out.assign(sample_id=ids.set_categories(sorted(names))))
-    summary["sample_id"] = summary["sample_id"].astype(str).astype(object)
-    thresholds = {sid: p.doublet_threshold for sid, p in zip(order, parts, strict=True)}
-    summary["doublet_threshold"] = summary["sample_id"].map(thresholds)
-    moments = {sid: p.moments for sid, p in zip(order, parts, strict=True)}
-    return QCResult(obs=out, summary=summary, moments=moments, seconds=time.perf_counter() - start)
+    facts = [p.facts for p in parts]
+    moments = {sid: f.moments for sid, f in zip(order, facts, strict=True)}
+    return QCResult(
+        obs=out, summary=_summary(facts), moments=moments, seconds=time.perf_counter() - start
+    )
+
+
+@dataclass(frozen=True)
+class LazyQC:
+    columns: dict[str, LazyColumn]  # per-cell columns, lazy (their tasks read the results)
+    summary: pd.DataFrame
+    moments: dict[str, np.ndarray]
+    futures: list[Future]  # the per-sample results, held on the workers until written
+
+
+def qc_columns(
+    samples: list[str],
+    var: pd.DataFrame,
+    *,
+    client: Client,
+    stores: dict[str, Path],
+    params: QCConfig,
+    uniform_genes: bool = False,
+) -> LazyQC:
+    """`compute_qc` for the cohort's ``samples`` (its cells in that order) without
+    gathering any per-cell value: each sample's results stay on the worker that computed
+    them and the columns are Dask arrays reading them (to be written by the workers,
+    `pipeline.store.write_lazy_anndata_store`); the driver gets each sample's summary
+    row, moments and flag combinations."""
+    futures = _submit(client, stores, samples, var, params, 0, uniform_genes)
+    facts: list[SampleFacts] = client.gather([client.submit(_facts, f) for f in futures])
+    categories = pd.Index(sorted({r for f in facts for r in f.reasons}), dtype=object)
+    code_dtype = pd.Categorical([], categories=categories).codes.dtype
+    dtypes = facts[0].dtypes
+    columns: dict[str, LazyColumn] = {}
+    for name in [*dtypes, "qc_reason"]:
+        parts = []
+        for fut, f in zip(futures, facts, strict=True):
+            if name == "qc_reason":
+                task, dtype = dask.delayed(_reason_codes)(fut, categories), code_dtype
+            else:
+                task, dtype = dask.delayed(_column)(fut, name), dtypes[name]
+            parts.append(da.from_delayed(task, shape=(f.n_cells,), dtype=dtype))
+        column = da.concatenate(parts)
+        columns[name] = LazyCategorical(column, categories) if name == "qc_reason" else column
+    order = [*[c for c in dtypes if c not in ("qc_pass",)], "qc_reason", "qc_pass"]
+    columns = {c: columns[c] for c in order}
+    moments = {sid: f.moments for sid, f in zip(samples, facts, strict=True)}
+    return LazyQC(columns=columns, summary=_summary(facts), moments=moments, futures=futures)

@@ -38,6 +38,7 @@ from ..store import (
     read_manifest,
     update_anndata_store,
     write_anndata_store,
+    write_lazy_anndata_store,
 )
 from ..workdir import StageFolder, Workdir
 from ._digests import element_path, stage_bases, stage_digests
@@ -240,6 +241,25 @@ class StageContext:
         self._check_writes(elements)
         info = self._cohort_info(int(adata.n_obs), int(adata.n_vars))
         write_anndata_store(self.workdir.cohort, adata, info)
+        self._clear_later_folders()
+
+    def write_cohort_lazy(
+        self,
+        *,
+        names: Any,
+        obs: dict[str, Any],
+        var: pd.DataFrame,
+        varm: dict[str, np.ndarray],
+        uns: dict[str, Any],
+    ) -> None:
+        """Write cohort.zarr whole, its per-cell obs written by the tasks that compute it
+        (`pipeline.store.write_lazy_anndata_store`: ``names`` and ``obs`` are Dask arrays
+        or lazy categoricals), so that the driver never holds them."""
+        elements = ["obs", "var", *(f"varm/{k}" for k in varm), *(f"uns/{k}" for k in uns)]
+        self._check_writes(elements)
+        info = self._cohort_info(int(names.shape[0]), len(var))
+        write_lazy_anndata_store(self.workdir.cohort, info, names=names, obs=obs, var=var,
+                                 varm=varm, uns=uns)  # fmt: skip
         self._clear_later_folders()
 
     def update_cohort(

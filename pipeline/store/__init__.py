@@ -2,6 +2,7 @@
 
 from ._anndata import write_anndata_store
 from ._atomic import atomic_path, remove_staging_leftovers, write_text_atomic
+from ._lazy import LazyCategorical, LazyColumn, write_lazy_anndata_store, write_lazy_array
 from ._lock import LockedError, read_holder, writer_lock
 from ._manifest import (
     MANIFEST,
@@ -17,6 +18,8 @@ from ._update import obs_columns, update_anndata_store
 
 __all__ = [
     "MANIFEST",
+    "LazyCategorical",
+    "LazyColumn",
     "LockedError",
     "arrays_of",
     "atomic_path",
@@ -30,6 +33,8 @@ __all__ = [
     "update_anndata_store",
     "validate_store",
     "write_anndata_store",
+    "write_lazy_anndata_store",
+    "write_lazy_array",
     "write_manifest",
     "write_text_atomic",
     "writer_lock",

@@ -20,16 +20,15 @@ from typing import Any
 
 import anndata as ad
 import dask.array as da
-import numpy as np
 import pandas as pd
 import zarr
 
 from ._atomic import atomic_path
+from ._lazy import write_lazy_array
 from ._manifest import MANIFEST, describe_arrays, read_manifest, write_manifest
 
 METADATA = "zarr.json"
 SLOTS = ("obsm", "varm", "obsp", "varp", "layers", "uns")
-CHUNK_BYTES = 16 * 2**20  # rows per chunk of an array written from a Dask array
 
 
 def obs_columns(root: Path) -> list[str]:
@@ -52,21 +51,6 @@ def _link_or_copy(src: str, dst: str) -> None:
         except OSError:
             pass
     shutil.copy2(src, dst)
-
-
-def write_lazy_array(parent: zarr.Group, name: str, value: da.Array) -> zarr.Array:
-    """Write a Dask array (cells x ...) as the AnnData array ``name`` of ``parent`` from the
-    tasks that compute it: on a distributed cluster each worker writes the rows it
-    computed, in chunks of whole rows (~`CHUNK_BYTES`) that no two tasks share, and the
-    process that updates the store never holds the array."""
-    row = int(np.prod(value.shape[1:], dtype=np.int64)) * value.dtype.itemsize
-    rows = max(1, min(int(value.shape[0]), CHUNK_BYTES // max(1, row)))
-    chunks = (rows, *(int(n) for n in value.shape[1:]))
-    value = value.rechunk(chunks)
-    arr = parent.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks)
-    arr.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
-    da.store(value, arr, lock=False)  # type: ignore[arg-type]  # a zarr array takes setitem
-    return arr
 
 
 def _remove(root: Path, key: str) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
+import zarr
 from distributed import Client
 from scipy.stats import median_abs_deviation
 
@@ -163,3 +164,32 @@ def test_moments_are_the_kept_cells_raw_count_sums(qc: QCResult, in_memory: ad.A
         assert m[0, 0] == cells.sum()
         np.testing.assert_allclose(m[1], np.asarray(x.sum(axis=0)).ravel())
         np.testing.assert_allclose(m[2], np.asarray(x.multiply(x).sum(axis=0)).ravel())
+
+
+def test_the_stage_writes_from_the_workers_what_compute_qc_gathers(
+    ingested: Path, client: Client, qc: QCResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The qc stage's path (each sample's results left on its worker, the cohort's obs
+    written by the tasks) stores the cells' metadata and QC columns `open_cohort` and
+    `compute_qc` give in memory, with the same summary and moments; several chunks per
+    column (small chunks forced) change nothing."""
+    from pipeline.cohort import lazy_cohort_obs
+    from pipeline.qc import qc_columns
+    from pipeline.store import _lazy, write_lazy_anndata_store
+
+    monkeypatch.setattr(_lazy, "CHUNK_BYTES", 1_000)  # ~125 numbers per chunk
+    cohort = open_cohort(ingested)
+    samples = list(Workdir(ingested).ingest_record().samples)
+    stores = {s: Workdir(ingested).sample_store(s) for s in samples}
+    names, meta = lazy_cohort_obs(ingested)
+    lazy = qc_columns(samples, cohort.var, client=client, stores=stores, params=QCConfig())
+    target = tmp_path / "cohort.zarr"
+    write_lazy_anndata_store(target, {"n_obs": len(cohort.obs)}, names=names,
+                             obs={**meta, **lazy.columns}, var=cohort.var)  # fmt: skip
+    got = ad.read_zarr(target)
+    want = pd.concat([cohort.obs, qc.obs], axis=1)
+    pd.testing.assert_frame_equal(got.obs, want)
+    pd.testing.assert_frame_equal(lazy.summary, qc.summary)
+    for sid, m in qc.moments.items():
+        np.testing.assert_array_equal(lazy.moments[sid], m)
+    assert zarr.open_array(str(target / "obs" / "total_counts"), mode="r").cdata_shape[0] > 1

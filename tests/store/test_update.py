@@ -14,8 +14,8 @@ import zarr
 from distributed import Client, get_task_stream
 from numpy.testing import assert_array_equal
 
+from pipeline.store import _lazy as store_lazy
 from pipeline.store import _manifest as store_manifest
-from pipeline.store import _update as store_update
 from pipeline.store import (
     describe_arrays,
     read_manifest,
@@ -150,7 +150,7 @@ def test_a_dask_array_is_written_by_the_workers_chunk_by_chunk(
 ) -> None:
     """A lazy element (the PCs as preprocess projects them) is computed and written by the
     cluster's tasks, in chunks of whole rows, and reads back as the same values."""
-    monkeypatch.setattr(store_update, "CHUNK_BYTES", 40 * 10 * 4)  # 40 rows per chunk
+    monkeypatch.setattr(store_lazy, "CHUNK_BYTES", 40 * 10 * 4)  # 40 rows per chunk
     store = tmp_path / "cohort.zarr"
     write_anndata_store(store, _cohort(), {"kind": "cohort", "n_obs": N, "n_vars": 30})
     values = np.random.default_rng(3).normal(size=(N, 10)).astype(np.float32)
