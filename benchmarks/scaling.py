@@ -51,6 +51,8 @@ SIZES: dict[str, dict[str, Any]] = {
     # the study's 132 samples with a quarter of the cells each: against 1M, only the
     # number of cells differs (memory flat in cells, issue #23)
     "250k_132": {"simulate": {"n_patients": 44, "cells_per_sample": 1900}},
+    # pooled cohorts beyond the study: 176 patients x 3 timepoints x 7,500 cells (#28)
+    "4M": {"simulate": {"n_patients": 176, "cells_per_sample": 7500}},
 }  # fmt: skip
 
 

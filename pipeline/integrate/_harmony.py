@@ -64,6 +64,71 @@ class HarmonyResult:
 SIGMA = 0.1  # harmonypy's default soft-clustering bandwidth (run_harmony's sigma)
 
 
+@dataclass(frozen=True)
+class HarmonyFit:
+    """Harmony fitted on some cells: their corrected PCs and soft cluster assignments, the
+    centroids, and the batch offsets that correct any other cell (`correct_cells`)."""
+
+    corrected: np.ndarray  # fitted cells x components
+    assignments: np.ndarray  # fitted cells x clusters
+    centroids: np.ndarray  # components x clusters (harmonypy's Y)
+    offsets: np.ndarray | None  # batches x clusters x components (None: not asked for)
+    n_iterations: int
+
+
+def check_batches(n_rows: int, batch: np.ndarray) -> None:
+    if n_rows != batch.shape[0]:
+        msg = f"expected one batch label per row of the PCs, got {batch.shape[0]} for {n_rows}"
+        raise ValueError(msg)
+    if np.unique(batch).size < 2:
+        msg = "Harmony needs at least two batches; found one"
+        raise ValueError(msg)
+
+
+def fit_harmony(
+    pcs: np.ndarray,
+    batch: np.ndarray,
+    codes: np.ndarray,
+    *,
+    theta: float = 2.0,
+    max_iter: int = 10,
+    seed: int = 0,
+    n_clusters: int | None = None,
+    n_threads: int = 0,
+    offsets: bool = False,
+) -> HarmonyFit:
+    """harmonypy on the rows of ``pcs`` with batch labels ``batch`` (``codes``: their
+    codes among all the cells' batches, which index the offsets); with ``offsets``, the
+    batch offsets recovered from the fit (`batch_offsets`)."""
+    import harmonypy
+
+    logging.getLogger("harmonypy").setLevel(logging.WARNING)
+    model = harmonypy.run_harmony(
+        np.asarray(pcs, dtype=np.float64),
+        {"batch": np.asarray(batch).astype(str)},
+        "batch",
+        theta=theta,
+        nclust=n_clusters,
+        max_iter_harmony=max_iter,
+        sigma=SIGMA,
+        random_state=seed,
+        ncores=n_threads,
+        verbose=False,
+    )
+    r = np.asarray(model.R, dtype=np.float64)  # cells x clusters (harmonypy 2)
+    z = np.asarray(model.Z_corr, dtype=np.float64)  # cells x components
+    found = None
+    if offsets:
+        found = batch_offsets(np.asarray(model.Z_orig, dtype=np.float64) - z, r, codes)
+    return HarmonyFit(
+        corrected=z,
+        assignments=r,
+        centroids=np.asarray(model.Y, dtype=np.float64),
+        offsets=found,
+        n_iterations=len(model.objective_harmony) - 1,
+    )
+
+
 def harmony_embedding(
     pcs: np.ndarray,
     batch: np.ndarray,
@@ -77,7 +142,9 @@ def harmony_embedding(
     strata: np.ndarray | None = None,
     chunk_cells: int = 50_000,
 ) -> HarmonyResult:
-    """Harmony-corrected PCs of every row of ``pcs`` for the batch labels ``batch``.
+    """Harmony-corrected PCs of every row of ``pcs`` for the batch labels ``batch``, in
+    memory (the integrate stage does the same with the cells corrected on the workers,
+    `pipeline.integrate.integrate_cohort`).
 
     ``n_clusters`` None: harmonypy's default, min(n / 30, 100). ``n_threads`` 0: one per
     physical core this process may use (results do not depend on it).
@@ -88,54 +155,34 @@ def harmony_embedding(
     ``chunk_cells`` at a time (`correct_cells`): Harmony's working memory (several copies
     of the PCs and the cells x clusters assignments, in float64) stays that of the fit.
     """
-    import harmonypy
-
-    if pcs.shape[0] != batch.shape[0]:
-        msg = (
-            f"expected one batch label per row of the PCs, got {batch.shape[0]} for {pcs.shape[0]}"
-        )
-        raise ValueError(msg)
-    if np.unique(batch).size < 2:
-        msg = "Harmony needs at least two batches; found one"
-        raise ValueError(msg)
-    logging.getLogger("harmonypy").setLevel(logging.WARNING)
+    check_batches(pcs.shape[0], batch)
     batch = np.asarray(batch).astype(str)
-    fit = _fit_rows(batch, strata, max_cells, seed)
-    model = harmonypy.run_harmony(
-        np.asarray(pcs[fit], dtype=np.float64),
-        {"batch": batch[fit]},
-        "batch",
-        theta=theta,
-        nclust=n_clusters,
-        max_iter_harmony=max_iter,
-        sigma=SIGMA,
-        random_state=seed,
-        ncores=n_threads,
-        verbose=False,
-    )
-    rounds = len(model.objective_harmony) - 1
-    r = np.asarray(model.R, dtype=np.float64)  # cells x clusters (harmonypy 2)
-    z = np.asarray(model.Z_corr, dtype=np.float64)  # cells x components
-    centroids = np.asarray(model.Y, dtype=np.float64)  # components x clusters
+    fit = fit_rows(batch, strata, max_cells, seed)
     codes = np.unique(batch, return_inverse=True)[1]
+    model = fit_harmony(
+        pcs[fit], batch[fit], codes[fit], theta=theta, max_iter=max_iter, seed=seed,
+        n_clusters=n_clusters, n_threads=n_threads, offsets=fit.size < pcs.shape[0],
+    )  # fmt: skip
     embedding = np.empty(pcs.shape, dtype=np.float32)
-    embedding[fit] = z
-    sizes, sums = r.sum(axis=0), r.T @ z
+    embedding[fit] = model.corrected
+    sizes = model.assignments.sum(axis=0)
+    sums = model.assignments.T @ model.corrected
     if fit.size < pcs.shape[0]:
-        offsets = batch_offsets(np.asarray(model.Z_orig, dtype=np.float64) - z, r, codes[fit])
-        del model, r, z
+        assert model.offsets is not None
         rest = np.setdiff1d(np.arange(pcs.shape[0]), fit)
         for start in range(0, rest.size, chunk_cells):
             rows = rest[start : start + chunk_cells]
-            z_rows, r_rows = correct_cells(pcs[rows], codes[rows], centroids, offsets, SIGMA)
+            z_rows, r_rows = correct_cells(
+                pcs[rows], codes[rows], model.centroids, model.offsets, SIGMA
+            )
             embedding[rows] = z_rows
             sizes += r_rows.sum(axis=0)
             sums += r_rows.T @ z_rows
     return HarmonyResult(
         embedding=embedding,
-        reference=HarmonyReference(centroids.astype(np.float32), sizes, sums, SIGMA),
-        n_iterations=rounds,
-        converged=rounds < max_iter,
+        reference=HarmonyReference(model.centroids.astype(np.float32), sizes, sums, SIGMA),
+        n_iterations=model.n_iterations,
+        converged=model.n_iterations < max_iter,
         n_fitted=int(fit.size),
     )
 
@@ -143,7 +190,7 @@ def harmony_embedding(
 MIN_FIT_PER_BATCH = 500  # fitted cells per batch (5 per Harmony cluster, at most 100)
 
 
-def _fit_rows(
+def fit_rows(
     batch: np.ndarray, strata: np.ndarray | None, max_cells: int | None, seed: int
 ) -> np.ndarray:
     """The rows Harmony is fitted on (sorted): all, or a stratified subsample topped up

@@ -51,7 +51,7 @@ def run_integrate(ctx: StageContext) -> str:
             "seconds": result_scvi.seconds,
         }
     result = integrate_cohort(
-        np.asarray(pcs[...]),
+        pcs,  # the tasks read it a block of cells at a time
         keep,
         batch,
         params=c,
@@ -68,6 +68,7 @@ def run_integrate(ctx: StageContext) -> str:
         **result.info,
         **({"scvi": scvi_info} if scvi_info else {}),
     }
+    # Harmony's embedding is lazy: the workers write the blocks they corrected
     embeddings = {f"obsm/{k}": v for k, v in result.embeddings.items()}
     ctx.update_cohort(elems={**embeddings, "uns/integrate": record})
     mixing = ", ".join(f"{k} {m['ilisi']:.2f}" for k, m in result.metrics.items())

@@ -31,7 +31,8 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-SLAB_BYTES = 64 * 2**20  # an array is read and hashed this much at a time
+SLAB_BYTES = 16 * 2**20  # an array is read and hashed about this much at a time
+TEXT_BYTES = 64  # a string's assumed size, for slabs of text
 
 
 def _digest(arr: zarr.Array | np.ndarray) -> str:
@@ -42,7 +43,9 @@ def _digest(arr: zarr.Array | np.ndarray) -> str:
     if not shape:
         slabs = iter([np.asarray(arr[...])])
     else:
-        row = int(np.prod(shape[1:], dtype=np.int64)) * max(1, np.dtype(arr.dtype).itemsize)
+        dtype = np.dtype(arr.dtype)
+        size = TEXT_BYTES if dtype.kind in "OUT" or dtype.itemsize == 0 else dtype.itemsize
+        row = int(np.prod(shape[1:], dtype=np.int64)) * size
         step = max(1, SLAB_BYTES // max(1, row))
         starts = range(0, shape[0], step) if shape[0] else range(1)
         slabs = (np.asarray(arr[s : s + step]) for s in starts)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
+from distributed import Client
 
-from pipeline.integrate import harmony_embedding, integration_metrics
+from pipeline.config import IntegrateConfig
+from pipeline.integrate import harmony_embedding, integrate_cohort, integration_metrics
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +125,34 @@ def test_harmony_fitted_on_a_subsample_corrects_every_cell_alike(
         for i in (0, 200, 400)
     ]
     np.testing.assert_allclose(np.vstack(parts), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_the_stage_corrects_on_the_workers_what_harmony_embedding_gives_in_memory(
+    strong_batch_cohort: ad.AnnData, client: Client, tmp_path: Path
+) -> None:
+    """The stage fits Harmony on its subsample and the workers correct every other cell a
+    block at a time, reading the PCs from a zarr array: the same embedding and reference
+    as `harmony_embedding` in memory (blocks much smaller than the cohort here)."""
+    keep = strong_batch_cohort.obs["qc_pass"].to_numpy(dtype=bool)
+    pcs = np.asarray(strong_batch_cohort.obsm["X_pca"], dtype=np.float32)
+    batch = strong_batch_cohort.obs["batch"].astype(str).to_numpy()
+    sample = strong_batch_cohort.obs["sample_id"].astype(str).to_numpy()
+    params = IntegrateConfig(harmony_max_cells=1500, metrics_max_cells=2000)
+    store = zarr.create_array(str(tmp_path / "pcs.zarr"), shape=pcs.shape, dtype=pcs.dtype,
+                              chunks=(1000, pcs.shape[1]))  # fmt: skip
+    store[...] = pcs
+    result = integrate_cohort(store, keep, batch, params=params, sample=sample, block_cells=700)
+    got = result.embeddings["X_pca_harmony"].compute()
+    want = harmony_embedding(
+        pcs[keep], batch[keep], max_cells=1500, theta=params.harmony_theta,
+        max_iter=params.harmony_max_iter, seed=params.seed, strata=sample[keep],
+    )  # fmt: skip
+    assert want.n_fitted < keep.sum() - 1000  # many cells corrected by the model
+    np.testing.assert_allclose(got[keep], want.embedding, rtol=1e-5, atol=1e-5)
+    assert np.isnan(got[~keep]).all()
+    record = result.info["harmony"]
+    assert record["n_fitted"] == want.n_fitted
+    np.testing.assert_allclose(record["cluster_sizes"], want.reference.cluster_sizes, rtol=1e-9)
+    np.testing.assert_allclose(record["cluster_sums"], want.reference.cluster_sums, rtol=1e-7,
+                               atol=1e-6)  # fmt: skip
+    assert set(result.metrics) == {"X_pca", "X_pca_harmony"}
