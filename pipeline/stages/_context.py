@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -335,7 +336,12 @@ def run_stage(name: str, cfg: RunConfig, client: Client | None = None) -> str:
         msg = f"stage {name} computes on a Dask cluster: pass a client"
         raise ValueError(msg)
     context = StageContext(stage, cfg, Workdir(cfg.workdir), client if stage.cluster else None)
-    return str(stage.run_function()(context))
+    if client is None or not stage.cluster:
+        return str(stage.run_function()(context))
+    # every Dask computation of the stage (lazy writes, persisted blocks) on its cluster,
+    # whichever client was created last in this process
+    with client.as_current(), dask.config.set(scheduler=client):
+        return str(stage.run_function()(context))
 
 
 __all__ = ["STAGES", "StageContext", "needs", "run_stage"]
