@@ -57,7 +57,12 @@ def run_qc(ctx: StageContext) -> str:
         uniform_genes=ctx.workdir.ingest_record().uniform_genes,
     )
     seconds = time.perf_counter() - start  # the computations; the columns are written next
-    moments = np.stack([result.moments[s] for s in samples])  # samples x 3 x genes
+    # genes x samples, filled sample by sample (a 4M-cell cohort has 528 samples)
+    sums = np.empty((len(var), len(samples)))
+    sumsq = np.empty((len(var), len(samples)))
+    for i, s in enumerate(samples):
+        moment = result.moments.pop(s)
+        sums[:, i], sumsq[:, i] = moment[1], moment[2]
     uns = {
         "qc": {
             "params": q.model_dump(mode="json"),
@@ -66,7 +71,7 @@ def run_qc(ctx: StageContext) -> str:
         },
         "qc_summary": result.summary,
     }
-    varm = {MOMENT_SUM: moments[:, 1].T, MOMENT_SUMSQ: moments[:, 2].T}
+    varm = {MOMENT_SUM: sums, MOMENT_SUMSQ: sumsq}
     ctx.write_cohort_lazy(names=names, obs={**meta, **result.columns}, var=var, varm=varm, uns=uns)
     summary = result.summary
     del result  # the workers release the per-sample results
