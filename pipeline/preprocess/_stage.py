@@ -31,7 +31,7 @@ from ._models import PcaLoadings, clip_values, pca_from_gram, seurat_v3_table
 @dataclass(frozen=True)
 class PreprocessResult:
     var: pd.DataFrame  # the HVG table, one row per cohort gene
-    pca: da.Array  # cells x n_comps float32, lazy (`project_cells`); NaN: not QC-passed
+    pca: da.Array  # cells x n_comps float32, on the workers (`project_cells`); NaN: not kept
     loadings: PcaLoadings
     variance: np.ndarray
     variance_ratio: np.ndarray
@@ -64,25 +64,31 @@ def project_cells(
 ) -> da.Array:
     """PC scores (cells x components, float32; NaN for cells not in ``keep``) of a lazy
     view's cells: log-normalized with ``target_sum``, centred and projected with
-    ``loadings``, one task per chunk. Lazy: computing it (or writing it into a store,
-    `pipeline.store.write_lazy_array`) runs the projection on the cluster."""
+    ``loadings``, one task per chunk, computed on the workers and left there: the result
+    is a Dask array of their blocks (write it into a store with
+    `pipeline.store.write_lazy_array`, or compute it to gather it)."""
     components = client.scatter(loadings.components, broadcast=True)
     n_comps = loadings.components.shape[1]
-    parts = [
-        da.from_delayed(
-            dask.delayed(project)(
-                c.block,
-                keep[c.rows],
-                loadings.hvg,
-                total_counts[c.rows],
-                target_sum,
-                loadings.centre,
-                components,
-            ),
-            shape=(c.stop - c.start, n_comps),
-            dtype=np.float32,
+    chunks = cell_chunks(cells.X)
+    tasks = [
+        dask.delayed(project)(
+            c.block,
+            keep[c.rows],
+            loadings.hvg,
+            total_counts[c.rows],
+            target_sum,
+            loadings.centre,
+            components,
         )
-        for c in cell_chunks(cells.X)
+        for c in chunks
+    ]
+    # computed now and kept on the workers: the array built from the results has no
+    # graph of the counts in it, which dask would otherwise re-optimize under the keys
+    # the earlier passes used
+    futures = client.compute(tasks)
+    parts = [
+        da.from_delayed(dask.delayed(f), shape=(c.stop - c.start, n_comps), dtype=np.float32)
+        for f, c in zip(futures, chunks, strict=True)
     ]
     return da.concatenate(parts, axis=0)
 
