@@ -112,7 +112,7 @@ def map_cells(
     pcs = project_cells(
         cells, client=client, keep=keep, total_counts=totals, loadings=ref.pca,
         target_sum=cfg.preprocess.target_sum,
-    ).compute()  # fmt: skip
+    )  # fmt: skip
     obsm: dict[str, np.ndarray] = {"X_pca": pcs}
     if ref.harmony is not None:
         corrected = np.full(pcs.shape, np.nan, dtype=np.float32)

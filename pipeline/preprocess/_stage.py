@@ -53,24 +53,16 @@ def _tree_sum(parts: list[Any], add: Callable[[Any, Any], Any]) -> Any:
     return parts[0]
 
 
-def project_cells(
+def _projection_tasks(
     cells: ad.AnnData,
-    *,
     client: Client,
     keep: np.ndarray,
     total_counts: np.ndarray,
     loadings: PcaLoadings,
     target_sum: float,
-) -> da.Array:
-    """PC scores (cells x components, float32; NaN for cells not in ``keep``) of a lazy
-    view's cells: log-normalized with ``target_sum``, centred and projected with
-    ``loadings``, one task per chunk, computed on the workers and left there: the result
-    is a Dask array of their blocks (write it into a store with
-    `pipeline.store.write_lazy_array`, or compute it to gather it)."""
+) -> list[Any]:
     components = client.scatter(loadings.components, broadcast=True)
-    n_comps = loadings.components.shape[1]
-    chunks = cell_chunks(cells.X)
-    tasks = [
+    return [
         dask.delayed(project)(
             c.block,
             keep[c.rows],
@@ -80,15 +72,44 @@ def project_cells(
             loadings.centre,
             components,
         )
-        for c in chunks
+        for c in cell_chunks(cells.X)
     ]
-    # computed now and kept on the workers: the array built from the results has no
-    # graph of the counts in it, which dask would otherwise re-optimize under the keys
-    # the earlier passes used
-    futures = client.compute(tasks)
+
+
+def project_cells(
+    cells: ad.AnnData,
+    *,
+    client: Client,
+    keep: np.ndarray,
+    total_counts: np.ndarray,
+    loadings: PcaLoadings,
+    target_sum: float,
+) -> np.ndarray:
+    """PC scores (cells x components, float32; NaN for cells not in ``keep``) of a lazy
+    view's cells: log-normalized with ``target_sum``, centred and projected with
+    ``loadings``, one task per chunk, gathered (for a batch's cells; the preprocess stage
+    leaves the cohort's on the workers: `project_cells_on_workers`)."""
+    tasks = _projection_tasks(cells, client, keep, total_counts, loadings, target_sum)
+    return np.vstack(client.compute(tasks, sync=True))
+
+
+def project_cells_on_workers(
+    cells: ad.AnnData,
+    *,
+    client: Client,
+    keep: np.ndarray,
+    total_counts: np.ndarray,
+    loadings: PcaLoadings,
+    target_sum: float,
+) -> da.Array:
+    """`project_cells`, computed on the workers and left there: a Dask array of their
+    results (write it into a store with `pipeline.store.write_lazy_array`)."""
+    tasks = _projection_tasks(cells, client, keep, total_counts, loadings, target_sum)
+    n_comps = loadings.components.shape[1]
+    blocks = client.persist(tasks)  # each holds its future: the results stay referenced
     parts = [
-        da.from_delayed(dask.delayed(f), shape=(c.stop - c.start, n_comps), dtype=np.float32)
-        for f, c in zip(futures, chunks, strict=True)
+        da.from_delayed(b, shape=(c.stop - c.start, n_comps), dtype=np.float32)
+        for b, c in zip(blocks, cell_chunks(cells.X), strict=True)
     ]
     return da.concatenate(parts, axis=0)
 
@@ -143,7 +164,7 @@ def preprocess_cohort(
     n, sums, g = client.compute(_tree_sum(parts, add_gram), sync=True)
     mean, components, variance, ratio = pca_from_gram(n, sums, g, params.n_comps)
     loadings = PcaLoadings(hvg, mean, components)
-    scores = project_cells(
+    scores = project_cells_on_workers(
         cohort, client=client, keep=keep, total_counts=total_counts, loadings=loadings,
         target_sum=params.target_sum,
     )  # fmt: skip
