@@ -64,7 +64,7 @@ bench-simulate: $(STAMP)
 # about 40 minutes on 2 cores; needs ~10 GB of disk in SCALING_ROOT).
 SCALING_ROOT ?= scaling_work
 bench-scaling: $(STAMP)
-	$(BIN)/python benchmarks/scaling.py --sizes 50k,250k,1M --root $(SCALING_ROOT) \
+	$(BIN)/python benchmarks/scaling.py --sizes 50k,250k,1M,4M --root $(SCALING_ROOT) \
 		--json benchmarks/results/scaling.jsonl
 	$(BIN)/python benchmarks/scaling_report.py benchmarks/results/scaling.jsonl --plot docs/img/scaling.png
 
