@@ -104,7 +104,7 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
-        "graph", 3, "kNN graph, Leiden clusters, UMAP of the integrated embedding",
+        "graph", 4, "kNN graph, Leiden clusters, UMAP of the integrated embedding",
         run="pipeline.graph:run_graph", config="graph",
         reads=Elements(
             cohort=("obs/qc_pass", "obs/sample_id", "obsm/X_pca_harmony", "obsm/X_scvi",

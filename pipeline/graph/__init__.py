@@ -1,33 +1,37 @@
 """Neighbourhood graph, Leiden clusters and UMAP of the integrated embedding; new cells
 placed in an existing graph."""
 
+from ._blocks import read_rows
 from ._knn import (
     Neighbors,
     ivf_centroids,
     ivf_training_rows,
     knn_graphs,
-    list_assignment,
     n_lists_for,
     nearest_neighbors,
     neighbours_of,
-    search_shards,
     self_first,
 )
 from ._layout import leiden_clusters, place_by_neighbors, umap_layout
 from ._query import QueryNeighbors, place_query, query_edges, query_neighbors, vote_clusters
 from ._run import run_graph
+from ._sharded import BLOCK_CELLS, ShardedGraph, Shards, build_graph_on_workers, load_shards
 from ._stage import GraphResult, build_graph
 
 __all__ = [
+    "BLOCK_CELLS",
     "GraphResult",
     "Neighbors",
     "QueryNeighbors",
+    "ShardedGraph",
+    "Shards",
     "build_graph",
+    "build_graph_on_workers",
     "ivf_centroids",
     "ivf_training_rows",
     "knn_graphs",
     "leiden_clusters",
-    "list_assignment",
+    "load_shards",
     "n_lists_for",
     "nearest_neighbors",
     "neighbours_of",
@@ -35,8 +39,8 @@ __all__ = [
     "place_query",
     "query_edges",
     "query_neighbors",
+    "read_rows",
     "run_graph",
-    "search_shards",
     "self_first",
     "umap_layout",
     "vote_clusters",

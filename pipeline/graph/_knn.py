@@ -17,7 +17,6 @@ against exact search on 2,000 cells; peak above the embedding):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,69 +98,9 @@ def _trained_ivf(train: np.ndarray, n_lists: int, seed: int) -> Any:
 def ivf_centroids(train: np.ndarray, n_lists: int, seed: int) -> np.ndarray:
     """The list centroids (n_lists x dims, float32) `knn_index` trains on ``train`` (its
     `ivf_training_rows`): with them a shard of the cells can be indexed and searched on
-    its own (`search_shards`)."""
+    its own (`pipeline.graph.Shards`)."""
     index = _trained_ivf(train, n_lists, seed)
     return np.asarray(index.quantizer.reconstruct_n(0, n_lists), dtype=np.float32)
-
-
-def list_assignment(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Each point's inverted list (int64): its nearest centroid, as faiss assigns it
-    when the point is added to the index."""
-    import faiss
-
-    quantizer = faiss.IndexFlatL2(centroids.shape[1])
-    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    _, found = quantizer.search(np.ascontiguousarray(points, dtype=np.float32), 1)
-    return found.ravel()
-
-
-def search_shards(
-    queries: np.ndarray,
-    shards: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
-    k: int,
-    centroids: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest points of each query among all ``shards`` (points, their ids
-    (int64), their lists from `list_assignment`), one shard in memory at a time: exact
-    search with ``centroids`` None, else the inverted-file search of `knn_index` with
-    those centroids, ``NPROBE`` lists per query, which finds the same neighbours as one
-    index holding every shard. Returns (ids, euclidean distances), queries x k, nearest
-    first (ids -1 where fewer than ``k`` points exist, or where the lists a query probes
-    hold fewer: `neighbours_of` searches those queries exactly, as should its callers)."""
-    import faiss
-
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    heap = faiss.ResultHeap(q.shape[0], k)
-    quantizer = None
-    if centroids is not None:
-        quantizer = faiss.IndexFlatL2(centroids.shape[1])
-        quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    for points, ids, lists in shards:
-        x = np.ascontiguousarray(points, dtype=np.float32)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        index: Any
-        if quantizer is None or centroids is None:
-            index = faiss.IndexFlatL2(x.shape[1])
-            index.add(x)
-        else:
-            assert lists is not None
-            index = faiss.IndexIVFFlat(quantizer, x.shape[1], centroids.shape[0])
-            index.is_trained = True
-            index.nprobe = NPROBE
-            assigned = np.ascontiguousarray(lists, dtype=np.int64)
-            index.add_core(x.shape[0], faiss.swig_ptr(x), faiss.swig_ptr(ids),
-                           faiss.swig_ptr(assigned))  # fmt: skip
-        squared, found = index.search(q, min(k, x.shape[0]))
-        if quantizer is None:
-            found = np.where(found >= 0, ids[np.maximum(found, 0)], -1)
-        if found.shape[1] < k:  # a shard smaller than k
-            pad = k - found.shape[1]
-            squared = np.pad(squared, ((0, 0), (0, pad)), constant_values=np.inf)
-            found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
-        heap.add_result(np.ascontiguousarray(squared), np.ascontiguousarray(found))
-        del index
-    heap.finalize()
-    return heap.I, np.sqrt(np.maximum(heap.D, 0))
 
 
 SEARCH_CHUNK_ENTRIES = 5_000_000  # queries x k per search call: bounds faiss's own results
@@ -212,8 +151,11 @@ def neighbours_of(
 
 def self_first(indices: np.ndarray, distances: np.ndarray, own: np.ndarray | None = None) -> None:
     """Put each cell (row r: cell ``own[r]``, default r) in column 0 (a tie with a
-    duplicate cell may displace it), in place."""
+    duplicate cell may displace it) at distance 0, in place. (Exact search computes
+    |x|^2 + |y|^2 - 2 x.y with BLAS: a cell's distance to itself can come out as 1e-3
+    instead of 0, which UMAP's connectivities then take for the nearest neighbour's.)"""
     own = np.arange(indices.shape[0]) if own is None else own
+    distances[indices[:, 0] == own, 0] = 0.0
     for r in np.flatnonzero(indices[:, 0] != own):
         others = indices[r] != own[r]
         keep_idx = indices[r][others][: indices.shape[1] - 1]

@@ -72,7 +72,6 @@ def transfer_by_neighbors(
     stay -1)."""
     out = np.asarray(labels, dtype=np.int64).copy()
     n_labels = int(out.max()) + 1
-    k = indices.shape[1] - 1
     for _ in range(max_rounds):
         todo = np.flatnonzero(out < 0)
         if todo.size == 0 or n_labels == 0:
@@ -80,20 +79,32 @@ def transfer_by_neighbors(
         filled = np.full(todo.size, -1, dtype=np.int64)
         for start in range(0, todo.size, chunk_cells):
             rows = todo[start : start + chunk_cells]
-            nbr = indices[rows, 1:]
-            lab = np.where(nbr >= 0, out[np.maximum(nbr, 0)], -1)
-            ok = lab >= 0
-            dist = np.where(ok, distances[rows, 1:], np.inf)
-            with np.errstate(invalid="ignore"):
-                weight = np.where(ok, 1.0 / (dist + dist.min(axis=1, keepdims=True) + 1e-6), 0.0)
-            slot = np.repeat(np.arange(rows.size), k) * n_labels + np.maximum(lab, 0).ravel()
-            votes = np.bincount(slot, weights=weight.ravel(), minlength=rows.size * n_labels)
-            votes = votes.reshape(rows.size, n_labels)
-            filled[start : start + rows.size] = np.where(ok.any(axis=1), votes.argmax(axis=1), -1)
+            filled[start : start + rows.size] = vote_round(
+                out, n_labels, indices[rows], distances[rows]
+            )
         if (filled < 0).all():
             break
         out[todo] = filled
     return out
+
+
+def vote_round(
+    labels: np.ndarray, n_labels: int, indices: np.ndarray, distances: np.ndarray
+) -> np.ndarray:
+    """One round of `transfer_by_neighbors` for the cells whose kNN rows are ``indices`` /
+    ``distances``: the label each takes from its labelled neighbours (-1: none)."""
+    k = indices.shape[1] - 1
+    nbr = indices[:, 1:]
+    lab = np.where(nbr >= 0, labels[np.maximum(nbr, 0)], -1)
+    ok = lab >= 0
+    dist = np.where(ok, distances[:, 1:], np.inf)
+    with np.errstate(invalid="ignore"):
+        weight = np.where(ok, 1.0 / (dist + dist.min(axis=1, keepdims=True) + 1e-6), 0.0)
+    n = indices.shape[0]
+    slot = np.repeat(np.arange(n), k) * n_labels + np.maximum(lab, 0).ravel()
+    votes = np.bincount(slot, weights=weight.ravel(), minlength=n * n_labels)
+    votes = votes.reshape(n, n_labels)
+    return np.where(ok.any(axis=1), votes.argmax(axis=1), -1)
 
 
 def umap_layout(
@@ -150,21 +161,30 @@ def place_by_neighbors(
     by 1 / (distance + the nearest such distance); repeated outward until all are placed
     (cells whose component has no placed cell stay NaN)."""
     out = layout.astype(np.float32, copy=True)
-    placed = ~np.isnan(out[:, 0])
     for _ in range(max_rounds):
-        todo = np.flatnonzero(~placed)
+        todo = np.flatnonzero(np.isnan(out[:, 0]))
         if todo.size == 0:
             break
-        nbr = indices[todo, 1:]
-        ok = (nbr >= 0) & placed[np.maximum(nbr, 0)]
-        has = ok.any(axis=1)
+        has, coords = place_round(out, indices[todo], distances[todo])
         if not has.any():
             break
-        rows, nbr, ok = todo[has], nbr[has], ok[has]
-        dist = np.where(ok, distances[rows, 1:], np.inf)
-        weights = np.where(ok, 1.0 / (dist + dist.min(axis=1, keepdims=True) + 1e-6), 0.0)
-        weights /= weights.sum(axis=1, keepdims=True)
-        coords = np.nan_to_num(out[np.maximum(nbr, 0)])
-        out[rows] = np.einsum("nk,nkd->nd", weights, coords)
-        placed[rows] = True
+        out[todo[has]] = coords
     return out
+
+
+def place_round(
+    layout: np.ndarray, indices: np.ndarray, distances: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One round of `place_by_neighbors` for the cells whose kNN rows are ``indices`` /
+    ``distances``: which of them have placed neighbours in ``layout`` (NaN: not placed)
+    and, for those, their places."""
+    nbr = indices[:, 1:]
+    placed = ~np.isnan(layout[:, 0])
+    ok = (nbr >= 0) & placed[np.maximum(nbr, 0)]
+    has = ok.any(axis=1)
+    nbr, ok = nbr[has], ok[has]
+    dist = np.where(ok, distances[has, 1:], np.inf)
+    weights = np.where(ok, 1.0 / (dist + dist.min(axis=1, keepdims=True) + 1e-6), 0.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    coords = np.nan_to_num(layout[np.maximum(nbr, 0)])
+    return has, np.einsum("nk,nkd->nd", weights, coords).astype(np.float32)

@@ -3,7 +3,7 @@ clusters and the UMAP out."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -11,15 +11,16 @@ import pandas as pd
 from ..errors import ImmunoprofileError
 from ..results import leiden_key
 from ..runtime import release_memory
-from ._stage import build_graph
+from ._sharded import build_graph_on_workers
 
 if TYPE_CHECKING:
     from ..stages import StageContext
 
 
 def run_graph(ctx: StageContext) -> str:
-    """In the driver; Leiden on a worker (its graph scattered, not sent inside the task).
-    Reads only the kept cells' embedding and two obs columns; writes only its results."""
+    """On the workers, block by block (`build_graph_on_workers`): the driver reads two
+    obs columns and holds the UMAP and the clusters; Leiden runs on a worker. The workers
+    write the graph's matrices."""
     g = ctx.cfg.graph
     element = f"obsm/{g.use_rep}"
     if not ctx.has(element):
@@ -29,23 +30,18 @@ def run_graph(ctx: StageContext) -> str:
         )
         raise ImmunoprofileError(msg)
     obs = ctx.read_obs(["qc_pass", "sample_id"])
-    client = ctx.cluster
-    scattered: list[Any] = []  # held until the graph is built: a scattered future dropped
-    # before its task ran could get that task cancelled ("reason: unknown", distributed 2025.1)
-
-    def submit(f: Any, graph: Any, *args: Any) -> Any:
-        scattered.append(client.scatter(graph))
-        return client.submit(f, scattered[-1], *args, pure=False)
-
-    result = build_graph(
-        ctx.array(element),
+    sample = obs["sample_id"].astype("category")
+    # codes in the order of the sorted names: the stratified draws group as by the names
+    sample = sample.cat.reorder_categories(sorted(sample.cat.categories))
+    result = build_graph_on_workers(
+        ctx.cluster,
+        str(ctx.workdir.cohort),
+        element,
         obs["qc_pass"].to_numpy(dtype=bool),
-        obs["sample_id"].astype(str).to_numpy(),
+        sample.cat.codes.to_numpy(),
         params=g,
-        submit=submit,
     )
-    del obs
-    scattered.clear()
+    del obs, sample
     release_memory()
     clusters = {}
     for r, labels in result.clusters.items():

@@ -29,7 +29,7 @@ import zarr
 from ..abundance import AbundanceDesignError, contrast_names, estimable_design, with_covariate
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
-from ..graph import ivf_centroids, ivf_training_rows, n_lists_for
+from ..graph import BLOCK_CELLS, load_shards, read_rows
 from ..labels import B_SUBSETS, DESIGN_COLUMNS, LINEAGES
 from ..workdir import Workdir
 from ._kernels import Neighbourhoods, draw_cells, members_within, spatial_fdr
@@ -37,16 +37,15 @@ from ._model import ChunkFits, estimable_contrasts, fit_neighbourhoods
 from ._plots import beeswarm_plot
 from ._tasks import (
     BLOCK_ENTRIES,
-    SHARD_CELLS,
-    assign_shard,
     graph_widths,
-    read_rows,
+    nhood_block,
     refine_block,
-    search_block,
 )
 
 if TYPE_CHECKING:
     from ..stages import StageContext
+
+SHARD_CELLS = BLOCK_CELLS  # kept cells per block of the embedding on the workers
 
 OBS_COLUMNS = (*DESIGN_COLUMNS, "qc_pass", "lineage", "b_subset")
 TEST_COLUMNS = ("nhood", "index_cell", "lineage", "lineage_fraction", "b_subset",
@@ -164,15 +163,9 @@ def _find(ctx: StageContext, element: str, rows: np.ndarray, k: int, sample_code
     index_rows = np.unique(np.concatenate(client.gather(refined)))
     del refined
     positions = np.searchsorted(rows, index_rows)
-    shards = [(a, min(a + SHARD_CELLS, rows.size)) for a in range(0, rows.size, SHARD_CELLS)]
-    exact = rows.size < g.exact_knn_below
-    centroids, lists = None, None
-    if not exact:  # the lists knn_index would train on the same cells
-        train = read_rows(store, element, rows[ivf_training_rows(rows.size, g.seed)])
-        centroids = ivf_centroids(train, n_lists_for(rows.size), g.seed)
-        del train
-        lists = [client.submit(assign_shard, store, element, rows[a:b], centroids, pure=False)
-                 for a, b in shards]  # fmt: skip
+    shards = load_shards(client, store, element, rows, exact_knn_below=g.exact_knn_below,
+                         seed=g.seed, block_cells=SHARD_CELLS)  # fmt: skip
+    exact = shards.exact
     block = max(1, BLOCK_ENTRIES // k)
     zarr.create_array(str(members_path), shape=(index_rows.size, k), chunks=(block, k),
                       dtype="int32")  # fmt: skip
@@ -181,14 +174,18 @@ def _find(ctx: StageContext, element: str, rows: np.ndarray, k: int, sample_code
     )  # held until the tasks that use them are done
     vocabularies = {"lineage": len(LINEAGES), "b_subset": len(B_SUBSETS)}
     labels = {level: (held[level], size) for level, size in vocabularies.items()}
+    starts = range(0, index_rows.size, block)
+    queries = [client.submit(read_rows, store, element, index_rows[s : s + block]) for s in starts]
+    found = shards.search(client, queries, k)
+    del shards, queries
     futures = [
-        client.submit(search_block, store, element, s, positions[s : s + block], held["rows"],
-                      shards, lists, centroids, k, held["samples"], n_samples, labels,
-                      str(members_path), pure=False)
-        for s in range(0, index_rows.size, block)
+        client.submit(nhood_block, f, s, positions[s : s + block], held["rows"], held["samples"],
+                      n_samples, labels, str(members_path), pure=False)
+        for f, s in zip(found, starts, strict=True)
     ]  # fmt: skip
+    del found
     blocks = client.gather(futures)
-    del futures, held, labels, lists
+    del futures, held, labels
     columns = {}
     for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS)):
         best = np.concatenate([b.labels[level][0] for b in blocks])

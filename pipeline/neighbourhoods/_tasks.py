@@ -3,11 +3,10 @@
 writes its block of member lists, so that the driver never holds the embedding, the graph
 or the member lists: its memory does not grow with the cells beyond a few per-cell codes.
 
-The neighbour search is sharded: the cells are cut into shards of ``SHARD_CELLS``; with an
-inverted-file index (above ``exact_knn_below`` cells) the driver trains the lists'
-centroids once (as `pipeline.graph.knn_index` would), a task per shard assigns its cells
-to lists, and a task per block of neighbourhoods searches shard after shard, keeping the
-nearest ``k`` so far: the same neighbours as one index over all cells (tested).
+The neighbour search is the graph stage's sharded search (`pipeline.graph.Shards`): the
+kept cells' embedding is read once onto the workers in blocks, and each block of index
+cells searches block after block, keeping the nearest ``k`` so far: the same neighbours
+as one index over all cells (tested).
 """
 
 from __future__ import annotations
@@ -17,18 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from ..graph import list_assignment, search_shards, self_first
+from ..graph import read_rows, self_first
 from ._kernels import graph_rows_with_self, majority_labels, nearest_to_median, sample_counts
 
-SHARD_CELLS = 100_000  # cells indexed at a time by a search task (~20 MB at 50 dims)
 BLOCK_ENTRIES = 2_500_000  # neighbourhoods x k per search task (~30 MB of results)
-
-
-def read_rows(store: str, element: str, rows: np.ndarray) -> np.ndarray:
-    """Rows of a cohort.zarr array (ascending ``rows``) as contiguous float32."""
-    array = zarr.open_array(store, path=element, mode="r")
-    x = array.get_orthogonal_selection((np.asarray(rows, dtype=np.int64), slice(None)))
-    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _unique_rows(store: str, element: str, cells: np.ndarray) -> np.ndarray:
@@ -62,11 +53,6 @@ def refine_block(
     return nearest_to_median(members, _unique_rows(store, element, members))
 
 
-def assign_shard(store: str, element: str, rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """The inverted list of each of the cohort rows ``rows`` (int32)."""
-    return list_assignment(read_rows(store, element, rows), centroids).astype(np.int32)
-
-
 @dataclass(frozen=True)
 class Block:
     """One block of neighbourhoods (rows ``start`` .. ``start + len(kth)`` of all)."""
@@ -77,46 +63,27 @@ class Block:
     labels: dict[str, tuple[np.ndarray, np.ndarray]]  # level -> (majority code, share)
 
 
-def search_block(
-    store: str,
-    element: str,
+def nhood_block(
+    found: tuple[np.ndarray, np.ndarray],
     start: int,
     index_positions: np.ndarray,
     kept_rows: np.ndarray,
-    shards: list[tuple[int, int]],
-    lists: list[np.ndarray] | None,
-    centroids: np.ndarray | None,
-    k: int,
     sample_codes: np.ndarray,
     n_samples: int,
     label_codes: dict[str, tuple[np.ndarray, int]],
     members_path: str,
 ) -> Block:
     """The neighbourhoods of the index cells ``index_positions`` (positions among the
-    kept cells ``kept_rows``, cohort rows ascending): their ``k`` nearest kept cells, shard
-    after shard (``shards``: position ranges; ``lists``: their cells' inverted lists, None
-    with ``centroids`` None for exact search). Writes the member lists (cohort rows, each
-    neighbourhood's ascending) to rows ``start``.. of the int32 array at ``members_path``;
-    returns the counts per sample and the majority labels (``label_codes``: level ->
-    (code per cohort row, number of labels))."""
-    queries = read_rows(store, element, kept_rows[index_positions])
-
-    def shard_points():
-        for i, (a, b) in enumerate(shards):
-            ids = np.arange(a, b, dtype=np.int64)
-            yield (
-                read_rows(store, element, kept_rows[a:b]),
-                ids,
-                None if lists is None else lists[i],
-            )
-
-    found, distances = search_shards(queries, shard_points(), k, centroids)
-    short = np.flatnonzero((found < 0).any(axis=1))
-    if short.size:  # the lists they probed hold fewer than k cells: exact, as neighbours_of
-        found[short], distances[short] = search_shards(queries[short], shard_points(), k, None)
-    self_first(found, distances, own=np.asarray(index_positions, dtype=np.int64))
-    members = kept_rows[found].astype(np.int32, copy=False)
-    del found
+    kept cells ``kept_rows``, cohort rows ascending) from their ``k`` nearest kept cells
+    ``found`` (positions, squared distances; `pipeline.graph.Shards.search`). Writes the
+    member lists (cohort rows, each neighbourhood's ascending) to rows ``start``.. of the
+    int32 array at ``members_path``; returns the counts per sample and the majority
+    labels (``label_codes``: level -> (code per cohort row, number of labels))."""
+    ids = found[0].copy()
+    distances = np.sqrt(np.maximum(found[1], 0)).astype(np.float32)
+    self_first(ids, distances, own=np.asarray(index_positions, dtype=np.int64))
+    members = kept_rows[ids].astype(np.int32, copy=False)
+    del ids
     members.sort(axis=1)
     zarr.open_array(members_path, mode="r+")[start : start + members.shape[0]] = members
     labels = {

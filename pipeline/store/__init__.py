@@ -2,7 +2,14 @@
 
 from ._anndata import write_anndata_store
 from ._atomic import atomic_path, remove_staging_leftovers, write_text_atomic
-from ._lazy import LazyCategorical, LazyColumn, write_lazy_anndata_store, write_lazy_array
+from ._lazy import (
+    LazyCategorical,
+    LazyColumn,
+    LazyCSR,
+    write_lazy_anndata_store,
+    write_lazy_array,
+    write_lazy_csr,
+)
 from ._lock import LockedError, read_holder, writer_lock
 from ._manifest import (
     MANIFEST,
@@ -18,6 +25,7 @@ from ._update import obs_columns, update_anndata_store
 
 __all__ = [
     "MANIFEST",
+    "LazyCSR",
     "LazyCategorical",
     "LazyColumn",
     "LockedError",
@@ -35,6 +43,7 @@ __all__ = [
     "write_anndata_store",
     "write_lazy_anndata_store",
     "write_lazy_array",
+    "write_lazy_csr",
     "write_manifest",
     "write_text_atomic",
     "writer_lock",

@@ -20,6 +20,7 @@ import anndata as ad
 import dask.array as da
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import zarr
 
 from ._atomic import atomic_path
@@ -42,6 +43,23 @@ class LazyCategorical:
 
 
 LazyColumn = da.Array | LazyCategorical
+
+
+@dataclass(frozen=True)
+class LazyCSR:
+    """A CSR matrix whose three arrays are Dask arrays (e.g. built from blocks of rows)."""
+
+    indptr: da.Array
+    indices: da.Array
+    data: da.Array
+    shape: tuple[int, int]
+
+    def compute(self) -> sp.csr_matrix:
+        """The matrix in memory (small data: tests, notebooks)."""
+        import dask
+
+        indptr, indices, data = dask.compute(self.indptr, self.indices, self.data)
+        return sp.csr_matrix((data, indices, indptr), shape=self.shape)
 
 
 def _chunk_rows(value: da.Array) -> int:
@@ -77,6 +95,19 @@ def write_lazy_array(parent: zarr.Group, name: str, value: da.Array) -> zarr.Arr
     source, arr = _lazy_target(parent, name, value)
     store_lazy([(source, arr)])
     return arr
+
+
+def write_lazy_csr(parent: zarr.Group, name: str, value: LazyCSR) -> zarr.Group:
+    """Write a `LazyCSR` as the AnnData sparse matrix ``name`` of ``parent`` (anndata's
+    ``csr_matrix`` encoding), its arrays written by their tasks."""
+    group = parent.create_group(name)
+    group.attrs.update(
+        {"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": list(value.shape)}
+    )
+    store_lazy(
+        [_lazy_target(group, key, getattr(value, key)) for key in ("data", "indices", "indptr")]
+    )
+    return group
 
 
 def _column_targets(

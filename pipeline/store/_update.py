@@ -24,7 +24,7 @@ import pandas as pd
 import zarr
 
 from ._atomic import atomic_path
-from ._lazy import write_lazy_array
+from ._lazy import LazyCSR, write_lazy_array, write_lazy_csr
 from ._manifest import MANIFEST, describe_arrays, read_manifest, write_manifest
 
 METADATA = "zarr.json"
@@ -92,7 +92,8 @@ def update_anndata_store(
     ``layers`` or ``uns``) or ``"var"`` (the whole var table). An element that is written
     replaces the one stored under its key. Removing a key that is not there is no error.
     A Dask array among ``elems`` is computed and written chunk by chunk by the tasks
-    (`write_lazy_array`; on the cluster when a distributed client is the default).
+    (`write_lazy_array`; on the cluster when a distributed client is the default), and
+    so is a `LazyCSR`'s (`write_lazy_csr`).
     """
     elems = dict(elems or {})
     remove = list(remove)
@@ -132,6 +133,8 @@ def update_anndata_store(
                 assert isinstance(parent, zarr.Group)
                 if isinstance(value, da.Array):
                     write_lazy_array(parent, name, value)
+                elif isinstance(value, LazyCSR):
+                    write_lazy_csr(parent, name, value)
                 else:
                     ad.io.write_elem(parent, name, value)
         obs_group.attrs["column-order"] = [*order, *new_columns]

@@ -11,12 +11,16 @@ from pipeline.abundance import bh_qvalues, contrast_table, fit_binomial_glmm, mo
 from pipeline.graph import (
     ivf_centroids,
     ivf_training_rows,
-    list_assignment,
     n_lists_for,
     nearest_neighbors,
     neighbours_of,
-    search_shards,
     self_first,
+)
+from pipeline.graph._blocks import (
+    coarse_block,
+    replace_rows,
+    search_shard,
+    short_rows,
 )
 from pipeline.neighbourhoods import (
     estimable_contrasts,
@@ -69,52 +73,41 @@ def test_refined_sampling_picks_the_member_nearest_to_the_median() -> None:
 
 
 @pytest.mark.parametrize("exact_below", [10_000, 100])  # exact and inverted-file search
-def test_neighbours_of_some_cells_are_their_rows_of_the_whole_search(exact_below: int) -> None:
-    x = np.random.default_rng(2).normal(size=(3000, 8)).astype(np.float32)
-    rows = np.array([0, 17, 999, 2999])
-    whole = nearest_neighbors(x, 12, exact_knn_below=exact_below, seed=3)
-    some = neighbours_of(x, rows, 12, exact_knn_below=exact_below, seed=3)
-    assert some.exact == whole.exact
-    np.testing.assert_array_equal(some.indices[:, 0], rows)
-    np.testing.assert_array_equal(np.sort(some.indices, 1), np.sort(whole.indices[rows], 1))
-
-
-def test_large_neighbourhoods_are_searched_in_chunks_with_the_same_result(monkeypatch) -> None:
-    """A neighbourhood's k of hundreds cuts the queries into several search calls (to
-    bound faiss's own result arrays): the neighbours are those of one call."""
-    from pipeline.graph import _knn
-
-    x = np.random.default_rng(5).normal(size=(3000, 8)).astype(np.float32)
-    rows = np.arange(0, 3000, 7)
-    whole = neighbours_of(x, rows, 120, exact_knn_below=100, seed=3)
-    monkeypatch.setattr(_knn, "SEARCH_CHUNK_ENTRIES", 120 * 50)  # 50 queries per call
-    chunked = neighbours_of(x, rows, 120, exact_knn_below=100, seed=3)
-    np.testing.assert_array_equal(chunked.indices, whole.indices)
-    np.testing.assert_array_equal(chunked.distances, whole.distances)
-
-
-@pytest.mark.parametrize("exact_below", [10_000, 100])  # exact and inverted-file search
 @pytest.mark.parametrize("shard", [700, 9])  # uneven shards; shards smaller than k
 def test_a_search_shard_by_shard_finds_the_neighbours_of_one_index(
     exact_below: int, shard: int
 ) -> None:
-    """The stage's workers search the cells a shard at a time (the inverted lists trained
-    once, on the cells `knn_index` trains on): the same neighbours as one index."""
+    """The workers search the cells a shard at a time (the inverted lists trained once, on
+    the cells `knn_index` trains on; each query's probes found once): the same
+    neighbours as one index."""
     x = np.random.default_rng(6).normal(size=(3000, 8)).astype(np.float32)
     rows = np.arange(0, 3000, 37)
     whole = neighbours_of(x, rows, 12, exact_knn_below=exact_below, seed=3)
     centroids = None
     if not whole.exact:
         centroids = ivf_centroids(x[ivf_training_rows(3000, 3)], n_lists_for(3000), 3)
-    shards = [
-        (x[a : a + shard], np.arange(a, min(a + shard, 3000)),
-         None if centroids is None else list_assignment(x[a : a + shard], centroids))
-        for a in range(0, 3000, shard)
-    ]  # fmt: skip
-    found, distances = search_shards(x[rows], shards, 12, centroids)
-    self_first(found, distances, own=rows)
-    np.testing.assert_array_equal(found[:, 0], rows)
-    np.testing.assert_array_equal(np.sort(found, 1), np.sort(whole.indices, 1))
+    queries = np.ascontiguousarray(x[rows])
+    probes = coarse_block(queries, centroids)
+    found = None
+    for a in range(0, 3000, shard):
+        points = np.ascontiguousarray(x[a : a + shard])
+        found = search_shard(
+            queries, probes, points, coarse_block(points, centroids), a, centroids, 12, found
+        )
+    assert found is not None
+    if short_rows(found).size:  # as neighbours_of: exactly, over every shard
+        assert centroids is not None
+        missing = short_rows(found)
+        exact = None
+        for a in range(0, 3000, shard):
+            points = np.ascontiguousarray(x[a : a + shard])
+            exact = search_shard(queries[missing], None, points, None, a, None, 12, exact)
+        assert exact is not None
+        found = replace_rows(found, missing, exact)
+    ids, distances = found[0].copy(), np.sqrt(np.maximum(found[1], 0))
+    self_first(ids, distances, own=rows)
+    np.testing.assert_array_equal(ids[:, 0], rows)
+    np.testing.assert_array_equal(np.sort(ids, 1), np.sort(whole.indices, 1))
     np.testing.assert_allclose(distances, whole.distances, rtol=1e-5, atol=1e-5)
 
 

@@ -9,18 +9,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import zarr
+from distributed import Client
 
-from pipeline.graph import (
-    ivf_centroids,
-    ivf_training_rows,
-    list_assignment,
-    n_lists_for,
-    nearest_neighbors,
-    neighbours_of,
-)
+from pipeline.graph import load_shards, nearest_neighbors, neighbours_of, read_rows
 from pipeline.labels import LINEAGES
 from pipeline.neighbourhoods import majority_labels, refined_index_cells, sample_counts
-from pipeline.neighbourhoods._tasks import refine_block, search_block
+from pipeline.neighbourhoods._tasks import nhood_block, refine_block
 
 
 def _store(tmp_path: Path, x: np.ndarray, graph: sp.csr_matrix) -> str:
@@ -52,22 +46,27 @@ def test_refining_a_block_of_sampled_cells_from_the_store_is_the_kernels(cells) 
 
 
 @pytest.mark.parametrize("k", [30, 400])  # 400: more than the probed lists hold
-def test_a_block_searched_shard_by_shard_is_the_in_memory_search(cells, tmp_path, k) -> None:
-    """With inverted lists (trained as `knn_index` trains them) and queries whose probed
-    lists hold fewer than k cells (searched exactly, as `neighbours_of` does): the same
-    members, counts and labels; the member lists written to their rows."""
+def test_a_block_searched_shard_by_shard_is_the_in_memory_search(
+    cells, tmp_path, k, client: Client
+) -> None:
+    """With inverted lists (trained as `knn_index` trains them), the embedding read onto
+    the workers in blocks and queries whose probed lists hold fewer than k cells
+    (searched exactly, as `neighbours_of` does): the same members, counts and labels;
+    the member lists written to their rows."""
     store, x, _ = cells
     kept = np.arange(3000)
     index = np.arange(0, 3000, 41)
-    centroids = ivf_centroids(x[ivf_training_rows(3000, 3)], n_lists_for(3000), 3)
-    shards = [(a, min(a + 700, 3000)) for a in range(0, 3000, 700)]
-    lists = [list_assignment(x[a:b], centroids) for a, b in shards]
     samples = np.random.default_rng(8).integers(0, 5, 3000)
     labels = np.random.default_rng(9).integers(-1, len(LINEAGES), 3000).astype(np.int8)
     members_path = str(tmp_path / "members.zarr")
     zarr.create_array(members_path, shape=(index.size, k), chunks=(index.size, k), dtype="int32")
-    block = search_block(store, "obsm/X", 0, index, kept, shards, lists, centroids, k,
-                         samples, 5, {"lineage": (labels, len(LINEAGES))}, members_path)  # fmt: skip
+    shards = load_shards(client, store, "obsm/X", kept, exact_knn_below=100, seed=3,
+                         block_cells=700)  # fmt: skip
+    assert len(shards.bounds) == 5 and not shards.exact
+    queries = [client.submit(read_rows, store, "obsm/X", index)]
+    (found,) = shards.search(client, queries, k)
+    block = client.submit(nhood_block, found, 0, index, kept, samples, 5,
+                          {"lineage": (labels, len(LINEAGES))}, members_path).result()  # fmt: skip
     whole = neighbours_of(x, index, k, exact_knn_below=100, seed=3)
     expected = np.sort(whole.indices, axis=1)
     assert (expected >= 0).all()
