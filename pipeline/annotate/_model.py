@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import singledispatch
 from typing import Any, Literal
 
 import numpy as np
@@ -246,8 +247,15 @@ def _evidence(prob: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
     return vote / vote.sum(axis=1, keepdims=True)
 
 
-def _neighbour_mean(vote: np.ndarray, graph: sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
-    """The graph-weighted mean of the neighbours' ``vote`` rows, and each cell's degree."""
+def _neighbour_mean(vote: np.ndarray, graph: Any) -> tuple[np.ndarray, np.ndarray]:
+    return neighbour_mean(graph, vote)
+
+
+@singledispatch
+def neighbour_mean(graph: Any, vote: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The graph-weighted mean of the neighbours' ``vote`` rows, and each cell's degree,
+    for an in-memory sparse ``graph`` (cells x cells); other graph types register theirs
+    (`pipeline.annotate._graphrows.MemberGraph`: rows read by the workers)."""
     g = sp.csr_matrix(graph)  # in its own dtype: a float64 copy was 0.26 GiB at 855k cells
     if not np.issubdtype(g.dtype, np.floating):  # edge counts: the votes stay fractions
         g = g.astype(np.float64)

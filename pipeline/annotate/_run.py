@@ -16,6 +16,7 @@ from ..results import leiden_columns
 from ..runtime import release_memory
 from ..store import atomic_path, write_text_atomic
 from ..workdir import Workdir
+from ._graphrows import StoredGraph
 from ._markers import load_markers
 from ._plots import marker_dotplot
 from ._reference import (
@@ -58,11 +59,12 @@ def _info_record(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_annotate(ctx: StageContext) -> str:
-    """Only the inputs (two obs columns, the kNN graph) while the cells are annotated; the
-    Leiden columns are read afterwards, once the workers' memory is trimmed."""
+    """Only the inputs (three obs columns) while the cells are annotated, the kNN graph's
+    rows read by the workers for the consensus; the Leiden columns are read afterwards,
+    once the workers' memory is trimmed."""
     a = ctx.cfg.annotate
     obs = ctx.read_obs(["qc_pass", "total_counts", "batch"])
-    connectivities = ctx.read_elem("obsp/connectivities")
+    connectivities = StoredGraph(str(ctx.workdir.cohort), "obsp/connectivities", len(obs))
     markers = load_markers(a.markers)
     cohort = ctx.open_counts()
     cohort.obs["batch"] = obs["batch"].to_numpy()  # the B cells' genes are ranked per batch

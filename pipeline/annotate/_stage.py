@@ -31,6 +31,7 @@ from ..labels import UNASSIGNED
 from ..sampling import stratified_sample
 from ._bgraph import B_GRAPH_MIN_CELLS, b_cell_graph
 from ._dotplot import cohort_dotplot, dot_sums, dot_table
+from ._graphrows import MemberGraph, StoredGraph
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
 from ._model import (
     Consensus,
@@ -153,10 +154,10 @@ def _level_graph(
     client: Client,
     members: np.ndarray,
     rows: np.ndarray,
-    connectivities: sp.spmatrix | None,
+    connectivities: sp.spmatrix | StoredGraph | None,
     total_counts: np.ndarray,
     params: AnnotateConfig,
-) -> tuple[sp.csr_matrix | None, str]:
+) -> tuple[sp.csr_matrix | MemberGraph | None, str]:
     """The graph a level's consensus uses among its cells ``rows`` (= np.flatnonzero of
     the mask ``members``), and its name: for B subsets the B cells' own graph
     (`b_cell_graph`) unless ``params.b_graph`` says the cohort's or there are too few."""
@@ -170,6 +171,8 @@ def _level_graph(
             cohort, client=client, members=members, total_counts=total_counts, seed=params.seed
         )
         return graph, "b_cells"
+    if isinstance(connectivities, StoredGraph):
+        return MemberGraph(client, connectivities, rows), "cohort"
     return _restrict(connectivities, rows), "cohort" if connectivities is not None else "none"
 
 
@@ -180,14 +183,15 @@ def annotate_cohort(
     keep: np.ndarray,
     total_counts: np.ndarray,
     markers: MarkerSet,
-    connectivities: sp.spmatrix | None,
+    connectivities: sp.spmatrix | StoredGraph | None,
     params: AnnotateConfig | None = None,
 ) -> AnnotationResult:
     """Lineage and B-subset labels for the QC-passed cells of a lazily opened cohort,
     with the annotate section's ``params`` (None: its defaults).
 
     ``cohort`` is `open_cohort`'s view (X a Dask array of CSR chunks); ``connectivities``
-    the cohort's kNN graph over all its cells (None: no graph consensus).
+    the cohort's kNN graph over all its cells (None: no graph consensus), in memory or
+    a `StoredGraph`, whose rows the workers read for the consensus (`MemberGraph`).
     """
     params = params or AnnotateConfig()
     seconds: dict[str, float] = {}
@@ -285,7 +289,7 @@ def _call_level(
     size: np.ndarray,
     training: Callable[[np.ndarray], sp.spmatrix],
     scored: Callable[[MarkerModel], np.ndarray],
-    graph: sp.spmatrix | None,
+    graph: sp.spmatrix | MemberGraph | None,
     consensus: Consensus,
     params: AnnotateConfig,
 ) -> LevelCall:

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 
-from ._knn import NPROBE, self_first
+from ._knn import NPROBE, distance_rows, self_first
 
 
 def read_rows(store: str, element: str, rows: np.ndarray) -> np.ndarray:
@@ -41,16 +41,22 @@ class Coarse:
     probe_distances: np.ndarray  # float32, squared
 
 
-def coarse_block(points: np.ndarray, centroids: np.ndarray | None) -> Coarse | None:
-    """The block's lists and probes (None for exact search)."""
+def coarse_block(
+    points: np.ndarray, centroids: np.ndarray | None, probes: bool = True
+) -> Coarse | None:
+    """The block's lists and, with ``probes``, the lists its cells search (None for exact
+    search)."""
     if centroids is None:
         return None
     import faiss
 
     quantizer = faiss.IndexFlatL2(centroids.shape[1])
     quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    distances, probes = quantizer.search(points, min(NPROBE, centroids.shape[0]))
-    return Coarse(probes[:, 0].copy(), probes, distances)  # added to the nearest list
+    distances, found = quantizer.search(points, min(NPROBE, centroids.shape[0]) if probes else 1)
+    lists = found[:, 0].copy()  # each cell is added to its nearest list
+    if not probes:
+        return Coarse(lists, found[:, :0], distances[:, :0])
+    return Coarse(lists, found, distances)
 
 
 Found = tuple[np.ndarray, np.ndarray]  # (ids int64, squared distances float32), queries x k
@@ -164,13 +170,7 @@ def graph_block(nn: BlockNeighbors, n_kept: int, mean_distance: float) -> BlockG
 
     cache_umap_functions()
     rows, k = nn.indices.shape
-    cols = nn.indices[:, 1:]
-    ok = cols >= 0
-    indptr = np.concatenate([[0], np.cumsum(ok.sum(axis=1))])
-    distances = sp.csr_matrix(
-        (nn.distances[:, 1:][ok], cols[ok].astype(np.int32), indptr), shape=(rows, n_kept)
-    )
-    distances.sort_indices()
+    distances = distance_rows(nn.indices, nn.distances, n_kept)
     knn_dists = np.where(nn.indices >= 0, nn.distances, 0).astype(np.float32)
     sigmas, rhos = smooth_knn_dist(knn_dists, float(k), local_connectivity=1.0)
     alone = np.flatnonzero(rhos == 0)  # all distances 0: the floor is the global mean

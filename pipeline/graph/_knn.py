@@ -165,6 +165,19 @@ def self_first(indices: np.ndarray, distances: np.ndarray, own: np.ndarray | Non
         distances[r, 1 : 1 + keep_dist.size] = keep_dist
 
 
+def distance_rows(indices: np.ndarray, distances: np.ndarray, n_cols: int) -> sp.csr_matrix:
+    """kNN rows (each cell first, missing neighbours -1) as scanpy's obsp distances: CSR
+    rows x ``n_cols``, self and missing neighbours left out, columns sorted."""
+    cols = indices[:, 1:]
+    ok = cols >= 0
+    indptr = np.concatenate([[0], np.cumsum(ok.sum(axis=1))])
+    out = sp.csr_matrix(
+        (distances[:, 1:][ok], cols[ok].astype(np.int32), indptr), shape=(len(indices), n_cols)
+    )
+    out.sort_indices()
+    return out
+
+
 def knn_graphs(nn: Neighbors, *, seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """(distances, connectivities) as scanpy stores them in obsp (self excluded).
 
@@ -180,13 +193,7 @@ def knn_graphs(nn: Neighbors, *, seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_m
     cache_umap_functions()
     del seed
     n, k = nn.indices.shape
-    cols = nn.indices[:, 1:]
-    ok = cols >= 0
-    indptr = np.concatenate([[0], np.cumsum(ok.sum(axis=1))])
-    distances = sp.csr_matrix(
-        (nn.distances[:, 1:][ok], cols[ok].astype(np.int32), indptr), shape=(n, n)
-    )
-    distances.sort_indices()
+    distances = distance_rows(nn.indices, nn.distances, n)
 
     knn_dists = np.asarray(nn.distances, dtype=np.float32)
     sigmas, rhos = smooth_knn_dist(knn_dists, float(k), local_connectivity=1.0)

@@ -43,7 +43,7 @@ from ._blocks import (
 )
 from ._knn import ivf_centroids, ivf_training_rows, knn_graphs, n_lists_for, nearest_neighbors
 from ._layout import by_size, umap_layout
-from ._stage import timed_leiden
+from ._stage import all_cells, timed_leiden
 
 BLOCK_CELLS = 200_000  # kept cells per block (~40 MB of a 50-dimensional embedding)
 
@@ -108,10 +108,11 @@ class Shards:
 
 def load_shards(
     client: Any, store: str, element: str, rows: np.ndarray, *, exact_knn_below: int,
-    seed: int, block_cells: int = BLOCK_CELLS,
+    seed: int, block_cells: int = BLOCK_CELLS, probes: bool = False,
 ) -> Shards:  # fmt: skip
     """Read the embedding rows ``rows`` (the kept cells, ascending) onto the workers in
-    blocks of ``block_cells``."""
+    blocks of ``block_cells``; with ``probes`` each block's `coarse_block` keeps its
+    cells' probes too (the blocks are then their own queries, as in the graph)."""
     bounds = [(a, min(a + block_cells, rows.size)) for a in range(0, rows.size, block_cells)]
     centroids = None
     if rows.size >= exact_knn_below:
@@ -120,7 +121,7 @@ def load_shards(
         del train
         centroids = client.scatter(fitted, broadcast=True)
     points = [client.submit(read_rows, store, element, rows[a:b]) for a, b in bounds]
-    coarse = [client.submit(coarse_block, p, centroids) for p in points]
+    coarse = [client.submit(coarse_block, p, centroids, probes) for p in points]
     return Shards(bounds, points, coarse, centroids)
 
 
@@ -128,7 +129,7 @@ def _neighbours(client, store, element, rows, params, block_cells) -> tuple[list
     """Every block's `BlockNeighbors` (futures) and the shards searched."""
     shards = load_shards(
         client, store, element, rows, exact_knn_below=params.exact_knn_below,
-        seed=params.seed, block_cells=block_cells,
+        seed=params.seed, block_cells=block_cells, probes=True,
     )  # fmt: skip
     found = shards.search(client, shards.points, params.n_neighbors, shards.coarse)
     nn = [client.submit(finish_block, f, a) for f, (a, _) in zip(found, shards.bounds, strict=True)]
@@ -299,18 +300,7 @@ def build_graph_on_workers(
             n_labels = int(labels.max()) + 1
             kept_clusters[r] = by_size(_rounds(client, nn, vote_block, labels, n_labels))
         seconds["leiden_transfer"] = time.perf_counter() - t
-        leiden_info: dict[str, Any] = {
-            "fitted_on": "a subsample stratified by sample (its own kNN graph); every other "
-            "cell given the cluster most of its neighbours in the kNN graph have",
-            "n_fitted": int(sketch.size),
-        }
-    else:
-        leiden_info = {"fitted_on": "all cells", "n_fitted": int(rows.size)}
-    clusters = {}
-    for r, kept_labels in kept_clusters.items():
-        labels = np.full(n, -1, dtype=np.int64)
-        labels[rows] = kept_labels
-        clusters[r] = labels
+    clusters, leiden_info = all_cells(kept_clusters, rows, n, sketch)
     info = {
         "neighbors": {"n_neighbors": k, "exact": exact},
         "umap": umap_info,

@@ -50,6 +50,25 @@ def timed_leiden(
     return clusters, time.perf_counter() - t
 
 
+def all_cells(
+    kept_clusters: dict[float, np.ndarray], rows: np.ndarray, n: int, sketch: np.ndarray | None
+) -> tuple[dict[float, np.ndarray], dict[str, Any]]:
+    """The kept cells' clusters as clusters of all ``n`` cells (-1: not kept), and the
+    record of how Leiden was fitted (on all kept cells or on the ``sketch``)."""
+    clusters = {}
+    for r, kept_labels in kept_clusters.items():
+        labels = np.full(n, -1, dtype=np.int64)
+        labels[rows] = kept_labels
+        clusters[r] = labels
+    if sketch is None:
+        return clusters, {"fitted_on": "all cells", "n_fitted": int(rows.size)}
+    return clusters, {
+        "fitted_on": "a subsample stratified by sample (its own kNN graph); every other "
+        "cell given the cluster most of its neighbours in the kNN graph have",
+        "n_fitted": int(sketch.size),
+    }
+
+
 def _kept_rows(embedding: Any, rows: np.ndarray) -> np.ndarray:
     """The rows ``rows`` of a numpy or zarr array as contiguous float32 (from a zarr array
     without reading the other rows)."""
@@ -154,18 +173,7 @@ def build_graph(
             labels[sketch] = sketch_labels
             kept_clusters[r] = by_size(transfer_by_neighbors(labels, nn.indices, nn.distances))
         seconds["leiden_transfer"] = time.perf_counter() - t
-        leiden_info: dict[str, Any] = {
-            "fitted_on": "a subsample stratified by sample (its own kNN graph); every other "
-            "cell given the cluster most of its neighbours in the kNN graph have",
-            "n_fitted": int(sketch.size),
-        }
-    else:
-        leiden_info = {"fitted_on": "all cells", "n_fitted": int(rows.size)}
-    clusters = {}
-    for r, kept_labels in kept_clusters.items():
-        labels = np.full(n, -1, dtype=np.int64)
-        labels[rows] = kept_labels
-        clusters[r] = labels
+    clusters, leiden_info = all_cells(kept_clusters, rows, n, sketch)
     if graphs is None:
         t = time.perf_counter()
         graphs = knn_graphs(nn, seed=seed)
