@@ -41,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from measure import GIB
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = ("ingest", "qc", "preprocess", "integrate", "graph", "annotate", "abundance",
+          "neighbourhoods", "expression", "predict", "report")  # fmt: skip
 SLURM_CI = REPO / ".ci" / "slurm"
 
 
@@ -111,16 +113,17 @@ def sample() -> tuple[dict[str, int], dict[str, float]]:
 Sample = tuple[float, dict[str, int], dict[str, float]]
 
 
-def peaks(samples: list[Sample], t0: float, t1: float) -> dict[str, Any]:
-    """Between t0 and t1: each job's peak and the peak of the sum over jobs (GiB), and
-    each job's CPU seconds."""
+def peaks(samples: list[Sample], jobs: set[str], t0: float, t1: float) -> dict[str, Any]:
+    """Between t0 and t1: each of ``jobs``' peak and the peak of their sum (GiB), and each
+    job's CPU seconds."""
     job_peak: dict[str, int] = defaultdict(int)
     total = 0
     inside = [s for s in samples if t0 <= s[0] <= t1]
     for _, rss, _ in inside:
-        for job, v in rss.items():
+        ours = {j: v for j, v in rss.items() if j in jobs}
+        for job, v in ours.items():
             job_peak[job] = max(job_peak[job], v)
-        total = max(total, sum(rss.values()))
+        total = max(total, sum(ours.values()))
     cpu: dict[str, float] = {}
     if inside:
         at_start = ([s[2] for s in samples if s[0] < t0] or [{}])[-1]
@@ -151,21 +154,45 @@ def run(args: argparse.Namespace, n: int) -> dict[str, Any]:
     while proc.poll() is None:
         samples.append((time.time(), *sample()))
         time.sleep(args.interval)
-    wall = time.time() - start
-    load_end = os.getloadavg()
+    end = time.time()
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    meta = {
+        "label": label, "date": datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds"),
+        "commit": commit, "n_worker_jobs": n, "worker_memory": args.worker_memory,
+        "driver_memory": args.driver_memory, "samplesheet": str(args.samplesheet),
+        "workdir": str(folder / "work"), "driver_job": driver, "start": start,
+        "end": end, "returncode": proc.returncode,
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+    }  # fmt: skip
     (folder / "samples.json").write_text(json.dumps(samples))
+    (folder / "run.json").write_text(json.dumps(meta))
     if proc.returncode != 0:
         sys.exit(f"driver job {driver} exited with {proc.returncode}: see {folder}/driver-*.log")
-    first_seen = {}
+    return summarize(folder)
+
+
+def summarize(folder: Path) -> dict[str, Any]:
+    """The JSON line of the run in ``folder`` (its run.json, samples.json and stage log).
+    The run's worker jobs are those whose logs dask-jobqueue wrote to its log directory
+    (another job on the machine, e.g. a test's, is not counted)."""
+    meta = json.loads((folder / "run.json").read_text())
+    samples = [tuple(s) for s in json.loads((folder / "samples.json").read_text())]
+    driver, start, end = meta["driver_job"], meta["start"], meta["end"]
+    workers = sorted(
+        {p.stem.removeprefix("dask-worker-") for p in (folder / "logs").glob("dask-worker-*.err")}
+    )
+    jobs = {driver, *workers}
+    first_seen: dict[str, float] = {}
     for t, rss, _ in samples:
-        for job in rss:
+        for job in jobs & set(rss):
             first_seen.setdefault(job, round(t - start, 1))
-    workers = sorted(j for j in first_seen if j != driver)
     log = [json.loads(line) for line in (folder / "work" / "logs" / "stages.jsonl").open()]
     stages = {}
     for rec in log:
         t0 = rec["started_unix"]
-        p = peaks(samples, t0, t0 + rec["seconds"])
+        p = peaks(samples, jobs, t0, t0 + rec["seconds"])
         stages[rec["stage"]] = {
             "seconds": rec["seconds"], "status": rec["status"],
             "driver_gib": p["jobs"].get(driver, 0.0),
@@ -173,29 +200,26 @@ def run(args: argparse.Namespace, n: int) -> dict[str, Any]:
             "all_jobs_gib": p["all"], "driver_cpu_s": p["cpu"].get(driver, 0.0),
             "worker_jobs_cpu_s": {j: p["cpu"].get(j, 0.0) for j in workers},
         }  # fmt: skip
-    overall = peaks(samples, start, time.time())
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    overall = peaks(samples, jobs, start, end)
+    done = [st for st, s in stages.items() if s["status"] in ("done", "skipped")]
     return {
-        "label": label, "date": datetime.fromtimestamp(start, UTC).isoformat(timespec="seconds"),
-        "commit": commit, "n_worker_jobs": n, "worker_memory": args.worker_memory,
-        "driver_memory": args.driver_memory, "samplesheet": str(args.samplesheet),
-        "workdir": str(folder / "work"), "driver_job": driver, "worker_jobs": workers,
-        "jobs_first_seen_s": first_seen, "stages": stages,
+        **{k: v for k, v in meta.items() if k not in ("start", "end", "returncode")},
+        "worker_jobs": workers, "jobs_first_seen_s": first_seen, "stages": stages,
+        # every stage logged as done (a driver job cancelled from outside may exit 0)
+        "complete": done == list(STAGES),
         "stage_seconds_sum": round(sum(s["seconds"] for s in stages.values()), 1),
-        "wall_s": round(wall, 1), "driver_peak_gib": overall["jobs"].get(driver, 0.0),
-        "worker_peaks_gib": {j: overall["jobs"][j] for j in workers},
+        "wall_s": round(end - start, 1), "driver_peak_gib": overall["jobs"].get(driver, 0.0),
+        "worker_peaks_gib": {j: overall["jobs"].get(j, 0.0) for j in workers},
         "all_jobs_peak_gib": overall["all"], "driver_cpu_s": overall["cpu"].get(driver, 0.0),
         "worker_jobs_cpu_s": {j: overall["cpu"].get(j, 0.0) for j in workers},
         "samples": len(samples),
-        "loadavg_start": [round(x, 2) for x in load_start],
-        "loadavg_end": [round(x, 2) for x in load_end],
     }  # fmt: skip
 
 
 def table(row: dict[str, Any]) -> str:
     lines = [f"{row['label']}: {row['n_worker_jobs']} worker job(s) x {row['worker_memory']}, "
-             f"{row['wall_s']:.0f} s, load {row['loadavg_start'][0]} -> {row['loadavg_end'][0]}",
+             f"{row['wall_s']:.0f} s, load {row['loadavg_start'][0]} -> {row['loadavg_end'][0]}"
+             f"{'' if row['complete'] else ', INCOMPLETE: not every stage ran'}",
              "| stage | s | driver job GiB | largest worker job GiB | all jobs GiB "
              "| driver CPU s | workers CPU s |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -213,8 +237,10 @@ def table(row: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samplesheet", type=Path, required=True)
+    parser.add_argument("--samplesheet", type=Path)
     parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--summarize", nargs="+", metavar="LABEL",
+                        help="only summarize these runs under ROOT again (their samples)")  # fmt: skip
     parser.add_argument("--workers", default="1,2,4", help="worker jobs per run, e.g. 1,2,4")
     parser.add_argument("--worker-memory", default="4GiB")
     parser.add_argument("--driver-memory", default="6G", help="the driver job's sbatch --mem")
@@ -224,6 +250,16 @@ def main() -> None:
     parser.add_argument("--no-slurm-setup", action="store_true",
                         help="use the running SLURM; neither start nor stop it")  # fmt: skip
     args = parser.parse_args()
+    if args.summarize:
+        for label in args.summarize:
+            row = summarize(args.root / label)
+            print(table(row), flush=True)
+            if args.json:
+                with args.json.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+        return
+    if args.samplesheet is None:
+        parser.error("--samplesheet is required for a run")
     counts = [int(n) for n in args.workers.split(",")]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # stop SLURM on the way out
     if not args.no_slurm_setup:
