@@ -188,6 +188,8 @@ def summarize(folder: Path) -> dict[str, Any]:
     for t, rss, _ in samples:
         for job in jobs & set(rss):
             first_seen.setdefault(job, round(t - start, 1))
+    # sbatch --wait polls the job every ~32 s: the run ends with the driver job's last process
+    driver_end = max((t for t, rss, _ in samples if driver in rss), default=end)
     log = [json.loads(line) for line in (folder / "work" / "logs" / "stages.jsonl").open()]
     stages = {}
     for rec in log:
@@ -208,7 +210,8 @@ def summarize(folder: Path) -> dict[str, Any]:
         # every stage logged as done (a driver job cancelled from outside may exit 0)
         "complete": done == list(STAGES),
         "stage_seconds_sum": round(sum(s["seconds"] for s in stages.values()), 1),
-        "wall_s": round(end - start, 1), "driver_peak_gib": overall["jobs"].get(driver, 0.0),
+        "wall_s": round(driver_end - start, 1), "sbatch_wait_s": round(end - start, 1),
+        "driver_peak_gib": overall["jobs"].get(driver, 0.0),
         "worker_peaks_gib": {j: overall["jobs"].get(j, 0.0) for j in workers},
         "all_jobs_peak_gib": overall["all"], "driver_cpu_s": overall["cpu"].get(driver, 0.0),
         "worker_jobs_cpu_s": {j: overall["cpu"].get(j, 0.0) for j in workers},
