@@ -6,6 +6,11 @@
 # key if missing, starts munged, slurmctld and slurmd as plain daemons (no systemd) unless
 # they already run, then waits until the node is idle and `srun hostname` works.
 # Needs root. Stop everything with teardown.sh.
+#
+# SLURM_CI_CPUS=N declares the node with N CPUs instead of this machine's (`nproc --all`);
+# above the real count slurm.conf gets SlurmdParameters=config_overrides, so that slurmd
+# accepts the node (oversubscribed: e.g. benchmarks/multinode.py, a driver job and 4
+# one-core worker jobs on a 2-core machine). Unset, the configuration is the default one.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -87,18 +92,26 @@ if [ -f "$SLURM_CONF" ] && ! grep -qF "$MARKER" "$SLURM_CONF"; then
     fail "$SLURM_CONF exists and was not written by this script; refusing to overwrite it" \
         "(set SLURM_CONF to another path)"
 fi
-cpus=$(nproc --all)
+real_cpus=$(nproc --all)
+cpus=${SLURM_CI_CPUS:-$real_cpus}
+[[ "$cpus" =~ ^[1-9][0-9]*$ ]] || fail "SLURM_CI_CPUS must be a positive integer (got '$cpus')"
+if [ "$cpus" -gt "$real_cpus" ]; then
+    # slurmd would mark a node with fewer CPUs than declared INVALID; trust slurm.conf.
+    slurmd_parameters=(-e "s|@@SLURMD_PARAMETERS@@|SlurmdParameters=config_overrides|")
+else
+    slurmd_parameters=(-e "/@@SLURMD_PARAMETERS@@/d")
+fi
 mem_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
 real_mem=$((mem_mb * 95 / 100))  # slurmd drains the node if RealMemory exceeds what it sees
 mkdir -p "$(dirname "$SLURM_CONF")" "$STATE_DIR/slurmctld" "$STATE_DIR/slurmd" "$LOG_DIR"
 new_conf=$(sed -e "s|@@MARKER@@|$MARKER|" -e "s|@@HOST@@|$HOST|g" -e "s|@@CPUS@@|$cpus|" \
     -e "s|@@MEMORY@@|$real_mem|" -e "s|@@STATE@@|$STATE_DIR|" -e "s|@@LOGDIR@@|$LOG_DIR|" \
-    "$HERE/slurm.conf.in")
+    "${slurmd_parameters[@]}" "$HERE/slurm.conf.in")
 conf_changed=0
 if [ ! -f "$SLURM_CONF" ] || [ "$new_conf" != "$(cat "$SLURM_CONF")" ]; then
     printf '%s\n' "$new_conf" >"$SLURM_CONF"
     conf_changed=1
-    log "wrote $SLURM_CONF (node $HOST: CPUs=$cpus RealMemory=$real_mem)"
+    log "wrote $SLURM_CONF (node $HOST: CPUs=$cpus of $real_cpus RealMemory=$real_mem)"
 fi
 
 # --- 3. munge ------------------------------------------------------------------------------
