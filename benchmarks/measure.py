@@ -7,7 +7,7 @@ user + system time of every process of the tree, as last seen alive.
     python benchmarks/measure.py --label simulate-1M --json out.json -- immunoprofile ...
 
 `measure(..., timeline=True)` also returns the samples, ``[unix time, total RSS bytes,
-CPU seconds so far, driver RSS bytes]``, so that a run can be cut into stages;
+CPU seconds so far, driver RSS bytes, largest other process's RSS bytes]``, so that a run can be cut into stages;
 ``memory_cap_gib`` kills the whole tree when the sum of resident sizes passes the cap
 (the result then says ``"killed": "memory cap"``), ``timeout_s`` likewise.
 """
@@ -67,6 +67,7 @@ def measure(
             break
         total = 0
         driver = 0
+        largest_other = 0
         for p in tree:
             try:
                 rss = p.memory_info().rss
@@ -76,12 +77,15 @@ def measure(
                 cpu_seen[p.pid] = t.user + t.system
                 if p.pid == root.pid:
                     driver = rss
+                else:
+                    largest_other = max(largest_other, rss)
             except psutil.NoSuchProcess:
                 continue
         peak_rss = max(peak_rss, total)
         peak_procs = max(peak_procs, len(tree))
         if timeline:
-            samples.append([round(time.time(), 3), total, round(sum(cpu_seen.values()), 2), driver])
+            cpu = round(sum(cpu_seen.values()), 2)
+            samples.append([round(time.time(), 3), total, cpu, driver, largest_other])
         if memory_cap_gib is not None and total > memory_cap_gib * GIB:
             killed = "memory cap"
         elif timeout_s is not None and time.perf_counter() - start > timeout_s:

@@ -87,7 +87,9 @@ def simulate(config: Path, folder: Path) -> dict[str, Any]:
 
 
 def stage_rows(timeline: list[list[float]], log: list[dict[str, Any]], cells: int, wall: float):
-    """Per stage: wall, CPU, peak over all processes and of the driver, cells/s, share."""
+    """Per stage: wall, CPU, peak over all processes, of the driver, of all but the driver
+    and of the largest other process (a worker: the scheduler stays smaller), cells/s,
+    share."""
     times = [s[0] for s in timeline]
 
     def cpu_at(t: float) -> float:
@@ -110,6 +112,12 @@ def stage_rows(timeline: list[list[float]], log: list[dict[str, Any]], cells: in
                 "cpu_s": round(cpu_at(t1) - cpu_at(t0), 1),
                 "peak_rss_gib": round(max((s[1] for s in window), default=0) / GIB, 3),
                 "driver_peak_rss_gib": round(max((s[3] for s in window), default=0) / GIB, 3),
+                "others_peak_rss_gib": round(
+                    max((s[1] - s[3] for s in window), default=0) / GIB, 3
+                ),
+                "largest_other_peak_rss_gib": round(
+                    max((s[4] for s in window if len(s) > 4), default=0) / GIB, 3
+                ),
                 "cells_per_s": round(cells / entry["seconds"]) if entry["seconds"] else None,
                 "share": round(entry["seconds"] / wall, 4),
             }
