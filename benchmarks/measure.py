@@ -7,7 +7,8 @@ user + system time of every process of the tree, as last seen alive.
     python benchmarks/measure.py --label simulate-1M --json out.json -- immunoprofile ...
 
 `measure(..., timeline=True)` also returns the samples, ``[unix time, total RSS bytes,
-CPU seconds so far, driver RSS bytes, largest other process's RSS bytes]``, so that a run can be cut into stages;
+CPU seconds so far, driver RSS bytes, largest other process's RSS bytes, the driver's
+CPU seconds so far]``, so that a run can be cut into stages;
 ``memory_cap_gib`` kills the whole tree when the sum of resident sizes passes the cap
 (the result then says ``"killed": "memory cap"``), ``timeout_s`` likewise.
 """
@@ -85,7 +86,8 @@ def measure(
         peak_procs = max(peak_procs, len(tree))
         if timeline:
             cpu = round(sum(cpu_seen.values()), 2)
-            samples.append([round(time.time(), 3), total, cpu, driver, largest_other])
+            driver_cpu = round(cpu_seen.get(root.pid, 0.0), 2)
+            samples.append([round(time.time(), 3), total, cpu, driver, largest_other, driver_cpu])
         if memory_cap_gib is not None and total > memory_cap_gib * GIB:
             killed = "memory cap"
         elif timeout_s is not None and time.perf_counter() - start > timeout_s:
@@ -105,6 +107,8 @@ def measure(
         "max_processes": peak_procs,
         # largest resident size reached by each process (driver first, then by pid)
         "peak_rss_per_process_gib": [round(v / GIB, 3) for _, v in sorted(per_process.items())],
+        # user + system CPU seconds of each process, in the same order
+        "cpu_s_per_process": [round(cpu_seen.get(pid, 0.0), 1) for pid in sorted(per_process)],
     }
     if killed:
         result["killed"] = killed

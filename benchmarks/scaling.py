@@ -87,14 +87,15 @@ def simulate(config: Path, folder: Path) -> dict[str, Any]:
 
 
 def stage_rows(timeline: list[list[float]], log: list[dict[str, Any]], cells: int, wall: float):
-    """Per stage: wall, CPU, peak over all processes, of the driver, of all but the driver
+    """Per stage: wall, CPU (all processes and the driver's), peak over all processes, of the driver, of all but the driver
     and of the largest other process (a worker: the scheduler stays smaller), cells/s,
     share."""
     times = [s[0] for s in timeline]
 
-    def cpu_at(t: float) -> float:
+    def cpu_at(t: float, column: int = 2) -> float:
         i = bisect_right(times, t) - 1
-        return timeline[max(i, 0)][2] if timeline else 0.0
+        sample = timeline[max(i, 0)] if timeline else []
+        return sample[column] if len(sample) > column else 0.0
 
     rows = []
     for entry in log:
@@ -110,6 +111,7 @@ def stage_rows(timeline: list[list[float]], log: list[dict[str, Any]], cells: in
                 "status": entry["status"],
                 "wall_s": entry["seconds"],
                 "cpu_s": round(cpu_at(t1) - cpu_at(t0), 1),
+                "driver_cpu_s": round(cpu_at(t1, 5) - cpu_at(t0, 5), 1),
                 "peak_rss_gib": round(max((s[1] for s in window), default=0) / GIB, 3),
                 "driver_peak_rss_gib": round(max((s[3] for s in window), default=0) / GIB, 3),
                 "others_peak_rss_gib": round(

@@ -52,6 +52,7 @@ def main() -> None:
         row = {
             "label": args.label, "stage": stage, "commit": _commit(),
             "wall_s": result["wall_s"], "cpu_s": result["cpu_s"],
+            "driver_cpu_s": result["cpu_s_per_process"][0],
             "peak_rss_gib": result["peak_rss_gib"], "driver_gib": per[0],
             "workers_gib": sorted(per[1:], reverse=True)[:2],
         }  # fmt: skip

@@ -35,9 +35,10 @@ def test_memory_cap_kills_the_whole_process_tree() -> None:
 
 
 def test_stages_are_cut_from_the_timeline() -> None:
-    # samples: unix time, RSS of all processes, CPU so far, driver RSS, largest other RSS
+    # samples: unix time, RSS of all processes, CPU so far, driver RSS, largest other RSS,
+    # driver CPU so far
     gib = 2**30
-    timeline = [[t, (1 + (t == 12)) * gib, 2.0 * t, gib // 2, gib // 4 + (t == 3) * gib // 4]
+    timeline = [[t, (1 + (t == 12)) * gib, 2.0 * t, gib // 2, gib // 4 + (t == 3) * gib // 4, t]
                 for t in range(20)]  # fmt: skip
     log = [
         {"stage": "ingest", "status": "done", "started_unix": 2.0, "seconds": 5.0},
@@ -45,6 +46,7 @@ def test_stages_are_cut_from_the_timeline() -> None:
     ]
     rows = stage_rows(timeline, log, cells=1000, wall=20.0)
     assert [r["cpu_s"] for r in rows] == [10.0, 8.0]
+    assert [r["driver_cpu_s"] for r in rows] == [5.0, 4.0]
     assert [r["peak_rss_gib"] for r in rows] == [1.0, 2.0]
     assert [r["driver_peak_rss_gib"] for r in rows] == [0.5, 0.5]
     assert [r["others_peak_rss_gib"] for r in rows] == [0.5, 1.5]
