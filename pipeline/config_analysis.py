@@ -135,6 +135,14 @@ class NeighbourhoodsConfig(FrozenModel):
         description="share of the QC-passed cells drawn as candidate index cells (refined "
         "sampling merges some, so the neighbourhoods are fewer)",
     )
+    max_index_cells: int | None = Field(
+        50_000,
+        ge=1,
+        description="the most candidate index cells (prop of the cells, at most this many; "
+        "the study's ~850k QC-passed cells draw 42,500): a pooled cohort of millions of cells "
+        "keeps ~this many neighbourhoods, each larger with more samples, so the fits grow "
+        "with the samples rather than with cells x samples; null: prop alone",
+    )
     k: int | None = Field(
         None,
         ge=2,

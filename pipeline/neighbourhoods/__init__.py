@@ -4,6 +4,7 @@ study's design and contrasts per neighbourhood, spatial FDR."""
 
 from ._kernels import (
     Neighbourhoods,
+    draw_cells,
     majority_labels,
     make_neighbourhoods,
     members_within,
@@ -27,6 +28,7 @@ __all__ = [
     "ChunkFits",
     "Neighbourhoods",
     "beeswarm_plot",
+    "draw_cells",
     "estimable_contrasts",
     "fit_neighbourhoods",
     "majority_labels",

@@ -42,12 +42,13 @@ def make_neighbourhoods(
     seed: int,
     exact_knn_below: int = 50_000,
     knn_seed: int = 0,
+    max_index_cells: int | None = None,
 ) -> Neighbourhoods:
-    """Index cells by refined sampling of ``prop`` of the rows of ``x`` on ``graph``
-    (the graph stage's kNN distances over the same rows), each neighbourhood the index
-    cell's ``k`` nearest cells in ``x`` searched as the graph stage searches (with the
-    graph's k: exactly its rows)."""
-    index = sample_index_cells(x, graph, np.arange(x.shape[0]), prop, seed)
+    """Index cells by refined sampling of ``prop`` of the rows of ``x`` (at most
+    ``max_index_cells``) on ``graph`` (the graph stage's kNN distances over the same
+    rows), each neighbourhood the index cell's ``k`` nearest cells in ``x`` searched as
+    the graph stage searches (with the graph's k: exactly its rows)."""
+    index = sample_index_cells(x, graph, np.arange(x.shape[0]), prop, seed, max_index_cells)
     nn = neighbours_of(x, index, k, exact_knn_below=exact_knn_below, seed=knn_seed)
     kth, exact = nn.distances[:, -1].copy(), nn.exact
     members = nn.indices.astype(np.int32) if x.shape[0] < 2**31 else nn.indices
@@ -96,20 +97,27 @@ def nearest_to_median(members: np.ndarray, points: np.ndarray) -> np.ndarray:
     return members[np.arange(members.shape[0]), dist.argmin(axis=1)]
 
 
-def draw_cells(n_kept: int, prop: float, seed: int) -> np.ndarray:
-    """``prop`` of ``n_kept`` rows drawn at random (seeded), ascending: the cells
-    refined sampling starts from."""
+def draw_cells(n_kept: int, prop: float, seed: int, most: int | None = None) -> np.ndarray:
+    """``prop`` of ``n_kept`` rows (at most ``most``) drawn at random (seeded),
+    ascending: the cells refined sampling starts from."""
     n = max(1, round(prop * n_kept))
+    if most is not None:
+        n = min(n, most)
     return np.sort(np.random.default_rng(seed).choice(np.arange(n_kept), size=n, replace=False))
 
 
 def sample_index_cells(
-    x: np.ndarray, graph: sp.csr_matrix, kept: np.ndarray, prop: float, seed: int
+    x: np.ndarray,
+    graph: sp.csr_matrix,
+    kept: np.ndarray,
+    prop: float,
+    seed: int,
+    most: int | None = None,
 ) -> np.ndarray:
-    """``prop`` of the ``kept`` rows drawn at random (seeded), refined
+    """``prop`` of the ``kept`` rows (at most ``most``) drawn at random (seeded), refined
     (`refined_index_cells`)."""
     kept = np.asarray(kept, dtype=np.int64)
-    return refined_index_cells(x, graph, kept[draw_cells(kept.size, prop, seed)])
+    return refined_index_cells(x, graph, kept[draw_cells(kept.size, prop, seed, most)])
 
 
 def membership_matrix(members: np.ndarray, n_cells: int) -> sp.csc_matrix:

@@ -155,7 +155,7 @@ def _find(ctx: StageContext, element: str, rows: np.ndarray, k: int, sample_code
     all on the workers (`_tasks`); the member lists written to ``members_path``."""
     client, n, g = ctx.cluster, ctx.cfg.neighbourhoods, ctx.cfg.graph
     store, graph = str(ctx.workdir.cohort), "obsp/distances"
-    sampled = rows[draw_cells(rows.size, n.prop, n.seed)]
+    sampled = rows[draw_cells(rows.size, n.prop, n.seed, n.max_index_cells)]
     width = int(graph_widths(store, graph, sampled).max(initial=0)) + 1
     refined = [client.submit(refine_block, store, element, graph,
                              sampled[s : s + REFINE_CELLS], width, pure=False)
@@ -355,7 +355,8 @@ def run_neighbourhoods(ctx: StageContext) -> str:
 
             plt.close(fig)
         summary = {
-            "n_nhoods": len(nhoods), "k": k, "prop": n.prop, "n_samples": len(samples),
+            "n_nhoods": len(nhoods), "k": k, "prop": n.prop,
+            "max_index_cells": n.max_index_cells, "n_samples": len(samples),
             "n_cells": int(rows.size), "n_batch_cells": int(added.size),
             "exact_neighbours": found.exact,
             "median_nhoods_per_cell": float(np.median(per_cell[rows])),

@@ -23,6 +23,7 @@ from pipeline.graph._blocks import (
     short_rows,
 )
 from pipeline.neighbourhoods import (
+    draw_cells,
     estimable_contrasts,
     fit_neighbourhoods,
     majority_labels,
@@ -52,6 +53,19 @@ def test_spatial_fdr_weights_each_test_by_its_weight() -> None:
     np.testing.assert_allclose(spatial_fdr(p, w), expected)
     # a neighbourhood in a dense region (small weight) adds little to the others' FDR
     assert spatial_fdr(p, w)[1] < bh_qvalues(p)[1]
+
+
+def test_candidate_index_cells_are_prop_of_the_cells_up_to_the_cap() -> None:
+    """``prop`` of the cells, seeded; ``max_index_cells`` caps only a pooled cohort's draw."""
+    drawn = draw_cells(100_000, 0.05, seed=3)
+    assert drawn.size == 5_000 and np.unique(drawn).size == 5_000
+    assert (np.diff(drawn) > 0).all() and drawn[-1] < 100_000
+    np.testing.assert_array_equal(draw_cells(100_000, 0.05, 3, most=5_000), drawn)
+    np.testing.assert_array_equal(draw_cells(100_000, 0.05, 3, most=10**6), drawn)
+    capped = draw_cells(100_000, 0.05, 3, most=1_234)
+    assert capped.size == 1_234 and np.unique(capped).size == 1_234
+    np.testing.assert_array_equal(capped, draw_cells(100_000, 0.05, 3, most=1_234))
+    assert draw_cells(10, 0.01, 0).size == 1  # at least one
 
 
 def test_refined_sampling_picks_the_member_nearest_to_the_median() -> None:

@@ -163,6 +163,37 @@ def test_the_stage_is_seeded_and_a_rerun_skips_it(
     assert not (workdir / "neighbourhoods" / "members.tmp.zarr").exists()
 
 
+def test_a_cap_on_the_index_cells_bounds_the_neighbourhoods(
+    analysed_small: CommandRun, cohort_obs: pd.DataFrame, tmp_path
+) -> None:
+    """``max_index_cells`` (for pooled cohorts): the workers draw at most that many
+    candidates, and the neighbourhoods are those of the in-memory kernel with the cap."""
+    workdir = tmp_path / "w"
+    shutil.copytree(analysed_small.workdir, workdir)
+    config = tmp_path / "c.yaml"
+    config.write_text(analysed_small.config.read_text() + "neighbourhoods: {max_index_cells: 40}\n")
+    args = ["run", str(config), *analysed_small.args[2:-1], str(workdir)]
+    code, out, err = _main([*args, "--until", "neighbourhoods"])
+    assert code == 0, err
+    assert "neighbourhoods: unchanged" not in out  # the parameter is in the stage's digest
+    capped = ad.read_zarr(workdir / "neighbourhoods" / "nhoods.zarr")
+    summary = json.loads((workdir / "neighbourhoods" / "summary.json").read_text())
+    assert summary["max_index_cells"] == 40 and summary["n_nhoods"] == capped.n_obs
+    assert 10 <= capped.n_obs <= 40  # refined sampling merges some of the 40 candidates
+    cfg = load_config(config)
+    cohort = ad.read_zarr(workdir / "cohort.zarr")
+    rows = np.flatnonzero(cohort_obs["qc_pass"].to_numpy(dtype=bool))
+    x = np.asarray(cohort.obsm[cfg.graph.use_rep])[rows]
+    graph = cohort.obsp["distances"].tocsr()[rows][:, rows]
+    hoods = make_neighbourhoods(x, graph, int(capped.uns["k"]), prop=cfg.neighbourhoods.prop,
+                                seed=cfg.neighbourhoods.seed,
+                                exact_knn_below=cfg.graph.exact_knn_below,
+                                knn_seed=cfg.graph.seed, max_index_cells=40)  # fmt: skip
+    np.testing.assert_array_equal(capped.obs["index_cell"], rows[hoods.index_cells])
+    tests = pd.read_csv(workdir / "neighbourhoods" / "tests.csv")
+    assert tests["nhood"].nunique() == capped.n_obs
+
+
 def test_the_report_shows_the_neighbourhoods(analysed_small: CommandRun) -> None:
     html = (analysed_small.workdir / "report" / "index.html").read_text()
     section = html.split('<section id="neighbourhoods">')[1].split("</section>")[0]
