@@ -139,3 +139,40 @@ def test_workdir_comparison_finds_every_kind_of_difference(
     # a tolerance forgives float rounding, not a missing store
     loose = compare_workdirs(before, after, rtol=1e-6)["differences"]
     assert list(loose) == ["samples/extra.zarr"]
+
+
+def test_projection_fits_each_stage_through_the_two_sizes(tmp_path: Path) -> None:
+    """Driver CPU stays on one core, the workers' spreads over nodes x cores; memory is
+    the two sizes' line."""
+    from projection import load_fits, table
+
+    def line(size: str, cells: int, scale: float) -> dict:
+        stages = [
+            {"stage": "graph", "cpu_s": 110.0 * scale, "driver_cpu_s": 10.0 * scale,
+             "driver_peak_rss_gib": 1.0 + (scale - 1) / 3, "others_peak_rss_gib": 1.0 + scale},
+            {"stage": "report", "cpu_s": 5.0, "driver_cpu_s": 5.0,
+             "driver_peak_rss_gib": 1.0, "others_peak_rss_gib": 1.0},
+        ]  # fmt: skip
+        return {
+            "size": size,
+            "run": "r1",
+            "commit": "abc",
+            "pipeline": {"cells": cells, "stages": stages},
+        }
+
+    results = tmp_path / "scaling.jsonl"
+    results.write_text(
+        json.dumps(line("1M", 10**6, 1.0)) + "\n" + json.dumps(line("4M", 4 * 10**6, 4.0)) + "\n"
+    )
+    fits, meta = load_fits(results, None, ("1M", "4M"))
+    assert meta["run"] == "r1" and [f.stage for f in fits] == ["graph", "report"]
+    graph, report = fits
+    assert graph.exponent(graph.driver_cpu) == pytest.approx(1.0)
+    driver, workers = graph.seconds(16e6, nodes=2, cores=4)
+    assert driver == pytest.approx(160.0) and workers == pytest.approx(1600.0 / 8)
+    assert graph.driver_memory(10e6) == pytest.approx(2.0 + 6.0 / 3)
+    assert graph.workers_per_cell_memory(10e6) == pytest.approx(10.0)
+    assert report.seconds(50e6, 64, 32) == pytest.approx((5.0, 0.0))  # flat: not extrapolated up
+    text = table(fits, [16e6], [2], cores=4)
+    assert "| graph | 10 -> 40 (1.00) | 100 -> 400 (1.00) | 160 + 200 |" in text
+    assert "**6 min**" in text  # (160 + 200 + 5) s
