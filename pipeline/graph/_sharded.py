@@ -247,6 +247,11 @@ def build_graph_on_workers(
         sketch = stratified_sample(sample[rows], params.leiden_max_cells, seed + 1)
     if rows.size > params.umap_max_cells:
         fit = stratified_sample(sample[rows], params.umap_max_cells, seed)
+    # the lazy matrices' parts (cohort rows) now hold the blocks' rows: the blocks' own
+    # copies are released, but the connectivities when the whole graph is gathered below
+    # (a cohort within the Leiden or UMAP bound)
+    whole = union if sketch is None or fit is None else None
+    del distances, union
 
     t = time.perf_counter()
     if sketch is not None:
@@ -258,7 +263,8 @@ def build_graph_on_workers(
         del sketch_nn, x_sketch
         seconds["leiden_neighbors"] = time.perf_counter() - t
     else:
-        leiden_graph = _gather_graph(client, union)
+        assert whole is not None
+        leiden_graph = _gather_graph(client, whole)
     scattered = client.scatter(leiden_graph)
     leiden = client.submit(timed_leiden, scattered, resolutions, seed, pure=False)
     del leiden_graph
@@ -267,7 +273,8 @@ def build_graph_on_workers(
     kept_layout = np.full((rows.size, 2), np.nan, dtype=np.float32)
     if fit is None:
         x = read_rows(store, element, rows)
-        kept_layout[:] = umap_layout(_gather_graph(client, union), x, seed=seed)
+        assert whole is not None
+        kept_layout[:] = umap_layout(_gather_graph(client, whole), x, seed=seed)
         del x
         umap_info: dict[str, Any] = {"fitted_on": "all cells", "n_fitted": int(rows.size)}
     else:
@@ -291,7 +298,7 @@ def build_graph_on_workers(
     t = time.perf_counter()
     kept_clusters, seconds["leiden"] = leiden.result()
     seconds["leiden_wait"] = time.perf_counter() - t
-    del leiden, scattered
+    del leiden, scattered, whole
     if sketch is not None:
         t = time.perf_counter()
         for r, sketch_labels in kept_clusters.items():
