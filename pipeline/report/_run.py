@@ -48,18 +48,25 @@ B_UMAP_CELLS = 10_000  # B cells in the report's UMAP of B cells alone
 
 def integration_metrics_table(ctx: StageContext) -> pd.DataFrame:
     """Batch mixing and lineage conservation of every embedding of cohort.zarr's kept,
-    annotated cells (one subsample of `METRIC_CELLS`)."""
+    annotated cells (one subsample of `METRIC_CELLS`, the rows `integration_metrics`
+    would draw, and only those read from the store)."""
     c = ctx.cfg.integrate
     obs = ctx.read_obs(["qc_pass", "lineage", "batch"])
     keep = obs["qc_pass"].to_numpy(dtype=bool) & obs["lineage"].notna().to_numpy()
-    batch = obs[c.batch_key if c.batch_key in obs else "batch"].astype(str).to_numpy()[keep]
-    lineage = obs["lineage"].astype(str).to_numpy()[keep]
+    kept = np.flatnonzero(keep)
+    max_cells = min(METRIC_CELLS, c.metrics_max_cells)
+    chosen = np.arange(kept.size)
+    if kept.size > max_cells:  # as integration_metrics draws among the rows it is given
+        chosen = np.sort(np.random.default_rng(c.seed).choice(kept.size, max_cells, replace=False))
+    batch = obs[c.batch_key if c.batch_key in obs else "batch"].astype(str).to_numpy()[kept]
+    lineage = obs["lineage"].astype(str).to_numpy()[kept]
+    del obs
     rows = []
     for key in EMBEDDINGS:
         if ctx.has(f"obsm/{key}"):
-            emb = np.asarray(ctx.array(f"obsm/{key}")[...])[keep]
+            emb = ctx.array(f"obsm/{key}").get_orthogonal_selection((kept[chosen], slice(None)))
             m = integration_metrics(
-                emb, batch, lineage, max_cells=min(METRIC_CELLS, c.metrics_max_cells), seed=c.seed
+                np.asarray(emb), batch[chosen], lineage[chosen], max_cells=max_cells, seed=c.seed
             )
             rows.append({"embedding": key, **m})
     return pd.DataFrame(rows)

@@ -40,3 +40,33 @@ def test_each_kind_of_contrast_in_words() -> None:
     assert "changes more upwards in non-responders than in responders" in contrast_sentence(
         _row("response:time6", 0.4)
     )
+
+
+def test_integration_metrics_are_those_of_the_whole_embeddings(analysed_small) -> None:
+    """The report reads only the sampled rows of each embedding (not the cohort's whole
+    embeddings into the driver): the same metrics as on the whole embeddings in memory."""
+    import anndata as ad
+
+    from pipeline import load_config
+    from pipeline.integrate import integration_metrics
+    from pipeline.registry import get_stage
+    from pipeline.report._run import METRIC_CELLS, integration_metrics_table
+    from pipeline.stages import StageContext
+    from pipeline.workdir import Workdir
+
+    cfg = load_config(analysed_small.config).model_copy(update={"workdir": analysed_small.workdir})
+    table = integration_metrics_table(StageContext(get_stage("report"), cfg, Workdir(cfg.workdir)))
+    cohort = ad.read_zarr(analysed_small.workdir / "cohort.zarr")
+    keep = cohort.obs["qc_pass"].to_numpy(bool) & cohort.obs["lineage"].notna().to_numpy()
+    assert keep.sum() > METRIC_CELLS  # the subsample is drawn
+    c = cfg.integrate
+    assert list(table["embedding"]) == [k for k in ("X_pca", "X_pca_harmony", "X_scvi")
+                                        if k in cohort.obsm]  # fmt: skip
+    for row in table.itertuples():
+        whole = integration_metrics(
+            np.asarray(cohort.obsm[row.embedding])[keep],
+            cohort.obs["batch"].astype(str).to_numpy()[keep],
+            cohort.obs["lineage"].astype(str).to_numpy()[keep],
+            max_cells=min(METRIC_CELLS, c.metrics_max_cells), seed=c.seed,
+        )  # fmt: skip
+        assert {k: getattr(row, k) for k in whole} == whole
