@@ -100,21 +100,29 @@ def test_counts_are_the_members_per_sample_and_index_cells_passed_qc(
     np.testing.assert_array_equal(nhoods.var["n_cells"], passed.reindex(nhoods.var_names))
 
 
+def _in_memory(config, workdir, cohort_obs: pd.DataFrame, k: int):
+    """The QC-passed rows and `make_neighbourhoods` of them, the embedding and the graph
+    read whole, with ``config``'s neighbourhoods and graph settings."""
+    cfg = load_config(config)
+    cohort = ad.read_zarr(workdir / "cohort.zarr")
+    rows = np.flatnonzero(cohort_obs["qc_pass"].to_numpy(dtype=bool))
+    x = np.asarray(cohort.obsm[cfg.graph.use_rep])[rows]
+    graph = cohort.obsp["distances"].tocsr()[rows][:, rows]
+    n = cfg.neighbourhoods
+    hoods = make_neighbourhoods(x, graph, k, prop=n.prop, seed=n.seed,
+                                exact_knn_below=cfg.graph.exact_knn_below,
+                                knn_seed=cfg.graph.seed, max_index_cells=n.max_index_cells)  # fmt: skip
+    return rows, hoods
+
+
 def test_the_workers_find_the_neighbourhoods_of_the_in_memory_kernel(
     analysed_small: CommandRun, nhoods: ad.AnnData, cohort_obs: pd.DataFrame
 ) -> None:
     """The stage refines, searches and writes on the workers, shard by shard: the index
     cells and members are those `make_neighbourhoods` finds with the embedding and graph
     in memory."""
-    cfg = load_config(analysed_small.config)
-    cohort = ad.read_zarr(analysed_small.workdir / "cohort.zarr")
-    rows = np.flatnonzero(cohort_obs["qc_pass"].to_numpy(dtype=bool))
-    x = np.asarray(cohort.obsm[cfg.graph.use_rep])[rows]
-    graph = cohort.obsp["distances"].tocsr()[rows][:, rows]
-    hoods = make_neighbourhoods(x, graph, int(nhoods.uns["k"]), prop=cfg.neighbourhoods.prop,
-                                seed=cfg.neighbourhoods.seed,
-                                exact_knn_below=cfg.graph.exact_knn_below,
-                                knn_seed=cfg.graph.seed)  # fmt: skip
+    rows, hoods = _in_memory(analysed_small.config, analysed_small.workdir, cohort_obs,
+                             int(nhoods.uns["k"]))  # fmt: skip
     np.testing.assert_array_equal(nhoods.obs["index_cell"], rows[hoods.index_cells])
     membership = nhoods.uns["membership"].tocsc()
     members = membership.indices.reshape(nhoods.n_obs, -1)
@@ -180,15 +188,7 @@ def test_a_cap_on_the_index_cells_bounds_the_neighbourhoods(
     summary = json.loads((workdir / "neighbourhoods" / "summary.json").read_text())
     assert summary["max_index_cells"] == 40 and summary["n_nhoods"] == capped.n_obs
     assert 10 <= capped.n_obs <= 40  # refined sampling merges some of the 40 candidates
-    cfg = load_config(config)
-    cohort = ad.read_zarr(workdir / "cohort.zarr")
-    rows = np.flatnonzero(cohort_obs["qc_pass"].to_numpy(dtype=bool))
-    x = np.asarray(cohort.obsm[cfg.graph.use_rep])[rows]
-    graph = cohort.obsp["distances"].tocsr()[rows][:, rows]
-    hoods = make_neighbourhoods(x, graph, int(capped.uns["k"]), prop=cfg.neighbourhoods.prop,
-                                seed=cfg.neighbourhoods.seed,
-                                exact_knn_below=cfg.graph.exact_knn_below,
-                                knn_seed=cfg.graph.seed, max_index_cells=40)  # fmt: skip
+    rows, hoods = _in_memory(config, workdir, cohort_obs, int(capped.uns["k"]))
     np.testing.assert_array_equal(capped.obs["index_cell"], rows[hoods.index_cells])
     tests = pd.read_csv(workdir / "neighbourhoods" / "tests.csv")
     assert tests["nhood"].nunique() == capped.n_obs
