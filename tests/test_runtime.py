@@ -41,6 +41,35 @@ def test_release_memory_in_the_driver_and_on_every_worker(client: Client) -> Non
         assert returned is True and handed_back > 80, (kept, handed_back)
 
 
+def _cycle_freed_mib() -> float:
+    """MiB handed back by `release_memory` of ~100 MiB that only a reference cycle holds
+    (as data frames and arrays in cycles stay after a stage until a full collection)."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()  # no automatic collection may free the cycle before the call
+    try:
+        cycle: list = [bytes(1024) for _ in range(100_000)]
+        cycle.append(cycle)
+        pin = bytes(1024)
+        del cycle
+        held = _resident_mib()
+        release_memory()
+        freed = held - _resident_mib()
+        del pin
+        return freed
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_release_memory_frees_what_reference_cycles_hold(client: Client) -> None:
+    assert _cycle_freed_mib() > 80
+    for freed in client.run(_cycle_freed_mib).values():
+        assert freed > 80, freed
+
+
 def test_one_blas_thread_limits_blas_inside_the_call_only() -> None:
     import inspect
 

@@ -81,6 +81,11 @@ def _(graph: MemberGraph, vote: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     client, rows = graph.client, graph.rows
     position = np.full(graph.source.n_cells, -1, dtype=np.int32)
     position[rows] = np.arange(rows.size, dtype=np.int32)
+    # the votes in the dtype `neighbour_mean` multiplies them in (the graph's, when it is
+    # floating): each worker holds one copy, and no task makes another
+    stored = zarr.open_array(graph.source.store, path=f"{graph.source.element}/data", mode="r")
+    dtype = stored.dtype if np.issubdtype(stored.dtype, np.floating) else np.float64
+    vote = vote.astype(dtype, copy=False)
     shared = client.scatter({"position": position, "vote": vote}, broadcast=True)
     del position
     futures = [

@@ -244,7 +244,8 @@ EVIDENCE_FLOOR = 1e-6  # neighbours' evidence for a program, before the exponent
 def _evidence(prob: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
     """Posteriors with the programs' shares taken out, renormalized: the evidence."""
     vote = prob / np.exp(log_prior - log_prior.max())[None]
-    return vote / vote.sum(axis=1, keepdims=True)
+    vote /= vote.sum(axis=1, keepdims=True)  # in place: one cells x programs array, not two
+    return vote
 
 
 def _neighbour_mean(vote: np.ndarray, graph: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +261,7 @@ def neighbour_mean(graph: Any, vote: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if not np.issubdtype(g.dtype, np.floating):  # edge counts: the votes stay fractions
         g = g.astype(np.float64)
     degree = np.asarray(g.sum(axis=1, dtype=np.float64)).ravel()
-    mean = g @ vote.astype(g.dtype) / np.where(degree > 0, degree, 1.0)[:, None]
+    mean = g @ vote.astype(g.dtype, copy=False) / np.where(degree > 0, degree, 1.0)[:, None]
     return mean, degree
 
 
@@ -307,7 +308,10 @@ def product_consensus(
     if exponent == 0:
         return prob
     neighbours, degree = _neighbour_mean(_evidence(prob, log_prior), graph)
-    mixed = prob * np.power(np.maximum(neighbours, EVIDENCE_FLOOR), exponent)
+    # in place, the same arithmetic: one cells x programs float64 array instead of four
+    mixed = np.maximum(neighbours, EVIDENCE_FLOOR, out=neighbours)
+    np.power(mixed, exponent, out=mixed)
+    mixed *= prob
     mixed /= mixed.sum(axis=1, keepdims=True)
     mixed[degree == 0] = prob[degree == 0]
     return mixed.astype(np.float32)
@@ -387,6 +391,9 @@ def call_labels(
     return called, conf, best
 
 
+EM_BLOCK_ROWS = 65_536  # rows per step of the sample shares' E-step
+
+
 def sample_label_probabilities(
     prob: np.ndarray,
     log_prior: np.ndarray,
@@ -416,13 +423,19 @@ def sample_label_probabilities(
     codes, n_samples = _codes(sample)
     shares = np.exp(log_prior - log_prior.max())
     shares /= shares.sum()
-    likelihood = prob.astype(np.float64) / shares[None]  # the evidence, shares taken out
+    likelihood = prob.astype(np.float64)
+    likelihood /= shares[None]  # the evidence, shares taken out
     likelihood /= likelihood.sum(axis=1, keepdims=True)
     counts = np.bincount(codes, minlength=n_samples).astype(np.float64)
     pi = np.tile(shares, (n_samples, 1))
-    post = likelihood
+    # two cells x programs arrays (the likelihood and the posterior, updated in place);
+    # each sample's shares are spread over its cells a block of rows at a time
+    post = likelihood.copy()
+    blocks = range(0, len(codes), EM_BLOCK_ROWS)
     for _ in range(max_iter):
-        post = likelihood * pi[codes]
+        for a in blocks:
+            b = a + EM_BLOCK_ROWS
+            np.multiply(likelihood[a:b], pi[codes[a:b]], out=post[a:b])
         post /= post.sum(axis=1, keepdims=True)
         new = (
             np.vstack(
