@@ -8,6 +8,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?i?b)?\s*", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def memory_bytes(text: str) -> int:
+    """A memory size ('1GiB', '800MB', '512kB'; a bare number is bytes) in bytes."""
+    match = _SIZE.fullmatch(text)
+    unit = (match.group(2) or "b").lower() if match else ""
+    if match is None or unit not in _UNITS:
+        msg = f"{text!r} is not a memory size (e.g. '1GiB', '800MB')"
+        raise ValueError(msg)
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 class _Frozen(BaseModel):
@@ -105,7 +118,31 @@ class ClusterConfig(_Frozen):
     memory_limit: str | None = Field(None, description="per worker, e.g. '4GiB'; default auto")
     address: str | None = Field(None, description="scheduler address for profile 'address'")
     dashboard_address: str = Field("127.0.0.1:0", description="host:port; port 0 picks one")
+    restart_worker_above: str | None = Field(
+        "1GiB",
+        description=(
+            "between the stages of `immunoprofile run`: a worker whose memory after the heap "
+            "trim is above this is restarted, so that what earlier stages left in it "
+            "(imported libraries, compiled code, heap fragments) does not add to later "
+            "stages' peaks; null: never. The workers of profile 'address' are not the "
+            "run's and are never restarted"
+        ),
+    )
     jobqueue: JobqueueConfig = Field(default_factory=JobqueueConfig)
+
+    @field_validator("restart_worker_above")
+    @classmethod
+    def _a_size(cls, value: str | None) -> str | None:
+        if value is not None:
+            memory_bytes(value)
+        return value
+
+    def worker_restart_bytes(self) -> int | None:
+        """`restart_worker_above` in bytes; None when workers are never restarted (also
+        for profile 'address': the workers belong to someone else's cluster)."""
+        if self.restart_worker_above is None or self.profile == "address":
+            return None
+        return memory_bytes(self.restart_worker_above)
 
     @model_validator(mode="after")
     def _address_given(self) -> ClusterConfig:

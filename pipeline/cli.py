@@ -91,7 +91,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if "integrate" in wanted:
         require_extras(cfg.integrate)  # scVI asked for without its extra
     with _writer(cfg, args), start_client(cfg.cluster) as client, _performance_report(args) as _:
-        run_stages(cfg, client, wanted, force=args.force)
+        run_stages(
+            cfg, client, wanted, force=args.force, restart_above=cfg.cluster.worker_restart_bytes()
+        )
     return 0
 
 
@@ -138,7 +140,9 @@ def _add_batch_locked(args: argparse.Namespace, cfg: RunConfig) -> int:
             flush=True,
         )
         with start_client(cfg.cluster) as client:
-            run_stages(cfg, client, list(STAGE_NAMES))
+            run_stages(
+                cfg, client, list(STAGE_NAMES), restart_above=cfg.cluster.worker_restart_bytes()
+            )
         return 0
     with start_client(cfg.cluster) as client:
         print(add_batch(cfg, Path(args.samplesheet), client, name=args.name), flush=True)

@@ -65,6 +65,15 @@ def release_memory() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
+def trimmed_rss() -> int:
+    """`release_memory`, then this process's resident memory in bytes: what a worker
+    carries into the next stage."""
+    import psutil
+
+    release_memory()
+    return int(psutil.Process().memory_info().rss)
+
+
 def faiss_all_cores() -> ModuleType:
     """The faiss module, set to one thread per core this process may run on."""
     import faiss
