@@ -6,7 +6,8 @@ sampling the whole process tree (driver, scheduler, nannies, workers) every 0.1 
 the samples into stages by ``logs/stages.jsonl``, then run the scanpy in-memory baseline
 (`scanpy_baseline.py --samplesheet ... --full`) on the same inputs, killed if it passes
 the memory cap. One JSON line per size goes to ``--json``; `scaling_report.py` turns the
-lines into tables and a plot.
+lines into tables and a plot. ``--force STAGE`` keeps the workdirs and measures a run
+from that stage on (the earlier stages skipped as current).
 
     python benchmarks/scaling.py --sizes 50k,250k,1M --root /tmp/scaling \
         --json benchmarks/results/scaling.jsonl
@@ -21,6 +22,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from bisect import bisect_right
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,16 +129,23 @@ def stage_rows(timeline: list[list[float]], log: list[dict[str, Any]], cells: in
     return rows
 
 
-def run_pipeline(config: Path, folder: Path) -> dict[str, Any]:
+def run_pipeline(config: Path, folder: Path, force: str | None = None) -> dict[str, Any]:
+    """`immunoprofile run` from an empty workdir, measured; with ``force``, in the workdir
+    as an earlier run left it, from that stage on (the stages before it skipped)."""
     work = folder / "work"
-    shutil.rmtree(work, ignore_errors=True)
     command = [sys.executable, "-m", "pipeline", "run", str(config)]
+    if force is None:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        command += ["--force", force]
+    started = time.time()
     result = measure(command, timeline=True, stdout=subprocess.DEVNULL)
     if result["returncode"] != 0:
         raise SystemExit(f"immunoprofile run failed for {config}: exit {result['returncode']}")
     timeline = result.pop("timeline")
     files = Workdir(work)
     log = [json.loads(line) for line in files.stage_log.read_text().splitlines()]
+    log = [e for e in log if e["started_unix"] >= started]  # this run's stages only
     record = files.ingest_record()
     cells = record.n_cells
     result["cells"] = cells
@@ -191,6 +200,10 @@ def main() -> int:
     parser.add_argument("--no-scanpy", action="store_true")
     parser.add_argument("--scanpy-memory-cap-gib", type=float, default=20.0)
     parser.add_argument("--scanpy-timeout-s", type=float, default=3600.0)
+    parser.add_argument(
+        "--force", metavar="STAGE",
+        help="keep each size's workdir and run from STAGE on (`run --force STAGE`)",
+    )  # fmt: skip
     args = parser.parse_args()
     sizes = args.sizes.split(",")
     unknown = [s for s in sizes if s not in SIZES]
@@ -217,7 +230,9 @@ def main() -> int:
             "simulate": simulate(config, folder),
         }
         print(f"{size}: simulated", file=sys.stderr, flush=True)
-        record["pipeline"] = run_pipeline(config, folder)
+        record["pipeline"] = run_pipeline(config, folder, args.force)
+        if args.force:
+            record["force"] = args.force
         print(f"{size}: pipeline {record['pipeline']['wall_s']} s", file=sys.stderr, flush=True)
         if not args.no_scanpy:
             record["scanpy"] = run_scanpy(folder, args.scanpy_memory_cap_gib, args.scanpy_timeout_s)

@@ -92,6 +92,21 @@ def test_scaling_runner_measures_every_stage_and_the_baseline(tiny_run: tuple[Pa
     assert scanpy["cells_after_qc"] == pytest.approx(run["cells_after_qc"], rel=0.03)
 
 
+def test_scaling_runner_from_a_stage_on_keeps_the_workdir(tiny_run: tuple[Path, dict]) -> None:
+    out, _ = tiny_run
+    root = out.parent
+    again = root / "again.jsonl"
+    command = [sys.executable, str(BENCHMARKS / "scaling.py"), "--sizes", "tiny",
+               "--root", str(root), "--json", str(again), "--no-scanpy", "--force", "predict"]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    record = json.loads(again.read_text())
+    assert record["force"] == "predict"
+    stages = {s["stage"]: s["status"] for s in record["pipeline"]["stages"]}
+    assert list(stages) == list(STAGE_ORDER)  # this run's log lines only, once each
+    assert stages["annotate"] == "skipped" and stages["expression"] == "skipped"
+    assert stages["predict"] == "done" and stages["report"] == "done"
+
+
 def test_scaling_report_tables_and_plot(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
     results, record = tiny_run
     plot = tmp_path / "scaling.png"
