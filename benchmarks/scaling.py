@@ -6,8 +6,10 @@ sampling the whole process tree (driver, scheduler, nannies, workers) every 0.1 
 the samples into stages by ``logs/stages.jsonl``, then run the scanpy in-memory baseline
 (`scanpy_baseline.py --samplesheet ... --full`) on the same inputs, killed if it passes
 the memory cap. One JSON line per size goes to ``--json``; `scaling_report.py` turns the
-lines into tables and a plot. ``--force STAGE`` keeps the workdirs and measures a run
-from that stage on (the earlier stages skipped as current).
+lines into tables and a plot; each size's samples (time, RSS of all processes, of the
+driver, of the largest other) go to ``ROOT/SIZE/timeline.json``. ``--force STAGE``
+keeps the workdirs and measures a run from that stage on (the earlier stages skipped as
+current).
 
     python benchmarks/scaling.py --sizes 50k,250k,1M --root /tmp/scaling \
         --json benchmarks/results/scaling.jsonl
@@ -143,6 +145,8 @@ def run_pipeline(config: Path, folder: Path, force: str | None = None) -> dict[s
     if result["returncode"] != 0:
         raise SystemExit(f"immunoprofile run failed for {config}: exit {result['returncode']}")
     timeline = result.pop("timeline")
+    # kept beside the workdir (not in the record): where within a stage memory peaked
+    (folder / "timeline.json").write_text(json.dumps(timeline))
     files = Workdir(work)
     log = [json.loads(line) for line in files.stage_log.read_text().splitlines()]
     log = [e for e in log if e["started_unix"] >= started]  # this run's stages only

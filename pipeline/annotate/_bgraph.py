@@ -44,6 +44,6 @@ def b_cell_graph(
         cells, client=client, keep=members, total_counts=total_counts,
         params=B_GRAPH.model_copy(update={"hvg_batch_key": key}),
     )  # fmt: skip
-    x = np.asarray(result.pca)[members]
+    x = result.pca[members].compute()  # only the members' rows come to the driver
     nn = nearest_neighbors(x, min(B_NEIGHBORS, len(x)), seed=seed)
     return knn_graphs(nn, seed=seed)[1]
