@@ -87,3 +87,18 @@ def test_scoring_selected_rows_equals_scoring_their_submatrix(counts: sp.csr_mat
     np.testing.assert_array_equal(on_rows.score, on_copy.score)
     np.testing.assert_array_equal(on_rows.called, on_copy.called)
     assert on_rows.threshold == on_copy.threshold
+
+
+def test_scaled_gram_equals_the_product_of_the_scaled_matrix() -> None:
+    """The Gram matrix of diag(r) X diag(c), summed over dense float32 blocks, equals the
+    float64 product of the scaled matrix, also across blocks (more rows than one block)."""
+    from pipeline.qc._doublets import GRAM_BLOCK, scaled_gram
+
+    rng = np.random.default_rng(5)
+    x = sp.random(GRAM_BLOCK * 2 + 37, 60, density=0.1, random_state=6, format="csr")
+    x.data = rng.poisson(3.0, x.nnz).astype(np.float32) + 1
+    r, c = rng.uniform(0.5, 2.0, x.shape[0]), rng.uniform(0.1, 10.0, x.shape[1])
+    y = sp.diags(r) @ x.astype(np.float64) @ sp.diags(c)
+    gram, sums = scaled_gram(x, r, c)
+    np.testing.assert_allclose(gram, (y.T @ y).toarray(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sums, np.asarray(y.sum(axis=0)).ravel(), rtol=1e-5)
