@@ -324,6 +324,14 @@ class PreprocessConfig(_Frozen):
         "loess cannot be fitted); all batches as one when none has this many",
     )
     n_comps: int = Field(50, ge=2)
+    pca_max_cells: int | None = Field(
+        250_000,
+        ge=1000,
+        description="above this many kept cells the principal axes are fitted on a "
+        "subsample stratified by sample (X'X of its cells) and every kept cell is projected "
+        "onto them; null: fitted on every kept cell (exact)",
+    )
+    seed: int = Field(0, description="seed of the PCA's fitting subsample")
 
 
 class IntegrateConfig(_Frozen):

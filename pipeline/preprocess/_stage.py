@@ -3,8 +3,9 @@
 Up to four passes over the cohort's chunks, each reducing to per-gene sums so that no
 process holds more than a chunk of counts: (1) per-batch moments of raw counts (skipped
 when the qc stage's per-sample moments are given), (2) per-batch
-moments of counts clipped at Seurat v3's bound, (3) X'X of the log-normalized HVGs,
-(4) the projection onto the principal axes.
+moments of counts clipped at Seurat v3's bound, (3) X'X of the log-normalized HVGs
+(of a stratified subsample above ``pca_max_cells`` kept cells), (4) the projection of
+every kept cell onto the principal axes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from distributed import Client
 from ..cohort import cell_chunks
 from ..config import PreprocessConfig
 from ..moments import Moments, add_moments, batch_moments, clipped_moments
+from ..sampling import stratified_sample
 from ._kernels import add_gram, gram, project
 from ._models import PcaLoadings, clip_values, pca_from_gram, seurat_v3_table
 
@@ -114,6 +116,21 @@ def project_cells_on_workers(
     return da.concatenate(parts, axis=0)
 
 
+def pca_fit_cells(obs: pd.DataFrame, keep: np.ndarray, params: PreprocessConfig) -> np.ndarray:
+    """The cells whose X'X fits the principal axes: every kept cell, or above
+    ``params.pca_max_cells`` kept cells a subsample of them stratified by ``sample_id``
+    (by the HVG batch key when obs lacks it), seeded by ``params.seed``."""
+    keep = np.asarray(keep, dtype=bool)
+    rows = np.flatnonzero(keep)
+    if params.pca_max_cells is None or rows.size <= params.pca_max_cells:
+        return keep
+    key = "sample_id" if "sample_id" in obs else params.hvg_batch_key
+    groups = pd.Categorical(obs[key].astype(str)).codes[rows]
+    fit = np.zeros_like(keep)
+    fit[rows[stratified_sample(groups, params.pca_max_cells, params.seed)]] = True
+    return fit
+
+
 def preprocess_cohort(
     cohort: ad.AnnData,
     *,
@@ -127,7 +144,9 @@ def preprocess_cohort(
     with the preprocess section's ``params``.
 
     ``moments`` (batch code -> per-gene moments of the kept cells' raw counts, as the qc
-    stage records them per sample) saves the first pass over the cohort.
+    stage records them per sample) saves the first pass over the cohort. The principal
+    axes are fitted on `pca_fit_cells` (a stratified subsample above
+    ``params.pca_max_cells`` kept cells) and every kept cell is projected onto them.
     """
     seconds: dict[str, float] = {}
     chunks = cell_chunks(cohort.X)
@@ -157,8 +176,9 @@ def preprocess_cohort(
 
     t = time.perf_counter()
     hvg = np.flatnonzero(table["highly_variable"].to_numpy())
+    fit = pca_fit_cells(cohort.obs, keep, params)
     parts = [
-        dask.delayed(gram)(c.block, keep[c.rows], hvg, total_counts[c.rows], params.target_sum)
+        dask.delayed(gram)(c.block, fit[c.rows], hvg, total_counts[c.rows], params.target_sum)
         for c in chunks
     ]
     n, sums, g = client.compute(_tree_sum(parts, add_gram), sync=True)
