@@ -85,7 +85,7 @@ STAGES: tuple[Stage, ...] = (
         ),
     ),
     Stage(
-        "preprocess", 3, "normalize, log1p, highly variable genes, PCA (out of core)",
+        "preprocess", 2, "normalize, log1p, highly variable genes, PCA (out of core)",
         run="pipeline.preprocess:run_preprocess", config="preprocess",
         reads=Elements(
             cohort=("obs/qc_pass", "obs/total_counts", *_BATCH_KEYS, "var",
