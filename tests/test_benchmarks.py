@@ -19,6 +19,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from measure import measure  # noqa: E402
 from scaling import stage_rows  # noqa: E402
+from timeline_peaks import peak_moments  # noqa: E402
 
 
 def test_memory_cap_kills_the_whole_process_tree() -> None:
@@ -53,6 +54,13 @@ def test_stages_are_cut_from_the_timeline() -> None:
     assert [r["largest_other_peak_rss_gib"] for r in rows] == [0.5, 0.25]
     assert [r["cells_per_s"] for r in rows] == [200, 250]
     assert [r["share"] for r in rows] == [0.25, 0.2]
+    # where in each stage: qc's peak over all processes 3 s in, ingest's worker peak 1 s in
+    moments = peak_moments(timeline, log)
+    assert [m["peak_at_s"] for m in moments] == [0.0, 3.0]
+    assert [m["peak_gib"] for m in moments] == [1.0, 2.0]
+    assert moments[1]["driver_at_peak_gib"] == 0.5
+    assert moments[1]["largest_other_at_peak_gib"] == 0.25
+    assert moments[0]["largest_other_peak_at_s"] == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +74,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def test_scaling_runner_measures_every_stage_and_the_baseline(tiny_run: tuple[Path, dict]) -> None:
-    _, record = tiny_run
+    out, record = tiny_run
     run = record["pipeline"]
     assert run["returncode"] == 0 and run["samples"] == 4 * 3
     assert [s["stage"] for s in run["stages"]] == list(STAGE_ORDER)
@@ -83,6 +91,8 @@ def test_scaling_runner_measures_every_stage_and_the_baseline(tiny_run: tuple[Pa
     assert 0.5 < sum(s["share"] for s in run["stages"]) < 1
     assert 0.8 * run["cells"] < run["cells_after_qc"] < run["cells"]
     assert 0 < run["per_cell_outputs_gib"] < run["peak_rss_gib"]
+    timeline = json.loads((out.parent / "tiny" / "timeline.json").read_text())
+    assert len(timeline) >= 10 and len(timeline[0]) == 6  # the run's samples, kept
     scanpy = record["scanpy"]
     assert scanpy["status"] == "ok" and scanpy["cells"] == run["cells"]
     assert list(scanpy["seconds"]) == [
