@@ -4,7 +4,7 @@ In a workdir that has run the preprocess stage (its HVGs and QC-passed cells): P
 of the kept cells from `preprocess_cohort` with the axes fitted on every kept cell (exact
 X'X) and on stratified subsamples (``preprocess.pca_max_cells``), against scanpy's
 ``sc.pp.pca`` (ARPACK, implicitly centred) of the log-normalized HVGs held in memory.
-Per PC, |Pearson r| of the scores over the kept cells (the sign of a PC is arbitrary);
+The workdir's own preprocess settings (uns ``pca``). Per PC, |Pearson r| of the scores over the kept cells (the sign of a PC is arbitrary);
 one JSON line to ``--json`` with the minimum over the first 20 PCs, and the wall time of
 the X'X + projection passes for each setting.
 
@@ -65,7 +65,6 @@ def main() -> int:
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--max-cells", default="250000", help="comma-separated pca_max_cells")
     parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--n-comps", type=int, default=50)
     args = parser.parse_args()
     import scanpy as sc
     from distributed import Client, LocalCluster
@@ -77,14 +76,19 @@ def main() -> int:
     keep = obs["qc_pass"].to_numpy(dtype=bool)
     totals = obs["total_counts"].to_numpy(dtype=np.float64)
     hvg = np.flatnonzero(var["highly_variable"].to_numpy())
+    # the workdir's own preprocess settings (HVGs, components, target sum, batch key)
+    stored = ad.io.read_elem(group["uns/pca"])["params"]
+    base = PreprocessConfig.model_validate(
+        {k: v for k, v in stored.items() if k in PreprocessConfig.model_fields}
+    )
     record: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "workdir": str(work),
                     "cells": int(keep.size), "kept": int(keep.sum()), "hvgs": int(hvg.size)}  # fmt: skip
     scores: dict[str, np.ndarray] = {}
     with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
         counts = open_counts(work)
-        counts.obs["batch"] = obs["batch"].astype(str).to_numpy()
+        counts.obs[base.hvg_batch_key] = obs[base.hvg_batch_key].astype(str).to_numpy()
         for setting in [None, *(int(m) for m in args.max_cells.split(","))]:
-            params = PreprocessConfig(n_comps=args.n_comps, pca_max_cells=setting)
+            params = base.model_copy(update={"pca_max_cells": setting})
             t = time.perf_counter()
             result = preprocess_cohort(counts, client=client, keep=keep, total_counts=totals,
                                        params=params)  # fmt: skip
@@ -96,9 +100,9 @@ def main() -> int:
             scores[name] = pcs
             print(name, record[f"seconds_{name}"], flush=True)
     t = time.perf_counter()
-    x = in_memory(work, keep, totals, hvg, PreprocessConfig().target_sum)
+    x = in_memory(work, keep, totals, hvg, base.target_sum)
     adata = ad.AnnData(X=x)
-    sc.pp.pca(adata, n_comps=args.n_comps, svd_solver="arpack", random_state=0)
+    sc.pp.pca(adata, n_comps=base.n_comps, svd_solver="arpack", random_state=0)
     reference = adata.obsm["X_pca"]
     record["scanpy_seconds"] = round(time.perf_counter() - t, 1)
     del adata, x

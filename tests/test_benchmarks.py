@@ -117,6 +117,20 @@ def test_scaling_runner_from_a_stage_on_keeps_the_workdir(tiny_run: tuple[Path, 
     assert stages["predict"] == "done" and stages["report"] == "done"
 
 
+def test_pca_accuracy_against_scanpy_on_the_tiny_run(tiny_run: tuple[Path, dict]) -> None:
+    """The exact out-of-core PCA matches scanpy's on the tiny cohort's own HVGs; the
+    subsampled fit is measured beside it."""
+    out, _ = tiny_run
+    result = out.parent / "pca.jsonl"
+    command = [sys.executable, str(BENCHMARKS / "pca_accuracy.py"), str(out.parent / "tiny" / "work"),
+               "--max-cells", "1000", "--json", str(result)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    record = json.loads(result.read_text())
+    assert record["min_abs_r_first20_exact"] >= 0.99
+    assert len(record["abs_r_first20_1000"]) == 20 and record["abs_r_first20_1000"][0] >= 0.99
+    assert record["kept"] > 1000 and record["hvgs"] == 500
+
+
 def test_scaling_report_tables_and_plot(tiny_run: tuple[Path, dict], tmp_path: Path) -> None:
     results, record = tiny_run
     plot = tmp_path / "scaling.png"
