@@ -70,13 +70,18 @@ def write_config(folder: Path, seed: int, args: argparse.Namespace) -> Path:
 
 
 def summarise(tests: pd.DataFrame, alpha: float) -> list[dict]:
+    """Per family of neighbourhoods (tests.csv's ``denominator``; PBMC before it had one)
+    and contrast."""
     rows = []
-    for contrast, part in tests.groupby("contrast", sort=False):
+    if "denominator" not in tests:
+        tests = tests.assign(denominator="PBMC")
+    for (denominator, contrast), part in tests.groupby(["denominator", "contrast"], sort=False):
         p = part["pvalue"].to_numpy(dtype=float)
         fdr = part["spatial_fdr"].to_numpy(dtype=float)
         ok = np.isfinite(p)
         rows.append({
-            "contrast": contrast, "n_nhoods": len(part), "tested": int(ok.sum()),
+            "denominator": denominator, "contrast": contrast, "n_nhoods": len(part),
+            "tested": int(ok.sum()),
             "share_fdr": float(np.mean(fdr[ok] < alpha)) if ok.any() else None,
             "share_p05": float(np.mean(p[ok] < 0.05)) if ok.any() else None,
             "p_hist": np.histogram(p[ok], bins=BINS)[0].tolist(),
@@ -91,6 +96,18 @@ def summarise_runs(path: Path, plot: Path | None) -> None:
         {"seed": line["seed"], "k": line["k"], **c} for line in lines for c in line["contrasts"]
     ]
     table = pd.DataFrame(rows)
+    if "denominator" not in table:
+        table["denominator"] = "PBMC"
+    table["denominator"] = table["denominator"].fillna("PBMC")
+    for denominator, part in table.groupby("denominator", sort=False):
+        print(f"neighbourhoods of {denominator}:")
+        target = plot
+        if plot is not None and denominator != "PBMC":
+            target = plot.with_name(f"{plot.stem}_{denominator}{plot.suffix}")
+        _summarise_family(part, target)
+
+
+def _summarise_family(table: pd.DataFrame, plot: Path | None) -> None:
     order = list(dict.fromkeys(table["contrast"]))
     summary = table.groupby("contrast", sort=False).agg(
         cohorts=("seed", "nunique"), tested=("tested", "median"),
@@ -120,7 +137,8 @@ def summarise_runs(path: Path, plot: Path | None) -> None:
         ax.set_xlabel("p-value")
     for ax in axes[:, 0]:
         ax.set_ylabel("density")
-    fig.suptitle(f"Neighbourhood p-values over {table['seed'].nunique()} null cohorts")
+    family = table["denominator"].iloc[0]
+    fig.suptitle(f"Neighbourhood ({family}) p-values over {table['seed'].nunique()} null cohorts")
     fig.tight_layout()
     fig.savefig(plot, dpi=90)
 
@@ -175,7 +193,9 @@ def run_cohort(client, seed: int, stages: list[str], args: argparse.Namespace) -
     line = {
         "benchmark": "neighbourhoods_null_cohorts", "seed": seed, "patients": args.patients,
         "cells_per_sample": args.cells, "genes": args.genes, "alpha": args.alpha,
-        "k": summary.get("k"), "seconds": round(time.perf_counter() - t, 1),
+        "k": summary.get("k"),
+        "k_lineages": {name: f["k"] for name, f in summary.get("lineages", {}).items()},
+        "seconds": round(time.perf_counter() - t, 1),
         "contrasts": rows,
     }  # fmt: skip
     with args.json.open("a") as fh:

@@ -53,22 +53,39 @@ def main() -> None:
     alpha = json.loads((folder / "summary.json").read_text())["alpha"]
     truth = truth_of_cells(args.workdir, args.truth)
     membership = nhoods.uns["membership"].tocsc()
-    members = membership.indices.reshape(nhoods.n_obs, -1)
     subset = truth["b_subset"].to_numpy()
     in_state = truth["sub_state"].to_numpy() != ""
+    labels = pd.read_csv(args.workdir / "abundance" / "tests.csv")
+    glmm = labels[(labels["method"] == "glmm") & (labels["contrast"] == args.contrast)]
+    denominators = nhoods.obs.get("denominator", pd.Series("PBMC", index=nhoods.obs.index))
+    for denominator in pd.unique(denominators.astype(str)):
+        cols = np.flatnonzero(denominators.astype(str).to_numpy() == denominator)
+        k = int(nhoods.obs["size"].iloc[cols[0]])
+        part_matrix = membership[:, cols]
+        members = part_matrix.indices.reshape(cols.size, k)
+        record = _record(args, members, cols, tests, alpha, subset, in_state, glmm)
+        record["denominator"] = denominator
+        print(json.dumps(record, indent=2))
+        if args.json:
+            with args.json.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+
+def _record(args, members, cols, tests, alpha, subset, in_state, glmm) -> dict:
+    """What one family of neighbourhoods (columns ``cols``) calls for the contrast."""
     share = {
         "DN2": (subset == "DN2")[members].mean(axis=1),
         "sub_state": in_state[members].mean(axis=1),
         "naive_rest": ((subset == "naive") & ~in_state)[members].mean(axis=1),
     }
-    part = tests[tests["contrast"] == args.contrast].set_index("nhood").loc[np.arange(nhoods.n_obs)]
+    part = tests[tests["contrast"] == args.contrast].set_index("nhood").loc[cols]
     called = (part["spatial_fdr"] < alpha).to_numpy()
     up = called & (part["estimate"].to_numpy() > 0)
     naive = (subset == "naive")[members].mean(axis=1)
     other = (share["DN2"] < 0.1) & (naive < 0.1)
     record = {"benchmark": "neighbourhoods_planted", "workdir": str(args.workdir),
-              "contrast": args.contrast, "alpha": alpha, "n_nhoods": int(nhoods.n_obs),
-              "k": int(nhoods.uns["k"]), "called": int(called.sum()),
+              "contrast": args.contrast, "alpha": alpha, "n_nhoods": int(cols.size),
+              "k": int(members.shape[1]), "called": int(called.sum()),
               "false_discoveries": int((called & other).sum()), "n_other": int(other.sum()),
               "false_discovery_share": float((called & other).sum() / max(called.sum(), 1))}  # fmt: skip
     down = called & (part["estimate"].to_numpy() < 0)
@@ -81,16 +98,20 @@ def main() -> None:
         record[f"{name}_median_estimate"] = (
             float(np.nanmedian(part["estimate"].to_numpy()[mostly])) if mostly.any() else None
         )
-    labels = pd.read_csv(args.workdir / "abundance" / "tests.csv")
-    glmm = labels[(labels["method"] == "glmm") & (labels["contrast"] == args.contrast)]
+    # every call by the members' majority true subset (or lineage: "" outside B)
+    values, inverse = np.unique(subset, return_inverse=True)
+    majority = values[[np.bincount(inverse[m], minlength=values.size).argmax() for m in members]]
+    frame = pd.DataFrame({"majority": majority, "up": up, "down": down})
+    record["called_by_true_subset"] = {
+        (name or "not B"): {"nhoods": len(g), "up": int(g["up"].sum()),
+                            "down": int(g["down"].sum())}
+        for name, g in frame.groupby("majority")
+    }  # fmt: skip
     for cell_type, denominator in (("DN2", "B"), ("naive", "B"), ("naive", "PBMC")):
         row = glmm[(glmm["cell_type"] == cell_type) & (glmm["denominator"] == denominator)].iloc[0]
         record[f"label_{cell_type}_{denominator}"] = {"estimate": float(row["estimate"]),
                                                       "pvalue": float(row["pvalue"]), "qvalue": float(row["qvalue"])}  # fmt: skip
-    print(json.dumps(record, indent=2))
-    if args.json:
-        with args.json.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+    return record
 
 
 if __name__ == "__main__":

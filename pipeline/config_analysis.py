@@ -171,6 +171,35 @@ class NeighbourhoodsConfig(FrozenModel):
     )
     chunk: int = Field(250, ge=1, description="neighbourhoods per task on the cluster")
     seed: int = Field(0, description="seed of the index cells' sampling")
+    lineages: list[str] = Field(
+        default_factory=lambda: ["B"],
+        description="lineages whose cells are also cut into neighbourhoods of their own, "
+        "each tested out of the sample's cells of that lineage (abundance's B denominator; "
+        "tests.csv's denominator column): a shift within B cells is diluted on the PBMC "
+        "scale by the B cells' own variation between patients; [] for none",
+    )
+    lineage_integrate_by: Literal["patient_id", "sample_id"] | None = Field(
+        "patient_id",
+        description="Harmony on a lineage's PCs over this key before its neighbourhoods are "
+        "cut: each patient's cells of a subset otherwise sit apart, and a neighbourhood "
+        "holds a few patients' cells (docs/benchmarks.md); null: the graph's embedding",
+    )
+    lineage_max_share: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="a lineage's largest neighbourhood as a share of its cells (5 cells per "
+        "sample below it)",
+    )
+
+    @field_validator("lineages")
+    @classmethod
+    def _known_lineages(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in LINEAGES]
+        if unknown:
+            msg = f"unknown lineages {unknown}; expected names from {list(LINEAGES)}"
+            raise ValueError(msg)
+        return list(dict.fromkeys(value))
 
 
 class ExpressionConfig(FrozenModel):

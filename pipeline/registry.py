@@ -140,7 +140,7 @@ STAGES: tuple[Stage, ...] = (
         writes=Elements(folder="abundance"),
     ),
     Stage(
-        "neighbourhoods", 2, "label-free abundance on kNN-graph neighbourhoods (Milo-style): GLMM per neighbourhood, spatial FDR",
+        "neighbourhoods", 3, "label-free abundance on kNN-graph neighbourhoods (Milo-style), of all cells and within lineages: GLMM per neighbourhood, spatial FDR",
         run="pipeline.neighbourhoods:run_neighbourhoods", config="neighbourhoods",
         inputs="pipeline.neighbourhoods:neighbourhoods_digest_inputs",
         reads=Elements(cohort=(*_DESIGN, "obs/qc_pass", "obs/lineage", "obs/b_subset",

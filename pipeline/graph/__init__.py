@@ -9,6 +9,7 @@ from ._knn import (
     knn_graphs,
     n_lists_for,
     nearest_neighbors,
+    neighbour_blocks,
     neighbours_of,
     self_first,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "load_shards",
     "n_lists_for",
     "nearest_neighbors",
+    "neighbour_blocks",
     "neighbours_of",
     "place_by_neighbors",
     "place_query",

@@ -17,6 +17,7 @@ against exact search on 2,000 cells; peak above the embedding):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,21 +133,42 @@ def neighbours_of(
     """The ``k`` nearest cells of the cells ``rows`` of ``x`` (each itself first), found
     with the index `nearest_neighbors` builds for all of ``x``: with the same ``k`` the
     rows of its result."""
+    rows = np.asarray(rows)
+    (found,) = neighbour_blocks(x, rows, k, block=max(1, rows.size),
+                                exact_knn_below=exact_knn_below, seed=seed,
+                                chunk_cells=chunk_cells)  # fmt: skip
+    return found
+
+
+def neighbour_blocks(
+    x: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    *,
+    block: int,
+    exact_knn_below: int = 50_000,
+    seed: int = 0,
+    chunk_cells: int = 50_000,
+) -> Iterator[Neighbors]:
+    """`neighbours_of` for ``block`` of the ``rows`` at a time, with one index: the
+    same neighbours, without all rows x ``k`` results held at once."""
     points = np.ascontiguousarray(x, dtype=np.float32)
     if k > points.shape[0]:
         msg = f"asked for {k} neighbours of {points.shape[0]} cells"
         raise ValueError(msg)
     index, exact = knn_index(points, exact_knn_below=exact_knn_below, seed=seed)
-    queries = points[np.asarray(rows)]
-    indices, distances = _search(index, queries, k, chunk_cells)
-    del index
-    short = np.flatnonzero((indices < 0).any(axis=1))
-    if short.size:  # the lists they probed hold fewer than k cells: exact search for them
-        flat, _ = knn_index(points, exact_knn_below=points.shape[0] + 1)
-        indices[short], distances[short] = _search(flat, queries[short], k, chunk_cells)
-        del flat
-    self_first(indices, distances, own=np.asarray(rows, dtype=np.int64))
-    return Neighbors(indices=indices, distances=distances, exact=exact)
+    rows = np.asarray(rows)
+    for start in range(0, max(rows.size, 1), block):
+        part = rows[start : start + block]
+        queries = points[part]
+        indices, distances = _search(index, queries, k, chunk_cells)
+        short = np.flatnonzero((indices < 0).any(axis=1))
+        if short.size:  # the lists they probed hold fewer than k cells: exact search for them
+            flat, _ = knn_index(points, exact_knn_below=points.shape[0] + 1)
+            indices[short], distances[short] = _search(flat, queries[short], k, chunk_cells)
+            del flat
+        self_first(indices, distances, own=np.asarray(part, dtype=np.int64))
+        yield Neighbors(indices=indices, distances=distances, exact=exact)
 
 
 def self_first(indices: np.ndarray, distances: np.ndarray, own: np.ndarray | None = None) -> None:

@@ -30,9 +30,11 @@ from ..abundance import AbundanceDesignError, contrast_names, estimable_design, 
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..graph import BLOCK_CELLS, load_shards, read_rows
+from ..integrate import map_to_reference
 from ..labels import B_SUBSETS, DESIGN_COLUMNS, LINEAGES
 from ..workdir import Workdir
 from ._kernels import Neighbourhoods, draw_cells, members_within, spatial_fdr
+from ._lineage import lineage_embedding, lineage_neighbourhoods
 from ._model import ChunkFits, estimable_contrasts, fit_neighbourhoods
 from ._plots import beeswarm_plot
 from ._tasks import (
@@ -48,10 +50,11 @@ if TYPE_CHECKING:
 SHARD_CELLS = BLOCK_CELLS  # kept cells per block of the embedding on the workers
 
 OBS_COLUMNS = (*DESIGN_COLUMNS, "qc_pass", "lineage", "b_subset")
-TEST_COLUMNS = ("nhood", "index_cell", "lineage", "lineage_fraction", "b_subset",
+TEST_COLUMNS = ("nhood", "denominator", "index_cell", "lineage", "lineage_fraction", "b_subset",
                 "b_subset_fraction", "contrast", "estimate", "ci_low", "ci_high", "pvalue",
                 "spatial_fdr", "method")  # fmt: skip
 CELLS_PER_SAMPLE = 5  # Milo's rule of thumb: neighbourhoods of ~5 cells per sample
+PBMC = "PBMC"  # the denominator of the neighbourhoods cut from every QC-passed cell
 
 
 def neighbourhoods_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, Any]:
@@ -104,7 +107,7 @@ def _tests(fits: ChunkFits | None, fitted: list[str], names: list[str],
            nhoods: pd.DataFrame) -> Iterator[pd.DataFrame]:  # fmt: skip
     """Every neighbourhood x contrast of the design's timepoints (``names``), a contrast at
     a time; those not ``fitted`` (the design cannot estimate them) NaN, as in
-    abundance/tests.csv."""
+    abundance/tests.csv. The spatial FDR is over ``nhoods`` (one family) alone."""
     blank = np.full(len(nhoods), np.nan)
     for contrast in names:
         if fits is not None and contrast in fitted:
@@ -120,10 +123,10 @@ def _tests(fits: ChunkFits | None, fitted: list[str], names: list[str],
         ).reindex(columns=list(TEST_COLUMNS))  # fmt: skip
 
 
-def _fit_all(ctx: StageContext, counts: np.ndarray, samples: pd.DataFrame, design) -> ChunkFits:
+def _fit_all(ctx: StageContext, counts: np.ndarray, totals: np.ndarray, design) -> ChunkFits:
     client, chunk = ctx.cluster, ctx.cfg.neighbourhoods.chunk
-    totals = samples["n_cells"].to_numpy(dtype=float)
-    held = client.scatter(design, broadcast=True)  # held until the fits are done
+    totals = np.asarray(totals, dtype=float)
+    held = client.scatter(design, broadcast=True, hash=False)  # a key of its own per call
     futures = [
         client.submit(fit_neighbourhoods, counts[s : s + chunk], totals, held, pure=False)
         for s in range(0, counts.shape[0], chunk)
@@ -200,47 +203,169 @@ def _find(ctx: StageContext, element: str, rows: np.ndarray, k: int, sample_code
     )
 
 
-def _write_membership(path: Path, members_path: Path, extra: tuple[np.ndarray, np.ndarray],
-                      n_cells: int) -> np.ndarray:  # fmt: skip
+@dataclass(frozen=True)
+class Family:
+    """One family of neighbourhoods: cut from every QC-passed cell (``PBMC``) or from a
+    lineage's cells, and tested out of each sample's cells of the same kind (``totals``)."""
+
+    denominator: str
+    k: int
+    n_cells: int  # the cohort's cells the neighbourhoods were cut from
+    exact: bool
+    index_rows: np.ndarray  # cohort rows, ascending
+    kth_distance: np.ndarray
+    counts: np.ndarray  # neighbourhoods x samples (batch cells included)
+    labels: pd.DataFrame  # lineage, lineage_fraction, b_subset, b_subset_fraction
+    totals: np.ndarray  # per sample: its cells of the denominator
+    members_path: Path  # the member lists (zarr, int32 cohort rows)
+    extra: tuple[np.ndarray, np.ndarray]  # batch cells: (obs rows, neighbourhoods)
+    notes: dict[str, Any]
+
+    def table(self, offset: int) -> pd.DataFrame:
+        """The neighbourhoods, numbered from ``offset``, with their Milo weights."""
+        weights = Neighbourhoods(self.index_rows, self.index_rows[:0], self.kth_distance,
+                                 self.exact).weights  # fmt: skip
+        frame = pd.DataFrame({
+            "nhood": offset + np.arange(self.index_rows.size), "denominator": self.denominator,
+            "index_cell": self.index_rows, "size": self.k,
+            "kth_distance": self.kth_distance.astype(float), "weight": weights,
+        })  # fmt: skip
+        return pd.concat([frame, self.labels.reset_index(drop=True)], axis=1)
+
+
+def _label_frame(labels: dict[str, tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    columns = {}
+    for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS)):
+        best, share = labels[level]
+        columns[level] = np.array([*vocabulary, ""], dtype=object)[best]
+        columns[f"{level}_fraction"] = share
+    return pd.DataFrame(columns)
+
+
+def lineage_neighbourhood_size(cfg: RunConfig, n_samples: int, n_cells: int) -> int:
+    """A lineage family's neighbourhood: 5 cells per sample, at most ``lineage_max_share``
+    of the lineage's cells, at least one cell per sample and the graph's
+    ``n_neighbors``; never more than the cells there are."""
+    cap = round(cfg.neighbourhoods.lineage_max_share * n_cells)
+    floor = max(n_samples, cfg.graph.n_neighbors)
+    return min(max(min(CELLS_PER_SAMPLE * n_samples, cap), floor), n_cells)
+
+
+def _lineage_family(ctx: StageContext, lineage: str, obs: pd.DataFrame, keep: np.ndarray,
+                    n_cohort: int, codes: np.ndarray, samples: pd.DataFrame,
+                    label_codes: dict[str, np.ndarray], members_path: Path) -> Family | str:  # fmt: skip
+    """The neighbourhoods of ``lineage``'s QC-passed cells of the cohort (`_lineage`; their
+    size set by the cohort's samples, as the PBMC family's), with the batch layers' cells
+    of the lineage counted in; or why there are none (a warning)."""
+    cfg, n, g = ctx.cfg, ctx.cfg.neighbourhoods, ctx.cfg.graph
+    store = str(ctx.workdir.cohort)
+    mine = keep & (label_codes["lineage"] == LINEAGES.index(lineage))
+    rows = np.flatnonzero(mine[:n_cohort])
+    added = n_cohort + np.flatnonzero(mine[n_cohort:])
+    n_samples = int(np.unique(codes[:n_cohort][keep[:n_cohort]]).size)  # the cohort's
+    k = lineage_neighbourhood_size(cfg, n_samples, rows.size)
+    least = 2 * max(n_samples, g.n_neighbors + 1)
+    if rows.size < least:
+        return (f"{lineage}: {rows.size} QC-passed cells, too few for neighbourhoods of their "
+                f"own (at least {least}); not tested")  # fmt: skip
+    key = n.lineage_integrate_by
+    column = obs[key if key is not None else "patient_id"]  # labels of a few rows only:
+
+    def labels_of(at: np.ndarray) -> np.ndarray:  # no per-cell strings of every cell
+        return column.iloc[at].astype(str).to_numpy()
+
+    reference = None
+    if key is not None and pd.unique(labels_of(rows)).size > 1:
+        x, reference = lineage_embedding(
+            read_rows(store, "obsm/X_pca", rows), labels_of(rows),
+            max_cells=cfg.integrate.harmony_max_cells, theta=cfg.integrate.harmony_theta,
+            max_iter=cfg.integrate.harmony_max_iter, seed=n.seed,
+        )  # fmt: skip
+        used = key
+    else:
+        x = np.ascontiguousarray(read_rows(store, f"obsm/{cfg.graph.use_rep}", rows),
+                                 dtype=np.float32)  # fmt: skip
+        used = None
+    vocabularies = {"lineage": len(LINEAGES), "b_subset": len(B_SUBSETS)}
+    found = lineage_neighbourhoods(
+        x, rows, k, n_neighbors=g.n_neighbors, prop=n.prop, seed=n.seed,
+        most=n.max_index_cells, exact_knn_below=g.exact_knn_below, knn_seed=g.seed,
+        sample_codes=codes, n_samples=len(samples),
+        label_codes={level: (label_codes[level], size) for level, size in vocabularies.items()},
+        members_path=members_path,
+    )  # fmt: skip
+    del x
+    counts = found.counts
+    extra = (np.empty(0, np.int64), np.empty(0, np.int64))
+    if added.size:  # add-batch's cells of the lineage, placed as the cohort's were
+        if reference is not None:
+            points, _ = map_to_reference(ctx.read_obsm("X_pca", batches=True)[added],
+                                         labels_of(added), reference)  # fmt: skip
+        else:
+            points = ctx.read_obsm(cfg.graph.use_rep, batches=True)[added]
+        share = k * found.index_positions.size / max(rows.size, 1)
+        inside, nhood = members_within(found.index_points, found.kth_distance, points,
+                                       n_search=max(64, int(4 * share)))  # fmt: skip
+        extra = (added[inside], nhood)
+        np.add.at(counts, (nhood, codes[added[inside]]), 1)
+    totals = np.bincount(codes[mine], minlength=len(samples)).astype(np.int64)
+    return Family(
+        denominator=lineage, k=k, n_cells=int(rows.size), exact=found.exact,
+        index_rows=rows[found.index_positions], kth_distance=found.kth_distance,
+        counts=counts, labels=_label_frame(found.labels), totals=totals,
+        members_path=members_path, extra=extra, notes={"integrated_by": used},
+    )  # fmt: skip
+
+
+def _write_membership(path: Path, members_paths: Sequence[Path],
+                      extra: tuple[np.ndarray, np.ndarray], n_cells: int) -> np.ndarray:  # fmt: skip
     """Write the membership (cells x neighbourhoods, CSC, 0/1: the member lists of
-    ``members_path`` and the ``extra`` (cell, neighbourhood) pairs of batch cells, whose
+    ``members_paths``, one zarr array per family, their neighbourhoods numbered on from
+    one to the next, and the ``extra`` (cell, neighbourhood) pairs of batch cells, whose
     rows come after all members') into the AnnData-Zarr store at ``path`` as
     ``uns/membership``, a block of neighbourhoods at a time; returns each cell's number of
     neighbourhoods among the member lists."""
-    members = zarr.open_array(str(members_path), mode="r")
-    block = members.chunks[0]
     per_cell = np.zeros(n_cells, dtype=np.int64)
     group = zarr.open_group(str(path), mode="r+", use_consolidated=False)
     cells, nhood = extra
-    for start in range(0, members.shape[0], block):
-        part = np.asarray(members[start : start + block])
-        per_cell += np.bincount(part.ravel(), minlength=n_cells)
-        m, k = part.shape
-        matrix = sp.csc_matrix(
-            (np.ones(m * k, dtype=np.uint8), part.ravel(), np.arange(0, m * k + 1, k)),
-            shape=(n_cells, m),
-        )
-        mine = (nhood >= start) & (nhood < start + m)
-        if mine.any():
-            more = sp.csc_matrix(
-                (np.ones(int(mine.sum()), dtype=np.uint8), (cells[mine], nhood[mine] - start)),
-                shape=matrix.shape,
+    offset, first = 0, True
+    for members_path in members_paths:
+        members = zarr.open_array(str(members_path), mode="r")
+        block = members.chunks[0]
+        for start in range(0, members.shape[0], block):
+            part = np.asarray(members[start : start + block])
+            per_cell += np.bincount(part.ravel(), minlength=n_cells)
+            m, k = part.shape
+            matrix = sp.csc_matrix(
+                (np.ones(m * k, dtype=np.uint8), part.ravel(), np.arange(0, m * k + 1, k)),
+                shape=(n_cells, m),
             )
-            matrix = (matrix + more).tocsc()
-            matrix.sort_indices()
-        if start == 0:
-            ad.io.write_elem(group["uns"], "membership", matrix)
-        else:
-            ad.io.sparse_dataset(group["uns/membership"]).append(matrix)
+            lo = offset + start
+            mine = (nhood >= lo) & (nhood < lo + m)
+            if mine.any():
+                more = sp.csc_matrix(
+                    (np.ones(int(mine.sum()), dtype=np.uint8), (cells[mine], nhood[mine] - lo)),
+                    shape=matrix.shape,
+                )
+                matrix = (matrix + more).tocsc()
+                matrix.sort_indices()
+            if first:
+                ad.io.write_elem(group["uns"], "membership", matrix)
+                first = False
+            else:
+                ad.io.sparse_dataset(group["uns/membership"]).append(matrix)
+        offset += members.shape[0]
     zarr.consolidate_metadata(str(path))
     return per_cell
 
 
 def _nhood_store(path: Path, nhoods: pd.DataFrame, counts: np.ndarray, samples: pd.DataFrame,
-                 members_path: Path, extra: tuple[np.ndarray, np.ndarray], n_cells: int,
-                 k: int) -> np.ndarray:  # fmt: skip
-    """nhoods.zarr: counts (X), neighbourhoods (obs), samples (var), membership and k
-    (uns); returns `_write_membership`'s per-cell counts."""
+                 members_paths: Sequence[Path], extra: tuple[np.ndarray, np.ndarray],
+                 n_cells: int, k: int) -> np.ndarray:  # fmt: skip
+    """nhoods.zarr: counts (X), neighbourhoods (obs, with their ``denominator`` and
+    ``size``), samples (var, with each family's denominator ``n_cells_<lineage>``),
+    membership and k (uns: the PBMC family's); returns `_write_membership`'s per-cell
+    counts."""
     adata = ad.AnnData(
         X=counts.astype(np.int32, copy=False),
         obs=nhoods.set_index(nhoods["nhood"].astype(str).rename(None)),
@@ -248,7 +373,7 @@ def _nhood_store(path: Path, nhoods: pd.DataFrame, counts: np.ndarray, samples: 
     )
     adata.uns["k"] = int(k)
     adata.write_zarr(path)
-    return _write_membership(path, members_path, extra, n_cells)
+    return _write_membership(path, members_paths, extra, n_cells)
 
 
 def run_neighbourhoods(ctx: StageContext) -> str:
@@ -292,11 +417,11 @@ def run_neighbourhoods(ctx: StageContext) -> str:
     label_codes = {level: _codes(obs[level], vocabulary, np.int8)
                    for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS))}  # fmt: skip
     lap("read")
+    families: list[Family] = []
     with ctx.stage_folder() as (out, manifest):
         members_path = out.root / "members.tmp.zarr"  # the workers' member lists
         found = _find(ctx, element, rows.astype(width), k, codes, len(samples), label_codes,
                       members_path)  # fmt: skip
-        del label_codes
         counts = found.counts  # int32
         lap("neighbourhoods")
         extra = (np.empty(0, np.int64), np.empty(0, np.int64))
@@ -310,71 +435,126 @@ def run_neighbourhoods(ctx: StageContext) -> str:
             extra = (added[inside], nhood)
             np.add.at(counts, (nhood, codes[added[inside]]), 1)
         lap("counts")
-        kth = found.kth_distance
-        nhoods = pd.DataFrame({
-            "nhood": np.arange(found.index_rows.size), "index_cell": found.index_rows,
-            "size": k, "kth_distance": kth.astype(float),
-            "weight": Neighbourhoods(found.index_rows, found.index_rows[:0], kth, found.exact).weights,
-        })  # fmt: skip
-        nhoods = pd.concat([nhoods, found.labels], axis=1)
-        fits = _fit_all(ctx, counts, samples, design) if design is not None and fitted else None
-        lap("fits")
-        called, baseline = {}, None
-        parts = zip(names, _tests(fits, fitted, names, nhoods), strict=True)
-        for i, (contrast, part) in enumerate(parts):  # a contrast at a time
-            part.to_csv(out.tests, index=False, mode="w" if i == 0 else "a", header=i == 0)
-            if contrast in fitted:
-                called[contrast] = int((part["spatial_fdr"] < n.alpha).sum())
-            if contrast == "response@month0":
-                baseline = part  # the report's beeswarm
-        called = {c: called[c] for c in fitted}
-        unconverged = 0 if fits is None else int((~fits.fits["converged"].astype(bool)).sum())
+        families.append(Family(
+            denominator=PBMC, k=k, n_cells=int(rows.size), exact=found.exact,
+            index_rows=found.index_rows, kth_distance=found.kth_distance, counts=counts,
+            labels=found.labels, totals=samples["n_cells"].to_numpy(dtype=np.int64),
+            members_path=members_path, extra=extra, notes={},
+        ))  # fmt: skip
+        del found, counts, extra
         warnings = [f"{c}: not estimable, {r}" for c, r in not_estimable.items()]
+        for lineage in n.lineages:
+            family = _lineage_family(ctx, lineage, obs, keep, n_cohort, codes, samples,
+                                     label_codes, out.root / f"members_{lineage}.tmp.zarr")  # fmt: skip
+            if isinstance(family, str):
+                warnings.append(family)
+            else:
+                families.append(family)
+        del label_codes
+        lap("lineages")
+        nhoods, all_counts, fits_parts, offset = [], [], [], 0
+        for family in families:
+            table = family.table(offset)
+            fits = (_fit_all(ctx, family.counts, family.totals, design)
+                    if design is not None and fitted else None)  # fmt: skip
+            nhoods.append(table)
+            all_counts.append(family.counts)
+            fits_parts.append((family, table, fits))
+            offset += len(table)
+        lap("fits")
+        called: dict[str, dict[str, int]] = {}
+        baseline: dict[str, pd.DataFrame] = {}
+        first = True
+        for family, table, fits in fits_parts:
+            mine = called.setdefault(family.denominator, {})
+            for contrast, part in zip(names, _tests(fits, fitted, names, table), strict=True):
+                part.to_csv(out.tests, index=False, mode="w" if first else "a", header=first)
+                first = False
+                if contrast in fitted:
+                    mine[contrast] = int((part["spatial_fdr"] < n.alpha).sum())
+                if contrast == "response@month0":
+                    baseline[family.denominator] = part  # the report's beeswarms
+            called[family.denominator] = {c: mine[c] for c in fitted}
         if adjustment is not None:
             warnings.append(adjustment)
-        if unconverged:
-            warnings.append(f"{unconverged} of {len(nhoods)} neighbourhood models did not "
-                            "converge and are not tested (NaN; fits.csv says which and why)")  # fmt: skip
-        if fits is not None:
-            fits.fits.assign(nhood=nhoods["nhood"]).to_csv(out.fits, index=False)
-        else:  # nothing to fit: the design estimates no contrast
-            pd.DataFrame({"nhood": nhoods["nhood"], "sd_patient": np.nan, "sd_sample": np.nan,
-                          "converged": False, "notes": "no contrast can be estimated"}).to_csv(
-                out.fits, index=False)  # fmt: skip
-        per_cell = _nhood_store(out.nhoods, nhoods, counts, samples, members_path, extra,
-                                len(obs), k)  # fmt: skip
-        shutil.rmtree(members_path)
+        unconverged = {}
+        fit_tables = []
+        for family, table, fits in fits_parts:
+            if fits is not None:
+                bad = int((~fits.fits["converged"].astype(bool)).sum())
+                fit_tables.append(fits.fits.assign(nhood=table["nhood"].to_numpy(),
+                                                   denominator=family.denominator))  # fmt: skip
+            else:  # nothing to fit: the design estimates no contrast
+                bad = 0
+                fit_tables.append(pd.DataFrame({
+                    "sd_patient": np.nan, "sd_sample": np.nan, "converged": False,
+                    "notes": "no contrast can be estimated", "nhood": table["nhood"].to_numpy(),
+                    "denominator": family.denominator}))  # fmt: skip
+            unconverged[family.denominator] = bad
+            if bad:
+                warnings.append(f"{family.denominator}: {bad} of {len(table)} neighbourhood models "
+                                "did not converge and are not tested (NaN; fits.csv says which "
+                                "and why)")  # fmt: skip
+        pd.concat(fit_tables, ignore_index=True).to_csv(out.fits, index=False)
+        del fits_parts, fit_tables
+        var = samples.copy()
+        for family in families[1:]:
+            var[f"n_cells_{family.denominator}"] = family.totals
+        extra_cells = np.concatenate([f.extra[0] for f in families])
+        extra_nhoods = np.concatenate([f.extra[1] + t["nhood"].iloc[0] if len(t) else f.extra[1]
+                                       for f, t in zip(families, nhoods, strict=True)])  # fmt: skip
+        per_cell = _nhood_store(out.nhoods, pd.concat(nhoods, ignore_index=True),
+                                np.vstack(all_counts), var, [f.members_path for f in families],
+                                (extra_cells, extra_nhoods), len(obs), k)  # fmt: skip
+        for family in families:
+            shutil.rmtree(family.members_path)
         lap("write")
         plots = []
-        if baseline is not None:
+        for denominator, part in baseline.items():
             contrast = "response@month0"
-            fig = beeswarm_plot(baseline, alpha=n.alpha, title=contrast)
-            fig.savefig(out.beeswarm_png(contrast), dpi=110, format="png")
-            plots.append(out.beeswarm_png(contrast).name)
+            title = contrast if denominator == PBMC else f"{contrast}, within {denominator}"
+            fig = beeswarm_plot(part, alpha=n.alpha, title=title)
+            path = out.beeswarm_png(
+                contrast if denominator == PBMC else f"{contrast}_{denominator}"
+            )
+            fig.savefig(path, dpi=110, format="png")
+            plots.append(path.name)
             import matplotlib.pyplot as plt
 
             plt.close(fig)
+        pbmc = families[0]
         summary = {
-            "n_nhoods": len(nhoods), "k": k, "prop": n.prop,
+            "n_nhoods": len(nhoods[0]), "k": k, "prop": n.prop,
             "max_index_cells": n.max_index_cells, "n_samples": len(samples),
             "n_cells": int(rows.size), "n_batch_cells": int(added.size),
-            "exact_neighbours": found.exact,
+            "exact_neighbours": pbmc.exact,
             "median_nhoods_per_cell": float(np.median(per_cell[rows])),
-            "alpha": n.alpha, "called": called, "contrasts": names, "tested": fitted,
+            "alpha": n.alpha, "called": called[PBMC], "contrasts": names, "tested": fitted,
+            "lineages": {
+                f.denominator: {"n_nhoods": len(t), "k": f.k, "n_cells": f.n_cells,
+                                "exact_neighbours": f.exact, "called": called[f.denominator],
+                                "unconverged": unconverged[f.denominator], **f.notes}
+                for f, t in zip(families[1:], nhoods[1:], strict=True)
+            },
             "covariates": [] if design is None else list(design.covariates),
             "covariate_not_adjusted": adjustment,
-            "not_estimable": not_estimable, "unconverged": unconverged,
+            "not_estimable": not_estimable, "unconverged": unconverged[PBMC],
             "warnings": warnings, "plots": plots, "seconds": seconds,
         }  # fmt: skip
         out.summary.write_text(json.dumps(summary, indent=2, default=str))
-        manifest.update(n_nhoods=len(nhoods), k=k)
+        manifest.update(n_nhoods=int(sum(len(t) for t in nhoods)), k=k)
     for note in warnings:
         print(f"neighbourhoods: warning: {note}")
-    base = called.get("response@month0")
     lines = [
-        f"neighbourhoods: {len(nhoods):,} neighbourhoods of {k} cells over {len(samples)} "
+        f"neighbourhoods: {len(nhoods[0]):,} neighbourhoods of {k} cells over {len(samples)} "
         f"samples; outputs in {ctx.workdir.neighbourhoods.root}",
     ]
-    if base is not None:
-        lines.append(f"  {base} neighbourhoods differ at baseline at spatial FDR < {n.alpha}")
+    for family, table in zip(families[1:], nhoods[1:], strict=True):
+        lines.append(f"  {len(table):,} neighbourhoods of {family.k} {family.denominator} cells "
+                     f"(out of each sample's {family.denominator} cells)")  # fmt: skip
+    for denominator, numbers in called.items():
+        base = numbers.get("response@month0")
+        if base is not None:
+            lines.append(f"  {base} neighbourhoods ({denominator}) differ at baseline at "
+                         f"spatial FDR < {n.alpha}")  # fmt: skip
     return "\n".join(lines)

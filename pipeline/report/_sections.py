@@ -391,27 +391,56 @@ def _nhood_groups_called(tests: pd.DataFrame, alpha: float) -> str:
     return ", ".join(f"{n} {esc(g)}" for g, n in groups.items())
 
 
+def _families(tests: pd.DataFrame) -> list[str]:
+    """The families of neighbourhoods in tests.csv, PBMC first (tests.csv of a stage
+    version before 3 has no denominator: all PBMC)."""
+    if "denominator" not in tests:
+        return ["PBMC"]
+    return list(pd.unique(tests["denominator"].astype(str)))
+
+
+def _of(tests: pd.DataFrame, family: str) -> pd.DataFrame:
+    return tests if "denominator" not in tests else tests[tests["denominator"] == family]
+
+
+def _family_numbers(summary: dict, family: str) -> tuple[int, int, dict[str, int]]:
+    """A family's neighbourhoods, their size and the calls per contrast (summary.json)."""
+    if family == "PBMC":
+        return summary["n_nhoods"], summary["k"], summary.get("called", {})
+    lineage = summary["lineages"][family]
+    return lineage["n_nhoods"], lineage["k"], lineage.get("called", {})
+
+
 def neighbourhoods_headline(workdir: Workdir) -> str:
-    """One sentence for the key findings: neighbourhoods that differ at baseline."""
+    """One sentence for the key findings: neighbourhoods that differ at baseline, of all
+    cells and within each lineage."""
     files = workdir.neighbourhoods
     if not files.summary.exists():
         return ""
     summary = json.loads(files.summary.read_text())
     alpha = summary["alpha"]
-    n = summary.get("called", {}).get("response@month0")
-    if n is None:
-        return ""
     tests = pd.read_csv(files.tests)
-    base = tests[tests["contrast"] == "response@month0"]
-    where = _nhood_groups_called(base, alpha)
-    return (f"<p>Label-free (neighbourhoods of the kNN graph): {n} of {summary['n_nhoods']:,} "
-            f"neighbourhoods differ at baseline at spatial FDR &lt; {alpha:g}"
-            + (f" (by majority label: {where})" if where else "") + ".</p>")  # fmt: skip
+    sentences = []
+    for family in _families(tests):
+        n_nhoods, _, called = _family_numbers(summary, family)
+        n = called.get("response@month0")
+        if n is None:
+            continue
+        base = _of(tests, family)
+        where = _nhood_groups_called(base[base["contrast"] == "response@month0"], alpha)
+        scope = ("neighbourhoods of the kNN graph" if family == "PBMC" else
+                 f"neighbourhoods of the {family} cells, out of each sample's {family} cells")  # fmt: skip
+        sentences.append(f"{n} of {n_nhoods:,} {scope} differ at baseline at spatial FDR "
+                         f"&lt; {alpha:g}" + (f" (by majority label: {where})" if where else ""))  # fmt: skip
+    if not sentences:
+        return ""
+    return "<p>Label-free: " + "; ".join(sentences) + ".</p>"
 
 
 def neighbourhoods_section(workdir: Workdir, umap: np.ndarray) -> str:
-    """Label-free abundance: neighbourhoods called per contrast, a beeswarm of the
-    baseline estimates by majority label, and the neighbourhoods on the UMAP."""
+    """Label-free abundance: neighbourhoods called per contrast, and per family a
+    beeswarm of the baseline estimates by majority label and the neighbourhoods on the
+    UMAP."""
     from ..neighbourhoods import beeswarm_plot, nhood_umap_plot
 
     files = workdir.neighbourhoods
@@ -420,28 +449,50 @@ def neighbourhoods_section(workdir: Workdir, umap: np.ndarray) -> str:
     summary = json.loads(files.summary.read_text())
     alpha = summary["alpha"]
     tests = pd.read_csv(files.tests)
+    families = _families(tests)
+    calls = pd.DataFrame({"contrast": list(summary["called"])})
+    for family in families:
+        _, _, called = _family_numbers(summary, family)
+        calls[f"neighbourhoods ({family})"] = [called.get(c) for c in calls["contrast"]]
+    lineages = [f for f in families if f != "PBMC"]
     parts = [
         f"<p>{summary['n_nhoods']:,} neighbourhoods of {summary['k']} cells (an index cell "
         "and its nearest cells in the integrated embedding), each tested with the abundance "
-        "stage's GLMM and contrasts; spatial FDR as in Milo. They can find a shift inside a "
-        "labelled subset that the label-level tests above cannot see.</p>",
-        "<h3>Neighbourhoods at spatial FDR &lt; " + f"{alpha:g} per contrast</h3>",
-        table(pd.DataFrame({"contrast": list(summary["called"]),
-                            "neighbourhoods": list(summary["called"].values())})),
+        "stage's GLMM and contrasts out of the sample's QC-passed cells; spatial FDR as in "
+        "Milo. They can find a shift inside a labelled subset that the label-level tests "
+        "above cannot see.</p>",
     ]  # fmt: skip
-    base = tests[tests["contrast"] == "response@month0"]
-    if base["pvalue"].notna().any():
+    for family in lineages:
+        n_nhoods, k, _ = _family_numbers(summary, family)
+        by = summary["lineages"][family].get("integrated_by")
+        parts.append(
+            f"<p>{n_nhoods:,} neighbourhoods of {k} {esc(family)} cells, cut from the "
+            f"{esc(family)} cells alone"
+            + (f" after Harmony over {esc(by)} on their PCs" if by else "")
+            + f" and tested out of each sample's {esc(family)} cells (as the label-level "
+            f"tests with the {esc(family)} denominator): a shift within the {esc(family)} "
+            "cells is not diluted by their own variation between patients.</p>"
+        )  # fmt: skip
+    parts += ["<h3>Neighbourhoods at spatial FDR &lt; " + f"{alpha:g} per contrast</h3>",
+              table(calls)]  # fmt: skip
+    index = zarr_obs_column(files.nhoods, "index_cell")
+    for family in families:
+        base = _of(tests, family)
+        base = base[base["contrast"] == "response@month0"]
+        if not base["pvalue"].notna().any():
+            continue
+        title = "response@month0" + ("" if family == "PBMC" else f", within {family}")
         parts.append(figure(
-            beeswarm_plot(base, alpha=alpha, title="response@month0"),
+            beeswarm_plot(base, alpha=alpha, title=title),
             "Each point a neighbourhood, grouped by its majority label; coloured at spatial "
             f"FDR < {alpha:g}. Look for groups whose points lie on one side of 0, and for a "
             "coloured part of a group whose label-level test was not significant.",
         ))  # fmt: skip
-        index = zarr_obs_column(files.nhoods, "index_cell")
-        part = base.set_index("nhood").loc[np.arange(index.size)]
+        part = base.sort_values("nhood")
         parts.append(figure(
-            nhood_umap_plot(umap, umap[index], part["estimate"].to_numpy(),
-                            (part["spatial_fdr"] < alpha).to_numpy(), title="response@month0"),
+            nhood_umap_plot(umap, umap[index[part["nhood"].to_numpy()]],
+                            part["estimate"].to_numpy(),
+                            (part["spatial_fdr"] < alpha).to_numpy(), title=title),
             "Neighbourhoods at their index cells on the UMAP, coloured by the baseline log "
             "odds ratio when called (red: more in non-responders). Look for where the "
             "coloured ones sit relative to the labelled populations.",

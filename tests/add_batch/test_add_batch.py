@@ -29,7 +29,8 @@ from pipeline.cli import main
 from pipeline.commands import validate_workdir
 from pipeline.config import RunConfig, parse_config
 from pipeline.errors import ImmunoprofileError, InputError
-from pipeline.integrate import ModelFileError
+from pipeline.integrate import ModelFileError, map_to_reference
+from pipeline.neighbourhoods._lineage import lineage_embedding
 from pipeline.registry import STAGE_NAMES
 from pipeline.results import open_results
 from pipeline.simulate import SimulationResult
@@ -491,18 +492,42 @@ def test_the_batchs_cells_are_counted_into_the_cohorts_neighbourhoods(
     # the batch's counts, recomputed from its cells' embedding
     cohort = zarr.open_group(str(workdir / "cohort.zarr"), mode="r")
     layer = zarr.open_group(str(workdir / "batches" / BATCH / "cells.zarr"), mode="r")
-    x_cohort = np.asarray(cohort["obsm/X_pca_harmony"][...])
-    x_batch = np.asarray(layer["obsm/X_pca_harmony"][...])
     obs = ad.io.read_elem(layer["obs"])
-    index = x_cohort[after.obs["index_cell"].to_numpy()]
-    distance = np.sqrt(((x_batch[:, None, :] - index[None, :, :]) ** 2).sum(axis=2))
-    inside = (distance <= after.obs["kth_distance"].to_numpy()[None, :]) & obs["qc_pass"].to_numpy(
-        bool
-    )[:, None]
     sample = obs["sample_id"].astype(str).to_numpy()
-    for s in late:
-        np.testing.assert_array_equal(
-            np.asarray(after[:, s].X).ravel(), inside[sample == s].sum(axis=0)
-        )
+    family = after.obs["denominator"].astype(str).to_numpy()
+
+    def check(cols: np.ndarray, index: np.ndarray, x_batch: np.ndarray, cells: np.ndarray) -> None:
+        distance = np.sqrt(((x_batch[:, None, :] - index[None, :, :]) ** 2).sum(axis=2))
+        inside = (distance <= after.obs["kth_distance"].to_numpy()[cols][None, :]) & cells[:, None]
+        for s in late:
+            np.testing.assert_array_equal(
+                np.asarray(after[cols, s].X).ravel(), inside[sample == s].sum(axis=0)
+            )
+
+    pbmc = np.flatnonzero(family == "PBMC")
+    x_cohort = np.asarray(cohort["obsm/X_pca_harmony"][...])
+    check(pbmc, x_cohort[after.obs["index_cell"].to_numpy()[pbmc]],
+          np.asarray(layer["obsm/X_pca_harmony"][...]), obs["qc_pass"].to_numpy(bool))  # fmt: skip
+    # the B family: the batch's B cells mapped (Symphony) onto the Harmony over the
+    # cohort's patients of the cohort's B cells, and counted into the B neighbourhoods
+    cfg = _config(workdir, small_cohort.samplesheet)
+    cohort_obs = ad.io.read_elem(cohort["obs"])
+    rows = np.flatnonzero(cohort_obs["qc_pass"].to_numpy(bool)
+                          & (cohort_obs["lineage"].astype(str) == "B").to_numpy())  # fmt: skip
+    x_b, reference = lineage_embedding(
+        np.asarray(cohort["obsm/X_pca"][...])[rows],
+        cohort_obs["patient_id"].astype(str).to_numpy()[rows],
+        max_cells=cfg.integrate.harmony_max_cells, theta=cfg.integrate.harmony_theta,
+        max_iter=cfg.integrate.harmony_max_iter, seed=cfg.neighbourhoods.seed,
+    )  # fmt: skip
+    b_cols = np.flatnonzero(family == "B")
+    in_b = obs["qc_pass"].to_numpy(bool) & (obs["lineage"].astype(str) == "B").to_numpy()
+    points, _ = map_to_reference(np.asarray(layer["obsm/X_pca"][...])[in_b],
+                                 obs["patient_id"].astype(str).to_numpy()[in_b], reference)  # fmt: skip
+    mapped = np.zeros((len(obs), points.shape[1]))
+    mapped[in_b] = points
+    index_b = x_b[np.searchsorted(rows, after.obs["index_cell"].to_numpy()[b_cols])]
+    check(b_cols, index_b, mapped, in_b)
+    assert np.asarray(after[b_cols, late].X).sum() > 0  # the batch's B cells were counted
     tests = pd.read_csv(workdir / "neighbourhoods" / "tests.csv")
     assert len(tests) == len(pd.read_csv(analysed / "neighbourhoods" / "tests.csv"))

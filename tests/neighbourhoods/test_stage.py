@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 
 from pipeline import load_config
+from pipeline.graph import neighbours_of
 from pipeline.labels import B_SUBSETS, LINEAGES
 from pipeline.neighbourhoods import TEST_COLUMNS, majority_labels, make_neighbourhoods, spatial_fdr
+from pipeline.neighbourhoods import _lineage as lineage_module
 from pipeline.neighbourhoods import _run as nrun
+from pipeline.neighbourhoods._lineage import lineage_embedding, refined_positions
 
 from ..conftest import CommandRun, _main
 
@@ -28,6 +31,14 @@ def nhoods(analysed_small: CommandRun) -> ad.AnnData:
     return ad.read_zarr(analysed_small.workdir / "neighbourhoods" / "nhoods.zarr")
 
 
+def _family(nhoods: ad.AnnData, denominator: str) -> tuple[np.ndarray, np.ndarray]:
+    """One family's columns of nhoods.zarr and its member lists (neighbourhoods x k)."""
+    cols = np.flatnonzero(nhoods.obs["denominator"].astype(str).to_numpy() == denominator)
+    membership = nhoods.uns["membership"].tocsc()[:, cols]
+    k = int(nhoods.obs["size"].iloc[cols[0]])
+    return cols, membership.indices.reshape(cols.size, k)
+
+
 @pytest.fixture(scope="module")
 def cohort_obs(analysed_small: CommandRun) -> pd.DataFrame:
     return ad.read_zarr(analysed_small.workdir / "cohort.zarr").obs
@@ -40,8 +51,18 @@ def test_tests_follow_the_contract_one_row_per_neighbourhood_and_contrast(
     assert "neighbourhoods: " in analysed_small.run[1]
     assert list(tests_csv.columns) == list(TEST_COLUMNS)
     summary = json.loads((analysed_small.workdir / "neighbourhoods" / "summary.json").read_text())
-    assert summary["n_nhoods"] == nhoods.n_obs > 50
+    family = nhoods.obs["denominator"].astype(str)
+    assert summary["n_nhoods"] == (family == "PBMC").sum() > 50
+    assert list(summary["lineages"]) == ["B"]  # the default: B cells' own neighbourhoods
+    assert summary["lineages"]["B"]["n_nhoods"] == (family == "B").sum() > 10
+    assert summary["lineages"]["B"]["integrated_by"] == "patient_id"
+    assert list(pd.unique(family)) == ["PBMC", "B"]  # numbered one family after the other
+    np.testing.assert_array_equal(nhoods.obs["nhood"], np.arange(nhoods.n_obs))
     assert len(tests_csv) == nhoods.n_obs * len(summary["contrasts"])
+    np.testing.assert_array_equal(
+        tests_csv.drop_duplicates("nhood").set_index("nhood")["denominator"].sort_index(),
+        family.to_numpy(),
+    )
     assert set(tests_csv["contrast"]) == set(summary["contrasts"])
     assert "response@month0" in summary["contrasts"]
     # the processing batch (rotating over timepoints here) is adjusted for
@@ -68,13 +89,16 @@ def test_tests_follow_the_contract_one_row_per_neighbourhood_and_contrast(
     np.testing.assert_array_equal(base["pvalue"].isna(), explained)
     assert (tested["ci_low"] <= tested["estimate"]).all()
     assert (tested["estimate"] <= tested["ci_high"]).all()
-    for contrast, part in tests_csv.groupby("contrast"):
+    # the spatial FDR within one family and contrast
+    for (denominator, contrast), part in tests_csv.groupby(["denominator", "contrast"]):
         weights = nhoods.obs.set_index("nhood").loc[part["nhood"], "weight"].to_numpy()
         np.testing.assert_allclose(
             part["spatial_fdr"], spatial_fdr(part["pvalue"].to_numpy(), weights), equal_nan=True
         )
         called = int((part["spatial_fdr"] < summary["alpha"]).sum())
-        assert summary["called"].get(contrast, 0) == called
+        numbers = summary["called"] if denominator == "PBMC" else (
+            summary["lineages"][denominator]["called"])  # fmt: skip
+        assert numbers.get(contrast, 0) == called
 
 
 def test_counts_are_the_members_per_sample_and_index_cells_passed_qc(
@@ -82,8 +106,9 @@ def test_counts_are_the_members_per_sample_and_index_cells_passed_qc(
 ) -> None:
     membership = nhoods.uns["membership"].tocsc()
     assert membership.shape == (len(cohort_obs), nhoods.n_obs)
-    k = nhoods.uns["k"]
-    np.testing.assert_array_equal(np.diff(membership.indptr), k)
+    np.testing.assert_array_equal(np.diff(membership.indptr), nhoods.obs["size"])
+    pbmc = (nhoods.obs["denominator"] == "PBMC").to_numpy()
+    assert (nhoods.obs["size"][pbmc] == nhoods.uns["k"]).all()
     index = nhoods.obs["index_cell"].to_numpy()
     assert cohort_obs["qc_pass"].to_numpy()[index].all()
     assert (membership[index, np.arange(nhoods.n_obs)] == 1).all()
@@ -96,8 +121,14 @@ def test_counts_are_the_members_per_sample_and_index_cells_passed_qc(
         ids, n = np.unique(sample[cells], return_counts=True)
         expected[j, nhoods.var_names.get_indexer(ids)] = n
     np.testing.assert_array_equal(np.asarray(nhoods.X), expected)
-    passed = cohort_obs[cohort_obs["qc_pass"]]["sample_id"].astype(str).value_counts()
-    np.testing.assert_array_equal(nhoods.var["n_cells"], passed.reindex(nhoods.var_names))
+    passed = cohort_obs[cohort_obs["qc_pass"]]
+    sizes = passed["sample_id"].astype(str).value_counts()
+    np.testing.assert_array_equal(nhoods.var["n_cells"], sizes.reindex(nhoods.var_names))
+    # the B family: B cells only, out of each sample's QC-passed B cells
+    _, members = _family(nhoods, "B")
+    assert (cohort_obs["lineage"].astype(str).to_numpy()[members] == "B").all()
+    b = passed[passed["lineage"].astype(str) == "B"]["sample_id"].astype(str).value_counts()
+    np.testing.assert_array_equal(nhoods.var["n_cells_B"], b.reindex(nhoods.var_names).fillna(0))
 
 
 def _in_memory(config, workdir, cohort_obs: pd.DataFrame, k: int):
@@ -123,26 +154,67 @@ def test_the_workers_find_the_neighbourhoods_of_the_in_memory_kernel(
     in memory."""
     rows, hoods = _in_memory(analysed_small.config, analysed_small.workdir, cohort_obs,
                              int(nhoods.uns["k"]))  # fmt: skip
-    np.testing.assert_array_equal(nhoods.obs["index_cell"], rows[hoods.index_cells])
-    membership = nhoods.uns["membership"].tocsc()
-    members = membership.indices.reshape(nhoods.n_obs, -1)
+    cols, members = _family(nhoods, "PBMC")
+    np.testing.assert_array_equal(nhoods.obs["index_cell"].iloc[cols], rows[hoods.index_cells])
     np.testing.assert_array_equal(members, np.sort(rows[hoods.members], axis=1))
-    np.testing.assert_allclose(nhoods.obs["kth_distance"], hoods.kth_distance, rtol=1e-6)
+    np.testing.assert_allclose(nhoods.obs["kth_distance"].iloc[cols], hoods.kth_distance,
+                               rtol=1e-6)  # fmt: skip
+
+
+def test_the_b_family_is_cut_from_the_b_cells_integrated_over_patients(
+    analysed_small: CommandRun, nhoods: ad.AnnData, cohort_obs: pd.DataFrame
+) -> None:
+    """The B cells' own neighbourhoods: Harmony over the patients on the B cells' PCs,
+    refined sampling on their own kNN graph, each index cell's k nearest B cells; the
+    same as the kernels run here in memory."""
+    cfg = load_config(analysed_small.config)
+    cohort = ad.read_zarr(analysed_small.workdir / "cohort.zarr")
+    keep = cohort_obs["qc_pass"].to_numpy(dtype=bool)
+    rows = np.flatnonzero(keep & (cohort_obs["lineage"].astype(str).to_numpy() == "B"))
+    x, _ = lineage_embedding(
+        np.asarray(cohort.obsm["X_pca"])[rows], cohort_obs["patient_id"].astype(str).to_numpy()[rows],
+        max_cells=cfg.integrate.harmony_max_cells, theta=cfg.integrate.harmony_theta,
+        max_iter=cfg.integrate.harmony_max_iter, seed=cfg.neighbourhoods.seed,
+    )  # fmt: skip
+    cols, members = _family(nhoods, "B")
+    n_samples = nhoods.n_vars
+    k = nrun.lineage_neighbourhood_size(cfg, n_samples, rows.size)
+    assert members.shape[1] == k
+    g, n = cfg.graph, cfg.neighbourhoods
+    index = refined_positions(x, g.n_neighbors, prop=n.prop, seed=n.seed, most=n.max_index_cells,
+                              exact_knn_below=g.exact_knn_below, knn_seed=g.seed)  # fmt: skip
+    np.testing.assert_array_equal(nhoods.obs["index_cell"].iloc[cols], rows[index])
+    nn = neighbours_of(x, index, k, exact_knn_below=g.exact_knn_below, seed=g.seed)
+    np.testing.assert_array_equal(members, np.sort(rows[nn.indices], axis=1))
+    np.testing.assert_allclose(nhoods.obs["kth_distance"].iloc[cols], nn.distances[:, -1],
+                               rtol=1e-5)  # fmt: skip
+    # integrated over the patients: a B neighbourhood draws on more patients than one of
+    # the graph's embedding with the same index cells and k would
+    raw = np.asarray(cohort.obsm[cfg.graph.use_rep])[rows]
+    raw_nn = neighbours_of(raw, index, k, exact_knn_below=g.exact_knn_below, seed=g.seed)
+    patient = cohort_obs["patient_id"].astype(str).to_numpy()[rows]
+
+    def spread(ids: np.ndarray) -> float:  # mean over neighbourhoods of the largest patient share
+        return float(np.mean([pd.Series(patient[r]).value_counts(normalize=True).iloc[0]
+                              for r in ids]))  # fmt: skip
+
+    assert spread(nn.indices) < spread(raw_nn.indices)
 
 
 def test_majority_labels_are_those_of_the_members(
     nhoods: ad.AnnData, cohort_obs: pd.DataFrame
 ) -> None:
-    membership = nhoods.uns["membership"].tocsc()
-    members = membership.indices.reshape(nhoods.n_obs, -1)
-    for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS)):
-        codes = pd.Categorical(cohort_obs[level].astype(object), categories=list(vocabulary))
-        best, share = majority_labels(
-            members, np.asarray(codes.codes, dtype=np.int64), len(vocabulary)
-        )
-        names = np.array([*vocabulary, ""], dtype=object)[best]
-        np.testing.assert_array_equal(nhoods.obs[level].astype(object).fillna("").to_numpy(), names)
-        np.testing.assert_allclose(nhoods.obs[f"{level}_fraction"], share)
+    for family in ("PBMC", "B"):
+        cols, members = _family(nhoods, family)
+        obs = nhoods.obs.iloc[cols]
+        for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS)):
+            codes = pd.Categorical(cohort_obs[level].astype(object), categories=list(vocabulary))
+            best, share = majority_labels(
+                members, np.asarray(codes.codes, dtype=np.int64), len(vocabulary)
+            )
+            names = np.array([*vocabulary, ""], dtype=object)[best]
+            np.testing.assert_array_equal(obs[level].astype(object).fillna("").to_numpy(), names)
+            np.testing.assert_allclose(obs[f"{level}_fraction"], share)
     b = nhoods.obs[nhoods.obs["lineage"] == "B"]
     assert len(b) > 0 and (b["b_subset"] != "").all()
 
@@ -161,6 +233,9 @@ def test_the_stage_is_seeded_and_a_rerun_skips_it(
     # (the membership written block by block): the same results
     monkeypatch.setattr(nrun, "SHARD_CELLS", 500)
     monkeypatch.setattr(nrun, "BLOCK_ENTRIES", 7 * int(nhoods.uns["k"]))
+    b_size = int(nhoods.obs.loc[nhoods.obs["denominator"] == "B", "size"].iloc[0])
+    monkeypatch.setattr(lineage_module, "BLOCK_ENTRIES", 5 * b_size)
+    monkeypatch.setattr(lineage_module, "REFINE_CELLS", 9)
     code, out, err = _main([*args, "--until", "neighbourhoods", "--force", "neighbourhoods"])
     assert code == 0, err
     again = pd.read_csv(workdir / "neighbourhoods" / "tests.csv")
@@ -168,7 +243,7 @@ def test_the_stage_is_seeded_and_a_rerun_skips_it(
     rerun = ad.read_zarr(workdir / "neighbourhoods" / "nhoods.zarr")
     assert (rerun.uns["membership"] != nhoods.uns["membership"]).nnz == 0
     np.testing.assert_array_equal(rerun.X, nhoods.X)
-    assert not (workdir / "neighbourhoods" / "members.tmp.zarr").exists()
+    assert not list((workdir / "neighbourhoods").glob("members*.tmp.zarr"))
 
 
 def test_a_cap_on_the_index_cells_bounds_the_neighbourhoods(
@@ -186,10 +261,14 @@ def test_a_cap_on_the_index_cells_bounds_the_neighbourhoods(
     assert "neighbourhoods: unchanged" not in out  # the parameter is in the stage's digest
     capped = ad.read_zarr(workdir / "neighbourhoods" / "nhoods.zarr")
     summary = json.loads((workdir / "neighbourhoods" / "summary.json").read_text())
-    assert summary["max_index_cells"] == 40 and summary["n_nhoods"] == capped.n_obs
-    assert 10 <= capped.n_obs <= 40  # refined sampling merges some of the 40 candidates
+    assert summary["max_index_cells"] == 40
+    assert summary["n_nhoods"] == (capped.obs["denominator"] == "PBMC").sum()
+    pbmc = int((capped.obs["denominator"] == "PBMC").sum())
+    assert 10 <= pbmc <= 40  # refined sampling merges some of the 40 candidates
     rows, hoods = _in_memory(config, workdir, cohort_obs, int(capped.uns["k"]))
-    np.testing.assert_array_equal(capped.obs["index_cell"], rows[hoods.index_cells])
+    cols, _ = _family(capped, "PBMC")
+    np.testing.assert_array_equal(capped.obs["index_cell"].iloc[cols], rows[hoods.index_cells])
+    assert summary["lineages"]["B"]["n_nhoods"] <= 40  # the cap holds for each family
     tests = pd.read_csv(workdir / "neighbourhoods" / "tests.csv")
     assert tests["nhood"].nunique() == capped.n_obs
 
@@ -199,6 +278,11 @@ def test_the_report_shows_the_neighbourhoods(analysed_small: CommandRun) -> None
     section = html.split('<section id="neighbourhoods">')[1].split("</section>")[0]
     summary = json.loads((analysed_small.workdir / "neighbourhoods" / "summary.json").read_text())
     assert f"{summary['n_nhoods']:,} neighbourhoods of {summary['k']} cells" in section
-    assert section.count("<img") == 2  # the beeswarm and the UMAP
+    b = summary["lineages"]["B"]
+    assert f"{b['n_nhoods']:,} neighbourhoods of {b['k']} B cells" in section
+    assert section.count("<img") == 4  # per family: the beeswarm and the UMAP
     findings = html.split('<section id="findings">')[1].split("</section>")[0]
     assert f"{summary['called']['response@month0']} of {summary['n_nhoods']:,}" in findings
+    assert (
+        f"{b['called']['response@month0']} of {b['n_nhoods']:,} neighbourhoods of the B" in findings
+    )
