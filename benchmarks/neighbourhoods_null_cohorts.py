@@ -93,8 +93,10 @@ def summarise(tests: pd.DataFrame, alpha: float) -> list[dict]:
 def summarise_runs(path: Path, plot: Path | None) -> None:
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     rows = [
-        {"seed": line["seed"], "k": line["k"], **c} for line in lines for c in line["contrasts"]
-    ]
+        {"seed": line["seed"], **c,
+         "k": line.get("k_lineages", {}).get(c.get("denominator"), line["k"])}
+        for line in lines for c in line["contrasts"]
+    ]  # fmt: skip
     table = pd.DataFrame(rows)
     if "denominator" not in table:
         table["denominator"] = "PBMC"

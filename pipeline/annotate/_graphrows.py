@@ -86,7 +86,7 @@ def _(graph: MemberGraph, vote: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     stored = zarr.open_array(graph.source.store, path=f"{graph.source.element}/data", mode="r")
     dtype = stored.dtype if np.issubdtype(stored.dtype, np.floating) else np.float64
     vote = vote.astype(dtype, copy=False)
-    shared = client.scatter({"position": position, "vote": vote}, broadcast=True)
+    shared = client.scatter({"position": position, "vote": vote}, broadcast=True, hash=False)
     del position
     futures = [
         client.submit(_block_mean, graph.source, rows[a : a + graph.block_cells],

@@ -82,7 +82,7 @@ def annotate_query(
     models = {level: stored_model(record[level], markers, level, symbols) for level in LEVELS}
     gene_to_feature = sp.hstack([models[level][2].matrix for level in LEVELS], format="csr")
     keep = np.asarray(keep, dtype=bool)
-    mapping = client.scatter(gene_to_feature, broadcast=True)
+    mapping = client.scatter(gene_to_feature, broadcast=True, hash=False)
     parts = [
         dask.delayed(_feature_counts)(c.block, keep[c.rows], mapping) for c in cell_chunks(cells.X)
     ]

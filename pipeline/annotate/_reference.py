@@ -188,7 +188,7 @@ def transfer_labels(
     first = pd.Series(np.arange(len(symbols)), index=symbols)
     first = first[~first.index.duplicated()]
     genes = first.loc[classifier.genes].to_numpy()
-    clf = client.scatter(classifier, broadcast=True)
+    clf = client.scatter(classifier, broadcast=True, hash=False)
     tasks, positions = [], []
     for c in cell_chunks(cohort.X):
         rows = np.flatnonzero(cells[c.rows])

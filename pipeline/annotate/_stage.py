@@ -203,7 +203,7 @@ def annotate_cohort(
     gene_to_feature = sp.hstack([fmaps[level].matrix for level in LEVELS], format="csr")
     chunks = cell_chunks(cohort.X)
     keep = np.asarray(keep, dtype=bool)
-    mapping = client.scatter(gene_to_feature, broadcast=True)
+    mapping = client.scatter(gene_to_feature, broadcast=True, hash=False)
     futures = client.compute(
         [dask.delayed(_feature_counts)(c.block, keep[c.rows], mapping) for c in chunks]
     )
@@ -239,7 +239,7 @@ def annotate_cohort(
             return sp.vstack(client.gather(parts), format="csr")
 
         def scored(model: MarkerModel) -> np.ndarray:
-            model_f = client.scatter(model, broadcast=True)
+            model_f = client.scatter(model, broadcast=True, hash=False)
             post = [
                 client.submit(_posteriors, fut, loc, cols, size[r[loc]], model_f, pure=False)
                 for fut, loc, r in zip(futures, local, kept_rows, strict=True)

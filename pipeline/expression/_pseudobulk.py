@@ -91,7 +91,7 @@ def pseudobulk_counts(
     wanted = {sid: r for sid, r in rows.items() if (codes[r] >= 0).any()}
     if not wanted:
         return out
-    shared = client.scatter(pd.Index(genes), broadcast=True)
+    shared = client.scatter(pd.Index(genes), broadcast=True, hash=False)
     futures = [client.submit(_sample_sums, stores[str(sid)], shared, codes[r], pure=False)
                for sid, r in wanted.items()]  # fmt: skip
     for future in as_completed(futures):

@@ -272,7 +272,7 @@ def run_expression(ctx: StageContext) -> str:
 
     def submit(job: tuple[float, str, str, Any, np.ndarray, np.ndarray]) -> Any:
         _, level, cell_type, fit, fit_rows, keep_genes = job
-        data = client.scatter(sums[np.ix_(fit_rows, np.flatnonzero(keep_genes))])
+        data = client.scatter(sums[np.ix_(fit_rows, np.flatnonzero(keep_genes))], hash=False)
         future = client.submit(fit_deseq2, data, list(genes[keep_genes]), fit, pure=False)
         # the scattered counts are held until the fit is done: dropped before the task
         # ran, the fit could be cancelled ("reason: unknown", seen with distributed 2025.1)

@@ -119,7 +119,7 @@ def load_shards(
         train = read_rows(store, element, rows[ivf_training_rows(rows.size, seed)])
         fitted = ivf_centroids(train, n_lists_for(rows.size), seed)
         del train
-        centroids = client.scatter(fitted, broadcast=True)
+        centroids = client.scatter(fitted, broadcast=True, hash=False)
     points = [client.submit(read_rows, store, element, rows[a:b]) for a, b in bounds]
     coarse = [client.submit(coarse_block, p, centroids, probes) for p in points]
     return Shards(bounds, points, coarse, centroids)
@@ -184,7 +184,7 @@ def _rounds(client, nn: list[Any], task, state: np.ndarray, *args: Any, max_roun
     no block fills anything (as `place_by_neighbors` and `transfer_by_neighbors`)."""
     state = state.copy()
     for _ in range(max_rounds):
-        shared = client.scatter(state, broadcast=True)
+        shared = client.scatter(state, broadcast=True, hash=False)
         results = client.gather([client.submit(task, b, shared, *args) for b in nn])
         del shared
         changed = False
@@ -236,7 +236,7 @@ def build_graph_on_workers(
     ]
     distances = [client.submit(operator.attrgetter("distances"), g) for g in graphs]
     del graphs, parts
-    kept = client.scatter(rows)
+    kept = client.scatter(rows, hash=False)
     firsts = [0, *(int(rows[a]) for a, _ in bounds[1:])]
     lazy_distances = _lazy_csr(client, distances, kept, firsts, n)
     lazy_connectivities = _lazy_csr(client, union, kept, firsts, n)
@@ -265,7 +265,7 @@ def build_graph_on_workers(
     else:
         assert whole is not None
         leiden_graph = _gather_graph(client, whole)
-    scattered = client.scatter(leiden_graph)
+    scattered = client.scatter(leiden_graph, hash=False)
     leiden = client.submit(timed_leiden, scattered, resolutions, seed, pure=False)
     del leiden_graph
 

@@ -58,7 +58,7 @@ def encode_cells(
     loads it once; its files are checked against their recorded hashes first, here and
     in every task)."""
     model.check()
-    shared = client.scatter(model, broadcast=True)
+    shared = client.scatter(model, broadcast=True, hash=False)
     chunks = cell_chunks(cells.X)
     parts = [
         dask.delayed(_encode_block)(c.block, keep[c.rows], batch[c.rows], hvg, shared)

@@ -173,7 +173,7 @@ def _find(ctx: StageContext, element: str, rows: np.ndarray, k: int, sample_code
     zarr.create_array(str(members_path), shape=(index_rows.size, k), chunks=(block, k),
                       dtype="int32")  # fmt: skip
     held = client.scatter(
-        {"rows": rows, "samples": sample_codes, **label_codes}, broadcast=True
+        {"rows": rows, "samples": sample_codes, **label_codes}, broadcast=True, hash=False
     )  # held until the tasks that use them are done
     vocabularies = {"lineage": len(LINEAGES), "b_subset": len(B_SUBSETS)}
     labels = {level: (held[level], size) for level, size in vocabularies.items()}

@@ -120,7 +120,7 @@ def _permutations(
             for (_, k), s in zip(chunks, seeds, strict=True)
         ]
     else:
-        [xs, ys] = client.scatter([x, y], broadcast=True)
+        [xs, ys] = client.scatter([x, y], broadcast=True, hash=False)
         futures = [client.submit(permutation_aucs, xs, ys, settings, k, seed=s, pure=False)
                    for (_, k), s in zip(chunks, seeds, strict=True)]  # fmt: skip
         parts = client.gather(futures)

@@ -63,7 +63,7 @@ def _projection_tasks(
     loadings: PcaLoadings,
     target_sum: float,
 ) -> list[Any]:
-    components = client.scatter(loadings.components, broadcast=True)
+    components = client.scatter(loadings.components, broadcast=True, hash=False)
     return [
         dask.delayed(project)(
             c.block,
@@ -166,7 +166,7 @@ def preprocess_cohort(
     else:
         moments = {b: m for b, m in moments.items() if b not in small}
     reg_std, clip = clip_values(moments, n_batches, params.hvg_span)
-    clip_f = client.scatter(clip, broadcast=True)
+    clip_f = client.scatter(clip, broadcast=True, hash=False)
     parts = [
         dask.delayed(clipped_moments)(c.block, batch[c.rows], keep[c.rows], clip_f) for c in chunks
     ]

@@ -172,7 +172,9 @@ def _submit(
     """One task per sample (sample ``i`` of ``order`` seeded ``params.seed + seed_offset +
     i``); its result stays on the worker."""
     gene_set = gene_sets(var["gene_symbols"].to_numpy())
-    genes = None if uniform_genes else client.scatter(pd.Index(var.index), broadcast=True)
+    genes = (
+        None if uniform_genes else client.scatter(pd.Index(var.index), broadcast=True, hash=False)
+    )
     return [
         client.submit(
             _qc_sample_task,

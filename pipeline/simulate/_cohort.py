@@ -270,9 +270,9 @@ def simulate_cohort(
     todo = [s for s in design.samples if not _is_complete(out, s, cfg.format)]
     results: list[dict[str, Any]] = []
     if todo:
-        model_f = client.scatter(model, broadcast=True)
-        factor_f = [client.scatter(f, broadcast=True) for f in factors]
-        shifts_f = client.scatter(shifts, broadcast=True)
+        model_f = client.scatter(model, broadcast=True, hash=False)
+        factor_f = [client.scatter(f, broadcast=True, hash=False) for f in factors]
+        shifts_f = client.scatter(shifts, broadcast=True, hash=False)
         run = uuid.uuid4().hex[:8]  # fresh keys: never reuse an earlier call's result
         futures = [
             client.submit(
