@@ -184,6 +184,13 @@ class NeighbourhoodsConfig(FrozenModel):
         "cut: each patient's cells of a subset otherwise sit apart, and a neighbourhood "
         "holds a few patients' cells (docs/benchmarks.md); null: the graph's embedding",
     )
+    lineage_harmony_max_cells: int = Field(
+        30_000,
+        ge=1000,
+        description="above this many cells of a lineage, its Harmony is fitted on a "
+        "subsample stratified by the integrate_by key and the other cells are corrected by "
+        "the fitted model, in chunks: the driver's memory stays that of the fit",
+    )
     lineage_max_share: float = Field(
         0.01,
         gt=0,

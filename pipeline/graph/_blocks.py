@@ -26,10 +26,28 @@ from ._knn import NPROBE, distance_rows, self_first
 
 
 def read_rows(store: str, element: str, rows: np.ndarray) -> np.ndarray:
-    """Rows of a cohort.zarr array (ascending ``rows``) as contiguous float32."""
+    """Rows of a cohort.zarr array (any order; ascending is read as is) as contiguous
+    float32, a chunk of rows at a time: zarr decodes every chunk a selection touches at
+    once (the neighbours of a few thousand cells touch every chunk of a million cells'
+    embedding: 0.3 GiB at a time instead of 0.07, as fast)."""
     array = zarr.open_array(store, path=element, mode="r")
-    x = array.get_orthogonal_selection((np.asarray(rows, dtype=np.int64), slice(None)))
-    return np.ascontiguousarray(x, dtype=np.float32)
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= array.shape[0]):
+        msg = f"{store}/{element}: rows {rows.min()}..{rows.max()} outside 0..{array.shape[0] - 1}"
+        raise IndexError(msg)
+    if rows.size > 1 and (np.diff(rows) < 0).any():  # read in order, returned as asked
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((rows.size, *array.shape[1:]), dtype=np.float32)
+        out[order] = read_rows(store, element, rows[order])
+        return out
+    out = np.empty((rows.size, *array.shape[1:]), dtype=np.float32)
+    size = array.chunks[0]
+    edges = np.searchsorted(rows, np.arange(0, array.shape[0] + size, size))
+    rest = (slice(None),) * (array.ndim - 1)
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        if b > a:
+            out[a:b] = array.get_orthogonal_selection((rows[a:b], *rest))
+    return out
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,20 @@ def coarse_block(
     if not probes:
         return Coarse(lists, found[:, :0], distances[:, :0])
     return Coarse(lists, found, distances)
+
+
+def coarse_stored(
+    store: str,
+    element: str,
+    kept: np.ndarray,
+    bounds: tuple[int, int],
+    centroids: np.ndarray | None,
+    probes: bool = True,
+) -> Coarse | None:
+    """`coarse_block` of the block ``bounds`` (positions among the ``kept`` cells, whose
+    rows of ``element`` it reads from ``store``)."""
+    a, b = bounds
+    return coarse_block(read_rows(store, element, kept[a:b]), centroids, probes)
 
 
 Found = tuple[np.ndarray, np.ndarray]  # (ids int64, squared distances float32), queries x k
@@ -113,6 +145,25 @@ def search_shard(
         found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
         squared = np.pad(squared, ((0, 0), (0, pad)), constant_values=np.inf)
     return _nearest((found, squared), k)
+
+
+def search_stored(
+    queries: np.ndarray,
+    coarse: Coarse | None,
+    store: str,
+    element: str,
+    kept: np.ndarray,
+    bounds: tuple[int, int],
+    shard: Coarse | None,
+    centroids: np.ndarray | None,
+    k: int,
+    previous: Found | None,
+) -> Found:
+    """`search_shard` of the block ``bounds`` (positions among the ``kept`` cells, whose
+    rows of ``element`` it reads from ``store``)."""
+    a, b = bounds
+    points = read_rows(store, element, kept[a:b])
+    return search_shard(queries, coarse, points, shard, a, centroids, k, previous)
 
 
 def short_rows(found: Found) -> np.ndarray:

@@ -27,6 +27,7 @@ from ..store import LazyCSR
 from ._blocks import (
     BlockNeighbors,
     coarse_block,
+    coarse_stored,
     cohort_rows,
     distance_sum,
     finish_block,
@@ -36,6 +37,7 @@ from ._blocks import (
     read_rows,
     replace_rows,
     search_shard,
+    search_stored,
     short_rows,
     transpose_parts,
     union_block,
@@ -70,9 +72,10 @@ class Shards:
     them on the same cells)."""
 
     bounds: list[tuple[int, int]]  # positions among the kept cells
-    points: list[Any]
+    points: list[Any]  # futures; or [] (``stored``): each search step reads its block
     coarse: list[Any]
     centroids: Any  # a future, or None: exact search
+    stored: tuple[str, str, Any] | None = None  # (store, element, kept rows' future)
 
     @property
     def exact(self) -> bool:
@@ -80,10 +83,14 @@ class Shards:
 
     def _chain(self, client: Any, queries: Any, coarse: Any, k: int, centroids: Any) -> Any:
         found = None
-        for (a, _), points, shard in zip(self.bounds, self.points, self.coarse, strict=True):
-            found = client.submit(
-                search_shard, queries, coarse, points, shard, a, centroids, k, found
-            )
+        for i, ((a, b), shard) in enumerate(zip(self.bounds, self.coarse, strict=True)):
+            if self.stored is None:
+                found = client.submit(search_shard, queries, coarse, self.points[i], shard, a,
+                                      centroids, k, found)  # fmt: skip
+            else:
+                store, element, kept = self.stored
+                found = client.submit(search_stored, queries, coarse, store, element, kept,
+                                      (a, b), shard, centroids, k, found)  # fmt: skip
         return found
 
     def search(self, client: Any, queries: list[Any], k: int, coarse: list[Any] | None = None):
@@ -108,11 +115,14 @@ class Shards:
 
 def load_shards(
     client: Any, store: str, element: str, rows: np.ndarray, *, exact_knn_below: int,
-    seed: int, block_cells: int = BLOCK_CELLS, probes: bool = False,
+    seed: int, block_cells: int = BLOCK_CELLS, probes: bool = False, resident: bool = True,
 ) -> Shards:  # fmt: skip
     """Read the embedding rows ``rows`` (the kept cells, ascending) onto the workers in
     blocks of ``block_cells``; with ``probes`` each block's `coarse_block` keeps its
-    cells' probes too (the blocks are then their own queries, as in the graph)."""
+    cells' probes too (the blocks are then their own queries, as in the graph). Not
+    ``resident``: only the blocks' lists stay on the workers (4-8 bytes a cell, not the
+    embedding's 200) and each search step reads its block again (~0.1 s for 150k cells
+    of 50 dimensions): the workers' memory does not grow with the cells."""
     bounds = [(a, min(a + block_cells, rows.size)) for a in range(0, rows.size, block_cells)]
     centroids = None
     if rows.size >= exact_knn_below:
@@ -120,9 +130,14 @@ def load_shards(
         fitted = ivf_centroids(train, n_lists_for(rows.size), seed)
         del train
         centroids = client.scatter(fitted, broadcast=True, hash=False)
-    points = [client.submit(read_rows, store, element, rows[a:b]) for a, b in bounds]
-    coarse = [client.submit(coarse_block, p, centroids, probes) for p in points]
-    return Shards(bounds, points, coarse, centroids)
+    if resident:
+        points = [client.submit(read_rows, store, element, rows[a:b]) for a, b in bounds]
+        coarse = [client.submit(coarse_block, p, centroids, probes) for p in points]
+        return Shards(bounds, points, coarse, centroids)
+    kept = client.scatter(rows, broadcast=True, hash=False)
+    coarse = [client.submit(coarse_stored, store, element, kept, bound, centroids, probes)
+              for bound in bounds]  # one block read at a time, not all before their lists
+    return Shards(bounds, [], coarse, centroids, (store, element, kept))
 
 
 def _neighbours(client, store, element, rows, params, block_cells) -> tuple[list[Any], Shards]:

@@ -27,11 +27,12 @@ import numpy as np
 import zarr
 
 from ..graph import neighbour_blocks
-from ..integrate import HarmonyReference, harmony_embedding
+from ..integrate import HarmonyResult, harmony_embedding
 from ._kernels import draw_cells, majority_labels, nearest_to_median, sample_counts
 
 REFINE_CELLS = 10_000  # sampled cells refined at a time
 BLOCK_ENTRIES = 2_500_000  # neighbourhoods x k searched at a time (~30 MB of results)
+CORRECT_CELLS = 10_000  # cells beyond Harmony's fit corrected at a time
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,15 @@ def lineage_embedding(
     theta: float,
     max_iter: int,
     seed: int,
-) -> tuple[np.ndarray, HarmonyReference]:
+) -> HarmonyResult:
     """Harmony on a lineage's PCs over ``key`` (each cell's patient or sample): the
-    corrected embedding (float32) and the reference new cells are mapped onto."""
+    corrected embedding (float32), the reference new cells are mapped onto and the cells
+    it was fitted on (above ``max_cells`` a subsample stratified by ``key``, the rest
+    corrected by the fitted model ``CORRECT_CELLS`` at a time)."""
     result = harmony_embedding(np.asarray(pcs, dtype=np.float64), np.asarray(key).astype(str),
-                               max_cells=max_cells, theta=theta, max_iter=max_iter, seed=seed)  # fmt: skip
-    return result.embedding, result.reference
+                               max_cells=max_cells, theta=theta, max_iter=max_iter, seed=seed,
+                               chunk_cells=CORRECT_CELLS)  # fmt: skip
+    return result
 
 
 def refined_positions(

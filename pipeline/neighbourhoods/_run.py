@@ -32,6 +32,7 @@ from ..errors import ImmunoprofileError
 from ..graph import BLOCK_CELLS, load_shards, read_rows
 from ..integrate import map_to_reference
 from ..labels import B_SUBSETS, DESIGN_COLUMNS, LINEAGES
+from ..runtime import release_memory
 from ..workdir import Workdir
 from ._kernels import Neighbourhoods, draw_cells, members_within, spatial_fdr
 from ._lineage import lineage_embedding, lineage_neighbourhoods
@@ -47,7 +48,7 @@ from ._tasks import (
 if TYPE_CHECKING:
     from ..stages import StageContext
 
-SHARD_CELLS = BLOCK_CELLS  # kept cells per block of the embedding on the workers
+SHARD_CELLS = 100_000  # kept cells per block of the embedding a search step reads
 
 OBS_COLUMNS = (*DESIGN_COLUMNS, "qc_pass", "lineage", "b_subset")
 TEST_COLUMNS = ("nhood", "denominator", "index_cell", "lineage", "lineage_fraction", "b_subset",
@@ -138,7 +139,7 @@ def _fit_all(ctx: StageContext, counts: np.ndarray, totals: np.ndarray, design) 
     return ChunkFits(**stacked, fits=pd.concat([p.fits for p in parts], ignore_index=True))
 
 
-REFINE_CELLS = 10_000  # sampled cells refined per task
+REFINE_CELLS = 2_500  # sampled cells refined per task (~60 MB of their neighbours' points)
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,10 @@ def _find(ctx: StageContext, element: str, rows: np.ndarray, k: int, sample_code
                for s in range(0, sampled.size, REFINE_CELLS)]  # fmt: skip
     index_rows = np.unique(np.concatenate(client.gather(refined)))
     del refined
+    client.run(release_memory)  # the refinement's heap, before the blocks are read
     positions = np.searchsorted(rows, index_rows)
     shards = load_shards(client, store, element, rows, exact_knn_below=g.exact_knn_below,
-                         seed=g.seed, block_cells=SHARD_CELLS)  # fmt: skip
+                         seed=g.seed, block_cells=SHARD_CELLS, resident=False)  # fmt: skip
     exact = shards.exact
     block = max(1, BLOCK_ENTRIES // k)
     zarr.create_array(str(members_path), shape=(index_rows.size, k), chunks=(block, k),
@@ -177,18 +179,25 @@ def _find(ctx: StageContext, element: str, rows: np.ndarray, k: int, sample_code
     )  # held until the tasks that use them are done
     vocabularies = {"lineage": len(LINEAGES), "b_subset": len(B_SUBSETS)}
     labels = {level: (held[level], size) for level, size in vocabularies.items()}
-    starts = range(0, index_rows.size, block)
-    queries = [client.submit(read_rows, store, element, index_rows[s : s + block]) for s in starts]
-    found = shards.search(client, queries, k)
-    del shards, queries
-    futures = [
-        client.submit(nhood_block, f, s, positions[s : s + block], held["rows"], held["samples"],
-                      n_samples, labels, str(members_path), pure=False)
-        for f, s in zip(found, starts, strict=True)
-    ]  # fmt: skip
-    del found
-    blocks = client.gather(futures)
-    del futures, held, labels
+    starts = list(range(0, index_rows.size, block))
+    wave = max(2, 2 * sum(client.nthreads().values()))
+    blocks = []
+    for first in range(0, len(starts), wave):  # a few blocks' results in memory at a time
+        mine = starts[first : first + wave]
+        queries = [client.submit(read_rows, store, element, index_rows[s : s + block])
+                   for s in mine]  # fmt: skip
+        found = shards.search(client, queries, k)
+        del queries
+        futures = [
+            client.submit(nhood_block, f, s, positions[s : s + block], held["rows"],
+                          held["samples"], n_samples, labels, str(members_path), pure=False)
+            for f, s in zip(found, mine, strict=True)
+        ]  # fmt: skip
+        del found
+        blocks.extend(client.gather(futures))
+        del futures
+    del shards, held, labels
+    client.run(release_memory)  # the blocks' and the search's heap, before the fits
     columns = {}
     for level, vocabulary in (("lineage", LINEAGES), ("b_subset", B_SUBSETS)):
         best = np.concatenate([b.labels[level][0] for b in blocks])
@@ -274,14 +283,16 @@ def _lineage_family(ctx: StageContext, lineage: str, obs: pd.DataFrame, keep: np
     def labels_of(at: np.ndarray) -> np.ndarray:  # no per-cell strings of every cell
         return column.iloc[at].astype(str).to_numpy()
 
-    reference = None
+    reference, notes = None, {}
     if key is not None and pd.unique(labels_of(rows)).size > 1:
-        x, reference = lineage_embedding(
+        harmony = lineage_embedding(
             read_rows(store, "obsm/X_pca", rows), labels_of(rows),
-            max_cells=cfg.integrate.harmony_max_cells, theta=cfg.integrate.harmony_theta,
+            max_cells=n.lineage_harmony_max_cells, theta=cfg.integrate.harmony_theta,
             max_iter=cfg.integrate.harmony_max_iter, seed=n.seed,
         )  # fmt: skip
-        used = key
+        x, reference, used = harmony.embedding, harmony.reference, key
+        notes["harmony_fitted_cells"] = harmony.n_fitted
+        del harmony
     else:
         x = np.ascontiguousarray(read_rows(store, f"obsm/{cfg.graph.use_rep}", rows),
                                  dtype=np.float32)  # fmt: skip
@@ -313,7 +324,7 @@ def _lineage_family(ctx: StageContext, lineage: str, obs: pd.DataFrame, keep: np
         denominator=lineage, k=k, n_cells=int(rows.size), exact=found.exact,
         index_rows=rows[found.index_positions], kth_distance=found.kth_distance,
         counts=counts, labels=_label_frame(found.labels), totals=totals,
-        members_path=members_path, extra=extra, notes={"integrated_by": used},
+        members_path=members_path, extra=extra, notes={"integrated_by": used, **notes},
     )  # fmt: skip
 
 
@@ -451,6 +462,7 @@ def run_neighbourhoods(ctx: StageContext) -> str:
             else:
                 families.append(family)
         del label_codes
+        release_memory()  # the lineages' Harmony and search
         lap("lineages")
         nhoods, all_counts, fits_parts, offset = [], [], [], 0
         for family in families:
@@ -461,6 +473,7 @@ def run_neighbourhoods(ctx: StageContext) -> str:
             all_counts.append(family.counts)
             fits_parts.append((family, table, fits))
             offset += len(table)
+        ctx.cluster.run(release_memory)  # the fits' heap (the workers are done)
         lap("fits")
         called: dict[str, dict[str, int]] = {}
         baseline: dict[str, pd.DataFrame] = {}

@@ -19,7 +19,7 @@ import zarr
 from ..graph import read_rows, self_first
 from ._kernels import graph_rows_with_self, majority_labels, nearest_to_median, sample_counts
 
-BLOCK_ENTRIES = 2_500_000  # neighbourhoods x k per search task (~30 MB of results)
+BLOCK_ENTRIES = 1_000_000  # neighbourhoods x k per search task (~12 MB of results)
 
 
 def _unique_rows(store: str, element: str, cells: np.ndarray) -> np.ndarray:

@@ -514,12 +514,14 @@ def test_the_batchs_cells_are_counted_into_the_cohorts_neighbourhoods(
     cohort_obs = ad.io.read_elem(cohort["obs"])
     rows = np.flatnonzero(cohort_obs["qc_pass"].to_numpy(bool)
                           & (cohort_obs["lineage"].astype(str) == "B").to_numpy())  # fmt: skip
-    x_b, reference = lineage_embedding(
+    harmony = lineage_embedding(
         np.asarray(cohort["obsm/X_pca"][...])[rows],
         cohort_obs["patient_id"].astype(str).to_numpy()[rows],
-        max_cells=cfg.integrate.harmony_max_cells, theta=cfg.integrate.harmony_theta,
-        max_iter=cfg.integrate.harmony_max_iter, seed=cfg.neighbourhoods.seed,
+        max_cells=cfg.neighbourhoods.lineage_harmony_max_cells,
+        theta=cfg.integrate.harmony_theta, max_iter=cfg.integrate.harmony_max_iter,
+        seed=cfg.neighbourhoods.seed,
     )  # fmt: skip
+    x_b, reference = harmony.embedding, harmony.reference
     b_cols = np.flatnonzero(family == "B")
     in_b = obs["qc_pass"].to_numpy(bool) & (obs["lineage"].astype(str) == "B").to_numpy()
     points, _ = map_to_reference(np.asarray(layer["obsm/X_pca"][...])[in_b],

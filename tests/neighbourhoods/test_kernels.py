@@ -212,3 +212,23 @@ def test_a_planted_baseline_difference_is_called_and_the_rest_is_not() -> None:
     assert called[planted].sum() >= 9
     assert called[10:].sum() <= 1
     assert (fits.estimate[planted, j] > 0.6).all()
+
+
+def test_a_large_lineage_is_integrated_from_a_subsample_of_its_cells() -> None:
+    """Above ``max_cells`` a lineage's Harmony is fitted on a subsample stratified by
+    patient and every other cell corrected by the fitted model: each cell gets an
+    embedding, and the patients' shift is taken out as in a fit on all cells."""
+    from pipeline.neighbourhoods._lineage import lineage_embedding
+
+    rng = np.random.default_rng(5)
+    patient = np.repeat(["P1", "P2"], 2000)
+    pcs = rng.normal(size=(4000, 10))
+    pcs[patient == "P2", 0] += 4.0  # a patient's shift
+    part = lineage_embedding(pcs, patient, max_cells=1000, theta=2.0, max_iter=10, seed=0)
+    whole = lineage_embedding(pcs, patient, max_cells=None, theta=2.0, max_iter=10, seed=0)
+    assert part.n_fitted == 1000 and whole.n_fitted == 4000
+    assert part.embedding.shape == (4000, 10) and np.isfinite(part.embedding).all()
+    gaps = [r.embedding[patient == "P2", 0].mean() - r.embedding[patient == "P1", 0].mean()
+            for r in (part, whole)]  # fmt: skip
+    assert max(abs(g) for g in gaps) < 2.0  # from 4
+    assert abs(gaps[0] - gaps[1]) < 0.25

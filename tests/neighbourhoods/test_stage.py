@@ -171,11 +171,14 @@ def test_the_b_family_is_cut_from_the_b_cells_integrated_over_patients(
     cohort = ad.read_zarr(analysed_small.workdir / "cohort.zarr")
     keep = cohort_obs["qc_pass"].to_numpy(dtype=bool)
     rows = np.flatnonzero(keep & (cohort_obs["lineage"].astype(str).to_numpy() == "B"))
-    x, _ = lineage_embedding(
+    harmony = lineage_embedding(
         np.asarray(cohort.obsm["X_pca"])[rows], cohort_obs["patient_id"].astype(str).to_numpy()[rows],
-        max_cells=cfg.integrate.harmony_max_cells, theta=cfg.integrate.harmony_theta,
+        max_cells=cfg.neighbourhoods.lineage_harmony_max_cells, theta=cfg.integrate.harmony_theta,
         max_iter=cfg.integrate.harmony_max_iter, seed=cfg.neighbourhoods.seed,
     )  # fmt: skip
+    x = harmony.embedding
+    summary = json.loads((analysed_small.workdir / "neighbourhoods" / "summary.json").read_text())
+    assert summary["lineages"]["B"]["harmony_fitted_cells"] == harmony.n_fitted == rows.size
     cols, members = _family(nhoods, "B")
     n_samples = nhoods.n_vars
     k = nrun.lineage_neighbourhood_size(cfg, n_samples, rows.size)

@@ -45,14 +45,17 @@ def test_refining_a_block_of_sampled_cells_from_the_store_is_the_kernels(cells) 
     np.testing.assert_array_equal(np.unique(got), refined_index_cells(x, graph, sampled[10:60]))
 
 
-@pytest.mark.parametrize("k", [30, 400])  # 400: more than the probed lists hold
+@pytest.mark.parametrize(
+    ("k", "resident"), [(30, True), (30, False), (400, False)]
+)  # 400: more than the probed lists hold
 def test_a_block_searched_shard_by_shard_is_the_in_memory_search(
-    cells, tmp_path, k, client: Client
+    cells, tmp_path, k, resident, client: Client
 ) -> None:
     """With inverted lists (trained as `knn_index` trains them), the embedding read onto
-    the workers in blocks and queries whose probed lists hold fewer than k cells
-    (searched exactly, as `neighbours_of` does): the same members, counts and labels;
-    the member lists written to their rows."""
+    the workers in blocks (kept there, or read again by each search step, as the stage
+    does) and queries whose probed lists hold fewer than k cells (searched exactly, as
+    `neighbours_of` does): the same members, counts and labels; the member lists written
+    to their rows."""
     store, x, _ = cells
     kept = np.arange(3000)
     index = np.arange(0, 3000, 41)
@@ -61,8 +64,9 @@ def test_a_block_searched_shard_by_shard_is_the_in_memory_search(
     members_path = str(tmp_path / "members.zarr")
     zarr.create_array(members_path, shape=(index.size, k), chunks=(index.size, k), dtype="int32")
     shards = load_shards(client, store, "obsm/X", kept, exact_knn_below=100, seed=3,
-                         block_cells=700)  # fmt: skip
+                         block_cells=700, resident=resident)  # fmt: skip
     assert len(shards.bounds) == 5 and not shards.exact
+    assert len(shards.points) == (5 if resident else 0)
     queries = [client.submit(read_rows, store, "obsm/X", index)]
     (found,) = shards.search(client, queries, k)
     block = client.submit(nhood_block, found, 0, index, kept, samples, 5,
