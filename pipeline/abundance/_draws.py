@@ -22,13 +22,14 @@ layers written before the probabilities were stored) keep their hard labels.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy.stats import t as t_dist
 
-from ..labels import B_SUBSETS, COUNTS_COLUMNS, DESIGN_COLUMNS, LINEAGES, UNASSIGNED
+from ..labels import B_SUBSETS, COUNTS_COLUMNS, LINEAGES, UNASSIGNED
 from ._design import TimeCoding
 from ._models import (
     METHODS,
@@ -39,6 +40,7 @@ from ._models import (
     model_tables,
 )
 from ._propeller import Transform
+from ._table import codes_in, sample_design
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -47,37 +49,73 @@ LEVEL_LABELS = {"lineage": (*LINEAGES, UNASSIGNED), "b_subset": (*B_SUBSETS, UNA
 POOL_KEYS = ["cell_type", "denominator", "contrast", "method"]
 
 
+DRAW_ROWS = 262_144  # cells whose cumulative probabilities are built at a time
+
+
+@dataclass(frozen=True)
+class LabelProbabilities:
+    """A level's label probabilities as `probability_matrix` has them, kept as stored
+    (float32) with the hard labels' codes and built into float64 rows a block at a time
+    (`rows`): at 4M cells the float64 matrices and their cumulative copy were 0.9 GiB
+    in the driver."""
+
+    codes: np.ndarray  # each cell's hard label in the level's vocabulary (-1: none)
+    stored: np.ndarray | None  # cells x labels as stored; NaN rows: none stored
+    width: int
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """The float64 rows ``index``: normalized stored probabilities where the cell has
+        a label and a stored row, the hard label one-hot where it has no stored row,
+        zeros where it has no label."""
+        codes = self.codes[index]
+        out = np.zeros((len(index), self.width))
+        hard = codes >= 0
+        out[np.flatnonzero(hard), codes[hard]] = 1.0
+        if self.stored is not None:
+            block = self.stored[index]
+            stored = hard & np.isfinite(block).all(axis=1)
+            rows = block[stored].astype(np.float64)
+            rows /= rows.sum(axis=1, keepdims=True)
+            out[stored] = rows
+        return out
+
+
+def label_probabilities(
+    labels: pd.Series, probabilities: np.ndarray | None, level: str
+) -> LabelProbabilities:
+    """The cells' label probabilities at ``level`` from their hard ``labels`` and the
+    stored matrix (cells x the level's labels + unassigned; None: the hard labels
+    only), checked: a wrong shape, or a labelled cell's stored row of zeros, is an error
+    that names the obsm key."""
+    vocabulary = LEVEL_LABELS[level]
+    codes = pd.Categorical(labels.astype(object), categories=vocabulary).codes
+    if probabilities is not None:
+        probabilities = np.asarray(probabilities)
+        if probabilities.shape != (len(codes), len(vocabulary)):
+            msg = (
+                f"obsm {level}_probabilities has shape {probabilities.shape}; expected "
+                f"{(len(codes), len(vocabulary))} (cells x {list(vocabulary)})"
+            )
+            raise ValueError(msg)
+        bad = 0
+        for a in range(0, len(codes), DRAW_ROWS):
+            block = probabilities[a : a + DRAW_ROWS]
+            stored = (codes[a : a + DRAW_ROWS] >= 0) & np.isfinite(block).all(axis=1)
+            bad += int((block[stored].astype(np.float64).sum(axis=1) <= 0).sum())
+        if bad:
+            msg = f"obsm {level}_probabilities has rows of zeros for {bad} labelled cells"
+            raise ValueError(msg)
+    return LabelProbabilities(np.asarray(codes), probabilities, len(vocabulary))
+
+
 def probability_matrix(
     labels: pd.Series, probabilities: np.ndarray | None, level: str
 ) -> np.ndarray:
     """Each cell's label probabilities (float64, cells x the level's labels + unassigned):
     the stored ones, and a one-hot row of the hard label where there are none (NaN rows,
     or no stored matrix); zero rows for cells without a label at this level."""
-    vocabulary = LEVEL_LABELS[level]
-    codes = pd.Categorical(labels.astype(object), categories=vocabulary).codes
-    out = np.zeros((len(codes), len(vocabulary)))
-    hard = codes >= 0
-    out[np.flatnonzero(hard), codes[hard]] = 1.0
-    if probabilities is not None:
-        probabilities = np.asarray(probabilities)
-        if probabilities.shape != out.shape:
-            msg = (
-                f"obsm {level}_probabilities has shape {probabilities.shape}; expected "
-                f"{out.shape} (cells x {list(vocabulary)})"
-            )
-            raise ValueError(msg)
-        stored = hard & np.isfinite(probabilities).all(axis=1)
-        rows = probabilities[stored].astype(np.float64)
-        sums = rows.sum(axis=1, keepdims=True)
-        bad = sums[:, 0] <= 0
-        if bad.any():
-            msg = (
-                f"obsm {level}_probabilities has rows of zeros for {int(bad.sum())} labelled cells"
-            )
-            raise ValueError(msg)
-        rows /= sums  # in place: at 4M cells each copy of the rows is ~0.3 GB
-        out[stored] = rows
-    return out
+    prob = label_probabilities(labels, probabilities, level)
+    return prob.rows(np.arange(len(prob.codes)))
 
 
 def _draw(cumulative: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -86,10 +124,26 @@ def _draw(cumulative: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((cumulative < u).sum(axis=1), cumulative.shape[1] - 1)
 
 
+def _block(prob: np.ndarray | LabelProbabilities, index: np.ndarray) -> np.ndarray:
+    return prob.rows(index) if isinstance(prob, LabelProbabilities) else prob[index]
+
+
+def _draw_rows(
+    prob: np.ndarray | LabelProbabilities, index: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """A label code for each of the cells ``index``, a block at a time: the generator's
+    numbers are drawn in the cells' order, so the draws are those of one block."""
+    out = np.empty(len(index), dtype=np.int64)
+    for a in range(0, len(index), DRAW_ROWS):
+        cumulative = np.cumsum(_block(prob, index[a : a + DRAW_ROWS]), axis=1)
+        out[a : a + DRAW_ROWS] = _draw(cumulative, rng)
+    return out
+
+
 def draw_counts(
     obs: pd.DataFrame,
-    lineage_prob: np.ndarray,
-    b_prob: np.ndarray,
+    lineage_prob: np.ndarray | LabelProbabilities,
+    b_prob: np.ndarray | LabelProbabilities,
     *,
     n_draws: int,
     seed: int,
@@ -98,29 +152,26 @@ def draw_counts(
     hierarchical draw of every QC-passed cell's labels.
 
     ``obs`` has the design columns and ``qc_pass``; ``lineage_prob`` and ``b_prob`` are
-    `probability_matrix`'s for every cell of ``obs`` (rows of QC-failed cells ignored).
+    `probability_matrix`'s for every cell of ``obs`` (rows of QC-failed cells ignored),
+    or `label_probabilities`' (the same rows, built a block at a time).
     """
-    text = {c: str for c in DESIGN_COLUMNS if c != "timepoint_months"}
-    design = obs[list(DESIGN_COLUMNS)].astype(text).drop_duplicates("sample_id")
+    design = sample_design(obs)
     samples = pd.Index(design["sample_id"])
     keep = obs["qc_pass"].to_numpy(dtype=bool)
-    sample = samples.get_indexer(obs["sample_id"].astype(str).to_numpy()[keep])
+    sample = codes_in(obs["sample_id"], samples)[keep]
     n_samples = len(samples)
-    lin_cum = lineage_prob[keep]  # a copy, summed in place
-    np.cumsum(lin_cum, axis=1, out=lin_cum)
-    kept_b = b_prob[keep]
-    has_subset = kept_b.sum(axis=1) > 0
-    sub_cum = kept_b[has_subset]
-    del kept_b
-    np.cumsum(sub_cum, axis=1, out=sub_cum)
+    kept = np.flatnonzero(keep)
+    has_subset = np.zeros(kept.size, dtype=bool)
+    for a in range(0, kept.size, DRAW_ROWS):
+        has_subset[a : a + DRAW_ROWS] = _block(b_prob, kept[a : a + DRAW_ROWS]).sum(axis=1) > 0
+    subset_rows = np.flatnonzero(has_subset)
     b_code = LEVEL_LABELS["lineage"].index("B")
     n_lin, n_sub = len(LEVEL_LABELS["lineage"]), len(LEVEL_LABELS["b_subset"])
-    subset_rows = np.flatnonzero(has_subset)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(11,)))
     for _ in range(n_draws):
-        lineage = _draw(lin_cum, rng)
+        lineage = _draw_rows(lineage_prob, kept, rng)
         subset = np.full(lineage.size, n_sub - 1)  # unassigned B cells unless drawn below
-        subset[subset_rows] = _draw(sub_cum, rng)
+        subset[subset_rows] = _draw_rows(b_prob, kept[subset_rows], rng)
         frames = []
         lin_table = np.bincount(sample * n_lin + lineage, minlength=n_samples * n_lin)
         is_b = lineage == b_code
@@ -198,8 +249,8 @@ def rubin_pool(tests: list[pd.DataFrame]) -> pd.DataFrame:
 
 def fit_with_label_draws(
     obs: pd.DataFrame,
-    lineage_prob: np.ndarray,
-    b_prob: np.ndarray,
+    lineage_prob: np.ndarray | LabelProbabilities,
+    b_prob: np.ndarray | LabelProbabilities,
     *,
     hard_counts: pd.DataFrame,
     n_draws: int,

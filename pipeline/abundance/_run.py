@@ -16,7 +16,7 @@ from ..errors import ImmunoprofileError
 from ..labels import DESIGN_COLUMNS
 from ..workdir import Workdir
 from ._design import AbundanceDesignError
-from ._draws import fit_with_label_draws, probability_matrix
+from ._draws import fit_with_label_draws, label_probabilities
 from ._models import concordance, fit_abundance_models
 from ._plots import composition_plot, forest_grid, trajectory_plot
 from ._table import abundance_counts, counts_dataset
@@ -77,7 +77,7 @@ def _label_draws(ctx: StageContext, labels: pd.DataFrame, counts: pd.DataFrame):
     pooled by Rubin's rules (`fit_with_label_draws`)."""
     a = ctx.cfg.abundance
     prob = {
-        level: probability_matrix(
+        level: label_probabilities(
             labels[level],
             ctx.read_obsm(f"{level}_probabilities", batches=True, missing_as_nan=True),
             level,

@@ -22,9 +22,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import singledispatch
+from itertools import pairwise
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from ..labels import UNASSIGNED
@@ -391,9 +393,6 @@ def call_labels(
     return called, conf, best
 
 
-EM_BLOCK_ROWS = 65_536  # rows per step of the sample shares' E-step
-
-
 def sample_label_probabilities(
     prob: np.ndarray,
     log_prior: np.ndarray,
@@ -419,44 +418,50 @@ def sample_label_probabilities(
     0.97 per unit on the same cohort. The graph consensus is left out: it sharpens the
     calls but mixes neighbours from other samples into a cell's probabilities. Mass on
     programs not ``supported`` by their markers goes to ``unassigned``.
+
+    A sample's shares depend on its own cells only, so the EM runs one sample at a time
+    (until its shares move less than ``tol``): its float64 working arrays are one
+    sample's cells x programs, not the cohort's (0.55 GiB at 3.5M cells and 10
+    programs).
     """
     codes, n_samples = _codes(sample)
     shares = np.exp(log_prior - log_prior.max())
     shares /= shares.sum()
+    columns = tuple(
+        lab if ok else UNASSIGNED for lab, ok in zip(program_labels, supported, strict=True)
+    )
+    labels = (*vocabulary, UNASSIGNED)
+    out = np.zeros((len(codes), len(labels)), dtype=np.float32)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_samples + 1))
+    for a, b in pairwise(bounds):
+        rows = order[a:b]
+        post = _sample_posteriors(prob[rows], shares, max_iter, tol)
+        out[rows] = label_probabilities(post, columns, labels)
+    return out
+
+
+def _sample_posteriors(
+    prob: np.ndarray, shares: np.ndarray, max_iter: int, tol: float
+) -> np.ndarray:
+    """One sample's cells' posteriors under its EM-estimated program shares."""
     likelihood = prob.astype(np.float64)
     likelihood /= shares[None]  # the evidence, shares taken out
     likelihood /= likelihood.sum(axis=1, keepdims=True)
-    counts = np.bincount(codes, minlength=n_samples).astype(np.float64)
-    pi = np.tile(shares, (n_samples, 1))
-    # two cells x programs arrays (the likelihood and the posterior, updated in place);
-    # each sample's shares are spread over its cells a block of rows at a time
-    post = likelihood.copy()
-    blocks = range(0, len(codes), EM_BLOCK_ROWS)
+    pi = shares.copy()
+    post = np.empty_like(likelihood)
     for _ in range(max_iter):
-        for a in blocks:
-            b = a + EM_BLOCK_ROWS
-            np.multiply(likelihood[a:b], pi[codes[a:b]], out=post[a:b])
+        np.multiply(likelihood, pi[None], out=post)
         post /= post.sum(axis=1, keepdims=True)
-        new = (
-            np.vstack(
-                [
-                    np.bincount(codes, weights=post[:, j], minlength=n_samples)
-                    for j in range(post.shape[1])
-                ]
-            ).T
-            / np.maximum(counts, 1)[:, None]
-        )
-        new = np.maximum(new, 1e-9)
+        new = np.maximum(post.mean(axis=0), 1e-9)
         done = np.abs(new - pi).max() < tol
         pi = new
         if done:
             break
-    columns = tuple(
-        lab if ok else UNASSIGNED for lab, ok in zip(program_labels, supported, strict=True)
-    )
-    return label_probabilities(post, columns, (*vocabulary, UNASSIGNED))
+    return post
 
 
 def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
-    uniques, codes = np.unique(np.asarray(values).astype(str), return_inverse=True)
+    """Integer codes of ``values`` (hashed, without a fixed-width string copy of them)."""
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
     return codes.astype(np.int64), len(uniques)

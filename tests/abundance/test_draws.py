@@ -126,3 +126,33 @@ def test_rubin_rules_agree_with_mice() -> None:
         half = pooled["ci_high"] - pooled["estimate"]
         assert half == pytest.approx(t.ppf(0.975, case["df"]) * np.sqrt(case["t"]), rel=1e-8)
         assert pooled["fmi"] == pytest.approx(case["lambda"], rel=1e-8)
+
+
+def test_draws_do_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage keeps the stored probabilities as they are (float32) and builds the
+    cumulative probabilities a block of cells at a time; the draws are those of one
+    block, and of `probability_matrix`'s whole matrices."""
+    from pipeline.abundance import _draws
+
+    obs = _obs()
+    rng = np.random.default_rng(7)
+    stored = rng.dirichlet(np.ones(len(LINEAGES) + 1), size=len(obs)).astype(np.float32)
+    stored[::5] = np.nan  # no stored row: the hard label
+    b_stored = rng.dirichlet(np.ones(len(B_SUBSETS) + 1), size=len(obs)).astype(np.float32)
+    b_stored[obs["lineage"].to_numpy() != "B"] = np.nan
+    whole = list(draw_counts(
+        obs, probability_matrix(obs["lineage"], stored, "lineage"),
+        probability_matrix(obs["b_subset"], b_stored, "b_subset"), n_draws=3, seed=5,
+    ))  # fmt: skip
+    monkeypatch.setattr(_draws, "DRAW_ROWS", 7)
+    blocks = list(draw_counts(
+        obs, _draws.label_probabilities(obs["lineage"], stored, "lineage"),
+        _draws.label_probabilities(obs["b_subset"], b_stored, "b_subset"), n_draws=3, seed=5,
+    ))  # fmt: skip
+    for a, b in zip(whole, blocks, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+    assert any(not a.equals(whole[0]) for a in whole[1:])  # the draws do differ
+    zeros = stored.copy()
+    zeros[1] = 0.0
+    with pytest.raises(ValueError, match="obsm lineage_probabilities has rows of zeros for 1"):
+        _draws.label_probabilities(obs["lineage"], zeros, "lineage")

@@ -48,6 +48,28 @@ def test_counts_and_totals_follow_the_contract() -> None:
         assert b.loc["DN2", "count"] == int((cells["b_subset"] == "DN2").sum())
 
 
+def test_categorical_columns_count_as_their_text() -> None:
+    """The stage reads obs as categoricals (a sample's design columns, the labels), a
+    notebook may pass text; the counts are the same table, and a label outside the
+    vocabulary or missing is not counted."""
+    obs = _obs()
+    as_text = abundance_counts(obs)
+    categorical = obs.astype({c: "category" for c in obs.columns if obs[c].dtype == object})
+    categorical["lineage"] = categorical["lineage"].cat.add_categories(["not_a_lineage"])
+    pd.testing.assert_frame_equal(abundance_counts(categorical), as_text)
+    odd = obs.copy()
+    odd.loc[odd.index[:5], "lineage"] = ["not_a_lineage", None, "B", "B", "B"]
+    odd.loc[odd.index[2:5], "b_subset"] = [None, "not_a_subset", "DN2"]
+    counted = abundance_counts(odd).set_index(["level", "sample_id", "cell_type"])["count"]
+    kept = odd[odd["qc_pass"]]
+    first = odd["sample_id"].iloc[0]
+    mine = kept[kept["sample_id"] == first]
+    assert counted.loc["lineage", first].sum() == mine["lineage"].isin(
+        ["T_CD4", "B", "NK", "unassigned"]).sum()  # fmt: skip
+    n_subset = mine["b_subset"].isin(["naive", "DN2", "unassigned"]) & (mine["lineage"] == "B")
+    assert counted.loc["b_subset", first].sum() == n_subset.sum()
+
+
 def test_dataset_holds_the_same_counts_with_the_design() -> None:
     tidy = abundance_counts(_obs())
     ds = counts_dataset(tidy)

@@ -259,3 +259,29 @@ def test_label_probabilities_follow_each_samples_composition() -> None:
     assert np.allclose(unsupported[:, 1], 0) and np.allclose(
         unsupported[:, 2], per_sample[:, 1], atol=1e-5
     )
+
+
+def test_a_samples_label_probabilities_depend_on_its_own_cells_only() -> None:
+    """Each sample's shares are estimated from its own cells (the EM runs one sample at
+    a time, until its own shares settle): a sample's cells get the same probabilities
+    with or without the others, in whatever order the cells come. Sample B's cells are
+    told apart weakly, so its EM takes many more steps than A's."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    sample = rng.choice(np.array(["A", "B", "C"], dtype=object), size=n)
+    truth = rng.integers(0, 3, size=n)
+    likelihood = np.ones((n, 3))
+    likelihood[np.arange(n), truth] = np.where(sample == "B", 1.3, 20.0)
+    prob = (likelihood / likelihood.sum(axis=1, keepdims=True)).astype(np.float32)
+    log_prior = np.log(np.array([0.2, 0.3, 0.5]))
+    kwargs = {
+        "program_labels": ("x", "y", "z"),
+        "vocabulary": ("x", "y", "z"),
+        "supported": np.array([True, True, True]),
+    }
+    together = sample_label_probabilities(prob, log_prior, sample, **kwargs)
+    for name in ("A", "B"):
+        alone = sample == name
+        by_itself = sample_label_probabilities(prob[alone], log_prior, sample[alone], **kwargs)
+        np.testing.assert_array_equal(together[alone], by_itself)
+    assert together.dtype == np.float32 and np.allclose(together.sum(axis=1), 1, atol=1e-5)
