@@ -2,7 +2,9 @@
 simulated obs frame as `read_obs` returns it (categorical text columns): the peak of
 allocated memory (tracemalloc, which numpy and pandas report to) above the inputs, and
 the seconds, of `abundance_counts` (the hard-label table) and of `draw_counts` (the label
-draws, with `probability_matrix`'s matrices as the stage builds them).
+draws from stored float32 probabilities, as the stage reads them, through
+`label_probabilities`; code before it had none: `probability_matrix`). Run it against
+another checkout with ``PYTHONPATH=CHECKOUT``.
 
     python benchmarks/abundance_driver_memory.py --cells 1000000,4000000 --draws 10
 """
@@ -20,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.abundance import abundance_counts
-from pipeline.abundance._draws import draw_counts, probability_matrix
+from pipeline.abundance import _draws, abundance_counts
+from pipeline.abundance._draws import draw_counts
 from pipeline.labels import B_SUBSETS, LINEAGES
 
 CELLS_PER_SAMPLE = 7500  # the study's design: 3 timepoints per patient
@@ -66,9 +68,18 @@ def main() -> None:
         obs = simulated_obs(n)
         counts_s, counts_gib = traced(lambda obs=obs: abundance_counts(obs))
 
-        def draws(obs: pd.DataFrame = obs) -> None:
-            lin = probability_matrix(obs["lineage"], None, "lineage")
-            sub = probability_matrix(obs["b_subset"], None, "b_subset")
+        rng = np.random.default_rng(1)
+        stored = {
+            level: rng.dirichlet(np.ones(len(labels) + 1), size=n).astype(np.float32)
+            for level, labels in (("lineage", LINEAGES), ("b_subset", B_SUBSETS))
+        }
+        stored["b_subset"][obs["lineage"].to_numpy() != "B"] = np.nan
+
+        def draws(obs: pd.DataFrame = obs, stored: dict = stored) -> None:
+            # the stage's way of holding them; older code: the float64 matrices
+            make = getattr(_draws, "label_probabilities", _draws.probability_matrix)
+            lin = make(obs["lineage"], stored["lineage"], "lineage")
+            sub = make(obs["b_subset"], stored["b_subset"], "b_subset")
             for _ in draw_counts(obs, lin, sub, n_draws=args.draws, seed=0):
                 pass
 

@@ -16,6 +16,7 @@ block sends the entries of its rows to the blocks that own their columns
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,7 @@ def read_rows(store: str, element: str, rows: np.ndarray) -> np.ndarray:
     size = array.chunks[0]
     edges = np.searchsorted(rows, np.arange(0, array.shape[0] + size, size))
     rest = (slice(None),) * (array.ndim - 1)
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
+    for a, b in pairwise(edges):
         if b > a:
             out[a:b] = array.get_orthogonal_selection((rows[a:b], *rest))
     return out

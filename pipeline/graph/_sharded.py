@@ -135,8 +135,10 @@ def load_shards(
         coarse = [client.submit(coarse_block, p, centroids, probes) for p in points]
         return Shards(bounds, points, coarse, centroids)
     kept = client.scatter(rows, broadcast=True, hash=False)
-    coarse = [client.submit(coarse_stored, store, element, kept, bound, centroids, probes)
-              for bound in bounds]  # one block read at a time, not all before their lists
+    coarse = [
+        client.submit(coarse_stored, store, element, kept, bound, centroids, probes)
+        for bound in bounds
+    ]  # one block read at a time, not all before their lists
     return Shards(bounds, [], coarse, centroids, (store, element, kept))
 
 

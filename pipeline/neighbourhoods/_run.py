@@ -29,7 +29,7 @@ import zarr
 from ..abundance import AbundanceDesignError, contrast_names, estimable_design, with_covariate
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
-from ..graph import BLOCK_CELLS, load_shards, read_rows
+from ..graph import load_shards, read_rows
 from ..integrate import map_to_reference
 from ..labels import B_SUBSETS, DESIGN_COLUMNS, LINEAGES
 from ..runtime import release_memory
