@@ -28,7 +28,7 @@ from distributed import Client
 from ..cohort import cell_chunks
 from ..config import AnnotateConfig
 from ..labels import UNASSIGNED
-from ..sampling import stratified_sample
+from ..sampling import sorted_codes, stratified_sample
 from ._bgraph import B_GRAPH_MIN_CELLS, b_cell_graph
 from ._dotplot import cohort_dotplot, dot_sums, dot_table
 from ._graphrows import MemberGraph, StoredGraph
@@ -210,7 +210,7 @@ def annotate_cohort(
     # per chunk: the cohort positions of its kept cells
     kept_rows = [np.flatnonzero(keep[c.rows]) + c.start for c in chunks]
     size = np.asarray(total_counts, dtype=np.float64) / SIZE_UNIT
-    sample = cohort.obs["sample_id"].astype(str).to_numpy()
+    sample = sorted_codes(cohort.obs["sample_id"])  # grouped as the ids sort
     seconds["features"] = time.perf_counter() - t
 
     def level_call(level: str, consensus: Consensus, members: np.ndarray) -> LevelCall:
