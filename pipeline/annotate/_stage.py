@@ -23,11 +23,12 @@ import dask
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from distributed import Client
+from distributed import Client, wait
 
 from ..cohort import cell_chunks
 from ..config import AnnotateConfig
 from ..labels import UNASSIGNED
+from ..runtime import release_memory
 from ..sampling import sorted_codes, stratified_sample
 from ._bgraph import B_GRAPH_MIN_CELLS, b_cell_graph
 from ._dotplot import cohort_dotplot, dot_sums, dot_table
@@ -104,6 +105,10 @@ def _feature_counts(block: sp.spmatrix, keep: np.ndarray, gene_to_feature: sp.cs
     """The kept cells' summed feature counts (kept cells x features, CSR float32)."""
     x = sp.csr_matrix(block)[keep]
     return sp.csr_matrix(x @ gene_to_feature, dtype=np.float32)
+
+
+def _rows_of(features: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    return features[rows]
 
 
 def _take(features: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
@@ -220,6 +225,15 @@ def annotate_cohort(
         # rows of each chunk's feature matrix that belong to this level's cells
         local = [np.flatnonzero(members[r]) for r in kept_rows]
         cohort_rows = np.concatenate([r[loc] for r, loc in zip(kept_rows, local, strict=True)])
+        if cohort_rows.size < sum(map(len, kept_rows)):
+            # a level among fewer cells (the B subsets, after the lineages): the workers
+            # keep only these cells' features from here on (~0.4 GB a worker at 3.5M cells)
+            for i, loc in enumerate(local):
+                futures[i] = client.submit(_rows_of, futures[i], loc, pure=False)
+                kept_rows[i] = kept_rows[i][loc]
+            local = [np.arange(len(loc)) for loc in local]
+            wait(futures)  # the whole chunks' features released: hand their heap back
+            client.run(release_memory)
         mask = np.zeros(len(keep), dtype=bool)
         mask[cohort_rows] = True
         graph, graph_name = _level_graph(

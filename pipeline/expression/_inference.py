@@ -393,8 +393,11 @@ class BatchedInference(DefaultInference):
             return super().wald_test(design_matrix, disp, lfc, mu, ridge_factor, contrast,
                                      lfc_null, alt_hypothesis)  # fmt: skip
         gram = Gram(x)
-        hc = gram.factor(w, ridge).solve(np.broadcast_to(contrast, (w.shape[1], x.shape[1])).copy())
-        # c' H M H c with M = X'WX: sum_i w_i (x_i' H c)^2
-        se = np.sqrt((w * (x @ hc.T) ** 2).sum(axis=0))
+        se = np.empty(w.shape[1])
+        for b in _gene_blocks(w.shape[1]):  # samples x genes temporaries a block at a time
+            wb = w[:, b]
+            hc = gram.factor(wb, ridge).solve(np.tile(contrast, (wb.shape[1], 1)))
+            # c' H M H c with M = X'WX: sum_i w_i (x_i' H c)^2
+            se[b] = np.sqrt((wb * (x @ hc.T) ** 2).sum(axis=0))
         stat = (np.asarray(lfc, dtype=float) - lfc_null) @ contrast / se
         return 2 * norm.sf(np.abs(stat)), stat, se

@@ -192,7 +192,7 @@ def fit_deseq2(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dds = DeseqDataSet(counts=frame, metadata=meta, design=fit.x, size_factors_fit_type=sf,
-                           inference=inference, quiet=True)  # fmt: skip
+                           inference=inference, quiet=True, low_memory=True)  # fmt: skip
         dds.deseq2()
         tables = []
         for contrast, weights in fit.contrasts.iterrows():

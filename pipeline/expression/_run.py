@@ -28,6 +28,7 @@ from ..abundance import contrast_names
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..labels import DESIGN_COLUMNS
+from ..runtime import release_memory
 from ..store import json_sha256, read_manifest
 from ..workdir import ExpressionFiles, Workdir
 from ._kernels import filter_by_expr
@@ -197,6 +198,18 @@ def plan_tests(
     return todo, skipped
 
 
+def fit_and_release(
+    counts: np.ndarray, genes: list[str], fit: Any
+) -> tuple[pd.DataFrame, list[str]]:
+    """`fit_deseq2` as a worker's task that hands the fit's freed heap back when done
+    (~0.4 GB of samples x genes arrays at 528 samples x 14,000 genes; ~0.1 s of ~40), so
+    that fits one after another on a worker do not each start above the last."""
+    try:
+        return fit_deseq2(counts, genes, fit)
+    finally:
+        release_memory()
+
+
 def run_expression(ctx: StageContext) -> str:
     """Pseudobulk, filter, fit, write ``WORKDIR/expression/``; one summary line."""
     params = ctx.cfg.expression
@@ -230,6 +243,8 @@ def run_expression(ctx: StageContext) -> str:
     sums = pseudobulk_counts(stores, rows, codes, len(groups), var.index, client=client,
                              dtype=dtype)  # fmt: skip
     del codes
+    release_memory()  # the pseudobulk's reads leave heap on both sides; the fits need it
+    client.run(release_memory)
     if reused.any():
         sums[reused] = reuse_rows(ctx.workdir.expression, groups[reused])
     seconds["pseudobulk"] = time.perf_counter() - t
@@ -273,7 +288,7 @@ def run_expression(ctx: StageContext) -> str:
     def submit(job: tuple[float, str, str, Any, np.ndarray, np.ndarray]) -> Any:
         _, level, cell_type, fit, fit_rows, keep_genes = job
         data = client.scatter(sums[np.ix_(fit_rows, np.flatnonzero(keep_genes))], hash=False)
-        future = client.submit(fit_deseq2, data, list(genes[keep_genes]), fit, pure=False)
+        future = client.submit(fit_and_release, data, list(genes[keep_genes]), fit, pure=False)
         # the scattered counts are held until the fit is done: dropped before the task
         # ran, the fit could be cancelled ("reason: unknown", seen with distributed 2025.1)
         meta[future.key] = (level, cell_type, fit.name, data)

@@ -277,6 +277,26 @@ def cohort_rows(
     return lengths, kept[m.indices].astype(np.int32), m.data
 
 
+PART_NAMES = ("lengths", "indices", "data")
+
+
+def write_cohort_rows(m: sp.csr_matrix, kept: np.ndarray, first: int, last: int, path: str) -> int:
+    """`cohort_rows` saved as ``{path}-lengths.npy``, ``-indices.npy`` and ``-data.npy``
+    (read back by `read_part` when the matrix is written): the worker then holds
+    nothing of the block's rows until the stage writes the graph. The number of
+    entries."""
+    parts = cohort_rows(m, kept, first, last)
+    for name, a in zip(PART_NAMES, parts, strict=True):
+        np.save(f"{path}-{name}.npy", a)
+    return int(parts[1].size)
+
+
+def read_part(path: str, j: int) -> np.ndarray:
+    """Part ``j`` (of `PART_NAMES`) that `write_cohort_rows` saved at ``path``, mapped
+    from the file (pages read as the writing tasks take them)."""
+    return np.load(f"{path}-{PART_NAMES[j]}.npy", mmap_mode="r")
+
+
 def indptr_part(lengths: np.ndarray, offset: int, first: bool, dtype: Any) -> np.ndarray:
     """The block's part of the indptr: entries after ``offset`` (the nnz of the blocks
     before it); the first block also carries the leading 0."""

@@ -1,7 +1,13 @@
 """Store I/O shared by the stages: atomic writes, manifests, validation."""
 
 from ._anndata import write_anndata_store
-from ._atomic import atomic_path, remove_staging_leftovers, write_text_atomic
+from ._atomic import (
+    TMP_MARK,
+    atomic_path,
+    remove_staging_leftovers,
+    scratch_folder,
+    write_text_atomic,
+)
 from ._lazy import (
     LazyCategorical,
     LazyColumn,
@@ -25,6 +31,7 @@ from ._update import obs_columns, update_anndata_store
 
 __all__ = [
     "MANIFEST",
+    "TMP_MARK",
     "LazyCSR",
     "LazyCategorical",
     "LazyColumn",
@@ -38,6 +45,7 @@ __all__ = [
     "read_holder",
     "read_manifest",
     "remove_staging_leftovers",
+    "scratch_folder",
     "update_anndata_store",
     "validate_store",
     "write_anndata_store",

@@ -36,6 +36,18 @@ def atomic_path(target: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextmanager
+def scratch_folder(parent: Path, name: str) -> Iterator[Path]:
+    """A new empty folder ``parent/.NAME.tmp-XXXXXXXX`` for intermediate files, removed
+    on leaving (by `remove_staging_leftovers` after a killed run)."""
+    folder = parent / f".{name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def remove_staging_leftovers(folder: Path) -> list[Path]:
     """Delete temporary siblings left by a killed run in ``folder``; return what went."""
     removed: list[Path] = []

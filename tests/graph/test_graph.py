@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -11,7 +13,7 @@ import scipy.sparse as sp
 from distributed import Client
 from sklearn.metrics import adjusted_rand_score
 
-from pipeline.config import GraphConfig
+from pipeline.config import GraphConfig, RunConfig
 from pipeline.graph import Neighbors, build_graph, knn_graphs, nearest_neighbors
 
 
@@ -37,6 +39,11 @@ def test_outputs_in_the_cohort_store(strong_batch_cohort: ad.AnnData) -> None:
     assert c.uns["graph"]["umap"]["fitted_on"] == "all cells"
     assert c.uns["graph"]["leiden"]["fitted_on"] == "all cells"
     assert c.uns["neighbors"]["params"]["use_rep"] == "X_pca_harmony"
+
+
+def test_no_scratch_parts_left_in_the_workdir(strong_batch_run: RunConfig) -> None:
+    """The graph's parts, saved by the workers while the stage runs, are gone after it."""
+    assert not list(Path(strong_batch_run.workdir).glob(".graph-parts*"))
 
 
 def test_neighbours_and_connectivities_equal_scanpy(kept: ad.AnnData) -> None:

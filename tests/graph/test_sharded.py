@@ -40,22 +40,31 @@ def _same_graph(sharded, reference, *, atol: float = 0.0) -> None:
         np.testing.assert_allclose(got.data, want.data, rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("block_cells", [1_500, 100_000])
+@pytest.mark.parametrize(("block_cells", "to_files"), [(1_500, True), (100_000, False)])
 def test_inverted_file_search_in_blocks_equals_one_index(
-    embedding: tuple[str, np.ndarray, np.ndarray, np.ndarray], client: Client, block_cells: int
+    embedding: tuple[str, np.ndarray, np.ndarray, np.ndarray],
+    client: Client,
+    block_cells: int,
+    to_files: bool,
+    tmp_path: Path,
 ) -> None:
     """IVF search with every cell's probes found once and each block searched as a shard:
-    the same neighbours, distances and connectivities as one index over all cells; the
-    UMAP placed from a subsample and the Leiden sketch's labels spread round by round on
-    the workers: the same as in one process."""
+    the same neighbours, distances and connectivities as one index over all cells (their
+    parts held by the workers, or saved to files and read back); the UMAP placed from a
+    subsample and the Leiden sketch's labels spread round by round on the workers: the
+    same as in one process."""
     store, x, keep, codes = embedding
     params = GraphConfig(exact_knn_below=0, umap_max_cells=2_000, leiden_max_cells=3_000)
     reference = build_graph(x, keep, codes, params=params)
+    folder = str(tmp_path) if to_files else None
     with client.as_current():
         sharded = build_graph_on_workers(
             client, store, "obsm/X_pca_harmony", keep, codes, params=params,
-            block_cells=block_cells,
+            block_cells=block_cells, parts_folder=folder,
         )  # fmt: skip
+        if to_files:  # three files per block and matrix
+            n_blocks = -(-int(keep.sum()) // block_cells)
+            assert len(list(tmp_path.glob("*.npy"))) == 2 * 3 * n_blocks
         _same_graph(sharded, reference)
     for r in params.resolutions:
         np.testing.assert_array_equal(sharded.clusters[r], reference.clusters[r])
@@ -95,8 +104,9 @@ def test_exact_search_in_blocks_equals_one_index(
 def test_the_workers_write_the_graph_into_the_store(
     embedding: tuple[str, np.ndarray, np.ndarray, np.ndarray], client: Client, tmp_path: Path
 ) -> None:
-    """A `LazyCSR` in a store update is written by the tasks (int32 indptr as scipy's) and
-    read back by anndata as the same matrix; the manifest covers its arrays."""
+    """A `LazyCSR` in a store update is written by the tasks (from the parts the workers
+    saved; int32 indptr as scipy's) and read back by anndata as the same matrix; the
+    manifest covers its arrays."""
     import shutil
 
     import anndata as ad
@@ -105,10 +115,13 @@ def test_the_workers_write_the_graph_into_the_store(
     copy = tmp_path / "cohort.zarr"
     shutil.copytree(store, copy)
     params = GraphConfig(exact_knn_below=0, umap_max_cells=2_000, leiden_max_cells=3_000)
+    parts = tmp_path / "parts"
+    parts.mkdir()
     with client.as_current():
         sharded = build_graph_on_workers(
-            client, str(copy), "obsm/X_pca_harmony", keep, codes, params=params, block_cells=2_500
-        )
+            client, str(copy), "obsm/X_pca_harmony", keep, codes, params=params,
+            block_cells=2_500, parts_folder=str(parts),
+        )  # fmt: skip
         want = sharded.connectivities.compute()
         info = read_store_manifest(copy)
         assert info is not None
