@@ -1,6 +1,8 @@
 """Pseudobulk on the cluster: summed raw counts per sample x cell type, sample by sample
-from the sample stores (each worker sums one sample's cells per group; the driver adds
-the small per-sample tables as they arrive, so the counts are never whole in memory)."""
+from the sample stores (each worker sums one sample's cells per group; the driver puts
+the small per-sample tables as they arrive into the sums, so the counts are never whole
+in memory). The stage keeps the sums on disk (`create_sums`: one zarr chunk per group)
+and reads a cell type's rows at a time (`take_rows`), so that neither are they."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import zarr
 from distributed import Client, as_completed
 
 from ..cohort import read_sample_counts
@@ -71,6 +74,20 @@ def pseudobulk_groups(
     return pd.concat(frames, ignore_index=True), codes
 
 
+def create_sums(path: Path, n_groups: int, n_genes: int, dtype: np.dtype | type) -> zarr.Array:
+    """An all-zero groups x genes zarr array at ``path`` for `pseudobulk_counts`'s ``out``,
+    one chunk a group (a row is written whole, and read whole by the fits)."""
+    return zarr.create_array(str(path), shape=(n_groups, n_genes), chunks=(1, max(1, n_genes)),
+                             dtype=dtype, fill_value=0)  # fmt: skip
+
+
+def take_rows(sums: np.ndarray | zarr.Array, rows: np.ndarray) -> np.ndarray:
+    """The rows ``rows`` of the sums, in memory or stored (only those read)."""
+    if isinstance(sums, np.ndarray):
+        return sums[rows]
+    return np.asarray(sums.get_orthogonal_selection((np.asarray(rows), slice(None))))
+
+
 def pseudobulk_counts(
     stores: dict[str, Path],
     rows: dict[str, np.ndarray],
@@ -80,25 +97,34 @@ def pseudobulk_counts(
     *,
     client: Client,
     dtype: np.dtype | type = np.int64,
-) -> np.ndarray:
-    """Summed counts (groups x ``genes``, ``dtype``: see `sums_dtype`) by the cells' group ``codes`` (from
-    `pseudobulk_groups`; cells in the sample stores' order, ``rows`` each sample's rows,
-    ``stores`` each sample's store). One task per sample reads its store (as the qc
-    stage's tasks do: a whole store is ~3x faster to read than the same cells through the
-    lazy array) and sums its cells per group; the driver adds the small tables as they
-    arrive. A sample none of whose cells has a group is not read."""
-    out = np.zeros((n_groups, len(genes)), dtype=dtype)
+    out: zarr.Array | None = None,
+) -> np.ndarray | zarr.Array:
+    """Summed counts (groups x ``genes``, ``dtype``: see `sums_dtype`) by the cells' group
+    ``codes`` (from `pseudobulk_groups`; cells in the sample stores' order, ``rows`` each
+    sample's rows, ``stores`` each sample's store). One task per sample reads its store
+    (as the qc stage's tasks do: a whole store is ~3x faster to read than the same cells
+    through the lazy array) and sums its cells per group; the driver puts the small
+    tables as they arrive into ``out`` (`create_sums`; None: a new array in memory). A
+    sample none of whose cells has a group is not read, and its rows are left as they
+    are (each group is one sample's)."""
+    target: np.ndarray | zarr.Array = (
+        np.zeros((n_groups, len(genes)), dtype=dtype) if out is None else out
+    )
     wanted = {sid: r for sid, r in rows.items() if (codes[r] >= 0).any()}
     if not wanted:
-        return out
+        return target
     shared = client.scatter(pd.Index(genes), broadcast=True, hash=False)
     futures = [client.submit(_sample_sums, stores[str(sid)], shared, codes[r], pure=False)
                for sid, r in wanted.items()]  # fmt: skip
     for future in as_completed(futures):
         groups, sums = future.result()
-        out[groups] += sums.astype(out.dtype, copy=False)
+        sums = sums.astype(target.dtype, copy=False)
+        if isinstance(target, np.ndarray):
+            target[groups] = sums
+        else:
+            target.set_orthogonal_selection((np.asarray(groups), slice(None)), sums)
         future.release()
-    return out
+    return target
 
 
 def sums_dtype(count_sums: list[int | None]) -> type:

@@ -13,6 +13,7 @@ type, `pipeline.expression._models`) run in parallel on the cluster.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..labels import DESIGN_COLUMNS
 from ..runtime import release_memory
-from ..store import json_sha256, read_manifest
+from ..store import TMP_MARK, json_sha256, read_manifest, scratch_folder
 from ..workdir import ExpressionFiles, Workdir
 from ._kernels import filter_by_expr
 from ._models import DE_COLUMNS, cell_type_designs, fit_deseq2
@@ -42,12 +43,14 @@ from ._programs import (
     with_qvalues,
 )
 from ._pseudobulk import (
+    create_sums,
     gene_names,
     pseudobulk_counts,
     pseudobulk_groups,
     sample_keys,
     sample_rows,
     sums_dtype,
+    take_rows,
 )
 
 if TYPE_CHECKING:
@@ -70,13 +73,27 @@ def expression_digest_inputs(cfg: RunConfig, workdir: Workdir) -> dict[str, Any]
 
 
 def pseudobulk_anndata(
-    groups: pd.DataFrame, sums: np.ndarray, design: pd.DataFrame, var: pd.DataFrame
+    groups: pd.DataFrame, sums: np.ndarray | None, design: pd.DataFrame, var: pd.DataFrame
 ) -> ad.AnnData:
     """obs: one row per sample x cell type (`sample_id, level, cell_type, n_cells` and
-    the samplesheet's design columns); X: the summed raw counts; var: the genes."""
+    the samplesheet's design columns); X: the summed raw counts (None: none, written
+    apart by `write_x`); var: the genes."""
     obs = groups.merge(design, on="sample_id", how="left")
     obs.index = (obs["sample_id"] + ":" + obs["level"] + ":" + obs["cell_type"]).to_numpy()
     return ad.AnnData(X=sums, obs=obs, var=var.copy())
+
+
+def write_x(store: Path, sums: zarr.Array, block: int = 512) -> None:
+    """The stored sums as the X of the AnnData-Zarr ``store`` (written without one),
+    ``block`` groups at a time (as anndata writes a dense X: its encoding attributes)."""
+    group = zarr.open_group(str(store), mode="r+")
+    n, m = sums.shape
+    x = group.create_array("X", shape=(n, m), dtype=sums.dtype,
+                           chunks=(max(1, min(n, block)), max(1, min(m, 2048))))  # fmt: skip
+    x.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+    for a in range(0, n, block):
+        x[a : a + block] = take_rows(sums, np.arange(a, min(a + block, n)))
+    zarr.consolidate_metadata(str(store))  # anndata reads the consolidated metadata
 
 
 def with_samplesheet_columns(
@@ -198,6 +215,15 @@ def plan_tests(
     return todo, skipped
 
 
+def fit_stored(
+    sums: str, rows: np.ndarray, cols: np.ndarray, genes: list[str], fit: Any
+) -> tuple[pd.DataFrame, list[str]]:
+    """`fit_and_release` of the rows ``rows`` and columns ``cols`` of the stored sums at
+    ``sums`` (read by the worker: the driver never holds them)."""
+    counts = zarr.open_array(sums, mode="r").get_orthogonal_selection((rows, cols))
+    return fit_and_release(np.asarray(counts), genes, fit)
+
+
 def fit_and_release(
     counts: np.ndarray, genes: list[str], fit: Any
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -210,8 +236,20 @@ def fit_and_release(
         release_memory()
 
 
+SUMS = "expression-sums"  # the scratch folder of the pseudobulk sums, in the workdir
+
+
 def run_expression(ctx: StageContext) -> str:
-    """Pseudobulk, filter, fit, write ``WORKDIR/expression/``; one summary line."""
+    """Pseudobulk, filter, fit, write ``WORKDIR/expression/``; one summary line. The sums
+    are kept on disk in a scratch folder of the workdir while the stage runs."""
+    root = ctx.workdir.root
+    for left in root.glob(f".{SUMS}{TMP_MARK}*"):  # of a killed run
+        shutil.rmtree(left, ignore_errors=True)
+    with scratch_folder(root, SUMS) as scratch:
+        return _run_expression(ctx, scratch)
+
+
+def _run_expression(ctx: StageContext, scratch: Path) -> str:
     params = ctx.cfg.expression
     client = ctx.cluster
     seconds: dict[str, float] = {}
@@ -240,17 +278,22 @@ def run_expression(ctx: StageContext) -> str:
     for sid in previous:
         codes[rows[sid]] = -1
     dtype = sums_dtype([m.get("count_sum") for m in manifests.values()])
-    sums = pseudobulk_counts(stores, rows, codes, len(groups), var.index, client=client,
-                             dtype=dtype)  # fmt: skip
+    sums = create_sums(scratch / "sums.zarr", len(groups), len(var), dtype)
+    pseudobulk_counts(stores, rows, codes, len(groups), var.index, client=client, dtype=dtype,
+                      out=sums)  # fmt: skip
     del codes
     release_memory()  # the pseudobulk's reads leave heap on both sides; the fits need it
     client.run(release_memory)
-    if reused.any():
-        sums[reused] = reuse_rows(ctx.workdir.expression, groups[reused])
+    again = np.flatnonzero(reused)
+    for a in range(0, again.size, 512):  # the earlier run's rows, a block at a time
+        block = again[a : a + 512]
+        sums.set_orthogonal_selection(
+            (block, slice(None)), reuse_rows(ctx.workdir.expression, groups.iloc[block])
+        )
     seconds["pseudobulk"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pb = pseudobulk_anndata(groups, sums, design, var)
+    pb = pseudobulk_anndata(groups, None, design, var)
     pb.uns["sample_keys"] = keys
     pb.obs["in_models"] = pb.obs["n_cells"] >= params.min_cells
     genes = np.array(gene_names(var), dtype=object)
@@ -267,7 +310,7 @@ def run_expression(ctx: StageContext) -> str:
         if not plans.fits:
             continue
         rows = kept.index.to_numpy()
-        keep_genes = filter_by_expr(sums[rows], plans.fits[0].x.to_numpy(),
+        keep_genes = filter_by_expr(take_rows(sums, rows), plans.fits[0].x.to_numpy(),
                                     min_count=params.min_count,
                                     min_total_count=params.min_total_count)  # fmt: skip
         n_genes[key] = int(keep_genes.sum())
@@ -281,17 +324,16 @@ def run_expression(ctx: StageContext) -> str:
             cost = len(fit_rows) * n_genes[key] * (1.5 if fit.name == "patients_blocked" else 1.0)
             jobs.append((cost, level, cell_type, fit, fit_rows, keep_genes))
     # the costliest fits first, so the last to finish are short; a few in flight at a
-    # time, each one's counts cut from the sums when it is submitted (not all at once)
+    # time, each reading its counts from the stored sums when it runs
     jobs.sort(key=lambda j: -j[0])
-    meta: dict[Any, tuple[str, str, str, Any]] = {}
+    meta: dict[Any, tuple[str, str, str]] = {}
+    stored = str(scratch / "sums.zarr")
 
     def submit(job: tuple[float, str, str, Any, np.ndarray, np.ndarray]) -> Any:
         _, level, cell_type, fit, fit_rows, keep_genes = job
-        data = client.scatter(sums[np.ix_(fit_rows, np.flatnonzero(keep_genes))], hash=False)
-        future = client.submit(fit_and_release, data, list(genes[keep_genes]), fit, pure=False)
-        # the scattered counts are held until the fit is done: dropped before the task
-        # ran, the fit could be cancelled ("reason: unknown", seen with distributed 2025.1)
-        meta[future.key] = (level, cell_type, fit.name, data)
+        future = client.submit(fit_stored, stored, fit_rows, np.flatnonzero(keep_genes),
+                               list(genes[keep_genes]), fit, pure=False)  # fmt: skip
+        meta[future.key] = (level, cell_type, fit.name)
         return future
 
     in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {})))
@@ -303,10 +345,9 @@ def run_expression(ctx: StageContext) -> str:
     for future in running:
         if waiting:
             running.add(submit(waiting.pop(0)))
-        level, cell_type, name, data = meta.pop(future.key)
+        level, cell_type, name = meta.pop(future.key)
         table, fit_notes = future.result()
         future.release()
-        data.release()
         de.add(level, cell_type, f"deseq2_{name}", table)
         notes += [f"{level}/{cell_type}: {n}" for n in fit_notes]
     del jobs
@@ -330,6 +371,7 @@ def run_expression(ctx: StageContext) -> str:
     }
     with ctx.stage_folder() as (out, manifest):
         pb.write_zarr(out.pseudobulk)
+        write_x(out.pseudobulk, sums)
         de.write_csv(out.de)
         pd.DataFrame(not_estimable, columns=["level", "cell_type", "contrast", "reason"]).to_csv(
             out.not_estimable, index=False
@@ -348,7 +390,7 @@ def run_expression(ctx: StageContext) -> str:
 
 
 def _programs(
-    ctx: StageContext, todo: list, sums: np.ndarray, var: pd.DataFrame
+    ctx: StageContext, todo: list, sums: np.ndarray | zarr.Array, var: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Program scores and their tests for every tested cell type (in the driver: one
     small mixed model per cell type and program)."""
@@ -359,7 +401,7 @@ def _programs(
     symbols = [str(s) for s in var.get("gene_symbols", pd.Series(var.index, index=var.index))]
     tests, scores = [], []
     for level, cell_type, kept in todo:
-        score, _ = program_scores(sums[kept.index.to_numpy()], symbols, programs)
+        score, _ = program_scores(take_rows(sums, kept.index.to_numpy()), symbols, programs)
         if score.empty:
             continue
         samples = kept[list(DESIGN_COLUMNS)].reset_index(drop=True)

@@ -35,7 +35,10 @@ def de(analysed_small: CommandRun) -> pd.DataFrame:
 def test_pseudobulk_is_the_sum_of_each_groups_raw_counts(
     analysed_small: CommandRun, small_cohort: SimulationResult, pseudobulk: ad.AnnData
 ) -> None:
+    """X (written from the sums the stage keeps on disk while it runs; their scratch
+    folder gone after it) holds each group's summed raw counts."""
     workdir = analysed_small.workdir
+    assert not list(workdir.glob(".expression-sums*"))
     obs = ad.read_zarr(workdir / "cohort.zarr").obs
     x = sp.csr_matrix(open_cohort(workdir).X.compute())
     keep = obs["qc_pass"].to_numpy(dtype=bool)
