@@ -93,8 +93,18 @@ def _(graph: MemberGraph, vote: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                       shared["position"], shared["vote"])
         for a in range(0, rows.size, graph.block_cells)
     ]  # fmt: skip
-    parts = client.gather(futures)
-    del futures, shared
-    if not parts:
+    del shared
+    # each block's means copied into the result as they arrive (not all blocks, then
+    # their stack: two copies of a cells x programs array)
+    mean: np.ndarray | None = None
+    degree = np.zeros(rows.size)
+    for i, future in enumerate(futures):
+        m, d = future.result()
+        future.release()
+        if mean is None:
+            mean = np.empty((rows.size, m.shape[1]), dtype=m.dtype)
+        a = i * graph.block_cells
+        mean[a : a + len(d)], degree[a : a + len(d)] = m, d
+    if mean is None:
         return np.zeros((0, vote.shape[1])), np.zeros(0)
-    return np.vstack([m for m, _ in parts]), np.concatenate([d for _, d in parts])
+    return mean, degree

@@ -23,7 +23,7 @@ import dask
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from distributed import Client, wait
+from distributed import Client, as_completed, wait
 
 from ..cohort import cell_chunks
 from ..config import AnnotateConfig
@@ -119,6 +119,23 @@ def _posteriors(
     features: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, size: np.ndarray, model
 ) -> np.ndarray:
     return posteriors(features[rows][:, cols], size, model)
+
+
+def _stacked(client: Client, futures: list[Any], sizes: list[int]) -> np.ndarray:
+    """The futures' arrays (``sizes`` rows each, the same columns) stacked in order, each
+    copied into the result as it arrives and released: one copy of the whole in the
+    driver, not the parts and their stack."""
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    where = {f.key: i for i, f in enumerate(futures)}
+    out: np.ndarray | None = None
+    for future in as_completed(futures):
+        part = future.result()
+        future.release()
+        if out is None:
+            out = np.empty((int(starts[-1]), *part.shape[1:]), dtype=part.dtype)
+        i = where[future.key]
+        out[starts[i] : starts[i + 1]] = part
+    return out if out is not None else np.zeros((0, 0))
 
 
 # ---- the stage ------------------------------------------------------------------------
@@ -258,7 +275,7 @@ def annotate_cohort(
                 client.submit(_posteriors, fut, loc, cols, size[r[loc]], model_f, pure=False)
                 for fut, loc, r in zip(futures, local, kept_rows, strict=True)
             ]
-            return np.vstack(client.gather(post))
+            return _stacked(client, post, [len(loc) for loc in local])
 
         call = _call_level(
             level,
