@@ -300,6 +300,14 @@ class QCConfig(_Frozen):
         "(scanpy densifies for it); False is the uncentred SVD, with the same detection "
         "on simulated data (measured)",
     )
+    doublet_sim_ratio: float = Field(
+        2.0,
+        gt=0,
+        le=10,
+        description="simulated doublets per observed cell (scanpy's sim_doublet_ratio); the "
+        "neighbour search costs about (1 + ratio) x (1 + ratio x scored fraction): 1 "
+        "halves it (detection against the simulator's truth: docs/benchmarks.md)",
+    )
     doublet_sim_scored_fraction: float = Field(
         0.3,
         gt=0,
@@ -325,13 +333,13 @@ class PreprocessConfig(_Frozen):
     )
     n_comps: int = Field(50, ge=2)
     pca_max_cells: int | None = Field(
-        None,
+        100_000,
         ge=1000,
-        description="above this many kept cells the principal axes are fitted on a "
-        "subsample stratified by sample (X'X of its cells) and every kept cell is projected "
-        "onto them, for pooled cohorts; null: fitted on every kept cell (exact). With 250,000 "
-        "of 853k cells PCs 1-15 and 18-20 matched the exact ones at |r| >= 0.994 and a pair "
-        "of near-equal variance (16, 17) rotated (0.93): docs/benchmarks.md",
+        description="above this many kept cells the principal axes of a subsample stratified "
+        "by sample (X'X of its cells) are refined on every kept cell (Rayleigh-Ritz on their "
+        "top 2 x n_comps axes: a tenth of X'X's arithmetic) and every kept cell is projected; "
+        "null: X'X of every kept cell (exact). At 853k kept cells, 100,000 matched the exact "
+        "PCs 1-20 at |r| >= 0.998 and took 15 s less: docs/benchmarks.md",
     )
     seed: int = Field(0, description="seed of the PCA's fitting subsample")
 

@@ -21,7 +21,9 @@ from ..config import PreprocessConfig
 from ..graph import knn_graphs, nearest_neighbors
 from ..preprocess import preprocess_cohort
 
-B_GRAPH = PreprocessConfig(n_top_genes=1000, n_comps=20)  # HVGs and PCs of the B cells
+# HVGs and PCs of the B cells; exact X'X (a subsample's axes need a third pass over the
+# cohort's chunks here, without a scratch folder for the cells' coordinates)
+B_GRAPH = PreprocessConfig(n_top_genes=1000, n_comps=20, pca_max_cells=None)
 B_NEIGHBORS = 15
 B_GRAPH_MIN_CELLS = 200  # fewer B cells: the integrated graph restricted to them
 

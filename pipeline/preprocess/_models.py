@@ -102,6 +102,40 @@ def pca_from_gram(
     return mean, vectors, values, values / np.trace(cov)
 
 
+def pca_from_products(
+    n: float,
+    sums: np.ndarray,
+    squares: float,
+    basis: np.ndarray,
+    product: np.ndarray,
+    n_comps: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, components, variances, variance ratios and the mixing matrix (q x n_comps:
+    components = basis @ mixing) by Rayleigh-Ritz on ``basis``.
+
+    ``basis`` (genes x q, orthonormal columns, q > n_comps) spans nearly the top
+    eigenvectors of the covariance (the axes of a subsample); ``product`` is X'X basis of
+    every cell, ``sums`` and ``squares`` their column sums and sum of squares. The
+    covariance restricted to the basis, Q'CQ (q x q), gives the components within its
+    span, so two axes of near-equal variance are resolved by the whole cohort rather than
+    rotated by the subsample. Variances are Ritz values (at most the exact ones); ratios
+    are against the exact total variance. Signs as `pca_from_gram`.
+    """
+    mean = sums / n
+    cq = (product - n * np.outer(mean, mean @ basis)) / (n - 1)
+    small = basis.T @ cq
+    small = (small + small.T) / 2
+    k = min(n_comps, small.shape[0])
+    values, w = eigh(small, subset_by_index=[small.shape[0] - k, small.shape[0] - 1])
+    order = np.argsort(values)[::-1]
+    values, mixing = values[order], w[:, order]
+    vectors = basis @ mixing
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(k)])
+    vectors, mixing = vectors * signs, mixing * signs
+    total = (squares - n * float(mean @ mean)) / (n - 1)
+    return mean, vectors, values, values / total, mixing
+
+
 @dataclass(frozen=True)
 class PcaLoadings:
     """The PCA the cohort's cells were projected with; add-batch projects new cells with

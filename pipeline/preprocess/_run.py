@@ -3,6 +3,7 @@ the PCs and their loadings into cohort.zarr."""
 
 from __future__ import annotations
 
+import shutil
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -10,7 +11,8 @@ import pandas as pd
 
 from ..moments import Moments
 from ..qc import MOMENT_SUM, MOMENT_SUMSQ
-from ._stage import preprocess_cohort
+from ..store import TMP_MARK
+from ._stage import COORDS, preprocess_cohort
 
 if TYPE_CHECKING:
     from ..stages import StageContext
@@ -42,6 +44,8 @@ def moments_per_batch(
 
 def run_preprocess(ctx: StageContext) -> str:
     p = ctx.cfg.preprocess
+    for left in ctx.workdir.root.glob(f".{COORDS}{TMP_MARK}*"):  # of a killed run
+        shutil.rmtree(left, ignore_errors=True)
     obs = ctx.read_obs(
         list(dict.fromkeys(["qc_pass", "total_counts", "sample_id", p.hvg_batch_key]))
     )
@@ -65,6 +69,7 @@ def run_preprocess(ctx: StageContext) -> str:
         total_counts=obs["total_counts"].to_numpy(dtype=np.float64),
         params=p,
         moments=moments,
+        scratch=ctx.workdir.root,
     )
     # a re-run replaces the previous preprocess outputs
     var = var_before.drop(columns=list(result.var.columns), errors="ignore").join(result.var)

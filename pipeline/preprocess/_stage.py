@@ -1,18 +1,22 @@
 """The preprocess stage: normalize + log1p, seurat_v3 HVGs and PCA, out of core on Dask.
 
-Up to four passes over the cohort's chunks, each reducing to per-gene sums so that no
+Up to five passes over the cohort's chunks, each reducing to per-gene sums so that no
 process holds more than a chunk of counts: (1) per-batch moments of raw counts (skipped
 when the qc stage's per-sample moments are given), (2) per-batch
 moments of counts clipped at Seurat v3's bound, (3) X'X of the log-normalized HVGs
-(of a stratified subsample above ``pca_max_cells`` kept cells), (4) the projection of
-every kept cell onto the principal axes.
+(of a stratified subsample above ``pca_max_cells`` kept cells), (4) with a subsample,
+X'X Q of every kept cell for the subsample's top 2 x n_comps axes Q (a tenth of X'X's
+arithmetic), whose Rayleigh-Ritz solution gives the principal axes, (5) the projection
+of every kept cell onto them.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anndata as ad
@@ -20,14 +24,50 @@ import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
-from distributed import Client
+from distributed import Client, futures_of, wait
 
 from ..cohort import cell_chunks
 from ..config import PreprocessConfig
 from ..moments import Moments, add_moments, batch_moments, clipped_moments
 from ..sampling import stratified_sample
-from ._kernels import add_gram, gram, project
-from ._models import PcaLoadings, clip_values, pca_from_gram, seurat_v3_table
+from ..store import scratch_folder
+from ._kernels import add_sums, gram, gram_times, project, project_coordinates
+from ._models import (
+    PcaLoadings,
+    clip_values,
+    pca_from_gram,
+    pca_from_products,
+    seurat_v3_table,
+)
+
+# A subsample's axes are refined within the span of its top BASIS_FACTOR x n_comps axes
+# (Rayleigh-Ritz on every kept cell): 2 reached |r| >= 0.99 on the first 20 PCs against
+# the exact PCA at 1M cells (docs/benchmarks.md)
+BASIS_FACTOR = 2
+COORDS = "pca-coordinates"  # the scratch folder of the cells' coordinates on that basis
+
+
+def _refine_part(
+    block: Any,
+    keep: np.ndarray,
+    genes: np.ndarray,
+    total: np.ndarray,
+    target_sum: float,
+    basis: np.ndarray,
+    path: str | None,
+) -> tuple[float, np.ndarray, float, np.ndarray]:
+    """`gram_times` of one chunk; its kept cells' coordinates saved at ``path`` (the
+    projection then needs no further pass over the counts)."""
+    sums, coords = gram_times(block, keep, genes, total, target_sum, basis)
+    if path is not None:
+        np.save(path, coords)
+    return sums
+
+
+def _project_saved(
+    path: str, keep: np.ndarray, mixing: np.ndarray, shift: np.ndarray
+) -> np.ndarray:
+    return project_coordinates(np.load(path, mmap_mode="r"), keep, mixing, shift)
 
 
 @dataclass(frozen=True)
@@ -139,14 +179,19 @@ def preprocess_cohort(
     total_counts: np.ndarray,
     params: PreprocessConfig,
     moments: Moments | None = None,
+    scratch: Path | None = None,
 ) -> PreprocessResult:
     """Highly variable genes and PCA of the cells in ``keep`` (QC-passed), out of core,
     with the preprocess section's ``params``.
 
     ``moments`` (batch code -> per-gene moments of the kept cells' raw counts, as the qc
     stage records them per sample) saves the first pass over the cohort. The principal
-    axes are fitted on `pca_fit_cells` (a stratified subsample above
-    ``params.pca_max_cells`` kept cells) and every kept cell is projected onto them.
+    axes are fitted on `pca_fit_cells`: on every kept cell (exact X'X), or above
+    ``params.pca_max_cells`` kept cells on a stratified subsample whose axes are then
+    refined on every kept cell (`pca_from_products`); every kept cell is projected onto
+    them. ``scratch``: a folder every worker can write (the workdir), where the refinement
+    saves the cells' coordinates on the subsample's axes for the projection (in a
+    temporary folder, removed before returning); None: projected from the counts.
     """
     seconds: dict[str, float] = {}
     chunks = cell_chunks(cohort.X)
@@ -181,13 +226,61 @@ def preprocess_cohort(
         dask.delayed(gram)(c.block, fit[c.rows], hvg, total_counts[c.rows], params.target_sum)
         for c in chunks
     ]
-    n, sums, g = client.compute(_tree_sum(parts, add_gram), sync=True)
-    mean, components, variance, ratio = pca_from_gram(n, sums, g, params.n_comps)
-    loadings = PcaLoadings(hvg, mean, components)
-    scores = project_cells_on_workers(
-        cohort, client=client, keep=keep, total_counts=total_counts, loadings=loadings,
-        target_sum=params.target_sum,
-    )  # fmt: skip
+    n, sums, g = client.compute(_tree_sum(parts, add_sums), sync=True)
+    if np.count_nonzero(fit) == np.count_nonzero(keep):  # X'X of every kept cell: exact
+        mean, components, variance, ratio = pca_from_gram(n, sums, g, params.n_comps)
+        loadings = PcaLoadings(hvg, mean, components)
+        scores = project_cells_on_workers(
+            cohort, client=client, keep=keep, total_counts=total_counts, loadings=loadings,
+            target_sum=params.target_sum,
+        )  # fmt: skip
+    else:  # the subsample's axes, refined on every kept cell by one more pass
+        basis = pca_from_gram(n, sums, g, min(BASIS_FACTOR * params.n_comps, hvg.size))[1]
+        with ExitStack() as stack:
+            folder = None if scratch is None else stack.enter_context(
+                scratch_folder(scratch, COORDS)
+            )  # fmt: skip
+            paths = [
+                None if folder is None else str(folder / f"{i}.npy") for i in range(len(chunks))
+            ]
+            basis_f = client.scatter(basis, broadcast=True, hash=False)
+            parts = [
+                dask.delayed(_refine_part)(
+                    c.block,
+                    keep[c.rows],
+                    hvg,
+                    total_counts[c.rows],
+                    params.target_sum,
+                    basis_f,
+                    path,
+                )
+                for c, path in zip(chunks, paths, strict=True)
+            ]
+            n, sums, squares, product = client.compute(_tree_sum(parts, add_sums), sync=True)
+            mean, components, variance, ratio, mixing = pca_from_products(
+                n, sums, squares, basis, product, params.n_comps
+            )
+            loadings = PcaLoadings(hvg, mean, components)
+            if folder is None:
+                scores = project_cells_on_workers(
+                    cohort, client=client, keep=keep, total_counts=total_counts,
+                    loadings=loadings, target_sum=params.target_sum,
+                )  # fmt: skip
+            else:  # from the saved coordinates, read before the folder goes
+                tasks = [
+                    dask.delayed(_project_saved)(path, keep[c.rows], mixing, mean @ components)
+                    for c, path in zip(chunks, paths, strict=True)
+                ]
+                blocks = client.persist(tasks)
+                wait(futures_of(blocks))
+                scores = da.concatenate(
+                    [
+                        da.from_delayed(
+                            b, shape=(c.stop - c.start, mixing.shape[1]), dtype=np.float32
+                        )
+                        for b, c in zip(blocks, chunks, strict=True)
+                    ]
+                )
     seconds["pca"] = time.perf_counter() - t
     # the centre of the log-normalized HVGs: new cells are projected with it (add-batch)
     table["pca_mean"] = loadings.to_record(len(table))[0]

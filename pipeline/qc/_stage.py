@@ -77,6 +77,7 @@ def qc_sample(
             expected_rate=params.expected_doublet_rate,
             mean_center=params.doublet_mean_center,
             sim_scored_fraction=params.doublet_sim_scored_fraction,
+            sim_ratio=params.doublet_sim_ratio,
             seed=seed,
         )
         score[passing] = found.score

@@ -128,12 +128,14 @@ def test_qc_stage_moments_replace_the_first_pass(
 
 
 def test_axes_fitted_on_a_subsample_match_the_exact_ones(
-    ingested: Path, client: Client, keep, ours: PreprocessResult
+    ingested: Path, client: Client, keep, ours: PreprocessResult, tmp_path: Path
 ) -> None:
     """Above ``pca_max_cells`` kept cells the axes come from a subsample stratified by
-    sample (every sample in it, in proportion) and every kept cell is still projected;
-    with half the cells the leading PCs are the exact ones' and the first 20 axes capture
-    nearly as much variance as the exact first 20 (at 1M cells, 250k: docs/benchmarks.md)."""
+    sample (every sample in it, in proportion), refined on every kept cell, and every kept
+    cell is still projected: with half the cells the PCs are the exact ones' (at 1M cells,
+    100k: |r| >= 0.998 on the first 20, docs/benchmarks.md). With a scratch folder the
+    cells are projected from their saved coordinates, to the same scores, and the folder
+    is left empty."""
     from pipeline.preprocess._stage import pca_fit_cells
 
     cohort = open_cohort(ingested, chunk_cells=170)
@@ -150,12 +152,42 @@ def test_axes_fitted_on_a_subsample_match_the_exact_ones(
     )
     scores = sub.pca.compute()
     assert np.isfinite(scores[keep[0]]).all() and np.isnan(scores[~keep[0]]).all()
+    saved = preprocess_cohort(
+        cohort, client=client, keep=keep[0], total_counts=keep[1], params=params,
+        scratch=tmp_path,
+    )  # fmt: skip
+    np.testing.assert_allclose(saved.pca.compute(), scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(saved.components, sub.components)
+    assert list(tmp_path.iterdir()) == []
     exact = ours.pca[keep[0]].astype(np.float64)
     mine = scores[keep[0]].astype(np.float64)
-    for i in range(3):  # the dominant axes (lineages) are the exact ones
-        r = abs(np.corrcoef(mine[:, i], exact[:, i])[0, 1])
-        assert r >= 0.99, f"PC{i + 1}: |r| {r:.4f}"
-    # beyond them PCs of near-equal variance may rotate among themselves (on this small
-    # cohort), but the first 20 axes capture nearly the variance the exact first 20 do
+    r = [abs(np.corrcoef(mine[:, i], exact[:, i])[0, 1]) for i in range(10)]
+    assert min(r) >= 0.995, np.round(r, 4)  # the subsample's own axes: PC4 0.95 (measured)
+    # Ritz values: at most the exact variances, and close to them
+    assert (sub.variance <= ours.variance * (1 + 1e-9)).all()
+    assert (sub.variance[:10] >= 0.97 * ours.variance[:10]).all()
     captured = mine[:, :20].var(axis=0).sum() / exact[:, :20].var(axis=0).sum()
     assert 0.98 <= captured <= 1.0 + 1e-6, captured
+
+
+def test_gram_times_is_the_gram_matrix_applied_to_a_basis() -> None:
+    """X'X Q and X Q of the log-normalized kept cells, as `gram` and the CSR say."""
+    import scipy.sparse as sp
+
+    from pipeline.preprocess._kernels import gram, gram_times, log_normalized
+
+    rng = np.random.default_rng(3)
+    x = sp.random(3000, 400, density=0.1, format="csr", random_state=4, dtype=np.float32)
+    x.data = np.ceil(x.data * 20)
+    keep = rng.random(3000) > 0.2
+    genes = np.sort(rng.choice(400, 120, replace=False))
+    total = np.asarray(x.sum(axis=1)).ravel() + 1.0
+    basis = np.linalg.qr(rng.normal(size=(120, 16)))[0]
+    (n, sums, squares, product), coords = gram_times(x, keep, genes, total, 1e4, basis)
+    n_g, sums_g, g = gram(x, keep, genes, total, 1e4)
+    y = log_normalized(x, keep, genes, total, 1e4).toarray()
+    assert n == n_g == keep.sum()
+    np.testing.assert_allclose(sums, sums_g, rtol=1e-6)
+    np.testing.assert_allclose(squares, (y * y).sum(), rtol=1e-5)
+    np.testing.assert_allclose(product, g @ basis, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(coords, y @ basis, rtol=1e-4, atol=1e-4)
