@@ -12,7 +12,7 @@ import pandas as pd
 from ..moments import Moments
 from ..qc import MOMENT_SUM, MOMENT_SUMSQ
 from ..store import TMP_MARK
-from ._stage import COORDS, preprocess_cohort
+from ._stage import PCA_SCRATCH, preprocess_cohort
 
 if TYPE_CHECKING:
     from ..stages import StageContext
@@ -44,7 +44,7 @@ def moments_per_batch(
 
 def run_preprocess(ctx: StageContext) -> str:
     p = ctx.cfg.preprocess
-    for left in ctx.workdir.root.glob(f".{COORDS}{TMP_MARK}*"):  # of a killed run
+    for left in ctx.workdir.root.glob(f".{PCA_SCRATCH}{TMP_MARK}*"):  # of a killed run
         shutil.rmtree(left, ignore_errors=True)
     obs = ctx.read_obs(
         list(dict.fromkeys(["qc_pass", "total_counts", "sample_id", p.hvg_batch_key]))

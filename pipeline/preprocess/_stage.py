@@ -1,13 +1,15 @@
 """The preprocess stage: normalize + log1p, seurat_v3 HVGs and PCA, out of core on Dask.
 
-Up to five passes over the cohort's chunks, each reducing to per-gene sums so that no
-process holds more than a chunk of counts: (1) per-batch moments of raw counts (skipped
-when the qc stage's per-sample moments are given), (2) per-batch
-moments of counts clipped at Seurat v3's bound, (3) X'X of the log-normalized HVGs
-(of a stratified subsample above ``pca_max_cells`` kept cells), (4) with a subsample,
-X'X Q of every kept cell for the subsample's top 2 x n_comps axes Q (a tenth of X'X's
-arithmetic), whose Rayleigh-Ritz solution gives the principal axes, (5) the projection
-of every kept cell onto them.
+Passes over the cohort's chunks, each reducing to per-gene sums so that no process holds
+more than a chunk of counts: (1) per-batch moments of raw counts (skipped when the qc
+stage's per-sample moments are given), (2) per-batch moments of counts clipped at Seurat
+v3's bound, (3) X'X of the log-normalized HVGs, (4) the projection of every kept cell
+onto the principal axes. Above ``pca_max_cells`` kept cells, (3) is X'X of a stratified
+subsample and (4) is preceded by X'X Q of every kept cell for the subsample's top
+2 x n_comps axes Q (a tenth of X'X's arithmetic), whose Rayleigh-Ritz solution gives the
+axes; with a scratch folder (the stage's own run), pass (2) also saves the subsample's
+rows, so that (3) reads them instead of the chunks, and (4) saves the cells' coordinates
+X Q, from which they are projected without another pass over the counts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from distributed import Client, futures_of, wait
 
 from ..cohort import cell_chunks
@@ -44,7 +47,31 @@ from ._models import (
 # (Rayleigh-Ritz on every kept cell): 2 reached |r| >= 0.99 on the first 20 PCs against
 # the exact PCA at 1M cells (docs/benchmarks.md)
 BASIS_FACTOR = 2
-COORDS = "pca-coordinates"  # the scratch folder of the cells' coordinates on that basis
+PCA_SCRATCH = "pca-scratch"  # the scratch folder: the subsample's rows, the cells' coordinates
+
+
+def _clipped_and_saved(
+    block: Any,
+    batch: np.ndarray,
+    keep: np.ndarray,
+    clip: np.ndarray,
+    fit: np.ndarray,
+    path: str | None,
+) -> Moments:
+    """`clipped_moments` of one chunk; with ``path``, the chunk's rows in ``fit`` (raw
+    counts, every gene) saved there, so that the subsample's X'X reads them, not the
+    chunk."""
+    if path is not None:
+        sp.save_npz(path, sp.csr_matrix(block)[fit], compressed=False)
+    return clipped_moments(block, batch, keep, clip)
+
+
+def _saved_gram(
+    path: str, genes: np.ndarray, total: np.ndarray, target_sum: float
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """`gram` of the rows `_clipped_and_saved` saved at ``path`` (all of them)."""
+    x = sp.load_npz(path)
+    return gram(x, np.ones(x.shape[0], dtype=bool), genes, total, target_sum)
 
 
 def _refine_part(
@@ -171,6 +198,46 @@ def pca_fit_cells(obs: pd.DataFrame, keep: np.ndarray, params: PreprocessConfig)
     return fit
 
 
+def _hvg_table(
+    cohort: ad.AnnData,
+    chunks: list[Any],
+    client: Client,
+    keep: np.ndarray,
+    params: PreprocessConfig,
+    moments: Moments | None,
+    fit: np.ndarray,
+    rows: list[str] | None,
+) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """scanpy's seurat_v3 HVG table of the kept cells and the batches too small to rank
+    genes; with ``rows`` (a path per chunk) the clipped pass also saves each chunk's
+    ``fit`` rows there (`_clipped_and_saved`)."""
+    batch_cat = pd.Categorical(cohort.obs[params.hvg_batch_key].astype(str))
+    batch = batch_cat.codes.astype(np.int64)
+    n_batches = len(batch_cat.categories)
+    if moments is None:
+        parts = [dask.delayed(batch_moments)(c.block, batch[c.rows], keep[c.rows]) for c in chunks]
+        moments = client.compute(_tree_sum(parts, add_moments), sync=True)
+    small = sorted(b for b, m in moments.items() if m[0, 0] < params.hvg_min_batch_cells)
+    left_out = tuple(str(batch_cat.categories[b]) for b in small)
+    if len(small) == len(moments):  # no batch is large enough: the cells as one batch
+        batch = np.zeros_like(batch)
+        moments, n_batches, left_out = {0: _tree_sum(list(moments.values()), np.add)}, 1, ()
+    else:
+        moments = {b: m for b, m in moments.items() if b not in small}
+    reg_std, clip = clip_values(moments, n_batches, params.hvg_span)
+    clip_f = client.scatter(clip, broadcast=True, hash=False)
+    paths = rows if rows is not None else [None] * len(chunks)
+    parts = [
+        dask.delayed(_clipped_and_saved)(
+            c.block, batch[c.rows], keep[c.rows], clip_f, fit[c.rows], path
+        )
+        for c, path in zip(chunks, paths, strict=True)
+    ]
+    clipped = client.compute(_tree_sum(parts, add_moments), sync=True)
+    table = seurat_v3_table(moments, clipped, reg_std, cohort.var_names, params.n_top_genes)
+    return table, left_out
+
+
 def preprocess_cohort(
     cohort: ad.AnnData,
     *,
@@ -195,51 +262,48 @@ def preprocess_cohort(
     """
     seconds: dict[str, float] = {}
     chunks = cell_chunks(cohort.X)
-    batch_cat = pd.Categorical(cohort.obs[params.hvg_batch_key].astype(str))
-    batch = batch_cat.codes.astype(np.int64)
-    n_batches = len(batch_cat.categories)
-
-    t = time.perf_counter()
-    if moments is None:
-        parts = [dask.delayed(batch_moments)(c.block, batch[c.rows], keep[c.rows]) for c in chunks]
-        moments = client.compute(_tree_sum(parts, add_moments), sync=True)
-    small = sorted(b for b, m in moments.items() if m[0, 0] < params.hvg_min_batch_cells)
-    left_out = tuple(str(batch_cat.categories[b]) for b in small)
-    if len(small) == len(moments):  # no batch is large enough: the cells as one batch
-        batch = np.zeros_like(batch)
-        moments, n_batches, left_out = {0: _tree_sum(list(moments.values()), np.add)}, 1, ()
-    else:
-        moments = {b: m for b, m in moments.items() if b not in small}
-    reg_std, clip = clip_values(moments, n_batches, params.hvg_span)
-    clip_f = client.scatter(clip, broadcast=True, hash=False)
-    parts = [
-        dask.delayed(clipped_moments)(c.block, batch[c.rows], keep[c.rows], clip_f) for c in chunks
-    ]
-    clipped = client.compute(_tree_sum(parts, add_moments), sync=True)
-    table = seurat_v3_table(moments, clipped, reg_std, cohort.var_names, params.n_top_genes)
-    seconds["hvg"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    hvg = np.flatnonzero(table["highly_variable"].to_numpy())
     fit = pca_fit_cells(cohort.obs, keep, params)
-    parts = [
-        dask.delayed(gram)(c.block, fit[c.rows], hvg, total_counts[c.rows], params.target_sum)
-        for c in chunks
-    ]
-    n, sums, g = client.compute(_tree_sum(parts, add_sums), sync=True)
-    if np.count_nonzero(fit) == np.count_nonzero(keep):  # X'X of every kept cell: exact
-        mean, components, variance, ratio = pca_from_gram(n, sums, g, params.n_comps)
-        loadings = PcaLoadings(hvg, mean, components)
-        scores = project_cells_on_workers(
-            cohort, client=client, keep=keep, total_counts=total_counts, loadings=loadings,
-            target_sum=params.target_sum,
-        )  # fmt: skip
-    else:  # the subsample's axes, refined on every kept cell by one more pass
-        basis = pca_from_gram(n, sums, g, min(BASIS_FACTOR * params.n_comps, hvg.size))[1]
-        with ExitStack() as stack:
-            folder = None if scratch is None else stack.enter_context(
-                scratch_folder(scratch, COORDS)
+    exact = np.count_nonzero(fit) == np.count_nonzero(keep)
+    with ExitStack() as stack:
+        folder = (
+            None
+            if scratch is None or exact
+            else stack.enter_context(scratch_folder(scratch, PCA_SCRATCH))
+        )
+        t = time.perf_counter()
+        # with a scratch folder, the HVG pass saves the subsample's rows for its X'X
+        rows = (
+            None if folder is None else [str(folder / f"rows-{i}.npz") for i in range(len(chunks))]
+        )
+        table, left_out = _hvg_table(cohort, chunks, client, keep, params, moments, fit, rows)
+        seconds["hvg"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        hvg = np.flatnonzero(table["highly_variable"].to_numpy())
+        if rows is None:
+            parts = [
+                dask.delayed(gram)(
+                    c.block, fit[c.rows], hvg, total_counts[c.rows], params.target_sum
+                )
+                for c in chunks
+            ]
+        else:
+            parts = [
+                dask.delayed(_saved_gram)(
+                    path, hvg, total_counts[c.rows][fit[c.rows]], params.target_sum
+                )
+                for c, path in zip(chunks, rows, strict=True)
+            ]
+        n, sums, g = client.compute(_tree_sum(parts, add_sums), sync=True)
+        if exact:  # X'X of every kept cell
+            mean, components, variance, ratio = pca_from_gram(n, sums, g, params.n_comps)
+            loadings = PcaLoadings(hvg, mean, components)
+            scores = project_cells_on_workers(
+                cohort, client=client, keep=keep, total_counts=total_counts, loadings=loadings,
+                target_sum=params.target_sum,
             )  # fmt: skip
+        else:  # the subsample's axes, refined on every kept cell by one more pass
+            basis = pca_from_gram(n, sums, g, min(BASIS_FACTOR * params.n_comps, hvg.size))[1]
             paths = [
                 None if folder is None else str(folder / f"{i}.npy") for i in range(len(chunks))
             ]
