@@ -6,6 +6,7 @@ same cells, and returns small per-chunk sums that are added up across chunks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numba
@@ -67,31 +68,41 @@ def _positions(genes: np.ndarray, n_genes: int) -> np.ndarray:
     return position
 
 
-def gram(
+def _log_blocks(
     x: sp.spmatrix, keep: np.ndarray, genes: np.ndarray, total: np.ndarray, target_sum: float
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """(n, column sums, X'X) of the log-normalized kept cells on ``genes``.
-
-    The kept rows are written straight from the CSR arrays into dense float32 blocks
-    (numba) and multiplied by BLAS, float32 per block (2x float64's speed), summed in
-    float64; no intermediate sparse matrices.
-    """
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The log-normalized kept rows on ``genes`` as dense float32 blocks of up to
+    `GRAM_BLOCK` rows, written straight from the CSR arrays (numba; one buffer, refilled):
+    (the block's first kept row, the block, its float64 column sums)."""
     x = sp.csr_matrix(x)
     rows = np.flatnonzero(keep)
     position = _positions(genes, x.shape[1])
     scale = target_sum / total[rows]
-    g = np.zeros((genes.size, genes.size))
-    sums = np.zeros(genes.size)
     block = np.empty((min(GRAM_BLOCK, max(rows.size, 1)), genes.size), dtype=np.float32)
     for start in range(0, rows.size, GRAM_BLOCK):
         part = rows[start : start + GRAM_BLOCK]
         b = block[: part.size]
         b.fill(0)
-        sums += _fill_log_rows(
+        sums = _fill_log_rows(
             x.indptr, x.indices, x.data, part, position, scale[start : start + GRAM_BLOCK], b
         )
+        yield start, b, sums
+
+
+def gram(
+    x: sp.spmatrix, keep: np.ndarray, genes: np.ndarray, total: np.ndarray, target_sum: float
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """(n, column sums, X'X) of the log-normalized kept cells on ``genes``.
+
+    Dense float32 blocks (`_log_blocks`) multiplied by BLAS, float32 per block (2x
+    float64's speed), summed in float64; no intermediate sparse matrices.
+    """
+    g = np.zeros((genes.size, genes.size))
+    sums = np.zeros(genes.size)
+    for _, b, block_sums in _log_blocks(x, keep, genes, total, target_sum):
+        sums += block_sums
         g += b.T @ b
-    return float(rows.size), sums, g
+    return float(np.count_nonzero(keep)), sums, g
 
 
 def gram_times(
@@ -109,28 +120,19 @@ def gram_times(
     The dense float32 blocks of `gram`, multiplied by ``basis`` and back by BLAS: 2q / genes
     of X'X's arithmetic (a tenth for 100 columns of 2,000 genes), summed in float64.
     """
-    x = sp.csr_matrix(x)
-    rows = np.flatnonzero(keep)
-    position = _positions(genes, x.shape[1])
-    scale = target_sum / total[rows]
     basis32 = np.ascontiguousarray(basis, dtype=np.float32)
-    coords = np.empty((rows.size, basis.shape[1]), dtype=np.float32)
+    n = np.count_nonzero(keep)
+    coords = np.empty((n, basis.shape[1]), dtype=np.float32)
     product = np.zeros((genes.size, basis.shape[1]))
     sums = np.zeros(genes.size)
     squares = 0.0
-    block = np.empty((min(GRAM_BLOCK, max(rows.size, 1)), genes.size), dtype=np.float32)
-    for start in range(0, rows.size, GRAM_BLOCK):
-        part = rows[start : start + GRAM_BLOCK]
-        b = block[: part.size]
-        b.fill(0)
-        sums += _fill_log_rows(
-            x.indptr, x.indices, x.data, part, position, scale[start : start + GRAM_BLOCK], b
-        )
+    for start, b, block_sums in _log_blocks(x, keep, genes, total, target_sum):
+        sums += block_sums
         squares += float(np.einsum("ij,ij->", b, b, dtype=np.float64))
-        t = coords[start : start + part.size]
+        t = coords[start : start + b.shape[0]]
         np.matmul(b, basis32, out=t)
         product += b.T @ t
-    return (float(rows.size), sums, squares, product), coords
+    return (float(n), sums, squares, product), coords
 
 
 def project_coordinates(
