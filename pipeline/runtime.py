@@ -17,6 +17,13 @@ searches run while the workers are idle, so they get every core.
 `one_blas_thread`: the opposite for many small problems (the abundance models): numpy's
 OpenBLAS, multi-threaded in the driver, made scipy's L-BFGS-B 2.5-36x slower per iteration
 on a busy 2-core machine.
+
+`umap_module`: umap-learn and pynndescent compile their numba functions in every process
+that imports them (neither asks numba to cache them): pynndescent's distances, compiled
+eagerly at import, ~8-10 s per process on this machine, then umap's own at first call.
+Imported through `umap_module`, numba's on-disk cache is on for all of them, so only a
+machine's first run compiles them (numba recompiles when the libraries' sources change;
+the code is the same as compiled, only the compilation is skipped).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import functools
 import gc
 import os
 import sys
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
@@ -94,3 +102,57 @@ def pyplot() -> ModuleType:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+_UMAP_IMPORT = threading.Lock()
+_UMAP_READY: list[bool] = []  # non-empty once `umap_module` has run in this process
+
+
+def _enable_numba_caching(prefixes: tuple[str, ...]) -> int:
+    """Turn numba's on-disk cache on for the jitted functions of the imported modules
+    named ``prefixes`` (or below) that have none; how many."""
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    done = 0
+    for name, module in list(sys.modules.items()):
+        if module is None or not any(name == p or name.startswith(p + ".") for p in prefixes):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, Dispatcher) and isinstance(
+                getattr(value, "_cache", None), NullCache
+            ):
+                try:
+                    value.enable_caching()
+                except RuntimeError:  # numba found nowhere to write the cache
+                    continue
+                done += 1
+    return done
+
+
+def umap_module() -> ModuleType:
+    """umap-learn's ``umap.umap_``, imported (once per process) with numba's on-disk
+    cache on for umap's and pynndescent's jitted functions: ``numba.njit`` defaults to
+    ``cache=True`` while the two packages are imported (pynndescent compiles its
+    distances right then), and functions of theirs imported earlier (e.g. by scanpy in a
+    notebook) get the cache before their first call."""
+    with _UMAP_IMPORT:
+        if _UMAP_READY:
+            return sys.modules["umap.umap_"]
+        if "umap.umap_" not in sys.modules:
+            import numba
+
+            original = numba.njit
+
+            def cached_njit(*args: Any, **kwargs: Any) -> Any:
+                kwargs.setdefault("cache", True)
+                return original(*args, **kwargs)
+
+            numba.njit = cached_njit
+            try:
+                import umap  # noqa: F401  (imports pynndescent and umap's modules)
+            finally:
+                numba.njit = original
+        _enable_numba_caching(("umap", "pynndescent"))
+        _UMAP_READY.append(True)
+    return sys.modules["umap.umap_"]

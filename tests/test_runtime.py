@@ -89,3 +89,49 @@ def test_one_blas_thread_limits_blas_inside_the_call_only() -> None:
     assert before and inside(1) == [1] * len(before)
     assert blas_threads() == before
     assert str(inspect.signature(inside)) == "(x: 'int', *, y: 'int' = 2) -> 'list[int]'"
+
+
+_CACHE_PROBE = """
+import json, time
+start = time.perf_counter()
+from pipeline.graph import knn_graphs, nearest_neighbors
+import numpy as np
+knn_graphs(nearest_neighbors(np.random.default_rng(0).normal(size=(300, 5)), 10))
+seconds = time.perf_counter() - start
+import pynndescent.distances as d, umap.umap_ as u, umap.layouts as lay
+from numba.core.caching import FunctionCache
+out = {"seconds": seconds}
+for name, f in [("pynndescent", d.squared_euclidean), ("umap", u.smooth_knn_dist),
+                ("layout", lay._nb_optimize_layout_euclidean_single_epoch)]:
+    out[name] = {"cached": isinstance(f._cache, FunctionCache),
+                 "hits": sum(f.stats.cache_hits.values()),
+                 "misses": sum(f.stats.cache_misses.values())}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_umap_and_pynndescent_are_compiled_once_per_machine(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """pynndescent compiles its distances at import and umap-learn its functions at first
+    call, in every process (~10 s on this machine): through `umap_module` (every import
+    of umap in the pipeline) numba's on-disk cache is on for both, so a second process
+    loads what the first compiled."""
+    import json
+    import subprocess
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    for name in ("pynndescent", "umap", "layout"):
+        assert first[name]["cached"] and second[name]["cached"], (name, runs)
+    # compiled (and saved) by the first process, loaded by the second
+    assert first["pynndescent"]["misses"] > 0 and first["umap"]["misses"] > 0, first
+    assert second["pynndescent"]["hits"] > 0 and second["pynndescent"]["misses"] == 0, second
+    assert second["umap"]["hits"] > 0 and second["umap"]["misses"] == 0, second
+    assert list((tmp_path / "numba").rglob("*squared_euclidean*.nbi")), "no pynndescent cache"

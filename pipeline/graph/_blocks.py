@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 
+from ..runtime import umap_module
 from ._knn import NPROBE, distance_rows, self_first
 
 
@@ -216,11 +217,12 @@ def graph_block(nn: BlockNeighbors, n_kept: int, mean_distance: float) -> BlockG
     """The block's rows of `knn_graphs`' distances and of umap-learn's membership
     strengths, with the mean of all blocks' kNN distances (``mean_distance``: the floor
     of sigma for a cell whose neighbours are all at distance 0)."""
-    from umap.umap_ import MIN_K_DIST_SCALE, compute_membership_strengths, smooth_knn_dist
-
-    from ._numba_cache import cache_umap_functions
-
-    cache_umap_functions()
+    umap_ = umap_module()
+    compute_membership_strengths, smooth_knn_dist = (
+        umap_.compute_membership_strengths,
+        umap_.smooth_knn_dist,
+    )
+    MIN_K_DIST_SCALE = umap_.MIN_K_DIST_SCALE
     rows, k = nn.indices.shape
     distances = distance_rows(nn.indices, nn.distances, n_kept)
     knn_dists = np.where(nn.indices >= 0, nn.distances, 0).astype(np.float32)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ..runtime import umap_module
+
 
 @dataclass(frozen=True)
 class Neighbors:
@@ -208,11 +210,11 @@ def knn_graphs(nn: Neighbors, *, seed: int = 0) -> tuple[sp.csr_matrix, sp.csr_m
     cells umap-learn's own function peaked 0.7 GiB above its result. ``seed`` is unused
     (the computation is deterministic); kept for the callers.
     """
-    from umap.umap_ import compute_membership_strengths, smooth_knn_dist
-
-    from ._numba_cache import cache_umap_functions
-
-    cache_umap_functions()
+    umap_ = umap_module()
+    compute_membership_strengths, smooth_knn_dist = (
+        umap_.compute_membership_strengths,
+        umap_.smooth_knn_dist,
+    )
     del seed
     n, k = nn.indices.shape
     distances = distance_rows(nn.indices, nn.distances, n)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ..runtime import umap_module
+
 
 def leiden_clusters(
     connectivities: sp.csr_matrix,
@@ -124,15 +126,12 @@ def umap_layout(
     another UMAP of the same graph. With one BLAS thread the layout depends on the inputs
     and the seed only."""
     from threadpoolctl import threadpool_limits
-    from umap.umap_ import find_ab_params, simplicial_set_embedding
 
-    from ._numba_cache import cache_umap_functions
-
-    cache_umap_functions()
-    a, b = find_ab_params(1.0, 0.5)
+    umap_ = umap_module()
+    a, b = umap_.find_ab_params(1.0, 0.5)
     graph = connectivities.tocoo()
     with threadpool_limits(limits=1, user_api="blas"):
-        layout, _ = simplicial_set_embedding(
+        layout, _ = umap_.simplicial_set_embedding(
             init_points,
             graph,
             n_components=2,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from ..runtime import umap_module
+
 
 @dataclass(frozen=True)
 class QueryNeighbors:
@@ -27,7 +29,8 @@ class QueryNeighbors:
 def query_neighbors(reference: np.ndarray, query: np.ndarray, k: int) -> QueryNeighbors:
     """The ``k`` nearest reference cells of every query cell (exact, euclidean)."""
     import faiss
-    from umap.umap_ import smooth_knn_dist
+
+    smooth_knn_dist = umap_module().smooth_knn_dist
 
     ref = np.ascontiguousarray(reference, dtype=np.float32)
     q = np.ascontiguousarray(query, dtype=np.float32)

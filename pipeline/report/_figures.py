@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..runtime import pyplot
+from ..runtime import pyplot, umap_module
 
 plt = pyplot()
 
@@ -158,8 +158,10 @@ def confidence_histograms(obs: pd.DataFrame) -> Figure:
 def own_umap(embedding: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """A 2-D UMAP of the rows of ``embedding`` alone (e.g. the B cells' integrated PCs),
     15 neighbours, seeded."""
-    import umap
     from threadpoolctl import threadpool_limits
+
+    umap_module()  # imports umap with numba's cache on
+    import umap
 
     if embedding.shape[0] < 20:
         return np.zeros((0, 2), dtype=np.float32)

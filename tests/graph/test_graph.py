@@ -184,25 +184,6 @@ def test_transfer_by_neighbors_spreads_outward() -> None:
     np.testing.assert_array_equal(out, [1, 1, 0, 0, -1, -1])
 
 
-def test_umap_learn_functions_are_compiled_once_and_cached(kept: ad.AnnData) -> None:
-    """umap-learn's numba functions get numba's on-disk cache (they are compiled in every
-    run otherwise): after the connectivities are computed, the cache holds them."""
-    from pathlib import Path
-
-    import umap.layouts
-    import umap.umap_
-    from numba.core.caching import FunctionCache
-
-    from pipeline.graph._numba_cache import cache_umap_functions
-
-    knn_graphs(nearest_neighbors(kept.obsm["X_pca_harmony"][:300], 10))
-    assert cache_umap_functions() > 0
-    for f in (umap.umap_.smooth_knn_dist, umap.layouts._nb_optimize_layout_euclidean_single_epoch):
-        assert isinstance(f._cache, FunctionCache)
-    cached = umap.umap_.smooth_knn_dist._cache
-    assert list(Path(cached._cache_path).glob("*smooth_knn_dist*.nbi"))
-
-
 def test_the_umap_does_not_depend_on_blas_threads(kept: ad.AnnData) -> None:
     """The same graph gives the same layout in a process with one BLAS thread (a SLURM
     job, or one started beside a LocalCluster, both with OMP_NUM_THREADS=1) as in one
