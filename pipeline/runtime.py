@@ -35,6 +35,7 @@ import gc
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
@@ -153,6 +154,16 @@ def umap_module() -> ModuleType:
                 import umap  # noqa: F401  (imports pynndescent and umap's modules)
             finally:
                 numba.njit = original
+            # a few of pynndescent's functions (its NN-descent) cannot be cached: numba
+            # says so when they are compiled, and compiles them as before
+            from numba.core.errors import NumbaWarning
+
+            warnings.filterwarnings(
+                "ignore",
+                message="Cannot cache compiled function",
+                category=NumbaWarning,
+                module=r".*[/\\](pynndescent|umap)[/\\]",  # numba names the file
+            )
         _enable_numba_caching(("umap", "pynndescent"))
         _UMAP_READY.append(True)
     return sys.modules["umap.umap_"]

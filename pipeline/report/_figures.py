@@ -11,7 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..runtime import pyplot, umap_module
+from ..runtime import pyplot
 
 plt = pyplot()
 
@@ -156,15 +156,15 @@ def confidence_histograms(obs: pd.DataFrame) -> Figure:
 
 
 def own_umap(embedding: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """A 2-D UMAP of the rows of ``embedding`` alone (e.g. the B cells' integrated PCs),
-    15 neighbours, seeded."""
-    from threadpoolctl import threadpool_limits
+    """A 2-D UMAP of the rows of ``embedding`` alone (e.g. the B cells' integrated PCs):
+    the graph stage's own steps on them (15 exact nearest neighbours, umap-learn's fuzzy
+    simplicial set and layout, one thread), seeded."""
+    from ..graph import knn_graphs, nearest_neighbors, umap_layout
 
-    umap_module()  # imports umap with numba's cache on
-    import umap
-
-    if embedding.shape[0] < 20:
+    points = np.asarray(embedding, dtype=np.float32)
+    if points.shape[0] < 20:
         return np.zeros((0, 2), dtype=np.float32)
-    with threadpool_limits(1):
-        reducer = umap.UMAP(n_neighbors=15, random_state=seed, n_components=2)
-        return np.asarray(reducer.fit_transform(np.asarray(embedding, dtype=np.float32)))
+    _, connectivities = knn_graphs(
+        nearest_neighbors(points, 15, exact_knn_below=points.shape[0] + 1)
+    )
+    return umap_layout(connectivities, points, seed=seed)
