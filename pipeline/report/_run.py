@@ -58,15 +58,20 @@ def integration_metrics_table(ctx: StageContext) -> pd.DataFrame:
     chosen = np.arange(kept.size)
     if kept.size > max_cells:  # as integration_metrics draws among the rows it is given
         chosen = np.sort(np.random.default_rng(c.seed).choice(kept.size, max_cells, replace=False))
-    batch = obs[c.batch_key if c.batch_key in obs else "batch"].astype(str).to_numpy()[kept]
-    lineage = obs["lineage"].astype(str).to_numpy()[kept]
+    rows_read = kept[chosen]  # text for these cells only, not for every cell
+    batch = obs[c.batch_key if c.batch_key in obs else "batch"].iloc[rows_read].astype(str)
+    lineage = obs["lineage"].iloc[rows_read].astype(str)
     del obs
     rows = []
     for key in EMBEDDINGS:
         if ctx.has(f"obsm/{key}"):
-            emb = ctx.array(f"obsm/{key}").get_orthogonal_selection((kept[chosen], slice(None)))
+            emb = ctx.array(f"obsm/{key}").get_orthogonal_selection((rows_read, slice(None)))
             m = integration_metrics(
-                np.asarray(emb), batch[chosen], lineage[chosen], max_cells=max_cells, seed=c.seed
+                np.asarray(emb),
+                batch.to_numpy(),
+                lineage.to_numpy(),
+                max_cells=max_cells,
+                seed=c.seed,
             )
             rows.append({"embedding": key, **m})
     return pd.DataFrame(rows)
@@ -77,7 +82,7 @@ def b_cell_umap(ctx: StageContext, obs: pd.DataFrame) -> tuple[np.ndarray, pd.Da
     from their integrated embedding, and their obs rows."""
     n_cohort = int(ctx.array("obsm/X_umap").shape[0])
     head = obs.iloc[:n_cohort]
-    is_b = (head["lineage"].astype(str) == "B").to_numpy() & head["qc_pass"].to_numpy(bool)
+    is_b = (head["lineage"] == "B").to_numpy(dtype=bool) & head["qc_pass"].to_numpy(bool)
     rows = np.flatnonzero(is_b)
     if rows.size > B_UMAP_CELLS:
         rows = np.sort(np.random.default_rng(0).choice(rows, B_UMAP_CELLS, replace=False))
@@ -96,7 +101,7 @@ def run_report(ctx: StageContext) -> str:
     columns = [c for c in [*OBS, *leiden_columns(present)] if c in present]
     obs = ctx.read_obs(columns, batches=True).reset_index(drop=True)
     umap = ctx.read_obsm("X_umap", batches=True)
-    samples = list(dict.fromkeys(obs["sample_id"].astype(str)))
+    samples = [str(s) for s in pd.unique(obs["sample_id"])]  # in order, no per-cell text
     method = ctx.read_elem("uns/integrate").get("method")
     parts = [
         ("findings", "Key findings",
