@@ -28,6 +28,7 @@ the code is the same as compiled, only the compilation is skipped).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -36,7 +37,8 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
@@ -72,6 +74,27 @@ def release_memory() -> bool:
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None)
     return bool(trim(0)) if trim is not None else False
+
+
+@contextmanager
+def collections_skip_older_objects(client: Any = None) -> Iterator[None]:
+    """Within the block the garbage collector leaves out every object alive at its start
+    (``gc.freeze``), in this process and, with a Dask ``client``, on every worker; they
+    are handed back to it at the end (``gc.unfreeze``). A full collection then traverses
+    only what the block created: `release_memory` between stages took ~0.3 s per 600,000
+    objects (the imported libraries; more in a long-lived notebook or test process) and
+    takes ~0 s; the cycles the stages leave are still collected."""
+    gc.freeze()
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.run(gc.freeze)
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.run(gc.unfreeze)
 
 
 def trimmed_rss() -> int:

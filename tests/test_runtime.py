@@ -135,3 +135,23 @@ def test_umap_and_pynndescent_are_compiled_once_per_machine(tmp_path) -> None:  
     assert second["pynndescent"]["hits"] > 0 and second["pynndescent"]["misses"] == 0, second
     assert second["umap"]["hits"] > 0 and second["umap"]["misses"] == 0, second
     assert list((tmp_path / "numba").rglob("*squared_euclidean*.nbi")), "no pynndescent cache"
+
+
+def test_collections_between_stages_skip_what_existed_before_the_run(client: Client) -> None:
+    """`run_stages` runs inside `collections_skip_older_objects`: a full collection
+    traverses only what the run created (in the driver and on every worker), and the
+    older objects are handed back to the collector after it."""
+    import gc
+
+    from pipeline.runtime import collections_skip_older_objects
+
+    assert gc.get_freeze_count() == 0
+    with collections_skip_older_objects(client):
+        assert gc.get_freeze_count() > 100_000  # the imported libraries, at least
+        assert all(n > 0 for n in client.run(gc.get_freeze_count).values())
+        cycle: list = []
+        cycle.append(cycle)  # created in the block: still collected
+        del cycle
+        assert gc.collect() >= 1
+    assert gc.get_freeze_count() == 0
+    assert set(client.run(gc.get_freeze_count).values()) == {0}

@@ -5,7 +5,8 @@ earlier analysis are mapped again; a stage whose digest and files are current is
 skipped; otherwise it runs. Each stage is logged (`stagelog`), the heaps of the driver
 and the workers are trimmed after it (and, with ``restart_above``, a worker still above
 that many bytes is restarted: what earlier stages left in a worker, imported libraries,
-compiled code and heap fragments, is not carried into later stages' peaks), and an
+compiled code and heap fragments, is not carried into later stages' peaks; the objects
+alive before the run are left out of those collections, `collections_skip_older_objects`), and an
 unexpected failure of a stage that reads sample stores is checked against their
 manifests, so that a damaged store is named.
 """
@@ -21,7 +22,7 @@ from distributed import Client
 from ..add_batch import remap_stale_batches
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
-from ..runtime import release_memory, trimmed_rss
+from ..runtime import collections_skip_older_objects, release_memory, trimmed_rss
 from ..stages import get_stage, is_current, run_stage, stages_from
 from .stagelog import run_log, stage_log
 from .validate import sample_store_problems
@@ -75,7 +76,7 @@ def run_stages(
     for name in stages:  # import every stage first: a broken install fails before any work,
         get_stage(name).run_function()  # and no stage's time holds another's imports
     title = f"run: stages {', '.join(stages)}" + (f" (--force {force})" if force else "")
-    with run_log(Path(cfg.workdir), client, title) as log:
+    with run_log(Path(cfg.workdir), client, title) as log, collections_skip_older_objects(client):
         _run_each(cfg, client, stages, forced, log, restart_above)
 
 
