@@ -1,7 +1,6 @@
 """Neighbourhood graph, Leiden clusters and UMAP of the integrated embedding; new cells
 placed in an existing graph."""
 
-from ._blocks import read_rows
 from ._knn import (
     Neighbors,
     ivf_centroids,
@@ -41,7 +40,6 @@ __all__ = [
     "place_query",
     "query_edges",
     "query_neighbors",
-    "read_rows",
     "run_graph",
     "self_first",
     "umap_layout",

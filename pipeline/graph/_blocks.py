@@ -16,40 +16,14 @@ block sends the entries of its rows to the blocks that own their columns
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import zarr
 
 from ..runtime import umap_module
+from ..store import read_rows
 from ._knn import NPROBE, distance_rows, self_first
-
-
-def read_rows(store: str, element: str, rows: np.ndarray) -> np.ndarray:
-    """Rows of a cohort.zarr array (any order; ascending is read as is) as contiguous
-    float32, a chunk of rows at a time: zarr decodes every chunk a selection touches at
-    once (the neighbours of a few thousand cells touch every chunk of a million cells'
-    embedding: 0.3 GiB at a time instead of 0.07, as fast)."""
-    array = zarr.open_array(store, path=element, mode="r")
-    rows = np.asarray(rows, dtype=np.int64)
-    if rows.size and (rows.min() < 0 or rows.max() >= array.shape[0]):
-        msg = f"{store}/{element}: rows {rows.min()}..{rows.max()} outside 0..{array.shape[0] - 1}"
-        raise IndexError(msg)
-    if rows.size > 1 and (np.diff(rows) < 0).any():  # read in order, returned as asked
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((rows.size, *array.shape[1:]), dtype=np.float32)
-        out[order] = read_rows(store, element, rows[order])
-        return out
-    out = np.empty((rows.size, *array.shape[1:]), dtype=np.float32)
-    size = array.chunks[0]
-    edges = np.searchsorted(rows, np.arange(0, array.shape[0] + size, size))
-    rest = (slice(None),) * (array.ndim - 1)
-    for a, b in pairwise(edges):
-        if b > a:
-            out[a:b] = array.get_orthogonal_selection((rows[a:b], *rest))
-    return out
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from ..config import GraphConfig
 from ..sampling import stratified_sample
-from ..store import LazyCSR
+from ..store import LazyCSR, read_rows
 from ._blocks import (
     BlockNeighbors,
     coarse_block,
@@ -35,7 +35,6 @@ from ._blocks import (
     indptr_part,
     place_block,
     read_part,
-    read_rows,
     replace_rows,
     search_shard,
     search_stored,

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from ..config import GraphConfig
 from ..sampling import stratified_sample
+from ..store import read_array_rows
 from ._knn import Neighbors, knn_graphs, nearest_neighbors
 from ._layout import (
     by_size,
@@ -74,8 +75,7 @@ def _kept_rows(embedding: Any, rows: np.ndarray) -> np.ndarray:
     without reading the other rows)."""
     if isinstance(embedding, np.ndarray):
         return np.ascontiguousarray(embedding[rows], dtype=np.float32)
-    x = embedding.get_orthogonal_selection((rows, slice(None)))
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return read_array_rows(embedding, rows, dtype=np.float32)
 
 
 def build_graph(

@@ -12,6 +12,7 @@ import numpy as np
 import zarr
 
 from ..config import IntegrateConfig
+from ..store import read_array_rows
 from ._blocks import block_embedding, block_facts, correct_block
 from ._harmony import (
     SIGMA,
@@ -35,9 +36,9 @@ class IntegrationResult:
 
 
 def _rows(array: Any, rows: np.ndarray) -> np.ndarray:
-    """Some rows of a zarr or numpy array (a zarr array reads only the chunks it needs)."""
+    """Some rows of a zarr or numpy array (a zarr array: a chunk of rows at a time)."""
     if isinstance(array, zarr.Array):
-        return np.asarray(array.get_orthogonal_selection((rows, slice(None))))
+        return read_array_rows(array, rows)
     return np.asarray(array[rows])
 
 

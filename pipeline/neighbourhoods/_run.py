@@ -29,10 +29,11 @@ import zarr
 from ..abundance import AbundanceDesignError, contrast_names, estimable_design, with_covariate
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
-from ..graph import load_shards, read_rows
+from ..graph import load_shards
 from ..integrate import map_to_reference
 from ..labels import B_SUBSETS, DESIGN_COLUMNS, LINEAGES
 from ..runtime import release_memory
+from ..store import read_rows
 from ..workdir import Workdir
 from ._kernels import Neighbourhoods, draw_cells, members_within, spatial_fdr
 from ._lineage import lineage_embedding, lineage_neighbourhoods

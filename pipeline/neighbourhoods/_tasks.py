@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from ..graph import read_rows, self_first
+from ..graph import self_first
+from ..store import read_rows
 from ._kernels import graph_rows_with_self, majority_labels, nearest_to_median, sample_counts
 
 BLOCK_ENTRIES = 1_000_000  # neighbourhoods x k per search task (~12 MB of results)

@@ -6,6 +6,8 @@ keeps its share), rasterized, so that the embedded PNGs stay small.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -100,12 +102,10 @@ def qc_distributions(obs: pd.DataFrame) -> Figure:
         ("n_genes_by_counts", "genes per cell", True),
         ("pct_counts_mt", "mitochondrial counts (%)", False),
     ]
-    samples = list(dict.fromkeys(obs["sample_id"].astype(str)))
+    samples, by_sample = rows_by_value(obs["sample_id"])
     width = max(8.0, 0.12 * len(samples) + 3)
     fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 2.6 * len(metrics)), sharex=True)
     kept = obs["qc_pass"].to_numpy(dtype=bool)
-    groups = pd.Series(np.arange(len(obs))).groupby(obs["sample_id"].astype(str).to_numpy()).indices
-    by_sample = [groups[s] for s in samples]
     for ax, (col, label, log) in zip(axes, metrics, strict=True):
         values = obs[col].to_numpy(dtype=float)
         for flag, colour, shift in ((True, "tab:blue", -0.2), (False, "tab:red", 0.2)):
@@ -132,16 +132,30 @@ def qc_distributions(obs: pd.DataFrame) -> Figure:
     return fig
 
 
+def rows_by_value(column: pd.Series) -> tuple[list[str], list[np.ndarray]]:
+    """The column's values as text, in order of first appearance (missing values left
+    out), and the rows holding each: from its category codes, no text per cell."""
+    cat = column.array if isinstance(column.dtype, pd.CategoricalDtype) else pd.Categorical(column)
+    codes = np.asarray(cat.codes)  # -1: missing, sorted first and cut off by the bounds
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(cat.categories) + 1))
+    rows = [order[a:b] for a, b in pairwise(bounds)]
+    present = sorted((r[0], c) for c, r in enumerate(rows) if r.size)
+    return [str(cat.categories[c]) for _, c in present], [rows[c] for _, c in present]
+
+
 def confidence_histograms(obs: pd.DataFrame) -> Figure:
     """Label confidence of the annotated cells, per level, by label."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, level in zip(axes, ("lineage", "b_subset"), strict=True):
         conf = obs[f"{level}_confidence"].to_numpy(dtype=float)
-        labels = obs[level].astype(str).to_numpy()
-        ok = np.isfinite(conf)
-        for lab in sorted(set(labels[ok])):
+        names, rows = rows_by_value(obs[level])
+        for lab, at in sorted(zip(names, rows, strict=True), key=lambda pair: pair[0]):
+            scored = conf[at][np.isfinite(conf[at])]
+            if scored.size == 0:
+                continue
             ax.hist(
-                conf[ok & (labels == lab)],
+                scored,
                 bins=np.linspace(0, 1, 21),
                 histtype="step",
                 label=lab,

@@ -65,9 +65,8 @@ def integration_metrics_table(ctx: StageContext) -> pd.DataFrame:
     rows = []
     for key in EMBEDDINGS:
         if ctx.has(f"obsm/{key}"):
-            emb = ctx.array(f"obsm/{key}").get_orthogonal_selection((rows_read, slice(None)))
             m = integration_metrics(
-                np.asarray(emb),
+                ctx.read_rows(f"obsm/{key}", rows_read),
                 batch.to_numpy(),
                 lineage.to_numpy(),
                 max_cells=max_cells,
@@ -89,8 +88,8 @@ def b_cell_umap(ctx: StageContext, obs: pd.DataFrame) -> tuple[np.ndarray, pd.Da
     key = next((k for k in ("X_pca_harmony", "X_scvi", "X_pca") if ctx.has(f"obsm/{k}")), None)
     if key is None or rows.size == 0:
         return np.zeros((0, 2)), head.iloc[:0]
-    embedding = ctx.array(f"obsm/{key}").get_orthogonal_selection((rows, slice(None)))
-    return figs.own_umap(np.asarray(embedding)), head.iloc[rows].reset_index(drop=True)
+    embedding = ctx.read_rows(f"obsm/{key}", rows)
+    return figs.own_umap(embedding), head.iloc[rows].reset_index(drop=True)
 
 
 def run_report(ctx: StageContext) -> str:

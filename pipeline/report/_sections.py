@@ -23,7 +23,7 @@ from ..abundance import forest_grid
 from ..config import RunConfig
 from ..results import leiden_columns
 from ..store import read_manifest
-from ..workdir import ExpressionFiles, Workdir
+from ..workdir import ExpressionFiles, NeighbourhoodsFiles, Workdir
 from . import _figures as figs
 from ._html import esc, figure, number, png_file, table
 
@@ -391,12 +391,25 @@ def _nhood_groups_called(tests: pd.DataFrame, alpha: float) -> str:
     return ", ".join(f"{n} {esc(g)}" for g, n in groups.items())
 
 
-def _families(tests: pd.DataFrame) -> list[str]:
+BASELINE = "response@month0"  # the neighbourhoods' contrast the report shows
+NHOOD_ROWS_READ = 50_000  # rows of neighbourhoods/tests.csv parsed at a time
+
+
+def _baseline_nhood_tests(files: NeighbourhoodsFiles) -> tuple[list[str], pd.DataFrame]:
     """The families of neighbourhoods in tests.csv, PBMC first (tests.csv of a stage
-    version before 3 has no denominator: all PBMC)."""
-    if "denominator" not in tests:
-        return ["PBMC"]
-    return list(pd.unique(tests["denominator"].astype(str)))
+    version before 3 has no denominator: all PBMC), and its rows of the `BASELINE`
+    contrast: read `NHOOD_ROWS_READ` rows at a time, since tests.csv has a row per
+    neighbourhood, contrast and method and so grows with the cohort (213k rows, 59 MB,
+    at a million cells: 138 MiB in memory read whole)."""
+    families: dict[str, None] = {}
+    parts = []
+    with pd.read_csv(files.tests, chunksize=NHOOD_ROWS_READ) as reader:
+        for block in reader:
+            if "denominator" in block:
+                families.update(dict.fromkeys(block["denominator"].astype(str)))
+            parts.append(block[block["contrast"] == BASELINE])
+    base = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return list(families) or ["PBMC"], base
 
 
 def _of(tests: pd.DataFrame, family: str) -> pd.DataFrame:
@@ -419,15 +432,14 @@ def neighbourhoods_headline(workdir: Workdir) -> str:
         return ""
     summary = json.loads(files.summary.read_text())
     alpha = summary["alpha"]
-    tests = pd.read_csv(files.tests)
+    families, baseline = _baseline_nhood_tests(files)
     sentences = []
-    for family in _families(tests):
+    for family in families:
         n_nhoods, _, called = _family_numbers(summary, family)
-        n = called.get("response@month0")
+        n = called.get(BASELINE)
         if n is None:
             continue
-        base = _of(tests, family)
-        where = _nhood_groups_called(base[base["contrast"] == "response@month0"], alpha)
+        where = _nhood_groups_called(_of(baseline, family), alpha)
         scope = ("neighbourhoods of the kNN graph" if family == "PBMC" else
                  f"neighbourhoods of the {family} cells, out of each sample's {family} cells")  # fmt: skip
         sentences.append(f"{n} of {n_nhoods:,} {scope} differ at baseline at spatial FDR "
@@ -448,8 +460,7 @@ def neighbourhoods_section(workdir: Workdir, umap: np.ndarray) -> str:
         return "<p>The neighbourhoods stage has not run on this workdir.</p>"
     summary = json.loads(files.summary.read_text())
     alpha = summary["alpha"]
-    tests = pd.read_csv(files.tests)
-    families = _families(tests)
+    families, baseline = _baseline_nhood_tests(files)
     calls = pd.DataFrame({"contrast": list(summary["called"])})
     for family in families:
         _, _, called = _family_numbers(summary, family)
@@ -477,11 +488,10 @@ def neighbourhoods_section(workdir: Workdir, umap: np.ndarray) -> str:
               table(calls)]  # fmt: skip
     index = zarr_obs_column(files.nhoods, "index_cell")
     for family in families:
-        base = _of(tests, family)
-        base = base[base["contrast"] == "response@month0"]
-        if not base["pvalue"].notna().any():
+        base = _of(baseline, family)
+        if base.empty or not base["pvalue"].notna().any():
             continue
-        title = "response@month0" + ("" if family == "PBMC" else f", within {family}")
+        title = BASELINE + ("" if family == "PBMC" else f", within {family}")
         parts.append(figure(
             beeswarm_plot(base, alpha=alpha, title=title),
             "Each point a neighbourhood, grouped by its majority label; coloured at spatial "

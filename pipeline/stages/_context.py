@@ -36,6 +36,7 @@ from ..store import (
     atomic_path,
     file_sha256,
     obs_columns,
+    read_array_rows,
     read_manifest,
     update_anndata_store,
     write_anndata_store,
@@ -157,6 +158,12 @@ class StageContext:
             msg = f"{self.workdir.cohort} has no array {element}: {needs(element)}"
             raise ImmunoprofileError(msg)
         return node
+
+    def read_rows(self, element: str, rows: np.ndarray) -> np.ndarray:
+        """Some rows of a cohort.zarr array, a chunk of rows at a time (zarr alone
+        decodes every chunk the rows touch at once: the whole array, for rows spread
+        over the cohort)."""
+        return read_array_rows(self.array(element), rows)
 
     def read_elem(self, element: str) -> Any:
         """A cohort.zarr element (a frame, array, sparse matrix or mapping) in memory."""

@@ -27,6 +27,7 @@ from ._manifest import (
     validate_store,
     write_manifest,
 )
+from ._rows import read_array_rows, read_rows
 from ._update import obs_columns, update_anndata_store
 
 __all__ = [
@@ -42,8 +43,10 @@ __all__ = [
     "file_sha256",
     "json_sha256",
     "obs_columns",
+    "read_array_rows",
     "read_holder",
     "read_manifest",
+    "read_rows",
     "remove_staging_leftovers",
     "scratch_folder",
     "update_anndata_store",

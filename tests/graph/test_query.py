@@ -4,7 +4,6 @@ and positions (add-batch), on synthetic data."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from pipeline.graph import place_query, query_edges, query_neighbors, vote_clusters
 
@@ -38,20 +37,3 @@ def test_clusters_and_positions_come_from_the_neighbours() -> None:
     nan_layout = layout.copy()
     nan_layout[:] = np.nan
     assert np.isnan(place_query(nan_layout, nn)).all()
-
-
-def test_rows_are_read_a_chunk_at_a_time_as_numpy_indexes_them(tmp_path) -> None:
-    """`read_rows`: rows across chunks, in any order, with repeats: numpy's indexing of
-    the whole array; rows outside it: an error naming the array."""
-    import zarr
-
-    from pipeline.graph import read_rows
-
-    x = np.random.default_rng(3).normal(size=(1000, 7)).astype(np.float32)
-    store = str(tmp_path / "s.zarr")
-    zarr.create_array(store, name="obsm/X", data=x, chunks=(64, 7))
-    for rows in (np.arange(1000), np.array([5, 5, 70, 999]), np.array([999, 3, 500, 3]),
-                 np.array([], dtype=np.int64)):  # fmt: skip
-        np.testing.assert_array_equal(read_rows(store, "obsm/X", rows), x[rows])
-    with pytest.raises(IndexError, match="obsm/X"):
-        read_rows(store, "obsm/X", np.array([1, 1000]))

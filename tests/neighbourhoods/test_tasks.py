@@ -11,10 +11,11 @@ import scipy.sparse as sp
 import zarr
 from distributed import Client
 
-from pipeline.graph import load_shards, nearest_neighbors, neighbours_of, read_rows
+from pipeline.graph import load_shards, nearest_neighbors, neighbours_of
 from pipeline.labels import LINEAGES
 from pipeline.neighbourhoods import majority_labels, refined_index_cells, sample_counts
 from pipeline.neighbourhoods._tasks import nhood_block, refine_block
+from pipeline.store import read_rows
 
 
 def _store(tmp_path: Path, x: np.ndarray, graph: sp.csr_matrix) -> str:

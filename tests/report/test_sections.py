@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.report._html import number
@@ -70,3 +71,22 @@ def test_integration_metrics_are_those_of_the_whole_embeddings(analysed_small) -
             max_cells=min(METRIC_CELLS, c.metrics_max_cells), seed=c.seed,
         )  # fmt: skip
         assert {k: getattr(row, k) for k in whole} == whole
+
+
+def test_baseline_neighbourhoods_read_in_blocks_are_the_whole_files(
+    analysed_small, monkeypatch
+) -> None:
+    """The report reads neighbourhoods/tests.csv (a row per neighbourhood, contrast and
+    method: it grows with the cohort) a block of rows at a time, keeping the baseline
+    contrast's rows: the same families and rows as the whole file read at once."""
+    from pipeline.report import _sections
+    from pipeline.workdir import Workdir
+
+    files = Workdir(analysed_small.workdir).neighbourhoods
+    whole = pd.read_csv(files.tests)
+    monkeypatch.setattr(_sections, "NHOOD_ROWS_READ", 7)  # many blocks
+    families, baseline = _sections._baseline_nhood_tests(files)
+    assert families == list(pd.unique(whole["denominator"])) and families[0] == "PBMC"
+    expected = whole[whole["contrast"] == "response@month0"].reset_index(drop=True)
+    assert len(expected) > 7
+    pd.testing.assert_frame_equal(baseline, expected, check_dtype=False)
