@@ -27,7 +27,7 @@ def read_array_rows(
         where = str(array.store_path).removeprefix("file://")
         msg = f"{where}: rows {rows.min()}..{rows.max()} outside 0..{n - 1}"
         raise IndexError(msg)
-    out = np.empty((rows.size, *array.shape[1:]), dtype=dtype or array.dtype)
+    out = np.empty((rows.size, *array.shape[1:]), dtype=array.dtype if dtype is None else dtype)
     if rows.size > 1 and (np.diff(rows) < 0).any():  # read in order, returned as asked
         order = np.argsort(rows, kind="stable")
         out[order] = read_array_rows(array, rows[order], dtype=out.dtype)
