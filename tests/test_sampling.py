@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from pipeline.sampling import sorted_codes, stratified_sample
+from pipeline.sampling import rows_by_value, sorted_codes, stratified_sample
 
 
 def test_each_group_keeps_its_share_and_the_draw_is_seeded() -> None:
@@ -37,3 +38,41 @@ def test_sorted_codes_group_as_the_text_does() -> None:
     assert np.array_equal(stratified_sample(codes, 300, 7), stratified_sample(text, 300, 7))
     assert np.array_equal(sorted_codes(text), codes)  # plain text: the same
     assert sorted_codes(pd.Series(["b", None, "a"]))[1] == -1
+
+
+@pytest.mark.parametrize("as_category", [True, False], ids=["categorical", "text"])
+def test_rows_by_value_are_pandas_groups_in_order_of_first_appearance(as_category) -> None:
+    """Each value's rows (as pandas groups them), the values in order of first
+    appearance; missing values and unused categories left out."""
+    rng = np.random.default_rng(0)
+    values = rng.choice(["P2_m0", "P10_m3", "P1_m6", None], size=500).astype(object)
+    column = pd.Series(values)
+    if as_category:
+        column = column.astype(pd.CategoricalDtype(["P1_m6", "P10_m3", "P2_m0", "unused"]))
+    names, rows = rows_by_value(column)
+    assert names == list(dict.fromkeys(v for v in values if v is not None))
+    groups = pd.Series(np.arange(500)).groupby(values.astype(str)).indices
+    for name, at in zip(names, rows, strict=True):
+        np.testing.assert_array_equal(at, groups[name])
+    assert rows_by_value(pd.Series([], dtype="category")) == ([], [])
+
+
+def test_stratified_draws_are_those_of_a_scan_per_group() -> None:
+    """The groups' members from one sort draw exactly what a scan of the items per group
+    drew (the seeded subsamples of earlier runs stay the same)."""
+
+    def by_scan(groups: np.ndarray, size: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        chosen = []
+        for g in np.unique(groups):
+            members = np.flatnonzero(groups == g)
+            take = min(members.size, max(1, round(size * members.size / groups.size)))
+            chosen.append(rng.choice(members, take, replace=False))
+        return np.sort(np.concatenate(chosen))
+
+    rng = np.random.default_rng(1)
+    for groups in (rng.integers(0, 40, 5000), rng.choice(["b", "a", "c10", "c2"], 3000)):
+        for size in (17, 900):
+            np.testing.assert_array_equal(
+                stratified_sample(groups, size, 3), by_scan(groups, size, 3)
+            )

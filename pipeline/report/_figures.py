@@ -6,14 +6,13 @@ keeps its share), rasterized, so that the embedded PNGs stay small.
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..runtime import pyplot
+from ..sampling import rows_by_value
 
 plt = pyplot()
 
@@ -130,18 +129,6 @@ def qc_distributions(obs: pd.DataFrame) -> Figure:
     axes[0].legend(handles, ["kept", "removed"], frameon=False, fontsize=8, loc="upper right")
     fig.tight_layout()
     return fig
-
-
-def rows_by_value(column: pd.Series) -> tuple[list[str], list[np.ndarray]]:
-    """The column's values as text, in order of first appearance (missing values left
-    out), and the rows holding each: from its category codes, no text per cell."""
-    cat = column.array if isinstance(column.dtype, pd.CategoricalDtype) else pd.Categorical(column)
-    codes = np.asarray(cat.codes)  # -1: missing, sorted first and cut off by the bounds
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(cat.categories) + 1))
-    rows = [order[a:b] for a, b in pairwise(bounds)]
-    present = sorted((r[0], c) for c, r in enumerate(rows) if r.size)
-    return [str(cat.categories[c]) for _, c in present], [rows[c] for _, c in present]
 
 
 def confidence_histograms(obs: pd.DataFrame) -> Figure:
