@@ -41,12 +41,25 @@ def local_cluster_size(cfg: ClusterConfig) -> dict[str, Any]:
 # 2.5x slower in a worker than in a plain process (22.5 s against 9.2 s, T_CD4 at 1M
 # cells, docs/benchmarks.md). A fixed threshold at glibc's adaptive maximum (32 MiB)
 # lets temporaries reuse the heap; the stages still hand memory back (runtime.release_memory).
-WORKER_ENVIRON = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+MMAP_THRESHOLD = 32 * 2**20
 
 
-def worker_environ() -> dict[str, Any]:
-    """distributed's environment for worker processes with `WORKER_ENVIRON` added."""
-    return {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRON}
+def malloc_environ(threads: int) -> dict[str, str]:
+    """glibc's malloc settings for a worker process with ``threads`` task threads: the
+    fixed mmap threshold above, and one heap arena per task thread plus the main one.
+    glibc's default (8 arenas per core) gives the threads that zarr decodes chunks in,
+    and BLAS's and faiss's, arenas of their own, whose freed memory the task thread
+    cannot reuse: the graph and annotate stages of a 1M-cell cohort peaked 0.24 GiB
+    higher over all processes without the limit (docs/benchmarks.md, issue #28)."""
+    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_ARENA_MAX": str(threads + 1)}
+
+
+def worker_environ(threads: int = 1) -> dict[str, Any]:
+    """distributed's environment for worker processes with `malloc_environ` added."""
+    return {
+        **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+        **malloc_environ(threads),
+    }
 
 
 JOBQUEUE_CLUSTERS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
@@ -95,13 +108,14 @@ def jobqueue_cluster(cfg: ClusterConfig, *, scale: bool = True) -> Any:
 
     jq = cfg.jobqueue
     cls = getattr(dask_jobqueue, JOBQUEUE_CLUSTERS[cfg.profile])
+    threads = max(1, jq.cores // jq.processes)  # per worker process
     kwargs: dict[str, Any] = {
         "cores": jq.cores,
         "memory": jq.memory,
         "processes": jq.processes,
         "walltime": jq.walltime,
         "job_script_prologue": [
-            *(f"export {k}={v}" for k, v in WORKER_ENVIRON.items()),
+            *(f"export {k}={v}" for k, v in malloc_environ(threads).items()),
             *jq.job_script_prologue,
         ],
         "job_extra_directives": list(jq.job_extra_directives),
@@ -144,12 +158,11 @@ def start_client(cfg: ClusterConfig, *, quiet: bool = False) -> Iterator[Client]
     if cfg.profile == "address":
         client = Client(cfg.address)
     elif cfg.profile == "local":
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+        size = local_cluster_size(cfg)
+        environ = worker_environ(size["threads_per_worker"])
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             cluster = LocalCluster(
-                host="127.0.0.1",
-                dashboard_address=cfg.dashboard_address,
-                processes=True,
-                **local_cluster_size(cfg),
+                host="127.0.0.1", dashboard_address=cfg.dashboard_address, processes=True, **size
             )
         client = Client(cluster)
     else:

@@ -16,6 +16,7 @@ from . import __version__
 from .config import RunConfig, load_config
 from .errors import ImmunoprofileError
 from .registry import STAGE_NAMES, STAGES
+from .runtime import limit_heap_arenas
 
 EXIT_ERROR = 1
 
@@ -404,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    limit_heap_arenas()  # before the cluster's and the libraries' threads allocate
     try:
         return int(args.func(args))
     except (ImmunoprofileError, ClusterError) as exc:

@@ -49,6 +49,7 @@ def test_job_script_carries_the_profile_and_tls(profile: str, tmp_path: Path) ->
     assert "compute" in script and "lupus01" in script
     assert "module load python/3.11" in script and "source .venv/bin/activate" in script
     assert f"export MALLOC_MMAP_THRESHOLD_={32 * 2**20}" in script
+    assert "export MALLOC_ARENA_MAX=3" in script  # 2 task threads per worker, and the main
     assert "--nworkers 2" in script and "--nthreads 2" in script
     # the scheduler is reachable from the compute nodes over TLS only, with the run's own
     # certificates, which only the user can read
@@ -135,10 +136,12 @@ def test_local_profile_listens_on_localhost_only() -> None:
         assert len(ours) >= 2 + 2 * 2  # scheduler, dashboard; 2 workers and their nannies
         assert {ip for ip, _ in ours} == {"127.0.0.1"}, ours
         # distributed's MALLOC_TRIM_THRESHOLD_ kept, and a fixed mmap threshold with it
-        # (cluster.launch.WORKER_ENVIRON: NB fits 2.5x slower without it)
+        # (cluster.launch.malloc_environ: NB fits 2.5x slower without it), one heap arena
+        # per task thread and the main one
         malloc = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
-                                     os.environ.get("MALLOC_MMAP_THRESHOLD_")))  # fmt: skip
-        assert set(malloc.values()) == {("65536", str(32 * 2**20))}
+                                     os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+                                     os.environ.get("MALLOC_ARENA_MAX")))  # fmt: skip
+        assert set(malloc.values()) == {("65536", str(32 * 2**20), "2")}
 
 
 def test_local_dashboard_link_is_on_localhost(capsys: pytest.CaptureFixture[str]) -> None:

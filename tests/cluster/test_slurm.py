@@ -133,9 +133,11 @@ def test_dask_workers_run_as_slurm_jobs(slurm: None, tmp_path: Path) -> None:
         # Each worker is a process of one of those jobs.
         job_ids = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
         assert sorted(job_ids.values()) == sorted(job_id for job_id, _, _ in running)
-        # with glibc's heap reused for temporaries, as on the local profile
-        mmap = client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_"))
-        assert set(mmap.values()) == {str(32 * 2**20)}
+        # with glibc's heap reused for temporaries and its arenas limited (one task
+        # thread per job, and the main one), as on the local profile
+        malloc = client.run(lambda: (os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+                                     os.environ.get("MALLOC_ARENA_MAX")))  # fmt: skip
+        assert set(malloc.values()) == {(str(32 * 2**20), "2")}
 
         assert client.submit(sum, range(100)).result() == 4950
         x = da.arange(1_000_000, chunks=100_000)
