@@ -90,3 +90,34 @@ def test_baseline_neighbourhoods_read_in_blocks_are_the_whole_files(
     expected = whole[whole["contrast"] == "response@month0"].reset_index(drop=True)
     assert len(expected) > 7
     pd.testing.assert_frame_equal(baseline, expected, check_dtype=False)
+
+
+def test_a_cell_types_pseudobulk_is_its_rows_of_the_whole_store(tmp_path) -> None:
+    """The top-genes heatmap reads one cell type's rows of the pseudobulk, not its whole
+    X (samples x cell types x genes), a chunk of rows at a time: the same rows, obs and
+    var as the whole store's."""
+    import anndata as ad
+
+    from pipeline.report._sections import pseudobulk_of
+
+    rng = np.random.default_rng(3)
+    cell_types = np.tile(["T_CD4", "B", "NK"], 9)  # 9 samples x 3 cell types
+    samples = np.repeat([f"S{i}" for i in range(9)], 3)
+    obs = pd.DataFrame(
+        {"sample_id": samples, "cell_type": pd.Categorical(cell_types)},
+        index=[f"r{i}" for i in range(27)],
+    )
+    var = pd.DataFrame(
+        {"gene_symbols": [f"G{j}" for j in range(40)]}, index=[f"ENSG{j}" for j in range(40)]
+    )
+    x = rng.poisson(5, size=(27, 40)).astype(np.int32)
+    store = tmp_path / "pseudobulk.zarr"
+    ad.AnnData(X=x, obs=obs, var=var).write_zarr(store, chunks=(4, 16))  # rows over 7 chunks
+    whole = ad.read_zarr(store)
+    for cell_type in ("B", "NK"):
+        part = pseudobulk_of(store, cell_type)
+        rows = np.flatnonzero(cell_types == cell_type)
+        np.testing.assert_array_equal(part.X, x[rows])
+        pd.testing.assert_frame_equal(part.obs, whole.obs.iloc[rows])
+        pd.testing.assert_frame_equal(part.var, whole.var)
+    assert pseudobulk_of(store, "pDC").n_obs == 0
