@@ -101,6 +101,51 @@ def test_exact_search_in_blocks_equals_one_index(
             assert np.isfinite(sharded.umap[keep]).all()
 
 
+class HeldReads:
+    """A scheduler plugin: the most `read_rows` results in the workers' memory at once."""
+
+    name = "held-reads"
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.most = 0
+
+    def transition(self, key: object, start: str, finish: str, *args: object, **kw: object):
+        if not str(key).startswith("read_rows"):
+            return
+        if finish == "memory":
+            self.held.add(str(key))
+        elif start == "memory":
+            self.held.discard(str(key))
+        self.most = max(self.most, len(self.held))
+
+
+def test_the_search_holds_a_wave_of_blocks_not_every_block(
+    embedding: tuple[str, np.ndarray, np.ndarray, np.ndarray], client: Client
+) -> None:
+    """The workers read the embedding block by block: a wave of query blocks (twice the
+    worker threads) is held at a time, with the one before it until its last tasks are
+    done, not every block (a resident embedding moved to every worker, 0.7 GB each at
+    3.5M cells); the neighbours are those of the blocks searched all at once (above)."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    store, _, keep, codes = embedding
+    n_blocks = 16
+    params = GraphConfig(exact_knn_below=0, umap_max_cells=2_000, leiden_max_cells=3_000)
+    plugin = type("Held", (HeldReads, SchedulerPlugin), {})()
+    client.cluster.scheduler.add_plugin(plugin)  # the LocalCluster's, in this process
+    try:
+        with client.as_current():
+            build_graph_on_workers(
+                client, store, "obsm/X_pca_harmony", keep, codes, params=params,
+                block_cells=-(-int(keep.sum()) // n_blocks),
+            )  # fmt: skip
+    finally:
+        client.cluster.scheduler.remove_plugin(name=plugin.name)
+    wave = 2 * sum(client.nthreads().values())
+    assert 1 <= plugin.most <= 2 * wave < n_blocks, plugin.most
+
+
 def test_the_workers_write_the_graph_into_the_store(
     embedding: tuple[str, np.ndarray, np.ndarray, np.ndarray], client: Client, tmp_path: Path
 ) -> None:
