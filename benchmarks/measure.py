@@ -117,6 +117,26 @@ def measure(
     return result
 
 
+def pipeline_commit() -> str:
+    """The commit of the `pipeline` package that is measured (a worktree's, with
+    PYTHONPATH), not of the working directory; "" outside a repository."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pipeline")
+    where = Path(spec.origin).parent if spec is not None and spec.origin else None
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                         text=True, cwd=where)  # fmt: skip
+    return out.stdout.strip()
+
+
+def append_record(record: dict[str, Any], path: Path | None) -> None:
+    """Print ``record`` as a JSON line, and append it to ``path`` (None: print only)."""
+    print(json.dumps(record), flush=True)
+    if path is not None:
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True)

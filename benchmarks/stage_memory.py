@@ -28,15 +28,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from measure import measure
+from measure import append_record, measure, pipeline_commit
 
 STAGES = ("qc", "preprocess", "integrate", "graph", "annotate", "abundance",
           "neighbourhoods", "expression", "predict", "report")  # fmt: skip
-
-
-def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 def main() -> None:
@@ -62,17 +57,14 @@ def main() -> None:
             sys.exit(f"{stage}: exit {result['returncode']}")
         per = result["peak_rss_per_process_gib"]
         row = {
-            "label": args.label, "stage": stage, "commit": _commit(),
+            "label": args.label, "stage": stage, "commit": pipeline_commit(),
             "wall_s": result["wall_s"], "cpu_s": result["cpu_s"],
             "driver_cpu_s": result["cpu_s_per_process"][0],
             "peak_rss_gib": result["peak_rss_gib"], "driver_gib": per[0],
             "workers_gib": sorted(per[1:], reverse=True)[:2],
         }  # fmt: skip
         rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.json:
-            with args.json.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+        append_record(row, args.json)
     print("| stage | wall s | all processes GiB | driver GiB | workers GiB |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -95,13 +87,10 @@ def one_process(args: argparse.Namespace, todo: tuple[str, ...]) -> None:
     lines = (load_config(args.config).workdir / "logs" / "stages.jsonl").read_text().splitlines()
     log = [e for e in map(json.loads, lines) if e["started_unix"] >= timeline[0][0]]
     for row in stage_rows(timeline, [e for e in log if e["stage"] in todo], 0, result["wall_s"]):
-        record = {"label": args.label, "one_process": True, "commit": _commit(),
+        record = {"label": args.label, "one_process": True, "commit": pipeline_commit(),
                   "run_wall_s": result["wall_s"], "run_peak_rss_gib": result["peak_rss_gib"],
                   **{k: v for k, v in row.items() if k not in ("cells_per_s", "share")}}  # fmt: skip
-        print(json.dumps(record), flush=True)
-        if args.json:
-            with args.json.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+        append_record(record, args.json)
 
 
 if __name__ == "__main__":
