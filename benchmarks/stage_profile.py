@@ -6,6 +6,8 @@ Prints the peaks and, at every mark, the driver's and the two largest children's
 
     python benchmarks/stage_profile.py /work/cmp/scaling/1M/config.yaml expression \\
         pipeline.expression._run:pseudobulk_counts,_programs,pseudobulk_anndata
+    python benchmarks/stage_profile.py /work/cmp/scaling/1M/config.yaml graph --force \\
+        pipeline.graph._sharded:_neighbours,_lazy_csr,_rounds,umap_layout
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("stage")
     parser.add_argument("marks", help="module:function,function,... to mark")
+    parser.add_argument("--force", action="store_true",
+                        help="run the stage even when current (a stage that writes into "
+                        "cohort.zarr has no folder to remove)")  # fmt: skip
     args = parser.parse_args()
     work = Path(yaml.safe_load(Path(args.config).read_text())["workdir"])
     shutil.rmtree(work / args.stage, ignore_errors=True)
@@ -66,7 +71,8 @@ def main() -> None:
     thread.start()
     from pipeline.cli import main as cli
 
-    code = cli(["run", args.config, "--until", args.stage])
+    force = ["--force", args.stage] if args.force else []
+    code = cli(["run", args.config, "--until", args.stage, *force])
     stop.set()
     thread.join()
     driver = max(samples, key=lambda s: s[1])
