@@ -1,9 +1,10 @@
 """The graph stage's tasks on blocks of cells: the sharded neighbour search and the kNN
 graph built block by block (pure, but for `read_rows`, which reads rows of a store).
 
-A block is a range of the kept cells' positions ``start:stop``. Its points are read once
-and stay on a worker; every query block searches every block's points ("shards") in a
-chain of tasks that keeps the nearest ``k`` so far. With an inverted-file index the lists
+A block is a range of the kept cells' positions ``start:stop``. Every query block
+searches every block's points ("shards") in a chain of tasks that keeps the nearest ``k``
+so far, each step reading its shard from the store (`search_stored`; `search_shard` for
+points already in memory). With an inverted-file index the lists
 each query probes are found once per query block (`coarse_block`) and each shard is
 searched with them (faiss ``search_preassigned``): the same candidates, hence the same
 neighbours, as the one index `pipeline.graph.knn_index` builds over all cells. The fuzzy

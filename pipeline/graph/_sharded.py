@@ -67,8 +67,9 @@ def _take(points: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Shards:
-    """The kept cells' embedding resident on the workers, block by block (futures), with
-    what the search needs of each block: its lists (``coarse``) and, above
+    """The kept cells' embedding on the workers, block by block (futures of its points,
+    or read by each search step: ``stored``), with what the search needs of each block:
+    its lists (``coarse``) and, above
     ``exact_knn_below`` cells, the inverted lists' ``centroids`` (as `knn_index` trains
     them on the same cells)."""
 
