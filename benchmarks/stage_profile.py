@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("stage")
-    parser.add_argument("marks", help="module:function,function,... to mark")
+    parser.add_argument("marks", nargs="+", help="module:function,function,... to mark")
     parser.add_argument("--force", action="store_true",
                         help="run the stage even when current (a stage that writes into "
                         "cohort.zarr has no folder to remove)")  # fmt: skip
@@ -54,19 +54,20 @@ def main() -> None:
                             sorted(children, reverse=True)[:2]))  # fmt: skip
             time.sleep(0.05)
 
-    module_name, names = args.marks.split(":")
-    module = importlib.import_module(module_name)
-    for name in names.split(","):
-        original = getattr(module, name)
+    for marks in args.marks:
+        module_name, names = marks.split(":")
+        module = importlib.import_module(module_name)
+        for name in names.split(","):
+            original = getattr(module, name)
 
-        def marked(*a: Any, _f: Any = original, _n: str = name, **k: Any) -> Any:
-            events.append((time.perf_counter() - start, f"{_n} >"))
-            try:
-                return _f(*a, **k)
-            finally:
-                events.append((time.perf_counter() - start, f"{_n} <"))
+            def marked(*a: Any, _f: Any = original, _n: str = name, **k: Any) -> Any:
+                events.append((time.perf_counter() - start, f"{_n} >"))
+                try:
+                    return _f(*a, **k)
+                finally:
+                    events.append((time.perf_counter() - start, f"{_n} <"))
 
-        setattr(module, name, marked)
+            setattr(module, name, marked)
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     from pipeline.cli import main as cli
