@@ -20,6 +20,7 @@ from .store import LazyCategorical, LazyColumn
 from .workdir import IngestRecord, Workdir
 
 CHUNK_CELLS = 10_000  # the config's ingest.chunk_cells default (a test keeps them equal)
+REPEAT_CHUNK_ROWS = 2**20  # cells per task of a per-sample value repeated over cells
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,15 @@ def _cohort_dtypes(obs: pd.DataFrame) -> pd.DataFrame:
 def _sample_metadata(path: Path) -> pd.DataFrame:
     """A sample store's metadata (its obs columns but the barcode; one value per sample, as
     ingest writes them) as one row, with its number of cells as ``_n_cells``."""
-    obs = ad.io.read_elem(zarr.open_group(str(path), mode="r")["obs"])
-    meta = obs.drop(columns="barcode", errors="ignore")
+    group = zarr.open_group(str(path), mode="r")
+    attrs = group["obs"].attrs
+    columns = [str(c) for c in cast(list, attrs["column-order"]) if c != "barcode"]
+    # the columns alone: the cell names and barcodes (text) are what reading costs
+    n_cells = int(cast(zarr.Array, group[f"obs/{attrs['_index']}"]).shape[0])
+    meta = pd.DataFrame(
+        {c: ad.io.read_elem(group[f"obs/{c}"]) for c in columns},
+        index=pd.RangeIndex(n_cells),
+    )
     varying = [c for c in meta.columns if meta[c].nunique(dropna=False) > 1]
     if varying:
         msg = (
@@ -157,12 +165,15 @@ def _sample_metadata(path: Path) -> pd.DataFrame:
             "sample (the samplesheet's, as ingest writes them): re-ingest the sample"
         )
         raise StoreError(msg)
-    return meta.iloc[:1].reset_index(drop=True).assign(_n_cells=len(obs))
+    return meta.iloc[:1].reset_index(drop=True).assign(_n_cells=n_cells)
 
 
 def _sample_names(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    obs = ad.io.read_elem(zarr.open_group(str(path), mode="r")["obs"])
-    return np.asarray(obs.index, dtype=object), obs["barcode"].to_numpy(dtype=object)
+    """A sample store's cell names and barcodes (its obs' two text arrays alone)."""
+    group = zarr.open_group(str(path), mode="r")
+    index = group[f"obs/{group['obs'].attrs['_index']}"]
+    names, barcodes = ad.io.read_elem(index), ad.io.read_elem(group["obs/barcode"])
+    return np.asarray(names, dtype=object), np.asarray(barcodes, dtype=object)
 
 
 def lazy_cohort_obs(
@@ -195,17 +206,25 @@ def lazy_cohort_obs(
     for col in meta.columns:
         values = meta[col]
         if isinstance(values.dtype, pd.CategoricalDtype):
-            codes = values.cat.codes.to_numpy()
-            column = da.concatenate(
-                [da.full(int(n), c, dtype=codes.dtype) for c, n in zip(codes, sizes, strict=True)]
-            )
-            columns[col] = LazyCategorical(column, values.cat.categories)
+            codes = repeat_per_sample(values.cat.codes.to_numpy(), sizes, REPEAT_CHUNK_ROWS)
+            columns[col] = LazyCategorical(codes, values.cat.categories)
         else:
-            array = values.to_numpy()
-            columns[col] = da.concatenate(
-                [da.full(int(n), v, dtype=array.dtype) for v, n in zip(array, sizes, strict=True)]
-            )
+            columns[col] = repeat_per_sample(values.to_numpy(), sizes, REPEAT_CHUNK_ROWS)
     return names, columns
+
+
+def _repeat_rows(positions: np.ndarray, values: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    return values[np.searchsorted(ends, positions, side="right")]
+
+
+def repeat_per_sample(values: np.ndarray, sizes: np.ndarray, chunk_rows: int) -> da.Array:
+    """Each sample's value repeated over its cells (``values[i]`` ``sizes[i]`` times), as a
+    Dask array computed a chunk of ``chunk_rows`` cells per task: the graph holds the
+    per-sample values only, and its size does not grow with the number of samples."""
+    ends = np.cumsum(np.asarray(sizes, dtype=np.int64))
+    n = int(ends[-1]) if ends.size else 0
+    positions = da.arange(n, chunks=chunk_rows, dtype=np.int64)
+    return positions.map_blocks(_repeat_rows, values, ends, dtype=values.dtype)
 
 
 def open_cohort(

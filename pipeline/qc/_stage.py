@@ -23,12 +23,13 @@ from pandas.api.types import union_categoricals
 from ..cohort import read_sample_counts
 from ..config import QCConfig
 from ..moments import clipped_moments
-from ..store import LazyCategorical, LazyColumn
+from ..store import CHUNK_BYTES, LazyCategorical, LazyColumn
 from ._doublets import scrublet_scores
 from ._kernels import METRICS, gene_sets, qc_metrics
 from ._thresholds import qc_flags, qc_summary, reasons
 
 MIN_CELLS_FOR_DOUBLETS = 50  # fewer kept cells: too few to simulate doublets from
+TABLE_CHUNK_BYTES = CHUNK_BYTES  # the per-cell columns are cut from chunks of this size
 
 
 @dataclass(frozen=True)
@@ -153,12 +154,16 @@ def _facts(result: SampleResult) -> SampleFacts:
     return result.facts
 
 
-def _column(result: SampleResult, name: str) -> np.ndarray:
-    return result.frame[name].to_numpy()
-
-
-def _reason_codes(result: SampleResult, categories: pd.Index) -> np.ndarray:
-    return pd.Categorical(result.frame["qc_reason"], categories=categories).codes
+def _records(result: SampleResult, categories: pd.Index, dtype: np.dtype) -> np.ndarray:
+    """The sample's per-cell columns as one structured array (``qc_reason`` as codes of
+    the cohort's ``categories``)."""
+    out = np.empty(result.facts.n_cells, dtype=dtype)
+    for name in dtype.names or ():
+        if name == "qc_reason":
+            out[name] = pd.Categorical(result.frame[name], categories=categories).codes
+        else:
+            out[name] = result.frame[name].to_numpy()
+    return out
 
 
 def _submit(
@@ -275,17 +280,20 @@ def qc_columns(
     categories = pd.Index(sorted({r for f in facts for r in f.reasons}), dtype=object)
     code_dtype = pd.Categorical([], categories=categories).codes.dtype
     dtypes = facts[0].dtypes
-    columns: dict[str, LazyColumn] = {}
-    for name in [*dtypes, "qc_reason"]:
-        parts = []
-        for fut, f in zip(futures, facts, strict=True):
-            if name == "qc_reason":
-                task, dtype = dask.delayed(_reason_codes)(fut, categories), code_dtype
-            else:
-                task, dtype = dask.delayed(_column)(fut, name), dtypes[name]
-            parts.append(da.from_delayed(task, shape=(f.n_cells,), dtype=dtype))
-        column = da.concatenate(parts)
-        columns[name] = LazyCategorical(column, categories) if name == "qc_reason" else column
+    # one task per sample packs its columns; the cohort's table is then cut into chunks
+    # of ~TABLE_CHUNK_BYTES and each column read from those (a few tasks per column, not one
+    # per sample and column: 4M cells are 528 samples x 31 columns)
+    record = np.dtype([*dtypes.items(), ("qc_reason", code_dtype)])
+    table = da.concatenate(
+        [
+            da.from_delayed(
+                dask.delayed(_records)(fut, categories, record), shape=(f.n_cells,), dtype=record
+            )
+            for fut, f in zip(futures, facts, strict=True)
+        ]
+    ).rechunk(max(1, TABLE_CHUNK_BYTES // record.itemsize))
+    columns: dict[str, LazyColumn] = {name: table[name] for name in dtypes}
+    columns["qc_reason"] = LazyCategorical(table["qc_reason"], categories)
     order = [*[c for c in dtypes if c not in ("qc_pass",)], "qc_reason", "qc_pass"]
     columns = {c: columns[c] for c in order}
     moments = {sid: f.moments for sid, f in zip(samples, facts, strict=True)}

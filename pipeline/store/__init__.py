@@ -9,6 +9,7 @@ from ._atomic import (
     write_text_atomic,
 )
 from ._lazy import (
+    CHUNK_BYTES,
     LazyCategorical,
     LazyColumn,
     LazyCSR,
@@ -31,6 +32,7 @@ from ._rows import read_array_rows, read_rows
 from ._update import obs_columns, update_anndata_store
 
 __all__ = [
+    "CHUNK_BYTES",
     "MANIFEST",
     "TMP_MARK",
     "LazyCSR",

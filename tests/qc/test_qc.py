@@ -172,17 +172,24 @@ def test_the_stage_writes_from_the_workers_what_compute_qc_gathers(
     """The qc stage's path (each sample's results left on its worker, the cohort's obs
     written by the tasks) stores the cells' metadata and QC columns `open_cohort` and
     `compute_qc` give in memory, with the same summary and moments; several chunks per
-    column (small chunks forced) change nothing."""
+    column (small chunks forced, the packed table's and the metadata's across samples)
+    change nothing."""
+    from pipeline import cohort as cohort_module
     from pipeline.cohort import lazy_cohort_obs
-    from pipeline.qc import qc_columns
+    from pipeline.qc import _stage, qc_columns
     from pipeline.store import _lazy, write_lazy_anndata_store
 
     monkeypatch.setattr(_lazy, "CHUNK_BYTES", 1_000)  # ~125 numbers per chunk
+    # the samples' packed columns and their metadata in chunks that straddle samples
+    monkeypatch.setattr(_stage, "TABLE_CHUNK_BYTES", 7_000)
+    monkeypatch.setattr(cohort_module, "REPEAT_CHUNK_ROWS", 333)
     cohort = open_cohort(ingested)
     samples = list(Workdir(ingested).ingest_record().samples)
     stores = {s: Workdir(ingested).sample_store(s) for s in samples}
     names, meta = lazy_cohort_obs(ingested)
     lazy = qc_columns(samples, cohort.var, client=client, stores=stores, params=QCConfig())
+    assert lazy.columns["total_counts"].numblocks[0] > len(samples)
+    assert meta["patient_id"].codes.numblocks[0] > 1
     target = tmp_path / "cohort.zarr"
     write_lazy_anndata_store(target, {"n_obs": len(cohort.obs)}, names=names,
                              obs={**meta, **lazy.columns}, var=cohort.var)  # fmt: skip
