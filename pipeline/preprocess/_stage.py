@@ -47,6 +47,10 @@ from ._models import (
 # (Rayleigh-Ritz on every kept cell): 2 reached |r| >= 0.99 on the first 20 PCs against
 # the exact PCA at 1M cells (docs/benchmarks.md)
 BASIS_FACTOR = 2
+# The subsample's X'X is summed over groups of chunks of at least this many rows, a task
+# each: a partial is genes x genes (32 MB for 2,000 HVGs), so a partial per chunk (98 at
+# 1M cells, 390 at 4M) cost more in adding and moving them than in computing them
+GRAM_GROUP_ROWS = 25_000
 PCA_SCRATCH = "pca-scratch"  # the scratch folder: the subsample's rows, the cells' coordinates
 
 
@@ -67,11 +71,31 @@ def _clipped_and_saved(
 
 
 def _saved_gram(
-    path: str, genes: np.ndarray, total: np.ndarray, target_sum: float
+    paths: list[str], genes: np.ndarray, totals: list[np.ndarray], target_sum: float
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """`gram` of the rows `_clipped_and_saved` saved at ``path`` (all of them)."""
-    x = sp.load_npz(path)
-    return gram(x, np.ones(x.shape[0], dtype=bool), genes, total, target_sum)
+    """`gram` of the rows `_clipped_and_saved` saved at ``paths`` (all of them; ``totals``:
+    their cells' counts, a path's each), summed."""
+    out = None
+    for path, total in zip(paths, totals, strict=True):
+        x = sp.load_npz(path)
+        part = gram(x, np.ones(x.shape[0], dtype=bool), genes, total, target_sum)
+        out = part if out is None else add_sums(out, part)
+    assert out is not None
+    return out
+
+
+def _groups(sizes: np.ndarray, rows: int) -> list[list[int]]:
+    """Consecutive indices of ``sizes`` grouped until each group has >= ``rows`` (the last
+    may have fewer)."""
+    groups: list[list[int]] = [[]]
+    total = 0
+    for i, size in enumerate(sizes):
+        if total >= rows:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += int(size)
+    return [g for g in groups if g]
 
 
 def _refine_part(
@@ -287,12 +311,16 @@ def preprocess_cohort(
                 )
                 for c in chunks
             ]
-        else:
+        else:  # a task per group of chunks: a few genes x genes partials to add and move
+            sizes = np.array([np.count_nonzero(fit[c.rows]) for c in chunks])
             parts = [
                 dask.delayed(_saved_gram)(
-                    path, hvg, total_counts[c.rows][fit[c.rows]], params.target_sum
+                    [rows[i] for i in group],
+                    hvg,
+                    [total_counts[chunks[i].rows][fit[chunks[i].rows]] for i in group],
+                    params.target_sum,
                 )
-                for c, path in zip(chunks, rows, strict=True)
+                for group in _groups(sizes, GRAM_GROUP_ROWS)
             ]
         n, sums, g = client.compute(_tree_sum(parts, add_sums), sync=True)
         if exact:  # X'X of every kept cell
