@@ -84,6 +84,7 @@ def run_preprocess(ctx: StageContext) -> str:
         "params": p.model_dump(mode="json"),
         "seconds": result.seconds,
         "hvg_batches_left_out": list(result.hvg_batches_left_out),
+        "candidate_rows": result.candidate_rows,
     }
     del obs, moments
     # the workers project the cells and write X_pca's chunks themselves

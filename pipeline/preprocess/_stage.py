@@ -7,9 +7,11 @@ v3's bound, (3) X'X of the log-normalized HVGs, (4) the projection of every kept
 onto the principal axes. Above ``pca_max_cells`` kept cells, (3) is X'X of a stratified
 subsample and (4) is preceded by X'X Q of every kept cell for the subsample's top
 2 x n_comps axes Q (a tenth of X'X's arithmetic), whose Rayleigh-Ritz solution gives the
-axes; with a scratch folder (the stage's own run), pass (2) also saves the subsample's
-rows, so that (3) reads them instead of the chunks, and (4) saves the cells' coordinates
-X Q, from which they are projected without another pass over the counts.
+axes; with a scratch folder (the stage's own run), pass (2) also saves every kept cell's
+counts of the candidate genes (`candidate_genes`: ~1/5 of the stored entries), so that
+(3) and the refinement read those instead of the chunks when every HVG is a candidate
+(else they read the chunks), and the refinement saves the cells' coordinates X Q, from
+which they are projected without another pass over the counts.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from ..config import PreprocessConfig
 from ..moments import Moments, add_moments, batch_moments, clipped_moments
 from ..sampling import stratified_sample
 from ..store import scratch_folder
-from ._kernels import add_sums, gram, gram_times, project, project_coordinates
+from ._kernels import add_sums, gram, gram_times, project, project_coordinates, select
 from ._models import (
     PcaLoadings,
     clip_values,
+    mean_var,
     pca_from_gram,
     pca_from_products,
     seurat_v3_table,
@@ -51,7 +54,26 @@ BASIS_FACTOR = 2
 # each: a partial is genes x genes (32 MB for 2,000 HVGs), so a partial per chunk (98 at
 # 1M cells, 390 at 4M) cost more in adding and moving them than in computing them
 GRAM_GROUP_ROWS = 25_000
-PCA_SCRATCH = "pca-scratch"  # the scratch folder: the subsample's rows, the cells' coordinates
+# The candidate genes (`candidate_genes`): per batch this many times n_top_genes of the
+# largest normalized variances before clipping. Clipping lowers a gene's normalized
+# variance, never raises it, so only genes that others overtake could be HVGs outside
+# them; at 1M cells the HVGs were the top 2,000 unclipped ones (docs/benchmarks.md).
+CANDIDATE_FACTOR = 1.25
+PCA_SCRATCH = "pca-scratch"  # the scratch folder: the candidate rows, the cells' coordinates
+
+
+def candidate_genes(moments: Moments, reg_std: np.ndarray, n_top: int) -> np.ndarray:
+    """The genes whose counts the clipped pass saves (sorted indices): the union over the
+    batches of the ``CANDIDATE_FACTOR x n_top`` genes of largest unclipped normalized
+    variance (seurat_v3's variance over the regularized one, as in `seurat_v3_table`
+    without a clip)."""
+    n_genes = reg_std.shape[1]
+    top = min(n_genes, int(np.ceil(CANDIDATE_FACTOR * n_top)))
+    chosen = np.zeros(n_genes, dtype=bool)
+    for b, m in moments.items():
+        norm = mean_var(m)[2] / reg_std[b] ** 2
+        chosen[np.argsort(-norm, kind="stable")[:top]] = True
+    return np.flatnonzero(chosen)
 
 
 def _clipped_and_saved(
@@ -59,26 +81,30 @@ def _clipped_and_saved(
     batch: np.ndarray,
     keep: np.ndarray,
     clip: np.ndarray,
-    fit: np.ndarray,
+    genes: np.ndarray,
     path: str | None,
 ) -> Moments:
-    """`clipped_moments` of one chunk; with ``path``, the chunk's rows in ``fit`` (raw
-    counts, every gene) saved there, so that the subsample's X'X reads them, not the
-    chunk."""
+    """`clipped_moments` of one chunk; with ``path``, its kept cells' raw counts of
+    ``genes`` (the candidates) saved there, so that X'X and the refinement read them,
+    not the chunk."""
     if path is not None:
-        sp.save_npz(path, sp.csr_matrix(block)[fit], compressed=False)
+        sp.save_npz(path, select(block, keep, genes), compressed=False)
     return clipped_moments(block, batch, keep, clip)
 
 
 def _saved_gram(
-    paths: list[str], genes: np.ndarray, totals: list[np.ndarray], target_sum: float
+    paths: list[str],
+    genes: np.ndarray,
+    totals: list[np.ndarray],
+    fits: list[np.ndarray],
+    target_sum: float,
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """`gram` of the rows `_clipped_and_saved` saved at ``paths`` (all of them; ``totals``:
-    their cells' counts, a path's each), summed."""
+    """`gram` of the rows in ``fits`` of the candidate rows `_clipped_and_saved` saved at
+    ``paths`` (``genes``: the HVGs' columns there; ``totals``: the saved cells' counts),
+    summed."""
     out = None
-    for path, total in zip(paths, totals, strict=True):
-        x = sp.load_npz(path)
-        part = gram(x, np.ones(x.shape[0], dtype=bool), genes, total, target_sum)
+    for path, total, fit in zip(paths, totals, fits, strict=True):
+        part = gram(sp.load_npz(path), fit, genes, total, target_sum)
         out = part if out is None else add_sums(out, part)
     assert out is not None
     return out
@@ -107,8 +133,11 @@ def _refine_part(
     basis: np.ndarray,
     path: str | None,
 ) -> tuple[float, np.ndarray, float, np.ndarray]:
-    """`gram_times` of one chunk; its kept cells' coordinates saved at ``path`` (the
-    projection then needs no further pass over the counts)."""
+    """`gram_times` of one chunk (a path: the candidate rows saved there); its kept
+    cells' coordinates saved at ``path`` (the projection then needs no further pass over
+    the counts)."""
+    if isinstance(block, str):
+        block = sp.load_npz(block)
     sums, coords = gram_times(block, keep, genes, total, target_sum, basis)
     if path is not None:
         np.save(path, coords)
@@ -130,6 +159,7 @@ class PreprocessResult:
     variance_ratio: np.ndarray
     seconds: dict[str, float]
     hvg_batches_left_out: tuple[str, ...] = ()  # batches too small to rank genes
+    candidate_rows: bool = False  # X'X and the refinement read the saved candidate rows
 
     @property
     def components(self) -> np.ndarray:  # HVGs x n_comps
@@ -229,12 +259,11 @@ def _hvg_table(
     keep: np.ndarray,
     params: PreprocessConfig,
     moments: Moments | None,
-    fit: np.ndarray,
     rows: list[str] | None,
-) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    """scanpy's seurat_v3 HVG table of the kept cells and the batches too small to rank
-    genes; with ``rows`` (a path per chunk) the clipped pass also saves each chunk's
-    ``fit`` rows there (`_clipped_and_saved`)."""
+) -> tuple[pd.DataFrame, tuple[str, ...], np.ndarray]:
+    """scanpy's seurat_v3 HVG table of the kept cells, the batches too small to rank
+    genes and the candidate genes; with ``rows`` (a path per chunk) the clipped pass also
+    saves each chunk's kept cells' counts of the candidates there (`_clipped_and_saved`)."""
     batch_cat = pd.Categorical(cohort.obs[params.hvg_batch_key].astype(str))
     batch = batch_cat.codes.astype(np.int64)
     n_batches = len(batch_cat.categories)
@@ -249,17 +278,18 @@ def _hvg_table(
     else:
         moments = {b: m for b, m in moments.items() if b not in small}
     reg_std, clip = clip_values(moments, n_batches, params.hvg_span)
+    candidates = candidate_genes(moments, reg_std, params.n_top_genes)
     clip_f = client.scatter(clip, broadcast=True, hash=False)
     paths = rows if rows is not None else [None] * len(chunks)
     parts = [
         dask.delayed(_clipped_and_saved)(
-            c.block, batch[c.rows], keep[c.rows], clip_f, fit[c.rows], path
+            c.block, batch[c.rows], keep[c.rows], clip_f, candidates, path
         )
         for c, path in zip(chunks, paths, strict=True)
     ]
     clipped = client.compute(_tree_sum(parts, add_moments), sync=True)
     table = seurat_v3_table(moments, clipped, reg_std, cohort.var_names, params.n_top_genes)
-    return table, left_out
+    return table, left_out, candidates
 
 
 def preprocess_cohort(
@@ -280,9 +310,12 @@ def preprocess_cohort(
     axes are fitted on `pca_fit_cells`: on every kept cell (exact X'X), or above
     ``params.pca_max_cells`` kept cells on a stratified subsample whose axes are then
     refined on every kept cell (`pca_from_products`); every kept cell is projected onto
-    them. ``scratch``: a folder every worker can write (the workdir), where the refinement
-    saves the cells' coordinates on the subsample's axes for the projection (in a
-    temporary folder, removed before returning); None: projected from the counts.
+    them. ``scratch``: a folder every worker can write (the workdir), where the HVG pass
+    saves the kept cells' counts of the candidate genes for X'X and the refinement (read
+    instead of the counts when every HVG is a candidate: ``candidate_rows`` in the
+    result) and the refinement the cells' coordinates on the subsample's axes for the
+    projection (in a temporary folder, removed before returning); None: X'X, refinement
+    and projection read the counts.
     """
     seconds: dict[str, float] = {}
     chunks = cell_chunks(cohort.X)
@@ -295,15 +328,21 @@ def preprocess_cohort(
             else stack.enter_context(scratch_folder(scratch, PCA_SCRATCH))
         )
         t = time.perf_counter()
-        # with a scratch folder, the HVG pass saves the subsample's rows for its X'X
+        # with a scratch folder, the HVG pass saves the kept cells' candidate rows
         rows = (
             None if folder is None else [str(folder / f"rows-{i}.npz") for i in range(len(chunks))]
         )
-        table, left_out = _hvg_table(cohort, chunks, client, keep, params, moments, fit, rows)
+        table, left_out, candidates = _hvg_table(
+            cohort, chunks, client, keep, params, moments, rows
+        )
         seconds["hvg"] = time.perf_counter() - t
 
         t = time.perf_counter()
         hvg = np.flatnonzero(table["highly_variable"].to_numpy())
+        if rows is not None and not np.isin(hvg, candidates).all():
+            rows = None  # an HVG outside the candidates: X'X and refinement read the chunks
+        saved = np.searchsorted(candidates, hvg)  # the HVGs' columns in the saved rows
+        kept = [keep[c.rows] for c in chunks]
         if rows is None:
             parts = [
                 dask.delayed(gram)(
@@ -316,8 +355,9 @@ def preprocess_cohort(
             parts = [
                 dask.delayed(_saved_gram)(
                     [rows[i] for i in group],
-                    hvg,
-                    [total_counts[chunks[i].rows][fit[chunks[i].rows]] for i in group],
+                    saved,
+                    [total_counts[chunks[i].rows][kept[i]] for i in group],
+                    [fit[chunks[i].rows][kept[i]] for i in group],
                     params.target_sum,
                 )
                 for group in _groups(sizes, GRAM_GROUP_ROWS)
@@ -338,16 +378,16 @@ def preprocess_cohort(
             basis_f = client.scatter(basis, broadcast=True, hash=False)
             parts = [
                 dask.delayed(_refine_part)(
-                    c.block,
-                    keep[c.rows],
-                    hvg,
-                    total_counts[c.rows],
-                    params.target_sum,
-                    basis_f,
-                    path,
+                    c.block, keep[c.rows], hvg, total_counts[c.rows], params.target_sum,
+                    basis_f, path,
                 )
-                for c, path in zip(chunks, paths, strict=True)
-            ]
+                if rows is None
+                else dask.delayed(_refine_part)(  # the chunk's saved candidate rows
+                    rows[i], np.ones(kept[i].sum(), dtype=bool), saved,
+                    total_counts[c.rows][kept[i]], params.target_sum, basis_f, path,
+                )
+                for i, (c, path) in enumerate(zip(chunks, paths, strict=True))
+            ]  # fmt: skip
             n, sums, squares, product = client.compute(_tree_sum(parts, add_sums), sync=True)
             mean, components, variance, ratio, mixing = pca_from_products(
                 n, sums, squares, basis, product, params.n_comps
@@ -384,4 +424,5 @@ def preprocess_cohort(
         variance_ratio=ratio,
         seconds=seconds,
         hvg_batches_left_out=left_out,
+        candidate_rows=rows is not None,
     )

@@ -159,8 +159,20 @@ def test_axes_fitted_on_a_subsample_match_the_exact_ones(
         cohort, client=client, keep=keep[0], total_counts=keep[1], params=params,
         scratch=tmp_path,
     )  # fmt: skip
+    assert saved.candidate_rows and not sub.candidate_rows
     np.testing.assert_allclose(saved.pca.compute(), scores, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(saved.components, sub.components, rtol=1e-6, atol=1e-9)
+    assert list(tmp_path.iterdir()) == []
+    # candidates too few for the HVGs: X'X and the refinement read the chunks, as without
+    # a scratch folder, and the cells are still projected from their saved coordinates
+    monkeypatch.setattr(_stage, "CANDIDATE_FACTOR", 0.5)
+    fallback = preprocess_cohort(
+        cohort, client=client, keep=keep[0], total_counts=keep[1], params=params,
+        scratch=tmp_path,
+    )  # fmt: skip
+    assert not fallback.candidate_rows
+    np.testing.assert_array_equal(fallback.components, sub.components)
+    np.testing.assert_allclose(fallback.pca.compute(), scores, rtol=1e-4, atol=1e-4)
     assert list(tmp_path.iterdir()) == []
     exact = ours.pca[keep[0]].astype(np.float64)
     mine = scores[keep[0]].astype(np.float64)
@@ -194,6 +206,48 @@ def test_gram_times_is_the_gram_matrix_applied_to_a_basis() -> None:
     np.testing.assert_allclose(squares, (y * y).sum(), rtol=1e-5)
     np.testing.assert_allclose(product, g @ basis, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(coords, y @ basis, rtol=1e-4, atol=1e-4)
+
+
+def test_select_takes_rows_and_columns_as_scipy() -> None:
+    import scipy.sparse as sp
+
+    from pipeline.preprocess._kernels import select
+
+    rng = np.random.default_rng(5)
+    x = sp.random(500, 300, density=0.05, format="csr", random_state=6, dtype=np.float32)
+    x.data = np.ceil(x.data * 9).astype(np.float32)
+    x = sp.csr_matrix(x.astype(np.int32))
+    keep = rng.random(500) > 0.3
+    genes = np.sort(rng.choice(300, 40, replace=False))
+    got = select(x, keep, genes)
+    want = x[keep][:, genes]
+    assert got.shape == want.shape and got.dtype == np.int32
+    np.testing.assert_array_equal(got.toarray(), want.toarray())
+    assert got.has_sorted_indices
+    assert select(x, np.zeros(500, dtype=bool), genes).shape == (0, 40)
+
+
+def test_candidate_genes_hold_the_top_of_every_batch() -> None:
+    """Per batch the CANDIDATE_FACTOR x n_top genes of largest unclipped normalized
+    variance, united: a gene on top in one batch only is a candidate."""
+    from pipeline.preprocess._stage import CANDIDATE_FACTOR, candidate_genes
+
+    n_genes, n_top = 200, 20
+    top = int(np.ceil(CANDIDATE_FACTOR * n_top))
+    rng = np.random.default_rng(7)
+    moments = {}
+    for b in range(2):
+        n = 1000.0
+        mean = rng.uniform(0.1, 2.0, n_genes)
+        var = mean * (1 + rng.uniform(0, 1, n_genes))
+        var[b * 100] = 1e6  # the first batch's gene 0, the second's gene 100
+        moments[b] = np.stack(
+            [np.r_[n, np.zeros(n_genes - 1)], n * mean, (n - 1) * var + n * mean**2]
+        )
+    reg_std = np.sqrt(np.vstack([moments[b][1] / 1000 for b in range(2)]))
+    got = candidate_genes(moments, reg_std, n_top)
+    assert {0, 100} <= set(got.tolist()) and np.all(np.diff(got) > 0)
+    assert top <= got.size <= 2 * top
 
 
 def test_saved_rows_are_grouped_in_order_until_each_group_has_enough() -> None:
