@@ -68,40 +68,6 @@ def _positions(genes: np.ndarray, n_genes: int) -> np.ndarray:
     return position
 
 
-@numba.njit(cache=True)
-def _select(indptr, indices, data, rows, position):  # type: ignore[no-untyped-def,unused-ignore]
-    """CSR arrays of the rows ``rows`` and the columns with a position (>= 0; positions
-    increase with the column, so each row's indices stay sorted)."""
-    new_indptr = np.zeros(rows.size + 1, dtype=np.int64)
-    for r in range(rows.size):
-        n = 0
-        for k in range(indptr[rows[r]], indptr[rows[r] + 1]):
-            if position[indices[k]] >= 0:
-                n += 1
-        new_indptr[r + 1] = new_indptr[r] + n
-    new_indices = np.empty(new_indptr[-1], dtype=np.int32)
-    new_data = np.empty(new_indptr[-1], dtype=data.dtype)
-    j = 0
-    for r in range(rows.size):
-        for k in range(indptr[rows[r]], indptr[rows[r] + 1]):
-            p = position[indices[k]]
-            if p >= 0:
-                new_indices[j] = p
-                new_data[j] = data[k]
-                j += 1
-    return new_indptr, new_indices, new_data
-
-
-def select(x: sp.spmatrix, keep: np.ndarray, genes: np.ndarray) -> sp.csr_matrix:
-    """``x[keep][:, genes]`` as CSR (``genes`` sorted), in one pass over the stored
-    entries (scipy's two fancy indexings copy the matrix twice: 3-4x slower)."""
-    x = sp.csr_matrix(x)
-    indptr, indices, data = _select(
-        x.indptr, x.indices, x.data, np.flatnonzero(keep), _positions(genes, x.shape[1])
-    )
-    return sp.csr_matrix((data, indices, indptr), shape=(int(np.count_nonzero(keep)), genes.size))
-
-
 def _log_blocks(
     x: sp.spmatrix, keep: np.ndarray, genes: np.ndarray, total: np.ndarray, target_sum: float
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:

@@ -33,10 +33,16 @@ from distributed import Client, futures_of, wait
 
 from ..cohort import cell_chunks
 from ..config import PreprocessConfig
-from ..moments import Moments, add_moments, batch_moments, clipped_moments
+from ..moments import (
+    Moments,
+    add_moments,
+    batch_moments,
+    clipped_moments,
+    clipped_moments_and_rows,
+)
 from ..sampling import stratified_sample
 from ..store import scratch_folder
-from ._kernels import add_sums, gram, gram_times, project, project_coordinates, select
+from ._kernels import add_sums, gram, gram_times, project, project_coordinates
 from ._models import (
     PcaLoadings,
     clip_values,
@@ -87,9 +93,11 @@ def _clipped_and_saved(
     """`clipped_moments` of one chunk; with ``path``, its kept cells' raw counts of
     ``genes`` (the candidates) saved there, so that X'X and the refinement read them,
     not the chunk."""
-    if path is not None:
-        sp.save_npz(path, select(block, keep, genes), compressed=False)
-    return clipped_moments(block, batch, keep, clip)
+    if path is None:
+        return clipped_moments(block, batch, keep, clip)
+    moments, rows = clipped_moments_and_rows(block, batch, keep, clip, genes)
+    sp.save_npz(path, rows, compressed=False)
+    return moments
 
 
 def _saved_gram(

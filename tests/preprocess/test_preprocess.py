@@ -208,25 +208,6 @@ def test_gram_times_is_the_gram_matrix_applied_to_a_basis() -> None:
     np.testing.assert_allclose(coords, y @ basis, rtol=1e-4, atol=1e-4)
 
 
-def test_select_takes_rows_and_columns_as_scipy() -> None:
-    import scipy.sparse as sp
-
-    from pipeline.preprocess._kernels import select
-
-    rng = np.random.default_rng(5)
-    x = sp.random(500, 300, density=0.05, format="csr", random_state=6, dtype=np.float32)
-    x.data = np.ceil(x.data * 9).astype(np.float32)
-    x = sp.csr_matrix(x.astype(np.int32))
-    keep = rng.random(500) > 0.3
-    genes = np.sort(rng.choice(300, 40, replace=False))
-    got = select(x, keep, genes)
-    want = x[keep][:, genes]
-    assert got.shape == want.shape and got.dtype == np.int32
-    np.testing.assert_array_equal(got.toarray(), want.toarray())
-    assert got.has_sorted_indices
-    assert select(x, np.zeros(500, dtype=bool), genes).shape == (0, 40)
-
-
 def test_candidate_genes_hold_the_top_of_every_batch() -> None:
     """Per batch the CANDIDATE_FACTOR x n_top genes of largest unclipped normalized
     variance, united: a gene on top in one batch only is a candidate."""
