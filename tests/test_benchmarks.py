@@ -19,6 +19,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from measure import measure  # noqa: E402
 from scaling import stage_rows  # noqa: E402
+from task_time import summary, task_name  # noqa: E402
 from timeline_peaks import peak_moments  # noqa: E402
 
 
@@ -33,6 +34,20 @@ def test_memory_cap_kills_the_whole_process_tree() -> None:
     assert result["killed"] == "memory cap"
     assert result["returncode"] != 0 and result["wall_s"] < 30
     assert result["peak_rss_gib"] > 0.5 and result["max_processes"] == 2
+
+
+def test_task_time_sums_each_task_function_without_its_token() -> None:
+    assert task_name("_refine_part-1cc969c8-010c-47de-bfbc-0123456789ab") == "_refine_part"
+    assert task_name(("gram-0f1e2d3c4b5a69788796a5b4c3d2e1f0", 3)) == "gram"
+    assert task_name("finalize-hlg") == "finalize-hlg"
+    stream = [
+        {"key": "f-1cc969c8-010c-47de-bfbc-0123456789ab",
+         "startstops": [{"action": "compute", "start": 0.0, "stop": 2.0}]},
+        {"key": "f-2cc969c8-010c-47de-bfbc-0123456789ab",
+         "startstops": [{"action": "transfer", "start": 0.0, "stop": 0.5},
+                        {"action": "compute", "start": 1.0, "stop": 4.0}]},
+    ]  # fmt: skip
+    assert summary(stream) == [("f", "compute", 2, 5.0), ("f", "transfer", 1, 0.5)]
 
 
 def test_stages_are_cut_from_the_timeline() -> None:
