@@ -85,6 +85,7 @@ def run_preprocess(ctx: StageContext) -> str:
         "seconds": result.seconds,
         "hvg_batches_left_out": list(result.hvg_batches_left_out),
         "candidate_rows": result.candidate_rows,
+        "scratch_notes": list(result.scratch_notes),
     }
     del obs, moments
     # the workers project the cells and write X_pca's chunks themselves
@@ -98,7 +99,7 @@ def run_preprocess(ctx: StageContext) -> str:
         "and do not rank genes (preprocess.hvg_min_batch_cells)"
         if small
         else ""
-    )
+    ) + "".join(f"; scratch: {n}" for n in result.scratch_notes)
     return (
         f"preprocess: {int(var['highly_variable'].sum())} HVGs, {result.pca.shape[1]} PCs "
         f"({ratio:.1%} of variance) in {sum(result.seconds.values()):.1f} s{note}"

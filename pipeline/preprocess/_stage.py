@@ -11,11 +11,14 @@ axes; with a scratch folder (the stage's own run), pass (2) also saves every kep
 counts of the candidate genes (`candidate_genes`: ~1/5 of the stored entries), so that
 (3) and the refinement read those instead of the chunks when every HVG is a candidate
 (else they read the chunks), and the refinement saves the cells' coordinates X Q, from
-which they are projected without another pass over the counts.
+which they are projected without another pass over the counts. Each kind of scratch file
+is written only if an upper bound on its size fits in half the free space there
+(`SCRATCH_SHARE`); else its passes read the counts.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -66,6 +69,27 @@ GRAM_GROUP_ROWS = 25_000
 # them; at 1M cells the HVGs were the top 2,000 unclipped ones (docs/benchmarks.md).
 CANDIDATE_FACTOR = 1.25
 PCA_SCRATCH = "pca-scratch"  # the scratch folder: the candidate rows, the cells' coordinates
+# The scratch folder takes at most this share of the free space where it is (measured when
+# the stage starts; the rest is left for the stage's outputs and everything else there):
+# files that would not fit are not written and their passes read the counts instead
+SCRATCH_SHARE = 0.5
+
+
+def scratch_bytes(moments: Moments, candidates: np.ndarray, count_bytes: int, n_files: int) -> int:
+    """An upper bound on the bytes of the kept cells' saved candidate rows in ``n_files``
+    files: a column index and a count per stored entry (counts are integers, so a gene's
+    stored entries in a batch are at most its count sum there and at most the batch's
+    cells), a row pointer per cell, and each file's headers."""
+    cells = sum(float(m[0, 0]) for m in moments.values())
+    entries = sum(float(np.minimum(m[0, 0], m[1, candidates]).sum()) for m in moments.values())
+    return int(entries * (4 + count_bytes) + (cells + n_files) * 8 + n_files * 4096)
+
+
+def _no_room(what: str, needed: int, free: int, where: Path) -> str:
+    return (
+        f"{what} (up to {needed / 1e9:.2f} GB) would take more than {SCRATCH_SHARE:.0%} of "
+        f"the {free / 1e9:.2f} GB free in {where}: read from the counts instead"
+    )
 
 
 def candidate_genes(moments: Moments, reg_std: np.ndarray, n_top: int) -> np.ndarray:
@@ -168,6 +192,7 @@ class PreprocessResult:
     seconds: dict[str, float]
     hvg_batches_left_out: tuple[str, ...] = ()  # batches too small to rank genes
     candidate_rows: bool = False  # X'X and the refinement read the saved candidate rows
+    scratch_notes: tuple[str, ...] = ()  # files the scratch folder had no room for
 
     @property
     def components(self) -> np.ndarray:  # HVGs x n_comps
@@ -268,16 +293,20 @@ def _hvg_table(
     params: PreprocessConfig,
     moments: Moments | None,
     rows: list[str] | None,
-) -> tuple[pd.DataFrame, tuple[str, ...], np.ndarray]:
+    room: int,
+) -> tuple[pd.DataFrame, tuple[str, ...], np.ndarray, list[str] | None, int]:
     """scanpy's seurat_v3 HVG table of the kept cells, the batches too small to rank
     genes and the candidate genes; with ``rows`` (a path per chunk) the clipped pass also
-    saves each chunk's kept cells' counts of the candidates there (`_clipped_and_saved`)."""
+    saves each chunk's kept cells' counts of the candidates there (`_clipped_and_saved`)
+    if their bound (`scratch_bytes`) is at most ``room`` bytes. Also returned: ``rows``
+    or None where not saved, and the bound."""
     batch_cat = pd.Categorical(cohort.obs[params.hvg_batch_key].astype(str))
     batch = batch_cat.codes.astype(np.int64)
     n_batches = len(batch_cat.categories)
     if moments is None:
         parts = [dask.delayed(batch_moments)(c.block, batch[c.rows], keep[c.rows]) for c in chunks]
         moments = client.compute(_tree_sum(parts, add_moments), sync=True)
+    every_batch = moments
     small = sorted(b for b, m in moments.items() if m[0, 0] < params.hvg_min_batch_cells)
     left_out = tuple(str(batch_cat.categories[b]) for b in small)
     if len(small) == len(moments):  # no batch is large enough: the cells as one batch
@@ -287,6 +316,9 @@ def _hvg_table(
         moments = {b: m for b, m in moments.items() if b not in small}
     reg_std, clip = clip_values(moments, n_batches, params.hvg_span)
     candidates = candidate_genes(moments, reg_std, params.n_top_genes)
+    needed = scratch_bytes(every_batch, candidates, cohort.X.dtype.itemsize, len(chunks))
+    if needed > room:
+        rows = None
     clip_f = client.scatter(clip, broadcast=True, hash=False)
     paths = rows if rows is not None else [None] * len(chunks)
     parts = [
@@ -297,7 +329,7 @@ def _hvg_table(
     ]
     clipped = client.compute(_tree_sum(parts, add_moments), sync=True)
     table = seurat_v3_table(moments, clipped, reg_std, cohort.var_names, params.n_top_genes)
-    return table, left_out, candidates
+    return table, left_out, candidates, rows, needed
 
 
 def preprocess_cohort(
@@ -323,12 +355,24 @@ def preprocess_cohort(
     instead of the counts when every HVG is a candidate: ``candidate_rows`` in the
     result) and the refinement the cells' coordinates on the subsample's axes for the
     projection (in a temporary folder, removed before returning); None: X'X, refinement
-    and projection read the counts.
+    and projection read the counts. Files whose bound would take more than
+    ``SCRATCH_SHARE`` of the free space there are not written (their passes read the
+    counts; ``scratch_notes`` in the result says which and why).
     """
     seconds: dict[str, float] = {}
     chunks = cell_chunks(cohort.X)
     fit = pca_fit_cells(cohort.obs, keep, params)
     exact = np.count_nonzero(fit) == np.count_nonzero(keep)
+    notes: list[str] = []  # files the scratch folder had no room for
+    free = room = 0
+    if scratch is not None and not exact:
+        free = shutil.disk_usage(scratch).free
+        room = int(SCRATCH_SHARE * free)
+        coords = int(np.count_nonzero(keep)) * 4 * BASIS_FACTOR * params.n_comps  # float32
+        if coords > room:
+            notes.append(_no_room("the cells' coordinates", coords, free, scratch))
+            scratch = None
+        room -= coords
     with ExitStack() as stack:
         folder = (
             None
@@ -337,12 +381,15 @@ def preprocess_cohort(
         )
         t = time.perf_counter()
         # with a scratch folder, the HVG pass saves the kept cells' candidate rows
-        rows = (
+        asked = (
             None if folder is None else [str(folder / f"rows-{i}.npz") for i in range(len(chunks))]
         )
-        table, left_out, candidates = _hvg_table(
-            cohort, chunks, client, keep, params, moments, rows
+        table, left_out, candidates, rows, needed = _hvg_table(
+            cohort, chunks, client, keep, params, moments, asked, room
         )
+        if asked is not None and rows is None:
+            assert scratch is not None
+            notes.append(_no_room("the candidate genes' counts", needed, free, scratch))
         seconds["hvg"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -433,4 +480,5 @@ def preprocess_cohort(
         seconds=seconds,
         hvg_batches_left_out=left_out,
         candidate_rows=rows is not None,
+        scratch_notes=tuple(notes),
     )

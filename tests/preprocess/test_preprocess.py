@@ -174,6 +174,18 @@ def test_axes_fitted_on_a_subsample_match_the_exact_ones(
     np.testing.assert_array_equal(fallback.components, sub.components)
     np.testing.assert_allclose(fallback.pca.compute(), scores, rtol=1e-4, atol=1e-4)
     assert list(tmp_path.iterdir()) == []
+    # no room in the scratch folder (its share of the free space 0): nothing is written
+    # there, every pass reads the counts, and the result says why
+    monkeypatch.setattr(_stage, "SCRATCH_SHARE", 0.0)
+    full = preprocess_cohort(
+        cohort, client=client, keep=keep[0], total_counts=keep[1], params=params,
+        scratch=tmp_path,
+    )  # fmt: skip
+    assert not full.candidate_rows and len(full.scratch_notes) == 1
+    assert "coordinates" in full.scratch_notes[0] and str(tmp_path) in full.scratch_notes[0]
+    np.testing.assert_array_equal(full.components, sub.components)
+    np.testing.assert_array_equal(full.pca.compute(), scores)
+    assert list(tmp_path.iterdir()) == []
     exact = ours.pca[keep[0]].astype(np.float64)
     mine = scores[keep[0]].astype(np.float64)
     r = [abs(np.corrcoef(mine[:, i], exact[:, i])[0, 1]) for i in range(10)]
@@ -183,6 +195,34 @@ def test_axes_fitted_on_a_subsample_match_the_exact_ones(
     assert (sub.variance[:10] >= 0.97 * ours.variance[:10]).all()
     captured = mine[:, :20].var(axis=0).sum() / exact[:, :20].var(axis=0).sum()
     assert 0.98 <= captured <= 1.0 + 1e-6, captured
+
+
+def test_candidate_rows_are_saved_only_when_their_bound_fits(
+    ingested: Path, client: Client, keep, tmp_path: Path
+) -> None:
+    """`scratch_bytes` bounds the saved candidate rows' files from above (and within 3x of
+    them: not vacuous); the HVG pass saves them only when the bound fits the room it is
+    given, with the same HVG table either way."""
+    from pipeline.cohort import cell_chunks
+    from pipeline.preprocess._stage import _hvg_table
+
+    cohort = open_cohort(ingested, chunk_cells=170)
+    chunks = cell_chunks(cohort.X)
+    params = PreprocessConfig(n_top_genes=1000, n_comps=30)
+    paths = [str(tmp_path / f"rows-{i}.npz") for i in range(len(chunks))]
+    table, _, _, rows, needed = _hvg_table(
+        cohort, chunks, client, keep[0], params, None, paths, 2**62
+    )
+    assert rows == paths
+    written = sum(Path(p).stat().st_size for p in paths)
+    assert written <= needed <= 3 * written, (written, needed)
+    for p in paths:
+        Path(p).unlink()
+    again, _, _, rows, bound = _hvg_table(
+        cohort, chunks, client, keep[0], params, None, paths, needed - 1
+    )
+    assert rows is None and bound == needed and list(tmp_path.iterdir()) == []
+    pd.testing.assert_frame_equal(again, table)
 
 
 def test_gram_times_is_the_gram_matrix_applied_to_a_basis() -> None:
