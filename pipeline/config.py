@@ -359,7 +359,8 @@ class IntegrateConfig(_Frozen):
         100_000,
         ge=1000,
         description="above this many cells Harmony is fitted on a subsample stratified by "
-        "sample and every other cell is corrected with the fitted model (bounded memory)",
+        "sample (each batch's cells topped up to 500, or all of them when fewer) and every "
+        "other cell is corrected with the fitted model (bounded memory)",
     )
     metrics_max_cells: int = Field(
         10_000, ge=100, description="cells sampled for the mixing metrics (quadratic cost)"

@@ -188,8 +188,10 @@ class NeighbourhoodsConfig(FrozenModel):
         30_000,
         ge=1000,
         description="above this many cells of a lineage, its Harmony is fitted on a "
-        "subsample stratified by the integrate_by key and the other cells are corrected by "
-        "the fitted model, in chunks: the driver's memory stays that of the fit",
+        "subsample stratified by the integrate_by key (each key's cells topped up to 500, "
+        "or all of them when fewer) and the other cells are corrected by the fitted model, "
+        "in chunks: the driver's memory stays that of the fit, about this many cells plus "
+        "500 per key",
     )
     lineage_max_share: float = Field(
         0.01,

@@ -95,7 +95,7 @@ STAGES: tuple[Stage, ...] = (
         writes=Elements(cohort=("var", "obsm/X_pca", "varm/PCs", "uns/pca")),
     ),
     Stage(
-        "integrate", 4, "Harmony on the PCs and/or scVI (trained on a subsample)",
+        "integrate", 5, "Harmony on the PCs and/or scVI (trained on a subsample)",
         run="pipeline.integrate:run_integrate", config="integrate",
         reads=Elements(cohort=("obs/qc_pass", *_BATCH_KEYS, "obsm/X_pca", "var"), samples=True),
         writes=Elements(
@@ -140,7 +140,7 @@ STAGES: tuple[Stage, ...] = (
         writes=Elements(folder="abundance"),
     ),
     Stage(
-        "neighbourhoods", 3, "label-free abundance on kNN-graph neighbourhoods (Milo-style), of all cells and within lineages: GLMM per neighbourhood, spatial FDR",
+        "neighbourhoods", 4, "label-free abundance on kNN-graph neighbourhoods (Milo-style), of all cells and within lineages: GLMM per neighbourhood, spatial FDR",
         run="pipeline.neighbourhoods:run_neighbourhoods", config="neighbourhoods",
         inputs="pipeline.neighbourhoods:neighbourhoods_digest_inputs",
         reads=Elements(cohort=(*_DESIGN, "obs/qc_pass", "obs/lineage", "obs/b_subset",

@@ -150,8 +150,8 @@ def harmony_embedding(
     physical core this process may use (results do not depend on it).
 
     Above ``max_cells`` rows (None: never) Harmony is fitted on a subsample stratified by
-    ``strata`` (default: ``batch``; every batch with all its cells when it would get fewer
-    than `MIN_FIT_PER_BATCH`), and every other row is corrected with the fitted model,
+    ``strata`` (default: ``batch``; topped up to `MIN_FIT_PER_BATCH` cells in every batch
+    it leaves with fewer, `fit_rows`), and every other row is corrected with the fitted model,
     ``chunk_cells`` at a time (`correct_cells`): Harmony's working memory (several copies
     of the PCs and the cells x clusters assignments, in float64) stays that of the fit.
     """
@@ -193,16 +193,26 @@ MIN_FIT_PER_BATCH = 500  # fitted cells per batch (5 per Harmony cluster, at mos
 def fit_rows(
     batch: np.ndarray, strata: np.ndarray | None, max_cells: int | None, seed: int
 ) -> np.ndarray:
-    """The rows Harmony is fitted on (sorted): all, or a stratified subsample topped up
-    with every cell of the batches it leaves with fewer than `MIN_FIT_PER_BATCH`."""
+    """The rows Harmony is fitted on (sorted): all, or a stratified subsample of about
+    ``max_cells`` topped up, in every batch it leaves with fewer than `MIN_FIT_PER_BATCH`,
+    with more of that batch's cells drawn at random (all of them when it has fewer): about
+    ``max_cells`` + `MIN_FIT_PER_BATCH` per batch at most, whatever the batches' sizes."""
     if max_cells is None or batch.size <= max_cells:
         return np.arange(batch.size)
     chosen = np.zeros(batch.size, dtype=bool)
     chosen[stratified_sample(batch if strata is None else np.asarray(strata), max_cells, seed)] = 1
-    for level in np.unique(batch):
-        members = batch == level
-        if chosen[members].sum() < MIN_FIT_PER_BATCH:
-            chosen[members] = True
+    codes = np.unique(np.asarray(batch), return_inverse=True)[1].ravel()
+    have = np.bincount(codes, weights=chosen).astype(np.int64)
+    short = np.flatnonzero(have < MIN_FIT_PER_BATCH)
+    if short.size:
+        rng = np.random.default_rng([seed, MIN_FIT_PER_BATCH])  # apart from the subsample's
+        order = np.argsort(codes, kind="stable")  # each batch's rows, ascending
+        starts = np.searchsorted(codes[order], np.arange(have.size + 1))
+        for b in short:
+            members = order[starts[b] : starts[b + 1]]
+            left = members[~chosen[members]]
+            take = min(MIN_FIT_PER_BATCH - int(have[b]), left.size)
+            chosen[rng.choice(left, take, replace=False)] = True
     return np.flatnonzero(chosen)
 
 

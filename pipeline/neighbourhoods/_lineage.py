@@ -60,8 +60,10 @@ def lineage_embedding(
     """Harmony on a lineage's PCs over ``key`` (each cell's patient or sample): the
     corrected embedding (float32), the reference new cells are mapped onto and the cells
     it was fitted on (above ``max_cells`` a subsample stratified by ``key``, the rest
-    corrected by the fitted model ``CORRECT_CELLS`` at a time)."""
-    result = harmony_embedding(np.asarray(pcs, dtype=np.float64), np.asarray(key).astype(str),
+    corrected by the fitted model ``CORRECT_CELLS`` at a time). ``pcs`` as stored
+    (float32): Harmony takes its fitted rows and each chunk in float64, so no float64 copy
+    of every cell's PCs is made (the same result, bit for bit)."""
+    result = harmony_embedding(np.asarray(pcs), np.asarray(key).astype(str),
                                max_cells=max_cells, theta=theta, max_iter=max_iter, seed=seed,
                                chunk_cells=CORRECT_CELLS)  # fmt: skip
     return result

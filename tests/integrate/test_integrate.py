@@ -95,6 +95,13 @@ def test_harmony_fitted_on_a_subsample_corrects_every_cell_alike(
     full = harmony_embedding(pcs, batch, seed=0, max_cells=None)
     part = harmony_embedding(pcs, batch, seed=0, max_cells=pcs.shape[0] // 4, strata=sample)
     assert full.n_fitted == pcs.shape[0] and part.n_fitted < pcs.shape[0] // 2
+    # float32 PCs as stored give what their float64 copy gives, bit for bit (the lineage
+    # embedding passes them without the copy)
+    assert pcs.dtype == np.float32
+    wide = harmony_embedding(pcs.astype(np.float64), batch, seed=0,
+                             max_cells=pcs.shape[0] // 4, strata=sample)  # fmt: skip
+    np.testing.assert_array_equal(wide.embedding, part.embedding)
+    np.testing.assert_array_equal(wide.reference.cluster_sums, part.reference.cluster_sums)
     assert np.isfinite(part.embedding).all()
     assert part.reference.cluster_sizes.sum() == pytest.approx(pcs.shape[0], rel=1e-6)
     shift_full, shift_part = pcs - full.embedding, pcs - part.embedding
@@ -125,6 +132,36 @@ def test_harmony_fitted_on_a_subsample_corrects_every_cell_alike(
         for i in (0, 200, 400)
     ]
     np.testing.assert_allclose(np.vstack(parts), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_the_fit_grows_with_the_batches_not_with_their_cells() -> None:
+    """Above ``max_cells`` each batch gets its share of the subsample, topped up to
+    `MIN_FIT_PER_BATCH` cells (all of a smaller batch's): with many patients (a lineage's
+    Harmony over 176 patients at 4M cells) the fit stays ~500 cells a patient instead of
+    every cell of every patient."""
+    from pipeline.integrate._harmony import MIN_FIT_PER_BATCH, fit_rows
+
+    sizes = np.r_[np.full(176, 2_000), 100, 300, 700]
+    batch = np.repeat([f"P{i:03d}" for i in range(sizes.size)], sizes)
+    shuffled = np.random.default_rng(1).permutation(batch)
+    fit = fit_rows(shuffled, None, 30_000, seed=4)
+    assert np.all(np.diff(fit) > 0)
+    per_batch = pd.Series(shuffled[fit]).value_counts()
+    want = np.minimum(MIN_FIT_PER_BATCH, pd.Series(shuffled).value_counts())
+    assert (per_batch.reindex(want.index, fill_value=0) >= want).all()
+    assert fit.size <= 30_000 + MIN_FIT_PER_BATCH * sizes.size
+    assert fit.size < 0.3 * batch.size  # was every cell: each patient got ~170 < 500
+    np.testing.assert_array_equal(fit, fit_rows(shuffled, None, 30_000, seed=4))
+    assert not np.array_equal(fit, fit_rows(shuffled, None, 30_000, seed=5))
+    # stratified by sample: the top-up is still per batch
+    sample = np.char.add(shuffled, np.where(np.arange(batch.size) % 3 == 0, "_m0", "_m3"))
+    fit = fit_rows(shuffled, sample, 30_000, seed=4)
+    per_batch = pd.Series(shuffled[fit]).value_counts()
+    assert (per_batch.reindex(want.index, fill_value=0) >= want).all()
+    assert fit.size <= 30_000 + MIN_FIT_PER_BATCH * sizes.size
+    # below max_cells: every cell
+    np.testing.assert_array_equal(fit_rows(shuffled, None, batch.size, seed=4),
+                                  np.arange(batch.size))  # fmt: skip
 
 
 def test_the_stage_corrects_on_the_workers_what_harmony_embedding_gives_in_memory(
