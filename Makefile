@@ -3,6 +3,9 @@
 #   make test        same venv; lint, type check and every test (slow ones included), as CI
 #   make test-quick  lint, type check and the tests not marked slow (the inner loop)
 #   make test-slow   the tests marked slow
+# The tests run in PYTEST_WORKERS processes (pytest-xdist; whole files per process, the
+# longest first: tests/conftest.py);
+# PYTEST_WORKERS=0 runs them in this one (for -s, pdb or a single test, call pytest itself).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,6 +15,8 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 SRC := pipeline cluster tests benchmarks
+PYTEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install demo test test-quick test-slow lint typecheck schema docs-config bench-simulate bench-scaling clean
 
@@ -37,13 +42,13 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
-	$(BIN)/pytest
+	$(PYTEST)
 
 test-quick: lint typecheck
-	$(BIN)/pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-slow: $(STAMP)
-	$(BIN)/pytest -m slow
+	$(PYTEST) -m slow
 
 # Regenerate configs/schema.json from the typed config (a test checks they agree).
 schema: $(STAMP)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
-from collections.abc import Iterator
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import anndata as ad
 import dask
@@ -17,6 +22,53 @@ from distributed import Client, LocalCluster
 from cluster.launch import worker_environ
 from pipeline.config import RunConfig, SimulationConfig, parse_config
 from pipeline.simulate import SimulationResult, simulate_cohort
+
+T = TypeVar("T")
+TESTS = Path(__file__).parent
+
+# `make test` runs the suite in two processes (pytest-xdist, whole files per process, in
+# this order: --no-loadscope-reorder, else by their number of tests): the files that take
+# longest start first, so that none of them starts last and leaves the other process idle
+# (a two-process run, 2026-12-07, in seconds: add-batch ~560, the fresh install ~240, the
+# command line ~260, the odd designs ~160, the benchmark runners ~160, scVI ~120). A file
+# not named here keeps its collection order.
+LONGEST_FIRST = (
+    "add_batch/test_add_batch.py",
+    "test_install.py",
+    "test_cli.py",
+    "commands/test_designs.py",
+    "test_benchmarks.py",
+    "integrate/test_scvi.py",
+    "test_faults.py",
+    "annotate/test_accuracy.py",
+    "cluster/test_slurm.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(TESTS).as_posix(), len(rank)))
+
+
+def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str,
+                 build: Callable[[Path], T]) -> T:  # fmt: skip
+    """`build(an empty directory)`, once per test run: under pytest-xdist every process
+    has its own session fixtures, so the first process that needs `name` builds it in the
+    run's shared temporary directory (under a file lock) and the others load its result,
+    as xdist's documentation suggests. What is built is shared: tests must not change it."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent  # one per run, above each process's own
+    result = shared / f"{name}.pickle"
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if result.exists():
+            loaded: T = pickle.loads(result.read_bytes())
+            return loaded
+        built = build(Path(tempfile.mkdtemp(prefix=f"{name}-", dir=shared)))
+        result.write_bytes(pickle.dumps(built))
+        return built
+
 
 SMALL = {
     "seed": 11,
@@ -49,9 +101,11 @@ def small_config(**overrides: object) -> SimulationConfig:
 
 @pytest.fixture(scope="session")
 def small_cohort(tmp_path_factory: pytest.TempPathFactory, client: Client) -> SimulationResult:
-    """A 6+2-patient cohort in 10x HDF5, simulated once per test session."""
-    out: Path = tmp_path_factory.mktemp("cohort_h5")
-    return simulate_cohort(small_config(format="h5"), out=out, client=client)
+    """A 6+2-patient cohort in 10x HDF5, simulated once per test run."""
+    return once_per_run(
+        tmp_path_factory, "cohort_h5",
+        lambda out: simulate_cohort(small_config(format="h5"), out=out, client=client),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -80,19 +134,21 @@ def strong_batch_run(tmp_path_factory: pytest.TempPathFactory, client: Client) -
     from pipeline.simulate import simulate_cohort
     from pipeline.stages import run_stage
 
-    out = tmp_path_factory.mktemp("strong_batches")
-    sim = simulate_cohort(small_config(**STRONG_BATCHES), out=out / "data", client=client)
-    cfg = parse_config(
-        {
-            "workdir": str(out / "work"),
-            "samplesheet": str(sim.samplesheet),
-            "preprocess": {"n_top_genes": 1000, "n_comps": 30},
-        }
-    )
-    ingest_samples(read_samplesheet(sim.samplesheet), workdir=cfg.workdir, client=client)
-    for stage in ("qc", "preprocess", "integrate", "graph"):
-        run_stage(stage, cfg, client)
-    return cfg
+    def build(out: Path) -> RunConfig:
+        sim = simulate_cohort(small_config(**STRONG_BATCHES), out=out / "data", client=client)
+        cfg = parse_config(
+            {
+                "workdir": str(out / "work"),
+                "samplesheet": str(sim.samplesheet),
+                "preprocess": {"n_top_genes": 1000, "n_comps": 30},
+            }
+        )
+        ingest_samples(read_samplesheet(sim.samplesheet), workdir=cfg.workdir, client=client)
+        for stage in ("qc", "preprocess", "integrate", "graph"):
+            run_stage(stage, cfg, client)
+        return cfg
+
+    return once_per_run(tmp_path_factory, "strong_batches", build)
 
 
 @pytest.fixture(scope="session")
@@ -147,12 +203,15 @@ def analysed_small(
 ) -> CommandRun:
     """The small cohort through every built stage by the command line, as a user runs it
     (`--until ingest`, then everything); shared: tests copy the workdir before changing it."""
-    root = tmp_path_factory.mktemp("analysed_small")
-    config = root / "c.yaml"
-    config.write_text(ANALYSED_CONFIG)
-    workdir = root / "w"
-    args = ["run", str(config), "--samplesheet", str(small_cohort.samplesheet),
-            "--workdir", str(workdir)]  # fmt: skip
-    ingest = _main([*args, "--until", "ingest"])
-    assert not (workdir / "cohort.zarr").exists()
-    return CommandRun(workdir, config, args, ingest, _main(args))
+
+    def build(root: Path) -> CommandRun:
+        config = root / "c.yaml"
+        config.write_text(ANALYSED_CONFIG)
+        workdir = root / "w"
+        args = ["run", str(config), "--samplesheet", str(small_cohort.samplesheet),
+                "--workdir", str(workdir)]  # fmt: skip
+        ingest = _main([*args, "--until", "ingest"])
+        assert not (workdir / "cohort.zarr").exists()
+        return CommandRun(workdir, config, args, ingest, _main(args))
+
+    return once_per_run(tmp_path_factory, "analysed_small", build)

@@ -12,6 +12,8 @@ from distributed import Client
 from pipeline.config import RunConfig, parse_config
 from pipeline.simulate import read_truth_cells
 
+from ..conftest import once_per_run
+
 # default simulation settings but for the cohort's size: 6 patients x 3 timepoints x
 # ~1,000 cells gives ~1,500 B cells (DN1 and plasmablasts: ~60 cells each)
 ACCURACY_COHORT = {"seed": 21, "n_patients": 6, "cells_per_sample": 1000, "n_genes": 6000}
@@ -38,7 +40,9 @@ def read_truth(run: RunConfig, obs_names: pd.Index) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def accuracy_run(tmp_path_factory: pytest.TempPathFactory, client: Client) -> RunConfig:
-    return run_through_annotate(tmp_path_factory.mktemp("accuracy"), client, ACCURACY_COHORT)
+    return once_per_run(
+        tmp_path_factory, "accuracy", lambda out: run_through_annotate(out, client, ACCURACY_COHORT)
+    )
 
 
 @pytest.fixture(scope="session")
