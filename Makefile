@@ -3,8 +3,7 @@
 #   make test        same venv; lint, type check and every test (slow ones included), as CI
 #   make test-quick  lint, type check and the tests not marked slow (the inner loop)
 #   make test-slow   the tests marked slow
-# The tests run in PYTEST_WORKERS processes (pytest-xdist; whole files per process, the
-# longest first: tests/conftest.py);
+# The tests run in PYTEST_WORKERS processes (pytest-xdist; whole files per process);
 # PYTEST_WORKERS=0 runs them in this one (for -s, pdb or a single test, call pytest itself).
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +15,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 SRC := pipeline cluster tests benchmarks
 PYTEST_WORKERS ?= 2
-PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST := $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: install demo test test-quick test-slow lint typecheck schema docs-config bench-simulate bench-scaling clean
 

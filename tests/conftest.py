@@ -24,30 +24,6 @@ from pipeline.config import RunConfig, SimulationConfig, parse_config
 from pipeline.simulate import SimulationResult, simulate_cohort
 
 T = TypeVar("T")
-TESTS = Path(__file__).parent
-
-# `make test` runs the suite in two processes (pytest-xdist, whole files per process, in
-# this order: --no-loadscope-reorder, else by their number of tests): the files that take
-# longest start first, so that none of them starts last and leaves the other process idle
-# (a two-process run, 2026-12-07, in seconds: add-batch ~560, the fresh install ~240, the
-# command line ~260, the odd designs ~160, the benchmark runners ~160, scVI ~120). A file
-# not named here keeps its collection order.
-LONGEST_FIRST = (
-    "add_batch/test_add_batch.py",
-    "test_install.py",
-    "test_cli.py",
-    "commands/test_designs.py",
-    "test_benchmarks.py",
-    "integrate/test_scvi.py",
-    "test_faults.py",
-    "annotate/test_accuracy.py",
-    "cluster/test_slurm.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.relative_to(TESTS).as_posix(), len(rank)))
 
 
 def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str,
