@@ -9,11 +9,11 @@ subsample and (4) is preceded by X'X Q of every kept cell for the subsample's to
 2 x n_comps axes Q (a tenth of X'X's arithmetic), whose Rayleigh-Ritz solution gives the
 axes; with a scratch folder (the stage's own run), pass (2) also saves every kept cell's
 counts of the candidate genes (`candidate_genes`: ~1/5 of the stored entries), so that
-(3) and the refinement read those instead of the chunks when every HVG is a candidate
-(else they read the chunks), and the refinement saves the cells' coordinates X Q, from
-which they are projected without another pass over the counts. Each kind of scratch file
-is written only if an upper bound on its size fits in half the free space there
-(`SCRATCH_SHARE`); else its passes read the counts.
+(3), the refinement and, for the exact PCA, (4) read those instead of the chunks when
+every HVG is a candidate (else they read the chunks), and the refinement saves the cells'
+coordinates X Q, from which they are projected without another pass over the counts.
+Each kind of scratch file is written only if an upper bound on its size fits in half the
+free space there (`SCRATCH_SHARE`); else its passes read the counts.
 """
 
 from __future__ import annotations
@@ -180,6 +180,40 @@ def _project_saved(
     path: str, keep: np.ndarray, mixing: np.ndarray, shift: np.ndarray
 ) -> np.ndarray:
     return project_coordinates(np.load(path, mmap_mode="r"), keep, mixing, shift)
+
+
+def _project_saved_rows(
+    path: str,
+    keep: np.ndarray,
+    genes: np.ndarray,
+    total: np.ndarray,
+    target_sum: float,
+    mean: np.ndarray,
+    components: np.ndarray,
+) -> np.ndarray:
+    """`project` of a chunk from its kept cells' candidate rows saved at ``path``
+    (``genes``: the HVGs' columns there; ``total``: the saved cells' counts): the same
+    scores, bit for bit (each cell's HVG entries summed in the same order); NaN for cells
+    not kept."""
+    out = np.full((keep.size, components.shape[1]), np.nan, dtype=np.float32)
+    rows = sp.load_npz(path)
+    out[keep] = project(
+        rows, np.ones(rows.shape[0], dtype=bool), genes, total, target_sum, mean, components
+    )
+    return out
+
+
+def _on_workers(client: Client, tasks: list[Any], chunks: list[Any], n_comps: int) -> da.Array:
+    """Per-chunk score tasks computed on the workers and waited for (they may read
+    scratch files about to be removed): a Dask array of their results, left there."""
+    blocks = client.persist(tasks)  # each holds its future: the results stay referenced
+    wait(futures_of(blocks))
+    return da.concatenate(
+        [
+            da.from_delayed(b, shape=(c.stop - c.start, n_comps), dtype=np.float32)
+            for b, c in zip(blocks, chunks, strict=True)
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -351,9 +385,9 @@ def preprocess_cohort(
     ``params.pca_max_cells`` kept cells on a stratified subsample whose axes are then
     refined on every kept cell (`pca_from_products`); every kept cell is projected onto
     them. ``scratch``: a folder every worker can write (the workdir), where the HVG pass
-    saves the kept cells' counts of the candidate genes for X'X and the refinement (read
-    instead of the counts when every HVG is a candidate: ``candidate_rows`` in the
-    result) and the refinement the cells' coordinates on the subsample's axes for the
+    saves the kept cells' counts of the candidate genes for X'X, the refinement and the
+    exact PCA's projection (read instead of the counts when every HVG is a candidate:
+    ``candidate_rows`` in the result) and the refinement the cells' coordinates on the subsample's axes for the
     projection (in a temporary folder, removed before returning); None: X'X, refinement
     and projection read the counts. Files whose bound would take more than
     ``SCRATCH_SHARE`` of the free space there are not written (their passes read the
@@ -365,19 +399,17 @@ def preprocess_cohort(
     exact = np.count_nonzero(fit) == np.count_nonzero(keep)
     notes: list[str] = []  # files the scratch folder had no room for
     free = room = 0
-    if scratch is not None and not exact:
+    if scratch is not None:
         free = shutil.disk_usage(scratch).free
         room = int(SCRATCH_SHARE * free)
-        coords = int(np.count_nonzero(keep)) * 4 * BASIS_FACTOR * params.n_comps  # float32
-        if coords > room:
+        coords = 0 if exact else int(np.count_nonzero(keep)) * 4 * BASIS_FACTOR * params.n_comps
+        if coords > room:  # float32 coordinates on the subsample's basis
             notes.append(_no_room("the cells' coordinates", coords, free, scratch))
             scratch = None
         room -= coords
     with ExitStack() as stack:
         folder = (
-            None
-            if scratch is None or exact
-            else stack.enter_context(scratch_folder(scratch, PCA_SCRATCH))
+            None if scratch is None else stack.enter_context(scratch_folder(scratch, PCA_SCRATCH))
         )
         t = time.perf_counter()
         # with a scratch folder, the HVG pass saves the kept cells' candidate rows
@@ -421,10 +453,21 @@ def preprocess_cohort(
         if exact:  # X'X of every kept cell
             mean, components, variance, ratio = pca_from_gram(n, sums, g, params.n_comps)
             loadings = PcaLoadings(hvg, mean, components)
-            scores = project_cells_on_workers(
-                cohort, client=client, keep=keep, total_counts=total_counts, loadings=loadings,
-                target_sum=params.target_sum,
-            )  # fmt: skip
+            if rows is None:
+                scores = project_cells_on_workers(
+                    cohort, client=client, keep=keep, total_counts=total_counts,
+                    loadings=loadings, target_sum=params.target_sum,
+                )  # fmt: skip
+            else:  # from the saved candidate rows, read before the folder goes
+                components_f = client.scatter(components, broadcast=True, hash=False)
+                tasks = [
+                    dask.delayed(_project_saved_rows)(
+                        rows[i], keep[c.rows], saved, total_counts[c.rows][kept[i]],
+                        params.target_sum, mean, components_f,
+                    )
+                    for i, c in enumerate(chunks)
+                ]  # fmt: skip
+                scores = _on_workers(client, tasks, chunks, components.shape[1])
         else:  # the subsample's axes, refined on every kept cell by one more pass
             basis = pca_from_gram(n, sums, g, min(BASIS_FACTOR * params.n_comps, hvg.size))[1]
             paths = [
@@ -458,16 +501,7 @@ def preprocess_cohort(
                     dask.delayed(_project_saved)(path, keep[c.rows], mixing, mean @ components)
                     for c, path in zip(chunks, paths, strict=True)
                 ]
-                blocks = client.persist(tasks)
-                wait(futures_of(blocks))
-                scores = da.concatenate(
-                    [
-                        da.from_delayed(
-                            b, shape=(c.stop - c.start, mixing.shape[1]), dtype=np.float32
-                        )
-                        for b, c in zip(blocks, chunks, strict=True)
-                    ]
-                )
+                scores = _on_workers(client, tasks, chunks, mixing.shape[1])
     seconds["pca"] = time.perf_counter() - t
     # the centre of the log-normalized HVGs: new cells are projected with it (add-batch)
     table["pca_mean"] = loadings.to_record(len(table))[0]

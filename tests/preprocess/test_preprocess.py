@@ -197,6 +197,76 @@ def test_axes_fitted_on_a_subsample_match_the_exact_ones(
     assert 0.98 <= captured <= 1.0 + 1e-6, captured
 
 
+def test_exact_pca_reads_the_saved_candidate_rows(
+    ingested: Path, client: Client, keep, ours: PreprocessResult, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """At most ``pca_max_cells`` kept cells (the exact PCA) with a scratch folder, X'X and
+    the projection read the candidate rows the HVG pass saved, not the counts: the same
+    HVGs, the scores to float rounding (X'X summed in another order), the folder left
+    empty; with too few candidates, or no room, both read the counts, as without one."""
+    from pipeline.preprocess import _stage
+
+    cohort = open_cohort(ingested, chunk_cells=170)
+    params = PreprocessConfig(n_top_genes=1000, n_comps=30)
+    run = lambda: preprocess_cohort(  # noqa: E731
+        cohort, client=client, keep=keep[0], total_counts=keep[1], params=params,
+        scratch=tmp_path,
+    )  # fmt: skip
+    saved = run()
+    assert saved.candidate_rows and saved.scratch_notes == ()
+    assert list(tmp_path.iterdir()) == []  # the scores were computed before it went
+    scores = saved.pca.compute()
+    pd.testing.assert_frame_equal(saved.var, ours.var)
+    np.testing.assert_allclose(saved.components, ours.components, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(scores, ours.pca, rtol=1e-5, atol=1e-5)
+    assert np.isnan(scores[~keep[0]]).all()
+    monkeypatch.setattr(_stage, "CANDIDATE_FACTOR", 0.5)
+    fallback = run()
+    assert not fallback.candidate_rows and list(tmp_path.iterdir()) == []
+    np.testing.assert_array_equal(fallback.components, ours.components)
+    np.testing.assert_array_equal(fallback.pca.compute(), ours.pca)
+    monkeypatch.undo()
+    monkeypatch.setattr(_stage, "SCRATCH_SHARE", 0.0)
+    full = run()
+    assert not full.candidate_rows and len(full.scratch_notes) == 1
+    assert "candidate genes" in full.scratch_notes[0]
+    np.testing.assert_array_equal(full.pca.compute(), ours.pca)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_projection_from_saved_rows_is_the_projection_from_the_counts(tmp_path: Path) -> None:
+    """A chunk's scores from its kept cells' candidate rows equal `project` on the whole
+    chunk bit for bit (the HVGs' entries summed in the same order)."""
+    import scipy.sparse as sp
+
+    from pipeline.moments import clipped_moments_and_rows
+    from pipeline.preprocess._kernels import project
+    from pipeline.preprocess._stage import _project_saved_rows
+
+    rng = np.random.default_rng(5)
+    x = sp.random(500, 300, density=0.2, format="csr", random_state=6, dtype=np.float32)
+    x.data = np.ceil(x.data * 20)
+    keep = rng.random(500) > 0.3
+    keep[:3] = False  # leading cells not kept
+    candidates = np.sort(rng.choice(300, 120, replace=False))
+    hvg = np.sort(rng.choice(candidates, 60, replace=False))
+    total = np.asarray(x.sum(axis=1)).ravel() + 1.0
+    _, rows = clipped_moments_and_rows(
+        x, np.zeros(500, dtype=np.int64), keep, np.full((1, 300), np.inf), candidates
+    )
+    path = str(tmp_path / "rows.npz")
+    sp.save_npz(path, rows, compressed=False)
+    mean = rng.normal(size=60)
+    comps = np.linalg.qr(rng.normal(size=(60, 8)))[0]
+    expected = project(x, keep, hvg, total, 1e4, mean, comps)
+    got = _project_saved_rows(
+        path, keep, np.searchsorted(candidates, hvg), total[keep], 1e4, mean, comps
+    )
+    np.testing.assert_array_equal(got, expected)
+    assert np.isnan(got[~keep]).all() and np.isfinite(got[keep]).all()
+
+
 def test_candidate_rows_are_saved_only_when_their_bound_fits(
     ingested: Path, client: Client, keep, tmp_path: Path
 ) -> None:
