@@ -292,16 +292,11 @@ def project_cells_on_workers(
     loadings: PcaLoadings,
     target_sum: float,
 ) -> da.Array:
-    """`project_cells`, computed on the workers and left there: a Dask array of their
-    results (write it into a store with `pipeline.store.write_lazy_array`)."""
+    """`project_cells`, computed on the workers (waited for: the stage's seconds include
+    it) and left there: a Dask array of their results (write it into a store with
+    `pipeline.store.write_lazy_array`)."""
     tasks = _projection_tasks(cells, client, keep, total_counts, loadings, target_sum)
-    n_comps = loadings.components.shape[1]
-    blocks = client.persist(tasks)  # each holds its future: the results stay referenced
-    parts = [
-        da.from_delayed(b, shape=(c.stop - c.start, n_comps), dtype=np.float32)
-        for b, c in zip(blocks, cell_chunks(cells.X), strict=True)
-    ]
-    return da.concatenate(parts, axis=0)
+    return _on_workers(client, tasks, cell_chunks(cells.X), loadings.components.shape[1])
 
 
 def pca_fit_cells(obs: pd.DataFrame, keep: np.ndarray, params: PreprocessConfig) -> np.ndarray:
