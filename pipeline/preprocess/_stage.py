@@ -382,8 +382,9 @@ def preprocess_cohort(
     them. ``scratch``: a folder every worker can write (the workdir), where the HVG pass
     saves the kept cells' counts of the candidate genes for X'X, the refinement and the
     exact PCA's projection (read instead of the counts when every HVG is a candidate:
-    ``candidate_rows`` in the result) and the refinement the cells' coordinates on the subsample's axes for the
-    projection (in a temporary folder, removed before returning); None: X'X, refinement
+    ``candidate_rows`` in the result) and the refinement the cells' coordinates on the
+    subsample's axes for the projection (in a temporary folder, removed before
+    returning); None: X'X, refinement
     and projection read the counts. Files whose bound would take more than
     ``SCRATCH_SHARE`` of the free space there are not written (their passes read the
     counts; ``scratch_notes`` in the result says which and why).
