@@ -46,7 +46,8 @@ import pipeline.annotate._stage as annotate_stage
 from pipeline.abundance import abundance_counts, fit_abundance_models
 from pipeline.abundance._draws import LEVEL_LABELS, draw_counts, rubin_pool
 from pipeline.annotate import annotate_cohort, load_markers
-from pipeline.annotate._model import call_labels, sample_label_probabilities
+from pipeline.annotate._cellcalls import call_on_workers
+from pipeline.annotate._model import sample_label_probabilities
 from pipeline.cohort import open_cohort
 from pipeline.config import PlantedEffect, SimulationConfig
 from pipeline.labels import B_SUBSETS
@@ -77,12 +78,15 @@ def annotation_pools(root: Path, client: Client, scenario: str, seed: int) -> di
     obs = stored.obs
     seen: dict = {}
 
-    def spy(prob, graph, weight, **kw):  # the B-subset level's own posteriors
-        if kw["vocabulary"] == tuple(B_SUBSETS):
-            seen.update(prob=prob, **kw)
-        return call_labels(prob, graph, weight, **kw)
+    def spy(client, posts, cells, *, graph, rules):  # the B-subset level's own posteriors
+        if rules.vocabulary == tuple(B_SUBSETS):
+            seen.update(
+                prob=np.concatenate(client.gather(posts)), log_prior=rules.log_prior,
+                program_labels=rules.program_labels, supported=rules.supported,
+            )  # fmt: skip
+        return call_on_workers(client, posts, cells, graph=graph, rules=rules)
 
-    annotate_stage.call_labels = spy
+    annotate_stage.call_on_workers = spy
     try:
         result = annotate_cohort(
             open_cohort(root / "work"),
@@ -93,13 +97,13 @@ def annotation_pools(root: Path, client: Client, scenario: str, seed: int) -> di
             connectivities=stored.obsp["connectivities"],
         )
     finally:
-        annotate_stage.call_labels = call_labels
+        annotate_stage.call_on_workers = call_on_workers
     truth = read_truth_cells(root / "data" / "samplesheet.csv", stored.obs_names)
     b_call = result.levels["b_subset"]
     members = np.flatnonzero(result.levels["lineage"].labels == "B")  # rows of seen["prob"]
     called = b_call.labels[members].astype(object)
     true_subset = truth["b_subset"].astype(str).to_numpy()[members]
-    stored_prob = b_call.probabilities[members]
+    stored_prob = np.asarray(b_call.probabilities)[members]
     pools = {s: (called[true_subset == s], seen["prob"][true_subset == s]) for s in B_SUBSETS}
     model = {k: seen[k] for k in ("log_prior", "program_labels", "supported")}
     ok = np.isin(true_subset, B_SUBSETS)

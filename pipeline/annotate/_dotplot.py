@@ -10,7 +10,6 @@ import pandas as pd
 import scipy.sparse as sp
 from distributed import Client
 
-from ..labels import UNASSIGNED
 from ._markers import FeatureMap
 
 
@@ -41,16 +40,16 @@ def cohort_dotplot(
     kept_rows: list[np.ndarray],
     cols: np.ndarray,
     size: np.ndarray,
-    called: np.ndarray,
-    vocabulary: tuple[str, ...],
+    codes_all: np.ndarray,
+    names: tuple[str, ...],
     fmap: FeatureMap,
 ) -> pd.DataFrame:
-    """Mean log1p(CP10K) and fraction expressing of every feature per called label."""
-    names = (*vocabulary, UNASSIGNED)
-    codes_all = pd.Categorical(called, categories=names).codes.astype(np.int64)
+    """Mean log1p(CP10K) and fraction expressing of every feature per called label:
+    ``codes_all`` the cells' codes into ``names`` (the level's labels and unassigned),
+    in the order of the chunks' rows ``local``."""
     parts, start = [], 0
     for fut, loc, r in zip(futures, local, kept_rows, strict=True):
-        codes = codes_all[start : start + len(loc)]
+        codes = codes_all[start : start + len(loc)].astype(np.int64)
         start += len(loc)
         parts.append(
             client.submit(dot_sums, fut, loc, cols, size[r[loc]], codes, len(names), pure=False)

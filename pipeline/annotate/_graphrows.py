@@ -44,6 +44,13 @@ class MemberGraph:
         return (self.rows.size, self.rows.size)
 
 
+def graph_dtype(source: StoredGraph) -> Any:
+    """The dtype the neighbours' votes are multiplied in: the stored graph's when it is
+    floating, else float64 (as `neighbour_mean` does for an in-memory graph)."""
+    stored = zarr.open_array(source.store, path=f"{source.element}/data", mode="r")
+    return stored.dtype if np.issubdtype(stored.dtype, np.floating) else np.float64
+
+
 def member_rows(source: StoredGraph, rows: np.ndarray, position: np.ndarray) -> sp.csr_matrix:
     """The rows ``rows`` (ascending) of the stored graph, their columns renumbered by
     ``position`` (cohort row -> member number, -1: not a member, whose edges are
@@ -83,9 +90,7 @@ def _(graph: MemberGraph, vote: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     position[rows] = np.arange(rows.size, dtype=np.int32)
     # the votes in the dtype `neighbour_mean` multiplies them in (the graph's, when it is
     # floating): each worker holds one copy, and no task makes another
-    stored = zarr.open_array(graph.source.store, path=f"{graph.source.element}/data", mode="r")
-    dtype = stored.dtype if np.issubdtype(stored.dtype, np.floating) else np.float64
-    vote = vote.astype(dtype, copy=False)
+    vote = vote.astype(graph_dtype(graph.source), copy=False)
     shared = client.scatter({"position": position, "vote": vote}, broadcast=True, hash=False)
     del position
     futures = [

@@ -286,6 +286,14 @@ def graph_consensus(
     vote = prob if log_prior is None else _evidence(prob, log_prior)
     neighbours, degree = _neighbour_mean(vote, graph)
     del vote
+    return linear_mix(prob, neighbours, degree, weight)
+
+
+def linear_mix(
+    prob: np.ndarray, neighbours: np.ndarray, degree: np.ndarray, weight: float
+) -> np.ndarray:
+    """`graph_consensus`'s mix of the cells' ``prob`` with their ``neighbours``' mean vote
+    (overwritten) and ``degree`` (0: no neighbours, the cell keeps its own)."""
     # (1 - weight) * prob + weight * neighbours with the same arithmetic (each product in
     # its own dtype, their sum in float64), in place: two cells x programs arrays at a
     # time, not five (0.3 GB each at 3.5M cells and 11 programs)
@@ -317,6 +325,14 @@ def product_consensus(
     if exponent == 0:
         return prob
     neighbours, degree = _neighbour_mean(_evidence(prob, log_prior), graph)
+    return product_mix(prob, neighbours, degree, exponent)
+
+
+def product_mix(
+    prob: np.ndarray, neighbours: np.ndarray, degree: np.ndarray, exponent: float
+) -> np.ndarray:
+    """`product_consensus`'s product of the cells' ``prob`` with their ``neighbours``'
+    mean evidence (overwritten) and ``degree`` (0: no neighbours, the cell keeps its own)."""
     # in place, the same arithmetic: one cells x programs float64 array instead of four
     mixed = np.maximum(neighbours, EVIDENCE_FLOOR, out=neighbours)
     np.power(mixed, exponent, out=mixed)
@@ -358,6 +374,25 @@ class Consensus:
             return product_consensus(prob, graph, self.strength, log_prior)
         return graph_consensus(prob, graph, self.strength, log_prior if self.evidence else None)
 
+    def vote(self, prob: np.ndarray, log_prior: np.ndarray | None) -> np.ndarray:
+        """What the cells with posteriors ``prob`` give their neighbours: `apply` is
+        ``mix(prob, *neighbour_mean(graph, vote(prob, log_prior)))``, and a cell's row of
+        it needs only its own graph row and the votes (the workers' chunks,
+        `_cellcalls`)."""
+        if not self.evidence:
+            return prob
+        if log_prior is None:
+            msg = "the neighbours' evidence needs the programs' log shares (log_prior)"
+            raise ValueError(msg)
+        return _evidence(prob, log_prior)
+
+    def mix(self, prob: np.ndarray, neighbours: np.ndarray, degree: np.ndarray) -> np.ndarray:
+        """The cells' ``prob`` combined with their neighbours' mean ``vote`` and their
+        ``degree`` (see `vote`)."""
+        if self.kind == "product":
+            return product_mix(prob, neighbours, degree, self.strength)
+        return linear_mix(prob, neighbours, degree, self.strength)
+
     def to_record(self) -> dict[str, Any]:
         return {"kind": self.kind, "strength": self.strength, "evidence": self.evidence}
 
@@ -391,13 +426,31 @@ def call_labels(
     its program is not ``supported`` by its markers (see `marker_support`).
     """
     mixed = prob if graph is None else consensus.apply(prob, graph, log_prior)
+    codes, conf, best = label_codes(
+        mixed, program_labels=program_labels, vocabulary=vocabulary, supported=supported,
+        min_confidence=min_confidence,
+    )  # fmt: skip
+    return np.array((*vocabulary, UNASSIGNED), dtype=object)[codes], conf, best
+
+
+def label_codes(
+    mixed: np.ndarray,
+    *,
+    program_labels: tuple[str, ...],
+    vocabulary: tuple[str, ...],
+    supported: np.ndarray,
+    min_confidence: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`call_labels` after the consensus, on its programs' probabilities ``mixed``: each
+    cell's label as a code into ``vocabulary`` + ``unassigned`` (int8), its confidence
+    and its most probable program."""
     best = mixed.argmax(axis=1)  # the most probable program
     label_prob = label_probabilities(mixed, program_labels, vocabulary)
     label_index = np.array([vocabulary.index(lab) for lab in program_labels])[best]
     conf = label_prob[np.arange(len(best)), label_index]
-    called = np.array(program_labels, dtype=object)[best]
-    called[(conf < min_confidence) | ~supported[best]] = UNASSIGNED
-    return called, conf, best
+    codes = label_index.astype(np.int8)
+    codes[(conf < min_confidence) | ~supported[best]] = len(vocabulary)
+    return codes, conf, best
 
 
 def sample_label_probabilities(

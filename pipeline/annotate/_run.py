@@ -93,9 +93,9 @@ def run_annotate(ctx: StageContext) -> str:
     }
     files = ctx.workdir.annotate
     files.root.mkdir(exist_ok=True)
-    probabilities: dict[str, np.ndarray] = {}
+    probabilities: dict[str, Any] = {}  # Dask arrays: the workers compute and write them
     for level, call in result.levels.items():
-        out[level] = pd.Categorical(call.labels, categories=[*VOCABULARY[level], UNASSIGNED])
+        out[level] = call.labels  # categories: the level's labels + unassigned
         out[f"{level}_confidence"] = call.confidence
         assert call.probabilities is not None
         probabilities[f"obsm/{level}_probabilities"] = call.probabilities

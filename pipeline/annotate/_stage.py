@@ -4,9 +4,11 @@
    dozen columns; the chunk's counts are read once). The results stay on the workers.
 2. Per level, the marker model (`_model`) is fitted by EM on a subsample stratified by
    sample, then every chunk's posteriors are computed in its own task.
-3. The driver mixes each cell's posterior with its neighbours' on the integrated kNN
-   graph (consensus), labels each cell with the most probable label and calls it
-   `unassigned` when that label's probability is below ``min_confidence``.
+3. Each cell's posterior is mixed with its neighbours' on the integrated kNN graph
+   (consensus), the cell labelled with the most probable label, called `unassigned`
+   when that label's probability is below ``min_confidence``, and its label
+   probabilities taken under its sample's composition, on the workers (`_cellcalls`):
+   the driver gets a label code and a confidence per cell.
 4. B-cell subsets are modelled among the cells called lineage B only, the same way, with
    the B cells' own kNN graph for the consensus (`_bgraph`).
 """
@@ -20,10 +22,11 @@ from typing import Any, TypeVar
 
 import anndata as ad
 import dask
+import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from distributed import Client, as_completed, wait
+from distributed import Client, wait
 
 from ..cohort import cell_chunks
 from ..config import AnnotateConfig
@@ -31,14 +34,15 @@ from ..labels import UNASSIGNED
 from ..runtime import release_memory
 from ..sampling import sorted_codes, stratified_sample
 from ._bgraph import B_GRAPH_MIN_CELLS, b_cell_graph
+from ._cellcalls import CallRules, ChunkCells, call_on_workers, unassigned_probabilities
 from ._dotplot import cohort_dotplot, dot_sums, dot_table
 from ._graphrows import MemberGraph, StoredGraph
 from ._markers import LEVELS, FeatureMap, MarkerSet, feature_map
 from ._model import (
     Consensus,
     MarkerModel,
-    call_labels,
     fit_marker_model,
+    label_codes,
     marker_support,
     posteriors,
     sample_label_probabilities,
@@ -49,14 +53,17 @@ SIZE_UNIT = 1e4  # library sizes in units of 10,000 counts (rates are per 10k)
 
 @dataclass(frozen=True)
 class LevelCall:
-    labels: np.ndarray  # object, one per cell of the cohort; None where not annotated
+    # one per cell of the cohort, categories the level's labels + unassigned; NaN where
+    # not annotated
+    labels: pd.Categorical
     confidence: np.ndarray  # float32, NaN where not annotated
     model: MarkerModel
     features: FeatureMap
     dotplot: pd.DataFrame  # label, feature, mean_log_cp10k, fraction_expressing, n_cells
     info: dict[str, Any] = field(default_factory=dict)
-    # float32, cells x (the level's labels + unassigned), NaN rows where not annotated
-    probabilities: np.ndarray | None = None
+    # float32, cells x (the level's labels + unassigned), NaN rows where not annotated; a
+    # Dask array computed on the workers from `annotate_cohort`
+    probabilities: np.ndarray | da.Array | None = None
 
     def with_dotplot(self, dotplot: pd.DataFrame) -> LevelCall:
         return replace(self, dotplot=dotplot)
@@ -119,23 +126,6 @@ def _posteriors(
     features: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, size: np.ndarray, model
 ) -> np.ndarray:
     return posteriors(features[rows][:, cols], size, model)
-
-
-def _stacked(client: Client, futures: list[Any], sizes: list[int]) -> np.ndarray:
-    """The futures' arrays (``sizes`` rows each, the same columns) stacked in order, each
-    copied into the result as it arrives and released: one copy of the whole in the
-    driver, not the parts and their stack."""
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    where = {f.key: i for i, f in enumerate(futures)}
-    out: np.ndarray | None = None
-    for future in as_completed(futures):
-        part = future.result()
-        future.release()
-        if out is None:
-            out = np.empty((int(starts[-1]), *part.shape[1:]), dtype=part.dtype)
-        i = where[future.key]
-        out[starts[i] : starts[i + 1]] = part
-    return out if out is not None else np.zeros((0, 0))
 
 
 # ---- the stage ------------------------------------------------------------------------
@@ -269,44 +259,140 @@ def annotate_cohort(
                     parts.append(client.submit(_take, fut, chosen, cols, pure=False))
             return sp.vstack(client.gather(parts), format="csr")
 
-        def scored(model: MarkerModel) -> np.ndarray:
+        fitted = _fit_level(
+            level, markers=markers, fmap=fmap, rows=cohort_rows, sample=sample, size=size,
+            training=training, params=params,
+        )  # fmt: skip
+        names = (*LEVELS[level], UNASSIGNED)
+        cells = [
+            ChunkCells(c.stop - c.start, r[loc] - c.start, sample[r[loc]])
+            for c, r, loc in zip(chunks, kept_rows, local, strict=True)
+        ]
+        codes = np.full(len(keep), -1, dtype=np.int8)
+        confidence = np.full(len(keep), np.nan, dtype=np.float32)
+        info = fitted.info
+        if fitted.programs is None:
+            codes[cohort_rows] = len(names) - 1
+            probabilities = unassigned_probabilities(cells, len(names))
+        else:
+            model = fitted.model
             model_f = client.scatter(model, broadcast=True, hash=False)
-            post = [
+            posts = [
                 client.submit(_posteriors, fut, loc, cols, size[r[loc]], model_f, pure=False)
                 for fut, loc, r in zip(futures, local, kept_rows, strict=True)
             ]
-            return _stacked(client, post, [len(loc) for loc in local])
-
-        call = _call_level(
-            level,
-            markers=markers,
-            fmap=fmap,
-            rows=cohort_rows,
-            n_cells=len(keep),
-            sample=sample,
-            size=size,
-            training=training,
-            scored=scored,
-            graph=graph,
-            consensus=consensus,
-            params=params,
-        )
-        call.info["graph"] = graph_name
-        called = call.labels[cohort_rows]
+            supported = marker_support(model) >= params.min_marker_support
+            rules = CallRules(
+                consensus if graph is not None else None, model.log_prior,
+                tuple(p.label for p in fitted.programs), tuple(LEVELS[level]), supported,
+                params.min_confidence,
+            )  # fmt: skip
+            calls = call_on_workers(client, posts, cells, graph=graph, rules=rules)
+            del posts, model_f
+            codes[cohort_rows] = calls.codes
+            confidence[cohort_rows] = calls.confidence
+            probabilities = calls.probabilities
+            info.update(
+                _calls_info(
+                    fitted, graph, consensus, calls.changed_by_consensus,
+                    int((calls.codes == len(names) - 1).sum()), supported,
+                )
+            )  # fmt: skip
+            del calls
+        info["graph"] = graph_name
         dot = (
             cohort_dotplot(
-                client, futures, local, kept_rows, cols, size, called, LEVELS[level], fmap
+                client, futures, local, kept_rows, cols, size, codes[cohort_rows], names, fmap
             )
             if len(cohort_rows)
             else pd.DataFrame()
         )
         seconds[level] = time.perf_counter() - t
-        return call.with_dotplot(dot)
+        return LevelCall(
+            pd.Categorical.from_codes(codes, categories=list(names)), confidence, fitted.model,
+            fmap, dot, info, probabilities,
+        )  # fmt: skip
 
     levels = by_level(keep.copy(), params, level_call, lambda call, _: call.labels)
     for fut in futures:
         fut.release()
     return AnnotationResult(levels=levels, seconds=seconds)
+
+
+@dataclass(frozen=True)
+class FittedLevel:
+    """A level's fitted model: ``programs`` the usable programs (None: fewer than two
+    labels usable, the level is left unannotated), ``info`` its record so far."""
+
+    programs: tuple[Any, ...] | None
+    model: MarkerModel
+    info: dict[str, Any]
+
+
+def _fit_level(
+    level: str,
+    *,
+    markers: MarkerSet,
+    fmap: FeatureMap,
+    rows: np.ndarray,
+    sample: np.ndarray,
+    size: np.ndarray,
+    training: Callable[[np.ndarray], sp.spmatrix],
+    params: AnnotateConfig,
+) -> FittedLevel:
+    """Fit one level's model to a subsample of its cells at ``rows`` (cohort positions).
+
+    A label is modelled only when at least ``min_feature_fraction`` of its features are
+    in the data; a level with fewer than two such labels is left unannotated (its
+    ``info`` says which labels were unusable). ``training(positions)`` returns the
+    feature counts of those of ``rows``' cells.
+    """
+    programs = markers.levels[level]
+    usable = tuple(
+        p
+        for p in programs
+        if sum(f in fmap.features for f in p.positive)
+        >= params.min_feature_fraction * len(p.positive)
+    )
+    unusable = sorted({p.label for p in programs} - {p.label for p in usable})
+    info: dict[str, Any] = {
+        "n_cells": len(rows),
+        "missing_features": list(fmap.missing),
+        "unusable_labels": unusable,
+    }
+    if len(rows) == 0 or len({p.label for p in usable}) < 2:
+        return FittedLevel(None, _empty_model(list(usable), fmap), info)
+    fit = stratified_sample(sample[rows], params.fit_max_cells, params.seed)
+    model = fit_marker_model(
+        training(fit),
+        size[rows[fit]],
+        programs=tuple(p.name for p in usable),
+        features=fmap.features,
+        marker=fmap.marker_matrix(usable),
+        free=fmap.free_matrix(usable),
+        max_iter=params.max_iter,
+    )
+    info.update({"n_fitted": len(fit), "n_iter": model.n_iter, "converged": model.converged})
+    return FittedLevel(usable, model, info)
+
+
+def _calls_info(
+    fitted: FittedLevel,
+    graph: object,
+    consensus: Consensus,
+    changed: int,
+    unassigned: int,
+    supported: np.ndarray,
+) -> dict[str, Any]:
+    assert fitted.programs is not None
+    return {
+        "consensus": consensus.to_record() if graph is not None else None,
+        "changed_by_consensus": changed,
+        "unassigned": unassigned,
+        "unsupported_programs": [
+            p.name for p, ok in zip(fitted.programs, supported, strict=True) if not ok
+        ],
+    }
 
 
 def _call_level(
@@ -320,83 +406,49 @@ def _call_level(
     size: np.ndarray,
     training: Callable[[np.ndarray], sp.spmatrix],
     scored: Callable[[MarkerModel], np.ndarray],
-    graph: sp.spmatrix | MemberGraph | None,
+    graph: sp.spmatrix | None,
     consensus: Consensus,
     params: AnnotateConfig,
 ) -> LevelCall:
-    """Fit one level's model and label the cells at ``rows`` (cohort positions).
-
-    A label is modelled only when at least ``min_feature_fraction`` of its features are
-    in the data; a level with fewer than two such labels is left unannotated (its
-    ``info`` says which labels were unusable). Cells whose most probable program is not
-    supported by its markers in the fitted model (`marker_support` below
-    ``min_marker_support``: the program drifted to cells of another kind, e.g. tissue
-    macrophages taking the CD16-monocyte program) are `unassigned`.
-
-    ``training(positions)`` returns the feature counts of those of ``rows``' cells;
-    ``scored(model)`` every one of ``rows``' cells' program posteriors, in order.
-    """
-    programs = markers.levels[level]
-    usable = tuple(
-        p
-        for p in programs
-        if sum(f in fmap.features for f in p.positive)
-        >= params.min_feature_fraction * len(p.positive)
-    )
-    unusable = sorted({p.label for p in programs} - {p.label for p in usable})
-    labels_out = np.full(n_cells, None, dtype=object)
+    """Fit one level's model (`_fit_level`) and label the cells at ``rows`` (cohort
+    positions) in memory; ``scored(model)`` gives every one of ``rows``' cells' program
+    posteriors, in order. Cells whose most probable program is not supported by its
+    markers in the fitted model (`marker_support` below ``min_marker_support``: the
+    program drifted to cells of another kind, e.g. tissue macrophages taking the
+    CD16-monocyte program) are `unassigned`."""
+    fitted = _fit_level(
+        level, markers=markers, fmap=fmap, rows=rows, sample=sample, size=size,
+        training=training, params=params,
+    )  # fmt: skip
+    names = (*LEVELS[level], UNASSIGNED)
+    codes = np.full(n_cells, -1, dtype=np.int8)
     confidence = np.full(n_cells, np.nan, dtype=np.float32)
-    probabilities = np.full((n_cells, len(LEVELS[level]) + 1), np.nan, dtype=np.float32)
-    info: dict[str, Any] = {
-        "n_cells": len(rows),
-        "missing_features": list(fmap.missing),
-        "unusable_labels": unusable,
-    }
-    if len(rows) == 0 or len({p.label for p in usable}) < 2:
-        labels_out[rows] = UNASSIGNED
+    probabilities = np.full((n_cells, len(names)), np.nan, dtype=np.float32)
+    info = fitted.info
+    if fitted.programs is None:
+        codes[rows] = len(names) - 1
         probabilities[rows] = 0.0
         probabilities[rows, -1] = 1.0
-        model = _empty_model(list(usable), fmap)
-        return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info, probabilities)
-    fit = stratified_sample(sample[rows], params.fit_max_cells, params.seed)
-    model = fit_marker_model(
-        training(fit),
-        size[rows[fit]],
-        programs=tuple(p.name for p in usable),
-        features=fmap.features,
-        marker=fmap.marker_matrix(usable),
-        free=fmap.free_matrix(usable),
-        max_iter=params.max_iter,
-    )
-    prob = scored(model)
-    own_best = prob.argmax(axis=1)
-    supported = marker_support(model) >= params.min_marker_support
-    called, conf, best = call_labels(
-        prob, graph, consensus,
-        program_labels=tuple(p.label for p in usable), vocabulary=tuple(LEVELS[level]),
-        supported=supported, min_confidence=params.min_confidence,
-        log_prior=model.log_prior,
-    )  # fmt: skip
-    labels_out[rows] = called
-    confidence[rows] = conf
-    probabilities[rows] = sample_label_probabilities(
-        prob, model.log_prior, sample[rows], program_labels=tuple(p.label for p in usable),
-        vocabulary=tuple(LEVELS[level]), supported=supported,
-    )  # fmt: skip
-    info.update(
-        {
-            "n_fitted": len(fit),
-            "n_iter": model.n_iter,
-            "converged": model.converged,
-            "consensus": consensus.to_record() if graph is not None else None,
-            "changed_by_consensus": int((own_best != best).sum()),
-            "unassigned": int((called == UNASSIGNED).sum()),
-            "unsupported_programs": [
-                p.name for p, ok in zip(usable, supported, strict=True) if not ok
-            ],
-        }
-    )
-    return LevelCall(labels_out, confidence, model, fmap, pd.DataFrame(), info, probabilities)
+    else:
+        model = fitted.model
+        program_labels = tuple(p.label for p in fitted.programs)
+        prob = scored(model)
+        supported = marker_support(model) >= params.min_marker_support
+        mixed = prob if graph is None else consensus.apply(prob, graph, model.log_prior)
+        level_codes, conf, best = label_codes(
+            mixed, program_labels=program_labels, vocabulary=tuple(LEVELS[level]),
+            supported=supported, min_confidence=params.min_confidence,
+        )  # fmt: skip
+        codes[rows], confidence[rows] = level_codes, conf
+        probabilities[rows] = sample_label_probabilities(
+            prob, model.log_prior, sample[rows], program_labels=program_labels,
+            vocabulary=tuple(LEVELS[level]), supported=supported,
+        )  # fmt: skip
+        changed = int((prob.argmax(axis=1) != best).sum())
+        unassigned = int((level_codes == len(names) - 1).sum())
+        info.update(_calls_info(fitted, graph, consensus, changed, unassigned, supported))
+    labels = pd.Categorical.from_codes(codes, categories=list(names))
+    return LevelCall(labels, confidence, fitted.model, fmap, pd.DataFrame(), info, probabilities)
 
 
 def annotate_counts(
@@ -449,9 +501,7 @@ def annotate_counts(
         )
         dot = pd.DataFrame()
         if len(rows):
-            codes = pd.Categorical(
-                call.labels[rows], categories=(*LEVELS[level], UNASSIGNED)
-            ).codes.astype(np.int64)
+            codes = call.labels.codes[rows].astype(np.int64)
             sums = dot_sums(
                 sub,
                 np.arange(len(rows)),
