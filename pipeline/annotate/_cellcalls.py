@@ -4,7 +4,7 @@ Every chunk's program posteriors stay on the worker that computed them. The grap
 consensus needs each cell's neighbours' votes: one task per chunk turns its posteriors
 into votes, one task stacks them (the only cells x programs array of the level, made
 on a worker and copied once to each worker that needs it), and one task per group of
-chunks (the chunks holding one or more whole samples) reads its cells' graph rows,
+chunks (~200,000 cells of the level in whole samples) reads its cells' graph rows,
 mixes, calls each cell (a label code and its confidence) and takes the cells' label
 probabilities under their own sample's composition (`sample_label_probabilities`: a
 sample's EM needs all of its cells, hence the groups). The driver gets back a label
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
 import dask
@@ -31,6 +30,8 @@ from distributed import Client, wait
 
 from ._graphrows import MemberGraph, StoredGraph, graph_dtype, member_rows
 from ._model import Consensus, label_codes, neighbour_mean, sample_label_probabilities
+
+BLOCK_CELLS = 200_000  # the level's cells per task, at most one group of samples more
 
 
 @dataclass(frozen=True)
@@ -91,39 +92,42 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
 
 def _group_calls(
     posts: list[np.ndarray],
-    graphs: list[sp.csr_matrix | StoredRows | None],
+    graph: sp.csr_matrix | StoredRows | None,
     cells: list[ChunkCells],
     vote: np.ndarray | None,
     position: np.ndarray | None,
     rules: CallRules,
 ) -> list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]:
     """Per chunk of a group: codes, confidence, cells changed by the consensus and the
-    level's cells' label probabilities under their samples' compositions."""
+    level's cells' label probabilities under their samples' compositions. ``graph``: the
+    group's cells' rows (None: no consensus)."""
     prob = np.concatenate(posts) if posts else np.zeros((0, len(rules.program_labels)))
     by_sample = sample_label_probabilities(
         prob, rules.log_prior, np.concatenate([c.sample for c in cells]),
         program_labels=rules.program_labels, vocabulary=rules.vocabulary,
         supported=rules.supported,
     )  # fmt: skip
-    del prob
+    mixed = prob
+    if rules.consensus is not None and vote is not None and graph is not None and len(prob):
+        if isinstance(graph, StoredRows):
+            assert position is not None
+            graph = member_rows(graph.source, graph.rows, position)
+        neighbours, degree = neighbour_mean(graph, vote)
+        del graph
+        mixed = rules.consensus.mix(prob, neighbours, degree)
+        del neighbours
+    codes, conf, best = label_codes(
+        mixed, program_labels=rules.program_labels, vocabulary=rules.vocabulary,
+        supported=rules.supported, min_confidence=rules.min_confidence,
+    )  # fmt: skip
+    del mixed
+    changed = prob.argmax(axis=1) != best
+    conf = conf.astype(np.float32)
     out, start = [], 0
-    for post, graph in zip(posts, graphs, strict=True):
-        mixed = post
-        if rules.consensus is not None and vote is not None and graph is not None and len(post):
-            if isinstance(graph, StoredRows):
-                assert position is not None
-                rows = member_rows(graph.source, graph.rows, position)
-            else:
-                rows = graph
-            neighbours, degree = neighbour_mean(rows, vote)
-            mixed = rules.consensus.mix(post, neighbours, degree)
-        codes, conf, best = label_codes(
-            mixed, program_labels=rules.program_labels, vocabulary=rules.vocabulary,
-            supported=rules.supported, min_confidence=rules.min_confidence,
-        )  # fmt: skip
-        changed = int((post.argmax(axis=1) != best).sum())
+    for post in posts:
         n = len(post)
-        out.append((codes, conf.astype(np.float32), changed, by_sample[start : start + n]))
+        part = slice(start, start + n)
+        out.append((codes[part], conf[part], int(changed[part].sum()), by_sample[part]))
         start += n
     return out
 
@@ -144,9 +148,11 @@ def _chunk_probabilities(
 # ---- the driver's side ----------------------------------------------------------------
 
 
-def sample_groups(cells: Sequence[ChunkCells]) -> list[list[int]]:
-    """The chunks in groups that no sample spans (each group's chunks ascending): a
-    chunk per group of its own unless it shares a sample with another."""
+def sample_groups(cells: Sequence[ChunkCells], block_cells: int = BLOCK_CELLS) -> list[list[int]]:
+    """The chunks in groups that no sample spans, each group's chunks ascending, groups
+    of neighbouring chunks joined up to ``block_cells`` of the level's cells: a task reads
+    its cells' graph rows in one range (the stored graph's chunks are ~4M entries: read
+    per sample, every task decoded several of them and the whole indptr)."""
     parent = list(range(len(cells)))
 
     def root(i: int) -> int:
@@ -160,10 +166,18 @@ def sample_groups(cells: Sequence[ChunkCells]) -> list[list[int]]:
         for s in np.unique(chunk.sample):
             j = first.setdefault(int(s), i)
             parent[root(i)] = root(j)
-    groups: dict[int, list[int]] = {}
+    closed: dict[int, list[int]] = {}
     for i in range(len(cells)):
-        groups.setdefault(root(i), []).append(i)
-    return sorted(groups.values())
+        closed.setdefault(root(i), []).append(i)
+    groups: list[list[int]] = []
+    size = block_cells
+    for group in sorted(closed.values()):
+        if size >= block_cells:
+            groups.append([])
+            size = 0
+        groups[-1].extend(group)
+        size += sum(len(cells[i].members) for i in group)
+    return [sorted(g) for g in groups]
 
 
 def call_on_workers(
@@ -184,11 +198,13 @@ def call_on_workers(
         consensus, rules.log_prior, rules.program_labels, rules.vocabulary, rules.supported,
         rules.min_confidence,
     )  # fmt: skip
-    graphs: list[sp.csr_matrix | StoredRows | None] = [None] * len(cells)
+    groups = sample_groups(cells, BLOCK_CELLS)
+    members = [np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in g]) for g in groups]
+    graphs: list[sp.csr_matrix | StoredRows | None] = [None] * len(groups)
     vote = position = None
     if consensus is not None and graph is not None:
         if isinstance(graph, MemberGraph):
-            graphs = [StoredRows(graph.source, graph.rows[a:b]) for a, b in pairwise(bounds)]
+            graphs = [StoredRows(graph.source, graph.rows[m]) for m in members]
             where = np.full(graph.source.n_cells, -1, dtype=np.int32)
             where[graph.rows] = np.arange(graph.rows.size, dtype=np.int32)
             position = client.scatter(where, broadcast=True, hash=False)
@@ -196,21 +212,22 @@ def call_on_workers(
             dtype = graph_dtype(graph.source)
         else:
             g = sp.csr_matrix(graph)
-            graphs = [g[a:b] for a, b in pairwise(bounds)]
+            graphs = [g[m] for m in members]
             dtype = g.dtype if np.issubdtype(g.dtype, np.floating) else np.float64
         votes = [
             client.submit(_vote, p, consensus, rules.log_prior, dtype, pure=False) for p in posts
         ]
         vote = client.submit(_stack, votes, pure=False)
         del votes
-    groups = sample_groups(cells)
+    del members
     futures = [
         client.submit(
-            _group_calls, [posts[i] for i in g], [graphs[i] for i in g], [cells[i] for i in g],
-            vote, position, rules, pure=False,
+            _group_calls, [posts[i] for i in g], part, [cells[i] for i in g], vote, position,
+            rules, pure=False,
         )
-        for g in groups
+        for g, part in zip(groups, graphs, strict=True)
     ]  # fmt: skip
+    del graphs
     codes = np.empty(int(bounds[-1]), dtype=np.int8)
     confidence = np.empty(int(bounds[-1]), dtype=np.float32)
     changed = 0

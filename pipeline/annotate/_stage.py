@@ -184,7 +184,7 @@ def _level_graph(
         )
         return graph, "b_cells"
     if isinstance(connectivities, StoredGraph):
-        return MemberGraph(client, connectivities, rows), "cohort"
+        return MemberGraph(connectivities, rows), "cohort"
     return _restrict(connectivities, rows), "cohort" if connectivities is not None else "none"
 
 

@@ -80,24 +80,46 @@ def load_vocabularies() -> Vocabularies:
 def cell_type_columns(lineage: pd.Series, b_subset: pd.Series) -> pd.DataFrame:
     """``cell_type`` (the finest label: the B subset of a B cell that has one, else the
     lineage) and ``cell_type_ontology_term_id`` (its Cell Ontology id), as CELLxGENE
-    names them; None where the cell was not annotated (QC failed)."""
+    names them; None where the cell was not annotated (QC failed).
+
+    Worked on the columns' category codes (a label per category, not per cell: at 4M
+    cells the per-cell text took 0.24 GiB and 2 s in the driver); the categories are the
+    labels present, sorted, as `pd.Categorical` makes them from the text."""
     vocab = load_vocabularies()
-    lin = lineage.astype(object).where(lineage.notna(), None).to_numpy()
-    sub = b_subset.astype(object).where(b_subset.notna(), None).to_numpy()
-    finer = np.array([s is not None and s != UNASSIGNED for s in sub])
-    cell_type = np.where(finer, sub, lin)
-    sub_ids = vocab.ontology_ids(
-        "b_subset",
-        np.array([s if f else None for s, f in zip(sub, finer, strict=True)], dtype=object),
+    lin = pd.Categorical(lineage)
+    sub = pd.Categorical(b_subset)
+    lin_names = np.asarray(lin.categories.astype(str), dtype=object)
+    sub_names = np.asarray(sub.categories.astype(str), dtype=object)
+    sub_codes = np.asarray(sub.codes)
+    finer = sub_codes >= 0
+    if UNASSIGNED in set(sub_names):
+        finer &= sub_codes != list(sub_names).index(UNASSIGNED)
+    # one code per cell into the lineages' categories, then the B subsets'; -1: none
+    code = np.where(finer, len(lin_names) + sub_codes, np.asarray(lin.codes)).astype(np.int16)
+    names = np.concatenate([lin_names, sub_names])
+    ids = np.concatenate(
+        [vocab.ontology_ids("lineage", lin_names), vocab.ontology_ids("b_subset", sub_names)]
     )
-    ids = np.where(finer, sub_ids, vocab.ontology_ids("lineage", lin))
+    present = np.flatnonzero(np.bincount(code[code >= 0], minlength=len(names)))
     return pd.DataFrame(
         {
-            "cell_type": pd.Categorical(cell_type),
-            "cell_type_ontology_term_id": pd.Categorical(ids),
+            "cell_type": _by_code(code, names, present),
+            "cell_type_ontology_term_id": _by_code(code, ids, present),
         },
         index=lineage.index,
     )
+
+
+def _by_code(code: np.ndarray, values: np.ndarray, present: np.ndarray) -> pd.Categorical:
+    """The categorical of ``values[code]`` (-1 and None: missing) with the values of the
+    ``present`` codes as its sorted categories (the other codes do not occur)."""
+    categories = sorted({str(v) for v in values[present] if v is not None})
+    lookup = np.array(
+        [categories.index(str(v)) if str(v) in categories else -1 for v in values],
+        dtype=np.int16,
+    )
+    out = np.where(code >= 0, lookup[np.maximum(code, 0)], -1).astype(np.int16)
+    return pd.Categorical.from_codes(out, categories=categories)
 
 
 def compatible_fraction(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from pipeline.annotate import annotate_cohort, annotate_counts, load_markers
+from pipeline.annotate import _cellcalls, annotate_cohort, annotate_counts, load_markers
 from pipeline.annotate._cellcalls import ChunkCells, sample_groups
 from pipeline.annotate._graphrows import StoredGraph
 from pipeline.cohort import open_cohort
@@ -23,11 +23,15 @@ from pipeline.sampling import sorted_codes
     ids=["product", "linear-no-lineage-consensus"],
 )
 def test_calls_on_the_workers_equal_the_calls_in_memory(
-    strong_batch_run: RunConfig, strong_batch_cohort: ad.AnnData, client: Client, settings: dict
+    strong_batch_run: RunConfig,
+    strong_batch_cohort: ad.AnnData,
+    client: Client,
+    settings: dict,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`annotate_cohort` (posteriors, consensus and per-sample EM on the workers, the
-    graph's rows read from the store, cells in chunks of 200 and groups of whole
-    samples) against `annotate_counts` (each level whole in the driver, the same graph
+    graph's rows read from the store, cells in chunks of 200, tasks of ~1,000 cells in
+    whole samples) against `annotate_counts` (each level whole in the driver, the same graph
     in memory) on the kept cells: the same labels, confidences, label probabilities and
     records, bit for bit; NaN outside each level."""
     obs = strong_batch_cohort.obs
@@ -35,6 +39,7 @@ def test_calls_on_the_workers_equal_the_calls_in_memory(
     totals = obs["total_counts"].to_numpy(dtype=np.float64)
     params = AnnotateConfig(**settings)
     markers = load_markers()
+    monkeypatch.setattr(_cellcalls, "BLOCK_CELLS", 1_000)  # several tasks per level
     cohort = open_cohort(strong_batch_run.workdir, chunk_cells=200)
     assert len(cohort.X.chunks[0]) > 2 * obs["sample_id"].nunique()  # samples span chunks
     store = str(Path(strong_batch_run.workdir) / "cohort.zarr")
@@ -73,4 +78,8 @@ def test_sample_groups_keep_every_sample_in_one_group() -> None:
         return ChunkCells(len(samples), np.arange(len(samples)), np.array(samples))
 
     cells = [chunk(0, 0), chunk(0, 1), chunk(2), chunk(), chunk(3), chunk(1, 4), chunk(5)]
-    assert sample_groups(cells) == [[0, 1, 5], [2], [3], [4], [6]]
+    # a group per sample (the empty chunk 3 joins the next: it has no cells)
+    assert sample_groups(cells, 1) == [[0, 1, 5], [2], [3, 4], [6]]
+    # groups joined up to 3 cells (one group more may pass it)
+    assert sample_groups(cells, 3) == [[0, 1, 5], [2, 3, 4, 6]]
+    assert sample_groups(cells) == [[0, 1, 2, 3, 4, 5, 6]]

@@ -48,6 +48,21 @@ def test_cell_type_is_the_finest_label_with_its_ontology_id() -> None:
     ]  # fmt: skip
 
 
+def test_cell_type_of_the_stage_categoricals_is_that_of_their_text() -> None:
+    """The stage passes categoricals whose categories are every label of the level (most
+    absent): the same columns, categories included, as from the labels as text."""
+    rng = np.random.default_rng(3)
+    lin = rng.choice(np.array(["B", "T_CD4", UNASSIGNED, None], dtype=object), 300)
+    sub = np.where(lin == "B", rng.choice(np.array(["DN2", "naive", UNASSIGNED]), 300), None)
+    want = cell_type_columns(pd.Series(lin), pd.Series(sub))
+    got = cell_type_columns(
+        pd.Series(pd.Categorical(lin, categories=[*LINEAGES, UNASSIGNED])),
+        pd.Series(pd.Categorical(sub, categories=[*B_SUBSETS, UNASSIGNED])),
+    )
+    pd.testing.assert_frame_equal(got, want)
+    assert set(got["cell_type"].cat.categories) == {"B", "T_CD4", UNASSIGNED, "DN2", "naive"}
+
+
 def test_reference_labels_in_a_known_vocabulary_are_compared_through_the_table() -> None:
     ours = np.array(["DN2", "switched_memory", "naive", "DN1", UNASSIGNED], dtype=object)
     theirs = np.array(
