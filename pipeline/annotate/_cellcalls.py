@@ -18,6 +18,7 @@ graph row and the votes, and a sample's EM only its own cells, in the same order
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,10 +98,12 @@ def _group_calls(
     vote: np.ndarray | None,
     position: np.ndarray | None,
     rules: CallRules,
-) -> list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]:
+    save: str | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, int, np.ndarray | None]]:
     """Per chunk of a group: codes, confidence, cells changed by the consensus and the
-    level's cells' label probabilities under their samples' compositions. ``graph``: the
-    group's cells' rows (None: no consensus)."""
+    level's cells' label probabilities under their samples' compositions (None when
+    ``save``: the group's are in that .npy file instead, the chunks' rows in order).
+    ``graph``: the group's cells' rows (None: no consensus)."""
     prob = np.concatenate(posts) if posts else np.zeros((0, len(rules.program_labels)))
     by_sample = sample_label_probabilities(
         prob, rules.log_prior, np.concatenate([c.sample for c in cells]),
@@ -123,11 +126,16 @@ def _group_calls(
     del mixed
     changed = prob.argmax(axis=1) != best
     conf = conf.astype(np.float32)
+    if save is not None:
+        tmp = f"{save}.tmp.npy"
+        np.save(tmp, by_sample)
+        os.replace(tmp, save)
     out, start = [], 0
     for post in posts:
         n = len(post)
         part = slice(start, start + n)
-        out.append((codes[part], conf[part], int(changed[part].sum()), by_sample[part]))
+        kept = None if save is not None else by_sample[part]
+        out.append((codes[part], conf[part], int(changed[part].sum()), kept))
         start += n
     return out
 
@@ -139,7 +147,15 @@ def _summary(calls: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]) -> lis
 def _chunk_probabilities(
     calls: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]], j: int, cells: ChunkCells
 ) -> np.ndarray:
-    prob = calls[j][3]
+    return _expand(calls[j][3], cells)
+
+
+def _saved_probabilities(path: str, start: int, cells: ChunkCells) -> np.ndarray:
+    return _expand(np.load(path, mmap_mode="r")[start : start + len(cells.members)], cells)
+
+
+def _expand(prob: np.ndarray, cells: ChunkCells) -> np.ndarray:
+    """A chunk's rows: the level's cells' ``prob``, NaN for the others."""
     out = np.full((cells.n_cells, prob.shape[1]), np.nan, dtype=np.float32)
     out[cells.members] = prob
     return out
@@ -187,10 +203,18 @@ def call_on_workers(
     *,
     graph: sp.spmatrix | MemberGraph | None,
     rules: CallRules,
+    parts_folder: str | None = None,
+    name: str = "level",
 ) -> LevelCalls:
     """A level's calls from its chunks' posteriors ``posts`` (futures, the level's cells
     of each chunk in cohort order) and its cells' ``graph`` (rows and columns: the
-    level's cells in that order; None: no consensus)."""
+    level's cells in that order; None: no consensus).
+
+    ``parts_folder``: the tasks save the label probabilities there (``name``-k.npy for
+    task k) and the workers' memory holds none of them until the stage
+    writes them (at 4M cells ~0.17 GiB; held, they sat in the workers through the next
+    level's work); None: the workers keep them (`LevelCalls.probabilities` then holds
+    the tasks' results)."""
     sizes = np.array([len(c.members) for c in cells], dtype=np.int64)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     consensus = rules.consensus if rules.consensus is not None and rules.consensus.active else None
@@ -220,12 +244,16 @@ def call_on_workers(
         vote = client.submit(_stack, votes, pure=False)
         del votes
     del members
+    saved = [
+        None if parts_folder is None else os.path.join(parts_folder, f"{name}-{k}.npy")
+        for k in range(len(groups))
+    ]
     futures = [
         client.submit(
             _group_calls, [posts[i] for i in g], part, [cells[i] for i in g], vote, position,
-            rules, pure=False,
+            rules, save, pure=False,
         )
-        for g, part in zip(groups, graphs, strict=True)
+        for g, part, save in zip(groups, graphs, saved, strict=True)
     ]  # fmt: skip
     del graphs
     codes = np.empty(int(bounds[-1]), dtype=np.int8)
@@ -242,10 +270,16 @@ def call_on_workers(
     del vote, position  # the groups are done with them: the workers free their copies
     width = len(rules.vocabulary) + 1
     parts: list[Any] = [None] * len(cells)
-    for g, future in zip(groups, futures, strict=True):
+    for g, future, save in zip(groups, futures, saved, strict=True):
+        start = 0
         for j, i in enumerate(g):
-            part = dask.delayed(_chunk_probabilities, pure=True)(future, j, cells[i])
+            if save is None:
+                part = dask.delayed(_chunk_probabilities, pure=True)(future, j, cells[i])
+            else:
+                part = dask.delayed(_saved_probabilities, pure=True)(save, start, cells[i])
+                start += len(cells[i].members)
             parts[i] = da.from_delayed(part, (cells[i].n_cells, width), dtype=np.float32)
+    del futures  # saved: the workers keep nothing of the level
     probabilities = (
         da.concatenate(parts, axis=0) if parts else da.zeros((0, width), dtype=np.float32)
     )

@@ -3,6 +3,7 @@ confidence, the fitted models and the dot plots out."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from ..config import RunConfig
 from ..labels import B_SUBSETS, LINEAGES, UNASSIGNED
 from ..results import leiden_columns
 from ..runtime import release_memory
-from ..store import atomic_path, write_text_atomic
+from ..store import TMP_MARK, atomic_path, scratch_folder, write_text_atomic
 from ..workdir import Workdir
 from ._graphrows import StoredGraph
 from ._markers import load_markers
@@ -58,10 +59,22 @@ def _info_record(info: dict[str, Any]) -> dict[str, Any]:
     return {k: ",".join(v) if isinstance(v, list) else v for k, v in info.items()}
 
 
+PARTS = "annotate-parts"  # the scratch folder of the workers' label probabilities
+
+
 def run_annotate(ctx: StageContext) -> str:
     """Only the inputs (three obs columns) while the cells are annotated, the kNN graph's
-    rows read by the workers for the consensus; the Leiden columns are read afterwards,
-    once the workers' memory is trimmed."""
+    rows read by the workers for the consensus, the label probabilities saved by the
+    workers to a scratch folder until they write them; the Leiden columns are read
+    afterwards, once the workers' memory is trimmed."""
+    root = ctx.workdir.root
+    for left in root.glob(f".{PARTS}{TMP_MARK}*"):  # of a killed run
+        shutil.rmtree(left, ignore_errors=True)
+    with scratch_folder(root, PARTS) as parts:
+        return _annotate(ctx, str(parts))
+
+
+def _annotate(ctx: StageContext, parts_folder: str) -> str:
     a = ctx.cfg.annotate
     obs = ctx.read_obs(["qc_pass", "total_counts", "batch"])
     connectivities = StoredGraph(str(ctx.workdir.cohort), "obsp/connectivities", len(obs))
@@ -80,6 +93,7 @@ def run_annotate(ctx: StageContext) -> str:
         markers=markers,
         connectivities=connectivities,
         params=a,
+        parts_folder=parts_folder,
     )
     del connectivities
     release_memory()

@@ -197,9 +197,14 @@ def annotate_cohort(
     markers: MarkerSet,
     connectivities: sp.spmatrix | StoredGraph | None,
     params: AnnotateConfig | None = None,
+    parts_folder: str | None = None,
 ) -> AnnotationResult:
     """Lineage and B-subset labels for the QC-passed cells of a lazily opened cohort,
     with the annotate section's ``params`` (None: its defaults).
+
+    ``parts_folder``: where the workers save the label probabilities until they are
+    written (the levels' `LevelCall.probabilities` read them: keep the folder until
+    then); None: the workers hold them.
 
     ``cohort`` is `open_cohort`'s view (X a Dask array of CSR chunks); ``connectivities``
     the cohort's kNN graph over all its cells (None: no graph consensus), in memory or
@@ -287,7 +292,10 @@ def annotate_cohort(
                 tuple(p.label for p in fitted.programs), tuple(LEVELS[level]), supported,
                 params.min_confidence,
             )  # fmt: skip
-            calls = call_on_workers(client, posts, cells, graph=graph, rules=rules)
+            calls = call_on_workers(
+                client, posts, cells, graph=graph, rules=rules, parts_folder=parts_folder,
+                name=level,
+            )  # fmt: skip
             del posts, model_f
             codes[cohort_rows] = calls.codes
             confidence[cohort_rows] = calls.confidence

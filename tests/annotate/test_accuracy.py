@@ -89,6 +89,11 @@ def test_outputs_follow_the_label_contract(accuracy_cohort: ad.AnnData) -> None:
     assert (clusters["purity"] >= 0.9).mean() >= 0.8, clusters
 
 
+def test_the_stage_leaves_no_scratch_folder(accuracy_run: RunConfig) -> None:
+    """The workers' saved label probabilities go with the stage."""
+    assert not list(Path(accuracy_run.workdir).glob(".annotate-parts*"))
+
+
 @pytest.mark.slow  # ~20 s: its own cohort and run (the default suite's time budget)
 def test_doubled_batch_effects_stay_within_005(
     strong_batch_run: RunConfig, strong_batch_cohort: ad.AnnData, client: Client

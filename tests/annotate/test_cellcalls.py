@@ -18,22 +18,28 @@ from pipeline.sampling import sorted_codes
 
 
 @pytest.mark.parametrize(
-    "settings",
-    [{"b_graph": "cohort"}, {"b_graph": "cohort", "b_consensus": "linear", "graph_weight": 0.0}],
-    ids=["product", "linear-no-lineage-consensus"],
+    ("settings", "saved"),
+    [
+        ({"b_graph": "cohort"}, True),
+        ({"b_graph": "cohort", "b_consensus": "linear", "graph_weight": 0.0}, False),
+    ],
+    ids=["product-saved", "linear-no-lineage-consensus-held"],
 )
 def test_calls_on_the_workers_equal_the_calls_in_memory(
     strong_batch_run: RunConfig,
     strong_batch_cohort: ad.AnnData,
     client: Client,
     settings: dict,
+    saved: bool,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """`annotate_cohort` (posteriors, consensus and per-sample EM on the workers, the
     graph's rows read from the store, cells in chunks of 200, tasks of ~1,000 cells in
     whole samples) against `annotate_counts` (each level whole in the driver, the same graph
     in memory) on the kept cells: the same labels, confidences, label probabilities and
-    records, bit for bit; NaN outside each level."""
+    records, bit for bit; NaN outside each level. The label probabilities saved by the
+    workers to a folder (as the stage does) or held by them."""
     obs = strong_batch_cohort.obs
     keep = obs["qc_pass"].to_numpy(dtype=bool)
     totals = obs["total_counts"].to_numpy(dtype=np.float64)
@@ -46,7 +52,14 @@ def test_calls_on_the_workers_equal_the_calls_in_memory(
     got = annotate_cohort(
         cohort, client=client, keep=keep, total_counts=totals, markers=markers,
         connectivities=StoredGraph(store, "obsp/connectivities", len(obs)), params=params,
+        parts_folder=str(tmp_path) if saved else None,
     )  # fmt: skip
+    files = sorted(p.name for p in tmp_path.iterdir())
+    if saved:  # a file per task and level, nothing else (no temporary left)
+        assert len(files) > 2 and all(f.startswith(("lineage-", "b_subset-")) for f in files)
+        assert all(f.endswith(".npy") and ".tmp" not in f for f in files)
+    else:
+        assert files == []
     graph = strong_batch_cohort.obsp["connectivities"]
     want = annotate_counts(
         cohort.X[np.flatnonzero(keep)].compute(), cohort.var["gene_symbols"], markers=markers,
