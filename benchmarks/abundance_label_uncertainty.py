@@ -78,13 +78,13 @@ def annotation_pools(root: Path, client: Client, scenario: str, seed: int) -> di
     obs = stored.obs
     seen: dict = {}
 
-    def spy(client, posts, cells, *, graph, rules):  # the B-subset level's own posteriors
+    def spy(client, posts, cells, *, graph, rules, **kw):  # the B level's own posteriors
         if rules.vocabulary == tuple(B_SUBSETS):
             seen.update(
                 prob=np.concatenate(client.gather(posts)), log_prior=rules.log_prior,
                 program_labels=rules.program_labels, supported=rules.supported,
             )  # fmt: skip
-        return call_on_workers(client, posts, cells, graph=graph, rules=rules)
+        return call_on_workers(client, posts, cells, graph=graph, rules=rules, **kw)
 
     annotate_stage.call_on_workers = spy
     try:
