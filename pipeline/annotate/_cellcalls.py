@@ -8,8 +8,9 @@ chunks (~200,000 cells of the level in whole samples) reads its cells' graph row
 mixes, calls each cell (a label code and its confidence) and takes the cells' label
 probabilities under their own sample's composition (`sample_label_probabilities`: a
 sample's EM needs all of its cells, hence the groups). The driver gets back a label
-code and a confidence per cell (5 bytes) and a count; the probabilities stay on the
-workers until the stage writes them (`LevelCalls.probabilities`, a Dask array).
+code and a confidence per cell (5 bytes) and a count; the probabilities are saved by
+the tasks to a scratch folder (or held by the workers) until the stage writes them
+(`LevelCalls.probabilities`, a Dask array).
 
 Every cell's result is the one `call_labels` and `sample_label_probabilities` give on
 the whole level in memory, bit for bit (tested): a cell's consensus reads only its own
