@@ -105,14 +105,58 @@ def cohort_var(record: IngestRecord) -> pd.DataFrame:
     )
 
 
+@dataclass
+class CellCounts:
+    """The cohort's raw counts without per-cell names: what `open_counts` returns.
+
+    The attributes a stage reads of a lazily opened AnnData (``X``, ``obs``, ``var``,
+    ``var_names``, ``uns``), with ``obs`` indexed by position (a `pandas.RangeIndex`):
+    an AnnData insists on text cell names, which at 4M cells are 0.33 GiB of Python
+    strings in the process that opens the counts (docs/benchmarks.md, session 29).
+    A stage adds the columns it needs to ``obs`` (a categorical keeps one code per cell).
+    """
+
+    X: da.Array
+    obs: pd.DataFrame
+    var: pd.DataFrame
+    uns: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if len(self.obs) != self.X.shape[0] or len(self.var) != self.X.shape[1]:
+            msg = (
+                f"CellCounts: obs has {len(self.obs)} rows and var {len(self.var)} for X of "
+                f"shape {self.X.shape}; expected one obs row per cell and one var row per gene"
+            )
+            raise ValueError(msg)
+
+    @property
+    def var_names(self) -> pd.Index:
+        """The genes (var's index)."""
+        return self.var.index
+
+    @property
+    def n_obs(self) -> int:
+        """The number of cells."""
+        return int(self.X.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(cells, genes)."""
+        return int(self.X.shape[0]), int(self.X.shape[1])
+
+
+# a stage's counts: `open_counts`' view, or an AnnData with a Dask X (`open_cohort`'s)
+Counts = CellCounts | ad.AnnData
+
+
 def open_counts(
     workdir: str | Path | Workdir,
     *,
     chunk_cells: int = CHUNK_CELLS,
     samples: list[str] | None = None,
-) -> ad.AnnData:
+) -> CellCounts:
     """`open_cohort` without the cells' metadata: X and var as there, obs only the
-    ``sample_id`` (categorical) of each cell, indexed by position ("0", "1", ...).
+    ``sample_id`` (categorical) of each cell, indexed by position (`CellCounts`).
 
     For stages that need the counts but not the cell names and barcodes, which at the
     study's size are ~0.25 GiB of Python strings in the process that opens the cohort.
@@ -129,12 +173,9 @@ def open_counts(
     ]
     sizes = [int(x.shape[0]) for x in parts]
     codes = np.repeat(np.arange(len(samples), dtype=np.int32), sizes)
-    obs = pd.DataFrame(
-        {"sample_id": pd.Categorical.from_codes(codes, categories=samples)},
-        index=pd.RangeIndex(int(codes.size)).astype(str),
-    )
+    obs = pd.DataFrame({"sample_id": pd.Categorical.from_codes(codes, categories=samples)})
     x = da.concatenate(parts, axis=0)
-    return ad.AnnData(X=x, obs=obs, var=var, uns={"uniform_genes": per_sample is None})
+    return CellCounts(X=x, obs=obs, var=var, uns={"uniform_genes": per_sample is None})
 
 
 def _cohort_dtypes(obs: pd.DataFrame) -> pd.DataFrame:

@@ -12,11 +12,11 @@ read chunk by chunk on the workers) and the graph stage's kNN.
 
 from __future__ import annotations
 
-import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 from distributed import Client
 
+from ..cohort import Counts
 from ..config import PreprocessConfig
 from ..graph import knn_graphs, nearest_neighbors
 from ..preprocess import preprocess_cohort
@@ -29,7 +29,7 @@ B_GRAPH_MIN_CELLS = 200  # fewer B cells: the integrated graph restricted to the
 
 
 def b_cell_graph(
-    cells: ad.AnnData,
+    cells: Counts,
     *,
     client: Client,
     members: np.ndarray,

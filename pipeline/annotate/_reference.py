@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..cohort import cell_chunks
+from ..cohort import Counts, cell_chunks
 from ..errors import ImmunoprofileError
 from ..labels import UNASSIGNED
 from ..sampling import stratified_sample
@@ -173,7 +173,7 @@ def _predict_block(
 
 
 def transfer_labels(
-    cohort: ad.AnnData,
+    cohort: Counts,
     *,
     client,  # distributed.Client
     cells: np.ndarray,

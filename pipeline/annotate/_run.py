@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ..cohort import Counts
 from ..config import RunConfig
 from ..labels import B_SUBSETS, LINEAGES, UNASSIGNED
 from ..results import leiden_columns
@@ -80,7 +80,7 @@ def _annotate(ctx: StageContext, parts_folder: str) -> str:
     connectivities = StoredGraph(str(ctx.workdir.cohort), "obsp/connectivities", len(obs))
     markers = load_markers(a.markers)
     cohort = ctx.open_counts()
-    cohort.obs["batch"] = obs["batch"].to_numpy()  # the B cells' genes are ranked per batch
+    cohort.obs["batch"] = obs["batch"].array  # positional; the B cells' genes are ranked per batch
     keep = obs["qc_pass"].to_numpy(dtype=bool)
     totals = obs["total_counts"].to_numpy(dtype=np.float64)
     del obs
@@ -98,7 +98,7 @@ def _annotate(ctx: StageContext, parts_folder: str) -> str:
     del connectivities
     release_memory()
     client.run(release_memory)
-    leiden = leiden_columns(ctx.obs_columns())
+    leiden = leiden_columns(ctx.obs_columns())[-1:]  # the finest: the cluster summary's
     out = ctx.read_obs(leiden)
     record: dict[str, Any] = {
         "params": a.model_dump(mode="json"),
@@ -150,19 +150,35 @@ def _annotate(ctx: StageContext, parts_folder: str) -> str:
 
 
 def cluster_summary(obs: pd.DataFrame) -> pd.DataFrame:
-    """Per Leiden cluster (finest resolution): cells, majority lineage and its share."""
+    """Per Leiden cluster (finest resolution) with cells: cells, majority lineage (ties:
+    the first by name) and its share; cells without a cluster or a lineage left out.
+    Counted on the category codes (no per-cell text: at 4M cells a crosstab of the
+    labels as text took 0.2 GiB)."""
     columns = leiden_columns(obs.columns)
     if not columns:
         return pd.DataFrame()
     finest = columns[-1]
-    table = pd.crosstab(obs[finest], obs["lineage"].astype(str))
+    cluster = obs[finest].astype("category").cat
+    lineage = obs["lineage"].astype("category").cat
+    names = lineage.categories.astype(str).to_numpy()
+    order = np.argsort(names, kind="stable")  # columns by name: argmax's ties
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    c, lin = cluster.codes.to_numpy(), lineage.codes.to_numpy()
+    both = (c >= 0) & (lin >= 0)
+    table = np.bincount(
+        c[both].astype(np.int64) * names.size + rank[lin[both]],
+        minlength=len(cluster.categories) * names.size,
+    ).reshape(len(cluster.categories), names.size)
+    rows = table.sum(axis=1) > 0
+    table, n_cells = table[rows], table[rows].sum(axis=1)
     return pd.DataFrame(
         {
-            "cluster": table.index.astype(str),
+            "cluster": cluster.categories[rows].astype(str),
             "resolution": finest.removeprefix("leiden_"),
-            "n_cells": table.sum(axis=1).to_numpy(),
-            "majority_lineage": table.idxmax(axis=1).to_numpy(),
-            "purity": (table.max(axis=1) / table.sum(axis=1)).to_numpy(),
+            "n_cells": n_cells,
+            "majority_lineage": names[order][table.argmax(axis=1)],
+            "purity": table.max(axis=1) / n_cells,
         }
     )
 
@@ -170,7 +186,7 @@ def cluster_summary(obs: pd.DataFrame) -> pd.DataFrame:
 def _transfer(
     cfg: RunConfig,
     client: Client,
-    cohort: ad.AnnData,
+    cohort: Counts,
     out: pd.DataFrame,
     keep: np.ndarray,
     totals: np.ndarray,

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-import anndata as ad
 import dask
 import dask.array as da
 import numpy as np
@@ -28,7 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 from distributed import Client, wait
 
-from ..cohort import cell_chunks
+from ..cohort import Counts, cell_chunks
 from ..config import AnnotateConfig
 from ..labels import UNASSIGNED
 from ..runtime import release_memory
@@ -161,7 +160,7 @@ def _restrict(graph: sp.spmatrix | None, cells: np.ndarray) -> sp.csr_matrix | N
 
 def _level_graph(
     level: str,
-    cohort: ad.AnnData,
+    cohort: Counts,
     *,
     client: Client,
     members: np.ndarray,
@@ -189,7 +188,7 @@ def _level_graph(
 
 
 def annotate_cohort(
-    cohort: ad.AnnData,
+    cohort: Counts,
     *,
     client: Client,
     keep: np.ndarray,

@@ -65,7 +65,7 @@ def run_preprocess(ctx: StageContext) -> str:
         )
     var_before = ctx.read_elem("var")
     counts = ctx.open_counts()  # no cell names: only the batch column is needed
-    counts.obs[p.hvg_batch_key] = obs[p.hvg_batch_key].to_numpy()
+    counts.obs[p.hvg_batch_key] = obs[p.hvg_batch_key].array  # positional; codes if categorical
     result = preprocess_cohort(
         counts,
         client=ctx.cluster,

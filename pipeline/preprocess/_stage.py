@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anndata as ad
 import dask
 import dask.array as da
 import numpy as np
@@ -34,7 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 from distributed import Client, futures_of, wait
 
-from ..cohort import cell_chunks
+from ..cohort import Counts, cell_chunks
 from ..config import PreprocessConfig
 from ..moments import (
     Moments,
@@ -244,7 +243,7 @@ def _tree_sum(parts: list[Any], add: Callable[[Any, Any], Any]) -> Any:
 
 
 def _projection_tasks(
-    cells: ad.AnnData,
+    cells: Counts,
     client: Client,
     keep: np.ndarray,
     total_counts: np.ndarray,
@@ -267,7 +266,7 @@ def _projection_tasks(
 
 
 def project_cells(
-    cells: ad.AnnData,
+    cells: Counts,
     *,
     client: Client,
     keep: np.ndarray,
@@ -284,7 +283,7 @@ def project_cells(
 
 
 def project_cells_on_workers(
-    cells: ad.AnnData,
+    cells: Counts,
     *,
     client: Client,
     keep: np.ndarray,
@@ -315,7 +314,7 @@ def pca_fit_cells(obs: pd.DataFrame, keep: np.ndarray, params: PreprocessConfig)
 
 
 def _hvg_table(
-    cohort: ad.AnnData,
+    cohort: Counts,
     chunks: list[Any],
     client: Client,
     keep: np.ndarray,
@@ -362,7 +361,7 @@ def _hvg_table(
 
 
 def preprocess_cohort(
-    cohort: ad.AnnData,
+    cohort: Counts,
     *,
     client: Client,
     keep: np.ndarray,

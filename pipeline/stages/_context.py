@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import dask
-import dask.array as da
 import numpy as np
 import pandas as pd
 import zarr
 
 from .. import __version__
-from ..cohort import cohort_var, open_cohort, open_counts
+from ..cohort import CellCounts, cohort_var, open_cohort, open_counts
 from ..config import RunConfig
 from ..errors import ImmunoprofileError
 from ..registry import STAGES, Stage, get_stage, matches, stages_from, stages_until, writer_of
@@ -197,27 +196,10 @@ class StageContext:
         self._check_samples()
         return open_cohort(self.workdir, chunk_cells=self.cfg.ingest.chunk_cells)
 
-    def open_counts(self, *, batches: bool = False) -> ad.AnnData:
-        """The counts without the cells' metadata (`pipeline.cohort.open_counts`); with
-        ``batches``, every batch layer's samples after the cohort's, in `read_obs`'s order."""
+    def open_counts(self) -> CellCounts:
+        """The counts without the cells' metadata (`pipeline.cohort.open_counts`)."""
         self._check_samples()
-        counts = open_counts(self.workdir, chunk_cells=self.cfg.ingest.chunk_cells)
-        if not batches:
-            return counts
-        self._stores(batches)  # the stage declares that it reads the batch layers
-        parts = [counts] + [
-            open_counts(
-                self.workdir, chunk_cells=self.cfg.ingest.chunk_cells, samples=layer.samples
-            )
-            for layer in self.workdir.batch_layers().values()
-        ]
-        if len(parts) == 1:
-            return counts
-        sample = pd.concat([p.obs["sample_id"].astype(str) for p in parts], ignore_index=True)
-        obs = pd.DataFrame({"sample_id": pd.Categorical(sample, categories=sample.unique())})
-        obs.index = obs.index.astype(str)
-        return ad.AnnData(X=da.concatenate([p.X for p in parts], axis=0), obs=obs,
-                          var=counts.var, uns=dict(counts.uns))  # fmt: skip
+        return open_counts(self.workdir, chunk_cells=self.cfg.ingest.chunk_cells)
 
     # ---- writes ---------------------------------------------------------------------
 

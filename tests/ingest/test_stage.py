@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import zarr
 from distributed import Client
 
-from pipeline.cohort import open_cohort, open_counts
+from pipeline.cohort import CellCounts, open_cohort, open_counts
 from pipeline.errors import InputError
 from pipeline.ingest import ingest_samples, read_samplesheet
 from pipeline.workdir import Workdir
@@ -184,6 +184,10 @@ def test_cohort_view_is_lazy_and_complete(
     pd.testing.assert_frame_equal(counts.var, cohort.var)
     assert counts.obs["sample_id"].tolist() == cohort.obs["sample_id"].tolist()
     assert list(counts.obs.columns) == ["sample_id"]
+    # no per-cell names held: positions, not text (an AnnData would make "0", "1", ...)
+    assert isinstance(counts.obs.index, pd.RangeIndex) and counts.shape == cohort.shape
+    with pytest.raises(ValueError, match="one obs row per cell"):
+        CellCounts(X=counts.X, obs=counts.obs.iloc[:-1], var=counts.var, uns={})
 
 
 def _bad_matrix_case(tmp_path: Path, case: str) -> tuple[Path, str]:
