@@ -1,5 +1,6 @@
-"""Label uncertainty in the abundance models: label draws and Rubin's rules (pure numpy /
-pandas; no I/O).
+"""Label uncertainty in the abundance models: label draws and Rubin's rules (numpy /
+pandas; no I/O here: with a Dask client the draws run in tasks, which read the stored
+probabilities through the Dask arrays the stage hands in).
 
 The annotate stage stores every cell's label probabilities (obsm
 ``lineage_probabilities``, ``b_subset_probabilities``: the level's labels, then
@@ -17,14 +18,20 @@ its lineage probabilities; a cell drawn ``B`` then draws its B subset from its s
 probabilities, or is an ``unassigned`` B cell when it has none (the annotate stage models
 subsets only among the cells it called B). Cells without stored probabilities (batch
 layers written before the probabilities were stored) keep their hard labels.
+The cells are drawn in blocks of `DRAW_ROWS` in their stored order, each block's
+generator seeded by the seed and the block's number (`draw_tables`): the draws are the
+same in this process and in a task per block on the workers (the stage's way: the
+driver holds the cells' label and sample codes, never their probabilities).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import dask
+import dask.array as da
 import numpy as np
 import pandas as pd
 from scipy.stats import t as t_dist
@@ -60,8 +67,28 @@ class LabelProbabilities:
     in the driver."""
 
     codes: np.ndarray  # each cell's hard label in the level's vocabulary (-1: none)
-    stored: np.ndarray | None  # cells x labels as stored; NaN rows: none stored
+    stored: Any  # cells x labels as stored (numpy, or Dask: read by tasks); NaN rows: none
     width: int
+    key: str = ""  # the obsm key (for errors)
+
+    def block(self, start: int, stop: int, stored: np.ndarray | None = None) -> LabelProbabilities:
+        """The cells ``start:stop`` (``stored``: their stored rows, read elsewhere)."""
+        if stored is None and self.stored is not None:
+            stored = np.asarray(self.stored[start:stop])
+        return LabelProbabilities(self.codes[start:stop], stored, self.width, self.key)
+
+    def check(self) -> None:
+        """A labelled cell's stored row of zeros is an error that names the obsm key."""
+        if self.stored is None:
+            return
+        bad = 0
+        for a in range(0, len(self.codes), DRAW_ROWS):
+            block = np.asarray(self.stored[a : a + DRAW_ROWS])
+            stored = (self.codes[a : a + DRAW_ROWS] >= 0) & np.isfinite(block).all(axis=1)
+            bad += int((block[stored].astype(np.float64).sum(axis=1) <= 0).sum())
+        if bad:
+            msg = f"obsm {self.key} has rows of zeros for {bad} labelled cells"
+            raise ValueError(msg)
 
     def rows(self, index: np.ndarray) -> np.ndarray:
         """The float64 rows ``index``: normalized stored probabilities where the cell has
@@ -80,32 +107,27 @@ class LabelProbabilities:
         return out
 
 
-def label_probabilities(
-    labels: pd.Series, probabilities: np.ndarray | None, level: str
-) -> LabelProbabilities:
+def label_probabilities(labels: pd.Series, probabilities: Any, level: str) -> LabelProbabilities:
     """The cells' label probabilities at ``level`` from their hard ``labels`` and the
-    stored matrix (cells x the level's labels + unassigned; None: the hard labels
-    only), checked: a wrong shape, or a labelled cell's stored row of zeros, is an error
-    that names the obsm key."""
+    stored matrix (cells x the level's labels + unassigned; None: the hard labels only;
+    a Dask array: read by the tasks that draw, which check it), checked: a wrong shape,
+    or a labelled cell's stored row of zeros, is an error that names the obsm key."""
     vocabulary = LEVEL_LABELS[level]
     codes = pd.Categorical(labels.astype(object), categories=vocabulary).codes
+    key = f"{level}_probabilities"
     if probabilities is not None:
-        probabilities = np.asarray(probabilities)
+        if not isinstance(probabilities, da.Array):
+            probabilities = np.asarray(probabilities)
         if probabilities.shape != (len(codes), len(vocabulary)):
             msg = (
-                f"obsm {level}_probabilities has shape {probabilities.shape}; expected "
+                f"obsm {key} has shape {probabilities.shape}; expected "
                 f"{(len(codes), len(vocabulary))} (cells x {list(vocabulary)})"
             )
             raise ValueError(msg)
-        bad = 0
-        for a in range(0, len(codes), DRAW_ROWS):
-            block = probabilities[a : a + DRAW_ROWS]
-            stored = (codes[a : a + DRAW_ROWS] >= 0) & np.isfinite(block).all(axis=1)
-            bad += int((block[stored].astype(np.float64).sum(axis=1) <= 0).sum())
-        if bad:
-            msg = f"obsm {level}_probabilities has rows of zeros for {bad} labelled cells"
-            raise ValueError(msg)
-    return LabelProbabilities(np.asarray(codes), probabilities, len(vocabulary))
+    prob = LabelProbabilities(np.asarray(codes), probabilities, len(vocabulary), key)
+    if not isinstance(probabilities, da.Array):
+        prob.check()
+    return prob
 
 
 def probability_matrix(
@@ -124,20 +146,129 @@ def _draw(cumulative: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum((cumulative < u).sum(axis=1), cumulative.shape[1] - 1)
 
 
-def _block(prob: np.ndarray | LabelProbabilities, index: np.ndarray) -> np.ndarray:
-    return prob.rows(index) if isinstance(prob, LabelProbabilities) else prob[index]
+class _Rows:
+    """Rows of a whole in-memory probability matrix (`probability_matrix`'s)."""
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self.matrix = matrix
+
+    def block(self, start: int, stop: int) -> _Rows:
+        return _Rows(self.matrix[start:stop])
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        return self.matrix[index]
 
 
-def _draw_rows(
-    prob: np.ndarray | LabelProbabilities, index: np.ndarray, rng: np.random.Generator
+def draw_tables(
+    lineage: LabelProbabilities | _Rows,
+    subset: LabelProbabilities | _Rows,
+    sample: np.ndarray,
+    keep: np.ndarray,
+    *,
+    n_samples: int,
+    n_draws: int,
+    seed: int,
+    block: int,
 ) -> np.ndarray:
-    """A label code for each of the cells ``index``, a block at a time: the generator's
-    numbers are drawn in the cells' order, so the draws are those of one block."""
-    out = np.empty(len(index), dtype=np.int64)
-    for a in range(0, len(index), DRAW_ROWS):
-        cumulative = np.cumsum(_block(prob, index[a : a + DRAW_ROWS]), axis=1)
-        out[a : a + DRAW_ROWS] = _draw(cumulative, rng)
+    """The counts of ``n_draws`` hierarchical label draws of one block of cells (at most
+    `DRAW_ROWS`): draws x samples x (lineage labels, then B-subset labels), the B
+    subsets counted among the cells drawn ``B``. ``sample``: the block's cells' sample
+    codes; ``keep``: their QC flags. Seeded by ``seed`` and the block's number, so a
+    block's draws are the same wherever it is computed (a task, or this process)."""
+    if isinstance(lineage, LabelProbabilities):
+        lineage.check()
+    if isinstance(subset, LabelProbabilities):
+        subset.check()
+    n_lin, n_sub = len(LEVEL_LABELS["lineage"]), len(LEVEL_LABELS["b_subset"])
+    b_code = LEVEL_LABELS["lineage"].index("B")
+    kept = np.flatnonzero(keep)
+    sample = np.asarray(sample, dtype=np.int64)[kept]
+    lin_cum = np.cumsum(lineage.rows(kept), axis=1)
+    sub_rows = subset.rows(kept)
+    has_subset = np.flatnonzero(sub_rows.sum(axis=1) > 0)
+    sub_cum = np.cumsum(sub_rows[has_subset], axis=1)
+    del sub_rows
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(11, block)))
+    out = np.zeros((n_draws, n_samples, n_lin + n_sub), dtype=np.int64)
+    for d in range(n_draws):
+        drawn = _draw(lin_cum, rng)
+        sub = np.full(drawn.size, n_sub - 1)  # unassigned B cells unless drawn below
+        sub[has_subset] = _draw(sub_cum, rng)
+        out[d, :, :n_lin] = np.bincount(
+            sample * n_lin + drawn, minlength=n_samples * n_lin
+        ).reshape(n_samples, n_lin)
+        is_b = drawn == b_code
+        out[d, :, n_lin:] = np.bincount(
+            sample[is_b] * n_sub + sub[is_b], minlength=n_samples * n_sub
+        ).reshape(n_samples, n_sub)
     return out
+
+
+def _task_part(prob: LabelProbabilities | _Rows, start: int, stop: int) -> tuple[Any, Any]:
+    """A block's probabilities for a task: without the stored rows, and those rows apart
+    (a Dask array's slice: read by the task)."""
+    if isinstance(prob, _Rows):
+        return prob.block(start, stop), None
+    stored = None if prob.stored is None else prob.stored[start:stop]
+    return LabelProbabilities(prob.codes[start:stop], None, prob.width, prob.key), stored
+
+
+def _block_task(
+    lineage: LabelProbabilities | _Rows,
+    lin_stored: np.ndarray | None,
+    subset: LabelProbabilities | _Rows,
+    sub_stored: np.ndarray | None,
+    sample: np.ndarray,
+    keep: np.ndarray,
+    options: dict[str, int],
+) -> np.ndarray:
+    """`draw_tables` in a task, the block's stored rows given apart (`_task_part`)."""
+
+    def joined(prob: LabelProbabilities | _Rows, stored: np.ndarray | None) -> Any:
+        if stored is None or not isinstance(prob, LabelProbabilities):
+            return prob
+        return LabelProbabilities(prob.codes, np.asarray(stored), prob.width, prob.key)
+
+    return draw_tables(joined(lineage, lin_stored), joined(subset, sub_stored), sample, keep,
+                       **options)  # fmt: skip
+
+
+def _summed_tables(
+    lineage: LabelProbabilities | _Rows,
+    subset: LabelProbabilities | _Rows,
+    sample: np.ndarray,
+    keep: np.ndarray,
+    *,
+    n_samples: int,
+    n_draws: int,
+    seed: int,
+    client: Client | None,
+) -> np.ndarray:
+    """`draw_tables` of every block of `DRAW_ROWS` cells, summed; with a ``client``, a
+    task per block on its workers, which read the stored probabilities themselves when
+    they are Dask arrays (the driver holds only the cells' label and sample codes)."""
+    starts = range(0, len(keep), DRAW_ROWS)
+    total = np.zeros((n_draws, n_samples, sum(map(len, LEVEL_LABELS.values()))), np.int64)
+    options = {"n_samples": n_samples, "n_draws": n_draws, "seed": seed}
+    if client is None:
+        for block, a in enumerate(starts):
+            b = a + DRAW_ROWS
+            total += draw_tables(lineage.block(a, b), subset.block(a, b), sample[a:b],
+                                 keep[a:b], block=block, **options)  # fmt: skip
+        return total
+    tasks = []
+    for block, a in enumerate(starts):
+        b = a + DRAW_ROWS
+        lin, sub = _task_part(lineage, a, b), _task_part(subset, a, b)
+        tasks.append(
+            dask.delayed(_block_task, pure=True)(
+                *lin, *sub, sample[a:b], keep[a:b], {**options, "block": block}
+            )
+        )
+    for future in client.compute(tasks):  # each a block's small tables
+        total += future.result()
+        future.release()
+    return total
 
 
 def draw_counts(
@@ -147,40 +278,33 @@ def draw_counts(
     *,
     n_draws: int,
     seed: int,
+    client: Client | None = None,
 ) -> Iterator[pd.DataFrame]:
     """``n_draws`` tidy count tables (the columns of `abundance_counts`), each from one
     hierarchical draw of every QC-passed cell's labels.
 
     ``obs`` has the design columns and ``qc_pass``; ``lineage_prob`` and ``b_prob`` are
     `probability_matrix`'s for every cell of ``obs`` (rows of QC-failed cells ignored),
-    or `label_probabilities`' (the same rows, built a block at a time).
+    or `label_probabilities`' (stored rows in memory or a Dask array). The cells are
+    drawn in blocks of `DRAW_ROWS` (`draw_tables`, each seeded by its number); with a
+    ``client`` a task per block on its workers: the same tables.
     """
     design = sample_design(obs)
     samples = pd.Index(design["sample_id"])
     keep = obs["qc_pass"].to_numpy(dtype=bool)
-    sample = codes_in(obs["sample_id"], samples)[keep]
-    n_samples = len(samples)
-    kept = np.flatnonzero(keep)
-    has_subset = np.zeros(kept.size, dtype=bool)
-    for a in range(0, kept.size, DRAW_ROWS):
-        has_subset[a : a + DRAW_ROWS] = _block(b_prob, kept[a : a + DRAW_ROWS]).sum(axis=1) > 0
-    subset_rows = np.flatnonzero(has_subset)
-    b_code = LEVEL_LABELS["lineage"].index("B")
-    n_lin, n_sub = len(LEVEL_LABELS["lineage"]), len(LEVEL_LABELS["b_subset"])
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(11,)))
-    for _ in range(n_draws):
-        lineage = _draw_rows(lineage_prob, kept, rng)
-        subset = np.full(lineage.size, n_sub - 1)  # unassigned B cells unless drawn below
-        subset[subset_rows] = _draw_rows(b_prob, kept[subset_rows], rng)
+    sample = codes_in(obs["sample_id"], samples)
+    lin = lineage_prob if isinstance(lineage_prob, LabelProbabilities) else _Rows(lineage_prob)
+    sub = b_prob if isinstance(b_prob, LabelProbabilities) else _Rows(b_prob)
+    tables = _summed_tables(lin, sub, sample, keep, n_samples=len(samples), n_draws=n_draws,
+                            seed=seed, client=client)  # fmt: skip
+    n_lin = len(LEVEL_LABELS["lineage"])
+    for d in range(n_draws):
         frames = []
-        lin_table = np.bincount(sample * n_lin + lineage, minlength=n_samples * n_lin)
-        is_b = lineage == b_code
-        sub_table = np.bincount(sample[is_b] * n_sub + subset[is_b], minlength=n_samples * n_sub)
-        for level, table, width in (("lineage", lin_table, n_lin), ("b_subset", sub_table, n_sub)):
-            table = table.reshape(n_samples, width)
+        for level, table in (("lineage", tables[d, :, :n_lin]), ("b_subset", tables[d, :, n_lin:])):
+            width = table.shape[1]
             frames.append(pd.DataFrame({
                 "sample_id": np.repeat(samples.to_numpy(), width),
-                "cell_type": np.tile(LEVEL_LABELS[level], n_samples),
+                "cell_type": np.tile(LEVEL_LABELS[level], len(samples)),
                 "count": table.ravel().astype(np.int64),
                 "total": np.repeat(table.sum(axis=1), width).astype(np.int64),
                 "level": level,
@@ -262,8 +386,8 @@ def fit_with_label_draws(
 ) -> AbundanceResult:
     """`fit_abundance_models` over ``n_draws`` label draws (`draw_counts`), pooled by
     Rubin's rules (`rubin_pool`), with BH q-values as the hard-label analysis has them.
-    With a Dask ``client`` the draws are fitted on its workers, one task per draw (the
-    tables are small; the cells' probabilities stay in this process).
+    With a Dask ``client`` the labels are drawn on its workers, a task per block of
+    cells (`draw_counts`), and the draws' models fitted there, a task per draw.
 
     ``hard_counts`` (`abundance_counts` of the called labels) is fitted too: the result's
     ``uncertainty`` table sets each pooled interval beside the hard-label one (with the
@@ -271,7 +395,9 @@ def fit_with_label_draws(
     and the share of cells whose drawn label differs from the called one.
     """
     options = {"time": time, "methods": methods, "transform": transform}
-    drawn_tables = list(draw_counts(obs, lineage_prob, b_prob, n_draws=n_draws, seed=seed))
+    drawn_tables = list(
+        draw_counts(obs, lineage_prob, b_prob, n_draws=n_draws, seed=seed, client=client)
+    )
     hard_tables = model_tables(hard_counts)
     # a draw's models whose data are the hard labels' are not fitted again
     skips = [_unchanged(hard_tables, model_tables(d)) for d in drawn_tables]

@@ -74,12 +74,13 @@ def baseline_findings(tests: pd.DataFrame, alpha: float) -> list[str]:
 
 def _label_draws(ctx: StageContext, labels: pd.DataFrame, counts: pd.DataFrame):
     """The models over ``label_draws`` label sets drawn from the stored probabilities,
-    pooled by Rubin's rules (`fit_with_label_draws`)."""
+    pooled by Rubin's rules (`fit_with_label_draws`): the workers read the probabilities
+    and draw, a task per block of cells; the driver holds the label and sample codes."""
     a = ctx.cfg.abundance
     prob = {
         level: label_probabilities(
             labels[level],
-            ctx.read_obsm(f"{level}_probabilities", batches=True, missing_as_nan=True),
+            ctx.lazy_obsm(f"{level}_probabilities", batches=True, missing_as_nan=True),
             level,
         )
         for level in ("lineage", "b_subset")

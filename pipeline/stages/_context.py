@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import dask
+import dask.array as da
 import numpy as np
 import pandas as pd
 import zarr
@@ -122,26 +123,46 @@ class StageContext:
             raise ImmunoprofileError(msg)
         return read_obs(stores, columns, index=False)
 
+    def _obsm_parts(self, key: str, batches: bool, missing_as_nan: bool) -> list[Any]:
+        """Per store, its obsm ``key`` (a zarr array) or, for a batch layer without it
+        and ``missing_as_nan``, the number of its cells (NaN rows)."""
+        self._declared(f"obsm/{key}")
+        parts: list[Any] = []
+        for store in self._stores(batches):
+            node = zarr.open_group(str(store), mode="r").get(f"obsm/{key}")
+            if isinstance(node, zarr.Array):
+                parts.append(node)
+            elif missing_as_nan and parts:
+                parts.append(_n_obs(store))
+            else:
+                msg = f"{store} has no obsm/{key}: {needs(f'obsm/{key}')}"
+                raise ImmunoprofileError(msg)
+        return parts
+
     def read_obsm(
         self, key: str, *, batches: bool = False, missing_as_nan: bool = False
     ) -> np.ndarray:
         """An obsm array of cohort.zarr (with ``batches``: stacked with every layer's).
         ``missing_as_nan``: a batch layer without it (written by an earlier version)
         gives NaN rows instead of an error; cohort.zarr must have it."""
-        self._declared(f"obsm/{key}")
-        parts: list[np.ndarray | Path] = []
-        for store in self._stores(batches):
-            node = zarr.open_group(str(store), mode="r").get(f"obsm/{key}")
-            if isinstance(node, zarr.Array):
-                parts.append(np.asarray(node[...]))
-            elif missing_as_nan and parts:
-                parts.append(store)
-            else:
-                msg = f"{store} has no obsm/{key}: {needs(f'obsm/{key}')}"
-                raise ImmunoprofileError(msg)
-        width = parts[0].shape[1]  # type: ignore[union-attr]
+        parts = self._obsm_parts(key, batches, missing_as_nan)
+        width = parts[0].shape[1]
         return np.vstack([
-            p if isinstance(p, np.ndarray) else np.full((_n_obs(p), width), np.nan, dtype=np.float32)
+            np.asarray(p[...]) if isinstance(p, zarr.Array)
+            else np.full((p, width), np.nan, dtype=np.float32)
+            for p in parts
+        ])  # fmt: skip
+
+    def lazy_obsm(
+        self, key: str, *, batches: bool = False, missing_as_nan: bool = False
+    ) -> da.Array:
+        """`read_obsm` as a Dask array, read by the tasks that use it (in the stored
+        chunks)."""
+        parts = self._obsm_parts(key, batches, missing_as_nan)
+        first = parts[0]
+        return da.concatenate([
+            da.from_zarr(p) if isinstance(p, zarr.Array)
+            else da.full((p, first.shape[1]), np.nan, dtype=np.float32, chunks=first.chunks)
             for p in parts
         ])  # fmt: skip
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
+from distributed import Client
 
 from pipeline.abundance import abundance_counts
 from pipeline.abundance._draws import draw_counts, probability_matrix, rubin_pool
@@ -128,12 +130,16 @@ def test_rubin_rules_agree_with_mice() -> None:
         assert pooled["fmi"] == pytest.approx(case["lambda"], rel=1e-8)
 
 
-def test_draws_do_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The stage keeps the stored probabilities as they are (float32) and builds the
-    cumulative probabilities a block of cells at a time; the draws are those of one
-    block, and of `probability_matrix`'s whole matrices."""
+def test_the_workers_draw_what_this_process_draws(
+    monkeypatch: pytest.MonkeyPatch, client: Client
+) -> None:
+    """The stage keeps the stored probabilities as they are (float32, read by the tasks
+    from a Dask array) and draws a block of cells at a time, each block seeded by its
+    number: the tables are those of `probability_matrix`'s whole matrices in this
+    process, and of a task per block on the workers."""
     from pipeline.abundance import _draws
 
+    monkeypatch.setattr(_draws, "DRAW_ROWS", 97)  # 17 blocks
     obs = _obs()
     rng = np.random.default_rng(7)
     stored = rng.dirichlet(np.ones(len(LINEAGES) + 1), size=len(obs)).astype(np.float32)
@@ -144,15 +150,28 @@ def test_draws_do_not_depend_on_the_block_size(monkeypatch: pytest.MonkeyPatch) 
         obs, probability_matrix(obs["lineage"], stored, "lineage"),
         probability_matrix(obs["b_subset"], b_stored, "b_subset"), n_draws=3, seed=5,
     ))  # fmt: skip
-    monkeypatch.setattr(_draws, "DRAW_ROWS", 7)
-    blocks = list(draw_counts(
-        obs, _draws.label_probabilities(obs["lineage"], stored, "lineage"),
-        _draws.label_probabilities(obs["b_subset"], b_stored, "b_subset"), n_draws=3, seed=5,
+    lazy = [da.from_array(m, chunks=(150, m.shape[1])) for m in (stored, b_stored)]
+    on_workers = list(draw_counts(
+        obs, _draws.label_probabilities(obs["lineage"], lazy[0], "lineage"),
+        _draws.label_probabilities(obs["b_subset"], lazy[1], "b_subset"), n_draws=3, seed=5,
+        client=client,
     ))  # fmt: skip
-    for a, b in zip(whole, blocks, strict=True):
+    for a, b in zip(whole, on_workers, strict=True):
         pd.testing.assert_frame_equal(a, b)
     assert any(not a.equals(whole[0]) for a in whole[1:])  # the draws do differ
+    again = next(draw_counts(
+        obs, _draws.label_probabilities(obs["lineage"], stored, "lineage"),
+        _draws.label_probabilities(obs["b_subset"], b_stored, "b_subset"), n_draws=1, seed=5,
+    ))  # fmt: skip
+    pd.testing.assert_frame_equal(again, whole[0])  # the same seed, the same first draw
     zeros = stored.copy()
     zeros[1] = 0.0
     with pytest.raises(ValueError, match="obsm lineage_probabilities has rows of zeros for 1"):
         _draws.label_probabilities(obs["lineage"], zeros, "lineage")
+    # read by the tasks: they check the rows and say which obsm key is wrong
+    with pytest.raises(ValueError, match="obsm lineage_probabilities has rows of zeros for 1"):
+        next(draw_counts(
+            obs, _draws.label_probabilities(obs["lineage"], da.from_array(zeros), "lineage"),
+            _draws.label_probabilities(obs["b_subset"], lazy[1], "b_subset"), n_draws=1,
+            seed=5, client=client,
+        ))  # fmt: skip

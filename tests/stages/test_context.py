@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anndata as ad
+import dask.array as da
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +15,7 @@ from pipeline.config import RunConfig, parse_config
 from pipeline.errors import ImmunoprofileError
 from pipeline.registry import get_stage
 from pipeline.stages import StageContext, recorded_digests
+from pipeline.store import write_anndata_store
 from pipeline.workdir import Workdir
 
 
@@ -102,3 +104,23 @@ def test_a_stage_folder_is_written_whole_with_its_manifest(cfg: RunConfig, tmp_p
     written = json.loads((tmp_path / "abundance" / "manifest.json").read_text())
     assert written["digest"] == abundance.digest() and written["n_tests"] == 0
     assert list(written["files"]) == ["tests.csv"]
+
+
+def test_obsm_read_lazily_with_a_batch_layer_that_lacks_it(cfg: RunConfig, tmp_path: Path) -> None:
+    """`lazy_obsm` is `read_obsm` as a Dask array read by the tasks: cohort.zarr's rows,
+    then a batch layer's (NaN where an earlier version did not write the key)."""
+    prob = np.arange(6, dtype=np.float32).reshape(2, 3)
+    _context(cfg, "annotate").update_cohort(elems={"obsm/lineage_probabilities": prob})
+    layer = Workdir(tmp_path).batch("b1").cells
+    layer.parent.mkdir(parents=True)
+    cells = ad.AnnData(obs=pd.DataFrame(index=["x", "y", "z"]))
+    write_anndata_store(layer, cells, {"kind": "cells", "n_obs": 3, "n_vars": 0})
+    abundance = _context(cfg, "abundance")
+    lazy = abundance.lazy_obsm("lineage_probabilities", batches=True, missing_as_nan=True)
+    assert isinstance(lazy, da.Array) and lazy.dtype == np.float32
+    expected = np.vstack([prob, np.full((3, 3), np.nan, dtype=np.float32)])
+    np.testing.assert_array_equal(lazy.compute(), expected)
+    eager = abundance.read_obsm("lineage_probabilities", batches=True, missing_as_nan=True)
+    np.testing.assert_array_equal(eager, expected)
+    with pytest.raises(ImmunoprofileError, match=r"cells.zarr has no obsm/lineage_probabilities"):
+        abundance.lazy_obsm("lineage_probabilities", batches=True)
