@@ -37,6 +37,7 @@ from ._models import DE_COLUMNS, cell_type_designs, fit_deseq2
 from ._programs import (
     PROGRAM_TEST_COLUMNS,
     ProgramFileError,
+    Programs,
     fit_program_models,
     load_programs,
     program_scores,
@@ -339,7 +340,7 @@ def _run_expression(ctx: StageContext, scratch: Path) -> str:
     in_flight = 2 * max(1, len(client.scheduler_info().get("workers", {})))
     running = as_completed([submit(job) for job in jobs[:in_flight]])
     waiting = jobs[in_flight:]
-    program_tables, score_tables, found = _programs(ctx, todo, sums, var)
+    programs, found = _submit_programs(ctx, todo, stored, var)
     months = sorted({float(t) for t in design["timepoint_months"]})
     de = DETable(todo, contrast_names(months), genes)
     for future in running:
@@ -351,6 +352,7 @@ def _run_expression(ctx: StageContext, scratch: Path) -> str:
         de.add(level, cell_type, f"deseq2_{name}", table)
         notes += [f"{level}/{cell_type}: {n}" for n in fit_notes]
     del jobs
+    program_tables, score_tables = _program_tables(todo, client.gather(programs))
     seconds["models"] = time.perf_counter() - t
 
     calls = de.calls(params.alpha)
@@ -389,25 +391,57 @@ def _run_expression(ctx: StageContext, scratch: Path) -> str:
     )
 
 
-def _programs(
-    ctx: StageContext, todo: list, sums: np.ndarray | zarr.Array, var: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Program scores and their tests for every tested cell type (in the driver: one
-    small mixed model per cell type and program)."""
+def programs_stored(
+    sums: str, rows: np.ndarray, symbols: list[str], programs: Programs, samples: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """One cell type's program scores (samples x programs, `program_scores`) and their
+    tests (`fit_program_models`) from the rows ``rows`` of the stored sums at ``sums``
+    (``samples``: their design columns), as a worker's task: the driver never reads the
+    counts. None when no program is scored."""
+    counts = zarr.open_array(sums, mode="r").get_orthogonal_selection((rows, slice(None)))
+    score, _ = program_scores(np.asarray(counts), symbols, programs)
+    if score.empty:
+        return None
+    table, _ = fit_program_models(score, samples)
+    return table, score
+
+
+def _submit_programs(
+    ctx: StageContext, todo: list, stored: str, var: pd.DataFrame
+) -> tuple[list[Any], dict[str, Any]]:
+    """A task per tested cell type scoring and testing the programs (`programs_stored`),
+    and what the program file holds and the data have of it."""
     try:
         programs = load_programs(ctx.cfg.expression.programs)
     except (OSError, ProgramFileError) as err:
         raise ImmunoprofileError(f"expression.programs: {err}") from None
     symbols = [str(s) for s in var.get("gene_symbols", pd.Series(var.index, index=var.index))]
+    client = ctx.cluster
+    shared = client.scatter([symbols, programs], broadcast=True, hash=False)
+    futures = [
+        client.submit(programs_stored, stored, kept.index.to_numpy(), *shared,
+                      kept[list(DESIGN_COLUMNS)].reset_index(drop=True), pure=False)
+        for _, _, kept in todo
+    ]  # fmt: skip
+    present = set(symbols)
+    found = {"file": programs.path, "version": programs.version, "sha256": programs.sha256,
+             "genes_found": {p: f"{sum(g in present for g in set(genes))} of {len(set(genes))}"
+                             for p, genes in programs.genes.items()}}  # fmt: skip
+    return futures, found
+
+
+def _program_tables(
+    todo: list, results: list[tuple[pd.DataFrame, pd.DataFrame] | None]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The program tests (BH q-values within each contrast) and the scores in long form,
+    cell types as tested, from `programs_stored`'s ``results`` (one per ``todo`` entry)."""
     tests, scores = [], []
-    for level, cell_type, kept in todo:
-        score, _ = program_scores(take_rows(sums, kept.index.to_numpy()), symbols, programs)
-        if score.empty:
+    for (level, cell_type, kept), result in zip(todo, results, strict=True):
+        if result is None:
             continue
-        samples = kept[list(DESIGN_COLUMNS)].reset_index(drop=True)
-        table, _ = fit_program_models(score, samples)
+        table, score = result
         tests.append(table.assign(level=level, cell_type=cell_type, method="lmm"))
-        long = score.assign(sample_id=samples["sample_id"]).melt(
+        long = score.assign(sample_id=kept["sample_id"].to_numpy()).melt(
             id_vars="sample_id", var_name="program", value_name="score"
         )
         scores.append(long.assign(level=level, cell_type=cell_type))
@@ -416,8 +450,4 @@ def _programs(
     score_columns = ["sample_id", "level", "cell_type", "program", "score"]
     program_scores_long = (pd.concat(scores, ignore_index=True)[score_columns] if scores
                            else pd.DataFrame(columns=score_columns))  # fmt: skip
-    present = set(symbols)
-    found = {"file": programs.path, "version": programs.version, "sha256": programs.sha256,
-             "genes_found": {p: f"{sum(g in present for g in set(genes))} of {len(set(genes))}"
-                             for p, genes in programs.genes.items()}}  # fmt: skip
-    return program_tests, program_scores_long, found
+    return program_tests, program_scores_long

@@ -93,3 +93,45 @@ def test_the_stage_writes_program_scores_and_tests(analysed_small: CommandRun) -
 
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["programs"]["genes_found"]["type_I_interferon"] == "20 of 20"
+
+
+def test_the_workers_program_tables_are_the_kernels_on_the_stored_pseudobulk(
+    analysed_small: CommandRun,
+) -> None:
+    """The stage scores and tests the programs on the workers, a task per cell type reading
+    its rows of the sums: the same tables as `program_scores` and `fit_program_models` on
+    the written pseudobulk's rows of each tested cell type."""
+    import anndata as ad
+
+    from pipeline.expression._programs import with_qvalues
+    from pipeline.labels import DESIGN_COLUMNS
+
+    folder = analysed_small.workdir / "expression"
+    pb = ad.read_zarr(folder / "pseudobulk.zarr")
+    obs = pb.obs.reset_index(drop=True)
+    symbols = [str(s) for s in pb.var["gene_symbols"]]
+    programs = load_programs()
+    tests, scores = [], []
+    for level, cell_type in [("lineage", "B"), ("b_subset", "naive")]:
+        rows = obs.index[(obs["level"] == level) & (obs["cell_type"] == cell_type)
+                         & obs["in_models"]].to_numpy()  # fmt: skip
+        score, _ = program_scores(np.asarray(pb.X[rows]), symbols, programs)
+        samples = obs.loc[rows, list(DESIGN_COLUMNS)].astype({"sample_id": str})
+        table, _ = fit_program_models(score, samples.reset_index(drop=True))
+        tests.append(table.assign(level=level, cell_type=cell_type, method="lmm"))
+        scores.append(score.assign(sample_id=samples["sample_id"].to_numpy(), level=level,
+                                   cell_type=cell_type))  # fmt: skip
+    expected = with_qvalues(pd.concat(tests, ignore_index=True))
+    written = pd.read_csv(folder / "program_tests.csv")
+    key = ["level", "cell_type", "program", "contrast"]
+    merged = written.merge(expected, on=key, suffixes=("", "_expected"), validate="1:1")
+    assert len(merged) == len(written) == len(expected) > 0
+    for column in ["estimate", "ci_low", "ci_high", "pvalue", "qvalue"]:
+        np.testing.assert_allclose(merged[column], merged[f"{column}_expected"], rtol=1e-6)
+    long = pd.concat(scores).melt(id_vars=["sample_id", "level", "cell_type"],
+                                  var_name="program", value_name="score")  # fmt: skip
+    stored = pd.read_csv(folder / "program_scores.csv")
+    both = stored.merge(long, on=["sample_id", "level", "cell_type", "program"],
+                        suffixes=("", "_expected"), validate="1:1")  # fmt: skip
+    assert len(both) == len(stored) == len(long)
+    np.testing.assert_allclose(both["score"], both["score_expected"], rtol=1e-6)
